@@ -1,0 +1,236 @@
+"""Settings: one frozen object, read once from the environment (and ``.env``), validated at start-up.
+
+Every setting is declared once in :data:`FIELDS` with its type, default and a one-line help text;
+``.env.example`` is checked against this list by the tests. A bad or missing value raises
+:class:`~comfy_worker.errors.ConfigError` naming the variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from comfy_worker.errors import ConfigError
+
+SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "runpod_api_key"})
+
+
+def _bool(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _number(kind: Callable[[str], Any], minimum: float | None = None) -> Callable[[str, str], Any]:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(name, f"expected a {kind.__name__} number, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _csv(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _str(_name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        v = raw.strip().lower()
+        if v not in choices:
+            raise ConfigError(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+        return v
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings. Attribute ``foo_bar`` is read from environment variable ``FOO_BAR``."""
+
+    # identity and logging
+    worker_id: str = ""
+    log_format: str = "auto"
+    log_level: str = "info"
+    # queue
+    database_url: str = ""
+    supabase_url: str = ""
+    supabase_service_role_key: str = ""
+    auto_migrate: bool = True
+    task_types: tuple[str, ...] = ()
+    lease_seconds: float = 60.0
+    heartbeat_interval: float = 10.0
+    poll_interval: float = 2.0
+    stale_check_interval: float = 5.0
+    worker_timeout_s: float = 90.0
+    prefetch: int = 1
+    shutdown_grace_s: float = 30.0
+    task_timeout_s: float = 3600.0
+    stall_timeout_s: float = 600.0
+    progress_interval_s: float = 1.0
+    # ComfyUI
+    comfy_url: str = ""
+    comfy_path: str = ""
+    comfy_python: str = ""
+    comfy_listen: str = "127.0.0.1"
+    comfy_port: int = 8188
+    comfy_args: str = ""
+    comfy_startup_timeout: float = 180.0
+    comfy_restart_max: int = 5
+    # storage
+    storage_bucket: str = "outputs"
+    storage_public: bool = False
+    signed_url_ttl_s: int = 60 * 60 * 24 * 365
+    local_storage_dir: str = "outputs"
+    # inputs
+    input_max_bytes: int = 4 * 1024**3
+    input_timeout_s: float = 300.0
+    input_url_allowlist: tuple[str, ...] = ()
+    allow_private_urls: bool = False
+    work_dir: str = ""
+    # orchestrator / RunPod
+    runpod_api_key: str = ""
+    runpod_pod_id: str = ""
+    runpod_api_url: str = "https://rest.runpod.io/v2"
+    # prompt runner
+    dry_run: bool = False
+    dry_run_temp_dir: str = ""
+
+    @property
+    def queue_backend(self) -> str:
+        """``postgres``, ``supabase`` or ``sqlite`` — which store this configuration selects."""
+        if self.database_url.startswith(("postgresql://", "postgres://")):
+            return "postgres"
+        if self.database_url.startswith("sqlite:"):
+            return "sqlite"
+        if self.supabase_url:
+            return "supabase"
+        return "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        if self.database_url.startswith("sqlite:"):
+            raw = self.database_url.removeprefix("sqlite:").removeprefix("///").removeprefix("//")
+            if self.database_url.startswith("sqlite:////"):
+                raw = "/" + raw.lstrip("/")
+            return Path(raw or "comfy_worker.db")
+        return Path("comfy_worker.db")
+
+    @property
+    def storage_backend(self) -> str:
+        return "supabase" if self.supabase_url and self.supabase_service_role_key else "local"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked: the only form in which settings are ever logged."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = _redact_url(value) if f.name == "database_url" else "***"
+            out[f.name] = value
+        return out
+
+
+def _redact_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+# How each field is parsed from its environment variable (fields not listed are plain strings).
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "log_format": _choice("auto", "json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "auto_migrate": _bool,
+    "task_types": _csv,
+    "lease_seconds": _number(float, 1),
+    "heartbeat_interval": _number(float, 0.05),
+    "poll_interval": _number(float, 0.01),
+    "stale_check_interval": _number(float, 0.05),
+    "worker_timeout_s": _number(float, 1),
+    "prefetch": _number(int, 0),
+    "shutdown_grace_s": _number(float, 0),
+    "task_timeout_s": _number(float, 1),
+    "stall_timeout_s": _number(float, 1),
+    "progress_interval_s": _number(float, 0),
+    "comfy_port": _number(int, 1),
+    "comfy_startup_timeout": _number(float, 1),
+    "comfy_restart_max": _number(int, 0),
+    "storage_public": _bool,
+    "signed_url_ttl_s": _number(int, 1),
+    "input_max_bytes": _number(int, 1),
+    "input_timeout_s": _number(float, 0.1),
+    "input_url_allowlist": _csv,
+    "allow_private_urls": _bool,
+    "dry_run": _bool,
+}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, dotenv: str | os.PathLike[str] | None = ".env", **overrides: Any
+) -> Settings:
+    """Read settings from ``env`` (default: ``os.environ`` plus ``.env``, the environment winning), apply
+    keyword overrides (command-line flags), validate, and return the frozen object."""
+    source: dict[str, str] = {}
+    if env is None:
+        if dotenv is not None and Path(dotenv).is_file():
+            from dotenv import dotenv_values
+
+            source.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        source.update(os.environ)
+    else:
+        source.update(env)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = source.get(f.name.upper())
+        if raw is None or (raw.strip() == "" and f.name not in ("comfy_args",)):
+            continue
+        values[f.name] = _PARSERS.get(f.name, _str)(f.name.upper(), raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://", "sqlite:")):
+        raise ConfigError("DATABASE_URL", "expected postgresql://user@host:port/db or sqlite:///path/to/file.db")
+    if bool(s.supabase_url) != bool(s.supabase_service_role_key):
+        missing = "SUPABASE_SERVICE_ROLE_KEY" if s.supabase_url else "SUPABASE_URL"
+        raise ConfigError(missing, "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set together")
+    if s.supabase_url and not s.supabase_url.startswith(("http://", "https://")):
+        raise ConfigError("SUPABASE_URL", f"expected https://<project>.supabase.co, got {s.supabase_url!r}")
+    if s.comfy_url and not s.comfy_url.startswith(("http://", "https://")):
+        raise ConfigError("COMFY_URL", f"expected http://host:port, got {s.comfy_url!r}")
+    if s.heartbeat_interval >= s.lease_seconds:
+        raise ConfigError(
+            "HEARTBEAT_INTERVAL",
+            f"must be shorter than LEASE_SECONDS ({s.lease_seconds}) or leases expire between heartbeats",
+        )
+
+
+def default_worker_id() -> str:
+    return f"comfy-worker-{socket.gethostname()}-{os.getpid()}"
+
+
+# Help text per variable, used to check .env.example covers every setting.
+ENV_VARS = tuple(f.name.upper() for f in fields(Settings))
+_ = field  # keep dataclasses.field importable for subclasses in tests

@@ -1,0 +1,216 @@
+"""The whole exception tree of comfy-worker, in one place.
+
+Every error the project raises on purpose is a subclass of :class:`ComfyWorkerError`. Two questions decide
+what the daemon does with one, and the tree answers both:
+
+* **Can retrying help?**  :class:`Retryable` (network blips, ComfyUI restarting, a 5xx) goes back to the queue
+  with backoff. :class:`Permanent` (a malformed workflow, a missing model, an oversize input) fails the task at
+  once: the attempt budget is not spent on something that can never succeed.
+* **Whose fault is it?**  The second base names the area: store, engine (ComfyUI), storage, input, config.
+
+::
+
+    ComfyWorkerError
+    ├── ConfigError                      bad or missing setting; names the variable          (start-up)
+    ├── Retryable                        mixin: transient, retry with backoff
+    ├── Permanent                        mixin: can never succeed, fail at once
+    ├── StoreError                       the task queue
+    │   ├── StoreUnavailable (Retryable) database unreachable / connection lost
+    │   ├── SchemaMissing                migrations not applied
+    │   ├── LeaseLost                    our lease token no longer matches: the task was requeued,
+    │   │                                cancelled or taken by another worker; stop working on it
+    │   ├── TaskNotFound
+    │   ├── WorkerNotFound
+    │   └── InvalidArgument              a caller passed something the SQL functions reject
+    ├── EngineError                      ComfyUI
+    │   ├── EngineUnavailable (Retryable)   not reachable / restarting / died mid-task
+    │   ├── EngineStartupError             could not be started; carries the log tail
+    │   ├── WorkflowInvalid (Permanent)    rejected before or by /prompt; carries node_errors
+    │   ├── ExecutionFailed                a node raised at run time (Permanent unless marked otherwise)
+    │   ├── ExecutionInterrupted           we interrupted it (cancel, deadline, shutdown)
+    │   └── ExecutionTimeout (Retryable)   deadline or stall timer expired
+    ├── StorageError                     output/input object storage
+    │   ├── StorageUnavailable (Retryable)
+    │   └── StorageRejected (Permanent)    bucket missing, forbidden, object too large
+    ├── InputError                       task inputs
+    │   ├── InputRejected (Permanent)      bad params, private URL, oversize file, 4xx
+    │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
+    └── TaskCancelled                    the task was cancelled by a user while we ran it
+
+Low-level exceptions (asyncpg, httpx, websockets, sqlite3) are mapped to these at the module boundary that
+uses the library; nothing above that boundary catches a library exception. Classification never matches on
+message text: SQL functions raise with our own SQLSTATE codes (see :data:`SQLSTATE_TO_ERROR`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ComfyWorkerError(Exception):
+    """Base of every error comfy-worker raises on purpose.
+
+    ``details`` is a JSON-serialisable dict stored with a failed task (``error_details``)."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Retryable(ComfyWorkerError):
+    """Transient: the same attempt may succeed later. Retried with capped exponential backoff."""
+
+    retryable = True
+
+
+class Permanent(ComfyWorkerError):
+    """Can never succeed as submitted: fail at once, spend no more attempts."""
+
+    retryable = False
+
+
+class ConfigError(Permanent):
+    """A setting is missing or invalid. The message names the variable and what it expects."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}", details={"variable": variable})
+        self.variable = variable
+
+
+# --- store -----------------------------------------------------------------------------------------------
+
+
+class StoreError(ComfyWorkerError):
+    """The task queue refused or could not do something."""
+
+
+class StoreUnavailable(StoreError, Retryable):
+    """The database could not be reached, or the connection dropped mid-call."""
+
+
+class SchemaMissing(StoreError, Permanent):
+    """The queue's tables or functions are absent: run ``comfy-worker migrate`` (or the files in sql/)."""
+
+
+class LeaseLost(StoreError, Permanent):
+    """Our lease token no longer matches the task: it was requeued after expiry, cancelled, or finished.
+
+    A worker that sees this must stop working on the task and report nothing more for it."""
+
+
+class TaskNotFound(StoreError, Permanent):
+    """No task has that id."""
+
+
+class WorkerNotFound(StoreError, Permanent):
+    """No worker has that id (register it first)."""
+
+
+class InvalidArgument(StoreError, Permanent):
+    """A value the queue functions reject: unknown status, negative lease, params not a JSON object, …"""
+
+
+# SQLSTATE codes raised by the functions in sql/ (class "CW" is ours) → exception class.
+SQLSTATE_TO_ERROR: dict[str, type[StoreError]] = {
+    "CW001": LeaseLost,
+    "CW002": TaskNotFound,
+    "CW003": WorkerNotFound,
+    "CW004": InvalidArgument,
+    "22023": InvalidArgument,  # invalid_parameter_value
+    "23514": InvalidArgument,  # check_violation (e.g. an unknown status)
+    "22P02": InvalidArgument,  # invalid_text_representation (e.g. a malformed uuid)
+    "42883": SchemaMissing,  # undefined_function
+    "42P01": SchemaMissing,  # undefined_table
+}
+
+
+def store_error_for(sqlstate: str | None, message: str, **details: Any) -> StoreError:
+    """Build the StoreError subclass that a SQLSTATE stands for (unknown codes → plain StoreError)."""
+    cls = SQLSTATE_TO_ERROR.get(sqlstate or "", StoreError)
+    if cls is SchemaMissing:
+        message = f"{message} (the queue schema is missing or old: run `comfy-worker migrate`)"
+    return cls(message, details={"sqlstate": sqlstate, **details})
+
+
+# --- engine (ComfyUI) ------------------------------------------------------------------------------------
+
+
+class EngineError(ComfyWorkerError):
+    """ComfyUI could not do what we asked."""
+
+
+class EngineUnavailable(EngineError, Retryable):
+    """ComfyUI is not reachable, is restarting, or died while running our prompt."""
+
+
+class EngineStartupError(EngineError, Permanent):
+    """ComfyUI could not be started; ``details['log_tail']`` holds the end of its output."""
+
+
+class WorkflowInvalid(EngineError, Permanent):
+    """The workflow can never run: UI format that cannot be converted, unknown node types, missing models,
+    dangling links, or a 400 from /prompt (``details['node_errors']`` keeps ComfyUI's per-node errors)."""
+
+
+class ExecutionFailed(EngineError):
+    """A node raised while executing. Permanent by default (same graph, same inputs, same error)."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, retryable: bool = False) -> None:
+        super().__init__(message, details=details)
+        self.retryable = retryable
+
+
+class ExecutionInterrupted(EngineError):
+    """The prompt was interrupted (by us: cancel, deadline, shutdown)."""
+
+
+class ExecutionTimeout(EngineError, Retryable):
+    """The per-task deadline or the no-progress stall timer expired."""
+
+
+# --- storage ---------------------------------------------------------------------------------------------
+
+
+class StorageError(ComfyWorkerError):
+    """Object storage (Supabase Storage or the local directory) failed."""
+
+
+class StorageUnavailable(StorageError, Retryable):
+    """Network error or 5xx from storage."""
+
+
+class StorageRejected(StorageError, Permanent):
+    """Storage refused: bucket missing, forbidden, object too large."""
+
+
+# --- inputs ----------------------------------------------------------------------------------------------
+
+
+class InputError(ComfyWorkerError):
+    """A task input could not be used."""
+
+
+class InputRejected(InputError, Permanent):
+    """Bad params, a URL to a private address, an oversize file, or a 4xx from the source."""
+
+
+class InputUnavailable(InputError, Retryable):
+    """Network error or 5xx while fetching an input."""
+
+
+class TaskCancelled(ComfyWorkerError):
+    """A user cancelled the task while it ran; nothing more is reported for it."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when retrying the same attempt may help. Unknown exceptions count as retryable: a fault we did not
+    foresee should not burn the user's task at once, and max_attempts bounds the cost."""
+    if isinstance(exc, ComfyWorkerError):
+        return exc.retryable
+    return True

@@ -1,0 +1,194 @@
+"""Plain data shared by every layer: tasks, workers, results. Frozen dataclasses, no behaviour beyond parsing."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class WorkerStatus(enum.StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+def _json(value: Any) -> Any:
+    """asyncpg without a codec and sqlite hand jsonb over as text; PostgREST as parsed JSON."""
+    if isinstance(value, (str, bytes)):
+        return json.loads(value)
+    return value
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    text = str(value).replace("Z", "+00:00")
+    if " " in text and "T" not in text:
+        text = text.replace(" ", "T", 1)
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One row of the ``tasks`` table, as a claimed or inspected task."""
+
+    task_id: str
+    task_type: str
+    params: dict[str, Any]
+    status: TaskStatus
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 3
+    worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    run_at: datetime | None = None
+    depends_on: tuple[str, ...] = ()
+    dedupe_key: str | None = None
+    progress: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    output_url: str | None = None
+    error: str | None = None
+    error_details: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Task:
+        """Build from a mapping with the column names of ``tasks`` (asyncpg Record, sqlite Row, JSON dict)."""
+        r = dict(row)
+        return cls(
+            task_id=str(r["task_id"]),
+            task_type=r["task_type"],
+            params=_json(r.get("params")) or {},
+            status=TaskStatus(r["status"]),
+            priority=int(r.get("priority") or 0),
+            attempts=int(r.get("attempts") or 0),
+            max_attempts=int(r.get("max_attempts") or 1),
+            worker_id=r.get("worker_id"),
+            lease_token=str(r["lease_token"]) if r.get("lease_token") else None,
+            lease_expires_at=_ts(r.get("lease_expires_at")),
+            run_at=_ts(r.get("run_at")),
+            depends_on=tuple(_json(r.get("depends_on")) or ()),
+            dedupe_key=r.get("dedupe_key"),
+            progress=_json(r.get("progress")),
+            checkpoint=_json(r.get("checkpoint")),
+            result=_json(r.get("result")),
+            output_url=r.get("output_url"),
+            error=r.get("error"),
+            error_details=_json(r.get("error_details")),
+            created_at=_ts(r.get("created_at")),
+            started_at=_ts(r.get("started_at")),
+            completed_at=_ts(r.get("completed_at")),
+            updated_at=_ts(r.get("updated_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """What ``enqueue`` takes. ``task_id`` may be chosen by the caller for idempotent inserts."""
+
+    task_type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    depends_on: tuple[str, ...] = ()
+    dedupe_key: str | None = None
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker says about itself when it registers."""
+
+    worker_id: str
+    host: str
+    pid: int
+    version: str
+    task_types: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """Answer to a heartbeat: the worker's status as the queue sees it (``draining`` means: stop claiming)
+    and the tasks it must stop working on."""
+
+    worker_status: WorkerStatus
+    cancelled: tuple[str, ...] = ()
+    lost: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, value: Any) -> HeartbeatReply:
+        v = _json(value)
+        return cls(
+            worker_status=WorkerStatus(v["worker_status"]),
+            cancelled=tuple(v.get("cancelled") or ()),
+            lost=tuple(v.get("lost") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StaleReport:
+    """What ``requeue_stale`` did."""
+
+    requeued: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    lost_workers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, value: Any) -> StaleReport:
+        v = _json(value)
+        return cls(
+            requeued=tuple(v.get("requeued") or ()),
+            failed=tuple(v.get("failed") or ()),
+            lost_workers=tuple(v.get("lost_workers") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One file a task produced, as listed in ``result.outputs``."""
+
+    node_id: str
+    kind: str  # image | video | audio | latent | other
+    filename: str
+    storage_path: str
+    url: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "kind": self.kind,
+            "filename": self.filename,
+            "storage_path": self.storage_path,
+            "url": self.url,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+        }

@@ -1,0 +1,574 @@
+-- comfy-worker queue: the functions. All claim / lease / retry / recovery rules live here, and only here.
+-- Python stores (asyncpg, supabase-py rpc()) call these; the embedded SQLite store mirrors them.
+--
+-- Errors are raised with our own SQLSTATE codes so callers never parse messages:
+--   CW001 lease lost (stale token, task cancelled or finished)   CW002 unknown task
+--   CW003 unknown worker                                          CW004 invalid argument
+-- Every function is VOLATILE, SECURITY INVOKER, with a fixed search_path; only service_role may execute.
+
+-- ---------------------------------------------------------------------------------------------------------
+-- internal helpers
+
+create or replace function _cw_check_lease_seconds(p_fn text, p_lease_seconds double precision)
+returns void language plpgsql immutable set search_path = public, pg_temp
+as $$
+begin
+  if p_lease_seconds is null or p_lease_seconds <= 0 or p_lease_seconds > 86400 then
+    raise exception using errcode = 'CW004',
+      message = format('%s: lease_seconds must be between 0 and 86400 (got %s)', p_fn, coalesce(p_lease_seconds::text, 'null')),
+      hint = 'pass the lease length in seconds, e.g. 60';
+  end if;
+end
+$$;
+
+create or replace function _cw_check_object(p_fn text, p_field text, p_value jsonb)
+returns void language plpgsql immutable set search_path = public, pg_temp
+as $$
+begin
+  if p_value is not null and jsonb_typeof(p_value) <> 'object' then
+    raise exception using errcode = 'CW004',
+      message = format('%s: %s must be a JSON object, got a JSON %s', p_fn, p_field, jsonb_typeof(p_value)),
+      hint = format('wrap the value in an object, e.g. {"value": ...}');
+  end if;
+end
+$$;
+
+-- Lock the task and prove the caller still holds it; raise CW001/CW002 otherwise.
+create or replace function _cw_held_task(p_fn text, p_task_id text, p_lease_token uuid)
+returns tasks language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+begin
+  select * into v from tasks where task_id = p_task_id for update;
+  if not found then
+    raise exception using errcode = 'CW002', message = format('%s: no task has id %L', p_fn, p_task_id);
+  end if;
+  if v.status = 'running' and v.lease_token = p_lease_token then
+    return v;
+  end if;
+  raise exception using errcode = 'CW001',
+    message = format('%s: report for task %s rejected: %s', p_fn, p_task_id,
+      case
+        when v.status = 'cancelled' then 'the task was cancelled'
+        when v.status = 'running' then format('its lease is now held by worker %s (ours expired and the task was requeued)', v.worker_id)
+        when v.status = 'queued' then 'our lease expired and the task was requeued'
+        else format('the task is already %s', v.status)
+      end),
+    detail = json_build_object('task_id', p_task_id, 'status', v.status, 'worker_id', v.worker_id)::text,
+    hint = 'stop working on this task; nothing more is recorded for it by this worker';
+end
+$$;
+
+-- Recompute a worker's busy/idle status and current task after its set of running tasks changed.
+create or replace function _cw_refresh_worker(p_worker_id text)
+returns void language sql volatile security invoker set search_path = public, pg_temp
+as $$
+  update workers w set
+    current_task_id = r.task_id,
+    status = case when w.status in ('idle', 'busy', 'lost', 'starting')
+                  then case when r.task_id is null then 'idle' else 'busy' end
+                  else w.status end,
+    updated_at = now()
+  from (select (select t.task_id from tasks t
+                where t.worker_id = p_worker_id and t.status = 'running'
+                order by t.started_at desc limit 1) as task_id) r
+  where w.id = p_worker_id;
+$$;
+
+-- Queued tasks that can never run because a dependency ended without completing: end them too, with the
+-- reason, recursively. A failed dependency fails its dependents; a cancelled one cancels them.
+create or replace function _cw_end_dependents(p_task_id text)
+returns integer language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v_status text;
+  v_count integer;
+begin
+  select status into v_status from tasks where task_id = p_task_id;
+  if v_status not in ('failed', 'cancelled') then
+    return 0;
+  end if;
+  with recursive dep(task_id, cause) as (
+    select t.task_id, p_task_id from tasks t
+    where t.depends_on @> array[p_task_id] and t.status = 'queued'
+    union
+    select t.task_id, dep.task_id from tasks t join dep on t.depends_on @> array[dep.task_id]
+    where t.status = 'queued'
+  )
+  update tasks t set
+    status = v_status,
+    error = format('dependency %s was %s, so this task cannot run', dep.cause, v_status),
+    error_details = jsonb_build_object('reason', 'dependency_' || v_status, 'dependency', dep.cause),
+    completed_at = now(), updated_at = now()
+  from dep where t.task_id = dep.task_id;
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- workers
+
+create or replace function register_worker(
+  p_worker_id text, p_host text default null, p_pid integer default null, p_version text default null,
+  p_task_types text[] default '{}', p_metadata jsonb default '{}'
+) returns workers
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v workers;
+  v_task record;
+begin
+  if p_worker_id is null or length(p_worker_id) = 0 then
+    raise exception using errcode = 'CW004', message = 'register_worker: worker_id must be a non-empty string';
+  end if;
+  perform _cw_check_object('register_worker', 'metadata', p_metadata);
+  insert into workers as w (id, status, host, pid, version, task_types, metadata, started_at, last_heartbeat)
+  values (p_worker_id, 'idle', p_host, p_pid, p_version, coalesce(p_task_types, '{}'),
+          coalesce(p_metadata, '{}'), now(), now())
+  on conflict (id) do update set
+    status = case when w.status = 'draining' then 'draining' else 'idle' end,
+    host = excluded.host, pid = excluded.pid, version = excluded.version, task_types = excluded.task_types,
+    metadata = w.metadata || excluded.metadata, current_task_id = null,
+    started_at = now(), last_heartbeat = now(), updated_at = now()
+  returning * into v;
+  -- A worker id re-registering means its previous process is gone: what it held goes back to the queue
+  -- now rather than after lease expiry (the attempt counts, as it would have on expiry).
+  for v_task in
+    select task_id from tasks where worker_id = p_worker_id and status = 'running' order by task_id for update
+  loop
+    update tasks set
+      status = case when attempts < max_attempts then 'queued' else 'failed' end,
+      completed_at = case when attempts < max_attempts then null else now() end,
+      run_at = now(), worker_id = null, lease_token = null, lease_expires_at = null,
+      error = format('worker %s restarted while running this task (attempt %s of %s)', p_worker_id, attempts, max_attempts),
+      error_details = jsonb_build_object('reason', 'worker_restarted', 'worker_id', p_worker_id, 'attempt', attempts),
+      updated_at = now()
+    where task_id = v_task.task_id;
+    perform _cw_end_dependents(v_task.task_id);
+  end loop;
+  return v;
+end
+$$;
+
+create or replace function deregister_worker(p_worker_id text)
+returns workers
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v workers;
+begin
+  -- Anything still held goes back without spending an attempt (a graceful stop is not the task's fault).
+  update tasks set status = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(), worker_id = null,
+    lease_token = null, lease_expires_at = null, updated_at = now()
+  where worker_id = p_worker_id and status = 'running';
+  update workers set status = 'stopped', current_task_id = null, updated_at = now()
+  where id = p_worker_id returning * into v;
+  if not found then
+    raise exception using errcode = 'CW003', message = format('deregister_worker: no worker has id %L', p_worker_id);
+  end if;
+  return v;
+end
+$$;
+
+-- Set a worker's status from outside (the orchestrator drains workers this way).
+create or replace function set_worker_status(p_worker_id text, p_status text, p_metadata jsonb default null)
+returns workers
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v workers;
+begin
+  perform _cw_check_object('set_worker_status', 'metadata', p_metadata);
+  update workers set status = p_status, metadata = metadata || coalesce(p_metadata, '{}'), updated_at = now()
+  where id = p_worker_id returning * into v;
+  if not found then
+    raise exception using errcode = 'CW003', message = format('set_worker_status: no worker has id %L', p_worker_id);
+  end if;
+  return v;
+end
+$$;
+
+-- Extend the leases of everything the worker holds, record that it is alive, and tell it what to stop:
+-- tasks cancelled by a user, and tasks whose lease it lost (requeued after expiry, or taken by another).
+-- p_task_ids: the tasks the worker believes it holds. Returns
+--   {"worker_status": "...", "cancelled": [...], "lost": [...]}
+-- worker_status 'draining' means: stop claiming, finish what you hold, exit.
+create or replace function heartbeat(
+  p_worker_id text, p_lease_seconds double precision default 60, p_metadata jsonb default '{}',
+  p_task_ids text[] default null
+) returns jsonb
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v_status text;
+  v_cancelled text[];
+  v_lost text[];
+begin
+  perform _cw_check_lease_seconds('heartbeat', p_lease_seconds);
+  perform _cw_check_object('heartbeat', 'metadata', p_metadata);
+  update workers set last_heartbeat = now(), metadata = metadata || coalesce(p_metadata, '{}'), updated_at = now()
+  where id = p_worker_id returning status into v_status;
+  if not found then
+    raise exception using errcode = 'CW003',
+      message = format('heartbeat: no worker has id %L', p_worker_id), hint = 'call register_worker first';
+  end if;
+  update tasks set lease_expires_at = now() + make_interval(secs => p_lease_seconds), updated_at = now()
+  where worker_id = p_worker_id and status = 'running';
+  if v_status in ('lost', 'starting', 'stopped') then
+    -- it was given up on (or never registered properly) but is alive: it counts again
+    update workers set status = 'idle' where id = p_worker_id;
+    perform _cw_refresh_worker(p_worker_id);
+    select status into v_status from workers where id = p_worker_id;
+  end if;
+  if p_task_ids is null then
+    -- no list given: report cancellations of tasks still attributed to this worker and not yet told
+    select coalesce(array_agg(task_id order by task_id), '{}') into v_cancelled
+    from tasks where worker_id = p_worker_id and status = 'cancelled' and lease_token is not null;
+    update tasks set lease_token = null where worker_id = p_worker_id and status = 'cancelled' and lease_token is not null;
+    v_lost := '{}';
+  else
+    select coalesce(array_agg(t.task_id order by t.task_id) filter (where t.status = 'cancelled'), '{}'),
+           coalesce(array_agg(t.task_id order by t.task_id)
+                    filter (where t.status <> 'cancelled' and (t.status <> 'running' or t.worker_id is distinct from p_worker_id)), '{}')
+      into v_cancelled, v_lost
+    from tasks t where t.task_id = any(p_task_ids);
+    -- ids the worker holds that no longer exist at all are lost too
+    v_lost := v_lost || coalesce((select array_agg(i) from unnest(p_task_ids) i
+                                  where not exists (select 1 from tasks t where t.task_id = i)), '{}');
+  end if;
+  return jsonb_build_object('worker_status', v_status, 'cancelled', to_jsonb(v_cancelled), 'lost', to_jsonb(v_lost));
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- tasks
+
+-- Insert a task (users may equally INSERT directly). Idempotent: an existing task_id, or a dedupe_key held
+-- by a queued or running task, returns that task instead of inserting.
+create or replace function enqueue_task(
+  p_task_type text, p_params jsonb default '{}', p_task_id text default null, p_priority integer default 0,
+  p_max_attempts integer default 3, p_depends_on text[] default '{}', p_dedupe_key text default null,
+  p_run_at timestamptz default null
+) returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+  v_missing text[];
+begin
+  if p_task_type is null or length(p_task_type) = 0 then
+    raise exception using errcode = 'CW004', message = 'enqueue_task: task_type must be a non-empty string';
+  end if;
+  if p_params is null or jsonb_typeof(p_params) <> 'object' then
+    raise exception using errcode = 'CW004',
+      message = format('enqueue_task: params must be a JSON object, got %s', coalesce('a JSON ' || jsonb_typeof(p_params), 'null')),
+      hint = 'send params as {"workflow": {...}, ...}';
+  end if;
+  if p_max_attempts is null or p_max_attempts < 1 then
+    raise exception using errcode = 'CW004', message = format('enqueue_task: max_attempts must be >= 1 (got %s)', p_max_attempts);
+  end if;
+  select array_agg(d) into v_missing from unnest(coalesce(p_depends_on, '{}')) d
+  where not exists (select 1 from tasks t where t.task_id = d);
+  if v_missing is not null then
+    raise exception using errcode = 'CW002',
+      message = format('enqueue_task: depends_on names tasks that do not exist: %s', array_to_string(v_missing, ', '));
+  end if;
+  insert into tasks (task_id, task_type, params, priority, max_attempts, depends_on, dedupe_key, run_at)
+  values (coalesce(p_task_id, gen_random_uuid()::text), p_task_type, p_params, coalesce(p_priority, 0),
+          p_max_attempts, coalesce(p_depends_on, '{}'), p_dedupe_key, coalesce(p_run_at, now()))
+  on conflict do nothing
+  returning * into v;
+  if found then
+    return v;
+  end if;
+  select * into v from tasks where task_id = p_task_id;
+  if not found then
+    select * into v from tasks where dedupe_key = p_dedupe_key and status in ('queued', 'running');
+  end if;
+  return v;
+end
+$$;
+
+create or replace function get_task(p_task_id text)
+returns tasks
+language plpgsql stable security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+begin
+  select * into v from tasks where task_id = p_task_id;
+  if not found then
+    raise exception using errcode = 'CW002', message = format('get_task: no task has id %L', p_task_id);
+  end if;
+  return v;
+end
+$$;
+
+-- Claim up to p_n claimable tasks for a worker: queued, due (run_at), dependencies complete, of one of
+-- p_task_types (null or empty = any), highest priority first, then oldest. Concurrent claimers never get the
+-- same task (FOR UPDATE SKIP LOCKED). A draining or stopped worker gets nothing.
+create or replace function claim_tasks(
+  p_worker_id text, p_task_types text[] default null, p_n integer default 1,
+  p_lease_seconds double precision default 60
+) returns setof tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v_status text;
+begin
+  if p_n is null or p_n < 1 or p_n > 1000 then
+    raise exception using errcode = 'CW004', message = format('claim_tasks: n must be between 1 and 1000 (got %s)', p_n);
+  end if;
+  perform _cw_check_lease_seconds('claim_tasks', p_lease_seconds);
+  select status into v_status from workers where id = p_worker_id;
+  if not found then
+    raise exception using errcode = 'CW003',
+      message = format('claim_tasks: no worker has id %L', p_worker_id), hint = 'call register_worker first';
+  end if;
+  if v_status in ('draining', 'stopped') then
+    return;
+  end if;
+  return query
+  with picked as (
+    select t.task_id
+    from tasks t
+    where t.status = 'queued' and t.run_at <= now()
+      and (p_task_types is null or cardinality(p_task_types) = 0 or t.task_type = any(p_task_types))
+      and (cardinality(t.depends_on) = 0 or not exists (
+            select 1 from unnest(t.depends_on) d(id) left join tasks dt on dt.task_id = d.id
+            where dt.status is distinct from 'complete'))
+    order by t.priority desc, t.run_at, t.created_at
+    limit p_n
+    for update of t skip locked
+  ), claimed as (
+    update tasks t set
+      status = 'running', worker_id = p_worker_id, lease_token = gen_random_uuid(),
+      lease_expires_at = now() + make_interval(secs => p_lease_seconds), attempts = t.attempts + 1,
+      started_at = now(), completed_at = null, updated_at = now()
+    from picked where t.task_id = picked.task_id
+    returning t.*
+  ), w as (
+    update workers wk set status = 'busy', current_task_id = c.task_id, last_heartbeat = now(), updated_at = now()
+    from (select task_id from claimed limit 1) c
+    where wk.id = p_worker_id
+  )
+  select * from claimed;
+end
+$$;
+
+create or replace function update_progress(
+  p_task_id text, p_lease_token uuid, p_progress jsonb, p_checkpoint jsonb default null
+) returns void
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+begin
+  perform _cw_check_object('update_progress', 'progress', p_progress);
+  perform _cw_check_object('update_progress', 'checkpoint', p_checkpoint);
+  perform _cw_held_task('update_progress', p_task_id, p_lease_token);
+  update tasks set progress = coalesce(p_progress, progress), checkpoint = coalesce(p_checkpoint, checkpoint),
+    updated_at = now()
+  where task_id = p_task_id;
+end
+$$;
+
+create or replace function complete_task(
+  p_task_id text, p_lease_token uuid, p_result jsonb default '{}', p_output_url text default null
+) returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+begin
+  perform _cw_check_object('complete_task', 'result', p_result);
+  v := _cw_held_task('complete_task', p_task_id, p_lease_token);
+  update tasks set status = 'complete', result = coalesce(p_result, '{}'), output_url = p_output_url,
+    error = null, error_details = null, lease_token = null, lease_expires_at = null,
+    completed_at = now(), updated_at = now()
+  where task_id = p_task_id returning * into v;
+  update workers set tasks_completed = tasks_completed + 1 where id = v.worker_id;
+  perform _cw_refresh_worker(v.worker_id);
+  return v;
+end
+$$;
+
+-- Record a failed attempt. Retryable and attempts left: back to the queue after capped exponential backoff
+-- with jitter (delay = min(cap, base * 2^(attempts-1)) * uniform(0.5, 1)). Otherwise: failed, for good.
+create or replace function fail_task(
+  p_task_id text, p_lease_token uuid, p_error text, p_error_details jsonb default null,
+  p_retryable boolean default true, p_backoff_base_s double precision default 5,
+  p_backoff_cap_s double precision default 300
+) returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+  v_worker text;
+  v_delay double precision;
+begin
+  perform _cw_check_object('fail_task', 'error_details', p_error_details);
+  if p_error is null or length(p_error) = 0 then
+    raise exception using errcode = 'CW004', message = 'fail_task: error must say what went wrong (got an empty message)';
+  end if;
+  if p_backoff_base_s < 0 or p_backoff_cap_s < 0 then
+    raise exception using errcode = 'CW004', message = 'fail_task: backoff values must not be negative';
+  end if;
+  v := _cw_held_task('fail_task', p_task_id, p_lease_token);
+  v_worker := v.worker_id;
+  update workers set tasks_failed = tasks_failed + 1 where id = v_worker;
+  if coalesce(p_retryable, true) and v.attempts < v.max_attempts then
+    v_delay := least(p_backoff_cap_s, p_backoff_base_s * power(2, greatest(v.attempts - 1, 0))) * (0.5 + random() / 2);
+    update tasks set status = 'queued', run_at = now() + make_interval(secs => v_delay),
+      error = p_error, error_details = coalesce(p_error_details, '{}') || jsonb_build_object(
+        'attempt', v.attempts, 'retryable', true, 'retry_in_s', round(v_delay::numeric, 3)),
+      worker_id = null, lease_token = null, lease_expires_at = null, updated_at = now()
+    where task_id = p_task_id returning * into v;
+  else
+    update tasks set status = 'failed', error = p_error,
+      error_details = coalesce(p_error_details, '{}') || jsonb_build_object(
+        'attempt', v.attempts, 'retryable', coalesce(p_retryable, true),
+        'gave_up', case when coalesce(p_retryable, true) then 'max_attempts reached' else 'permanent error' end),
+      lease_token = null, lease_expires_at = null, completed_at = now(), updated_at = now()
+    where task_id = p_task_id returning * into v;
+    perform _cw_end_dependents(p_task_id);
+  end if;
+  perform _cw_refresh_worker(v_worker);
+  return v;
+end
+$$;
+
+-- Hand a held task back without spending an attempt (graceful shutdown, or a worker that cannot take it).
+create or replace function release_task(p_task_id text, p_lease_token uuid)
+returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+  v_worker text;
+begin
+  v := _cw_held_task('release_task', p_task_id, p_lease_token);
+  v_worker := v.worker_id;
+  update tasks set status = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(), worker_id = null,
+    lease_token = null, lease_expires_at = null, updated_at = now()
+  where task_id = p_task_id returning * into v;
+  perform _cw_refresh_worker(v_worker);
+  return v;
+end
+$$;
+
+-- Cancel a queued or running task. A running task keeps its worker_id and lease token until that worker's
+-- next heartbeat tells it to stop; any report it makes afterwards is rejected. Dependents are cancelled too.
+create or replace function cancel_task(p_task_id text, p_reason text default null)
+returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v tasks;
+begin
+  select * into v from tasks where task_id = p_task_id for update;
+  if not found then
+    raise exception using errcode = 'CW002', message = format('cancel_task: no task has id %L', p_task_id);
+  end if;
+  if v.status in ('complete', 'failed') then
+    raise exception using errcode = 'CW004',
+      message = format('cancel_task: task %s is already %s; there is nothing to cancel', p_task_id, v.status);
+  end if;
+  if v.status = 'cancelled' then
+    return v;
+  end if;
+  update tasks set status = 'cancelled', error = coalesce(p_reason, 'cancelled by request'),
+    error_details = jsonb_build_object('reason', 'cancelled', 'was', v.status),
+    lease_expires_at = null, completed_at = now(), updated_at = now()
+  where task_id = p_task_id returning * into v;
+  perform _cw_end_dependents(p_task_id);
+  if v.worker_id is not null then
+    perform _cw_refresh_worker(v.worker_id);
+  end if;
+  return v;
+end
+$$;
+
+-- Recovery, run often by every worker and by the orchestrator (cheap when there is nothing to do):
+--  * running tasks whose lease expired go back to the queue at once (attempt spent), or fail when no
+--    attempts are left;
+--  * queued tasks whose dependency failed or was cancelled end with the reason;
+--  * workers silent for longer than p_worker_timeout_s are marked lost.
+-- Returns {"requeued": [...], "failed": [...], "lost_workers": [...]}.
+create or replace function requeue_stale(p_worker_timeout_s double precision default 90)
+returns jsonb
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+declare
+  v_requeued text[] := '{}';
+  v_failed text[] := '{}';
+  v_lost text[];
+  v record;
+  v_dep record;
+begin
+  perform _cw_check_lease_seconds('requeue_stale', p_worker_timeout_s);
+  for v in
+    select t.task_id, t.worker_id, t.attempts, t.max_attempts from tasks t
+    where t.status = 'running' and t.lease_expires_at < now()
+    order by t.task_id
+    for update skip locked
+  loop
+    if v.attempts < v.max_attempts then
+      update tasks set status = 'queued', run_at = now(), worker_id = null, lease_token = null,
+        lease_expires_at = null,
+        error = format('lease expired: worker %s stopped reporting (attempt %s of %s); requeued', v.worker_id, v.attempts, v.max_attempts),
+        error_details = jsonb_build_object('reason', 'lease_expired', 'worker_id', v.worker_id, 'attempt', v.attempts),
+        updated_at = now()
+      where task_id = v.task_id;
+      v_requeued := v_requeued || v.task_id;
+    else
+      update tasks set status = 'failed', lease_token = null, lease_expires_at = null, completed_at = now(),
+        error = format('lease expired: worker %s stopped reporting on the last attempt (%s of %s)', v.worker_id, v.attempts, v.max_attempts),
+        error_details = jsonb_build_object('reason', 'lease_expired', 'worker_id', v.worker_id, 'attempt', v.attempts,
+                                           'gave_up', 'max_attempts reached'),
+        updated_at = now()
+      where task_id = v.task_id;
+      v_failed := v_failed || v.task_id;
+      perform _cw_end_dependents(v.task_id);
+    end if;
+    perform _cw_refresh_worker(v.worker_id);
+  end loop;
+  -- backstop for rows inserted directly whose dependency had already ended badly
+  for v_dep in
+    select distinct d.id from tasks t cross join unnest(t.depends_on) d(id) join tasks dt on dt.task_id = d.id
+    where t.status = 'queued' and cardinality(t.depends_on) > 0 and dt.status in ('failed', 'cancelled')
+  loop
+    perform _cw_end_dependents(v_dep.id);
+  end loop;
+  with lost as (
+    update workers set status = 'lost', current_task_id = null, updated_at = now()
+    where status in ('idle', 'busy', 'draining')
+      and last_heartbeat < now() - make_interval(secs => p_worker_timeout_s)
+    returning id
+  )
+  select coalesce(array_agg(id order by id), '{}') into v_lost from lost;
+  return jsonb_build_object('requeued', to_jsonb(v_requeued), 'failed', to_jsonb(v_failed),
+                            'lost_workers', to_jsonb(v_lost));
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- privileges: service_role only (Supabase grants new functions to anon/authenticated by default)
+
+do $$
+declare
+  f record;
+begin
+  for f in
+    select p.oid::regprocedure as sig from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'public' and p.proname in (
+      '_cw_check_lease_seconds', '_cw_check_object', '_cw_held_task', '_cw_refresh_worker', '_cw_end_dependents',
+      'register_worker', 'deregister_worker', 'set_worker_status', 'heartbeat', 'enqueue_task', 'get_task',
+      'claim_tasks', 'update_progress', 'complete_task', 'fail_task', 'release_task', 'cancel_task',
+      'requeue_stale', 'tasks_notify')
+  loop
+    execute format('revoke all on function %s from public, anon, authenticated', f.sig);
+    execute format('grant execute on function %s to service_role', f.sig);
+  end loop;
+end
+$$;

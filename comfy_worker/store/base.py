@@ -1,0 +1,77 @@
+"""The TaskStore interface: what the daemon, the CLI and the orchestrator need from the queue.
+
+Three implementations: :mod:`.postgres` (asyncpg, calls the SQL functions in sql/), :mod:`.supabase`
+(supabase-py ``rpc()`` to the same functions) and :mod:`.sqlite` (embedded, mirrors their semantics for a
+single host). ``tests/integration/test_store_conformance.py`` runs one suite against all three.
+
+Every method raises only :mod:`comfy_worker.errors` exceptions: ``StoreUnavailable`` when the database
+cannot be reached (retry later), ``LeaseLost`` when a report carries a stale lease token, ``TaskNotFound`` /
+``WorkerNotFound`` / ``InvalidArgument`` for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+
+DEFAULT_BACKOFF_BASE_S = 5.0
+DEFAULT_BACKOFF_CAP_S = 300.0
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """Async access to the queue. One instance per process; safe to share between coroutines."""
+
+    name: str
+
+    async def connect(self) -> None:
+        """Open connections and check the schema (``SchemaMissing`` if absent and not migrating)."""
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply the schema; return what was applied (empty when already current). Idempotent."""
+        ...
+
+    # workers
+    async def register_worker(self, info: WorkerInfo) -> None: ...
+    async def deregister_worker(self, worker_id: str) -> None: ...
+    async def set_worker_status(
+        self, worker_id: str, status: str, metadata: dict[str, Any] | None = None
+    ) -> None: ...
+    async def heartbeat(
+        self, worker_id: str, lease_seconds: float, metadata: dict[str, Any] | None = None,
+        task_ids: list[str] | None = None,
+    ) -> HeartbeatReply: ...
+
+    # tasks
+    async def enqueue(self, task: NewTask) -> Task: ...
+    async def get_task(self, task_id: str) -> Task: ...
+    async def claim(
+        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float
+    ) -> list[Task]: ...
+    async def update_progress(
+        self, task_id: str, lease_token: str, progress: dict[str, Any] | None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None: ...
+    async def complete(
+        self, task_id: str, lease_token: str, result: dict[str, Any], output_url: str | None = None
+    ) -> Task: ...
+    async def fail(
+        self, task_id: str, lease_token: str, error: str, details: dict[str, Any] | None = None,
+        retryable: bool = True, backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+    ) -> Task: ...
+    async def release(self, task_id: str, lease_token: str) -> Task: ...
+    async def cancel(self, task_id: str, reason: str | None = None) -> Task: ...
+    async def requeue_stale(self, worker_timeout_s: float = 90.0) -> StaleReport: ...
+
+    # monitoring
+    async def fleet_snapshot(self) -> dict[str, Any]:
+        """``{"queue": [...], "workers": [...], "throughput": [...], "failures": [...]}`` from the views."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return when new work may be claimable (True) or after ``timeout`` seconds (False)."""
+        ...

@@ -1,0 +1,1 @@
+comfy_worker/sql
