@@ -8,10 +8,12 @@ each test gets a copy (CREATE DATABASE … TEMPLATE is a file copy: much faster 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -19,6 +21,13 @@ import pytest
 ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even when called inside a running event loop
+    (async fixtures request sync fixtures such as ``pg_dsn``): it gets a thread and a loop of its own."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def dsn_for(dbname: str) -> str:
@@ -54,27 +63,27 @@ def pg_template() -> Iterator[str]:
         finally:
             await store.close()
 
-    asyncio.run(build())
+    run_sync(build())
     yield name
-    asyncio.run(_drop(name))
+    run_sync(_drop(name))
 
 
 @pytest.fixture
 def pg_dsn(pg_template: str) -> Iterator[str]:
     """DSN of a fresh, migrated database for this test only."""
     name = f"cwt_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'create database "{name}" template "{pg_template}"'))
+    run_sync(_admin(f'create database "{name}" template "{pg_template}"'))
     yield dsn_for(name)
-    asyncio.run(_drop(name))
+    run_sync(_drop(name))
 
 
 @pytest.fixture
 def empty_pg_dsn() -> Iterator[str]:
     """DSN of a fresh database with nothing in it (for migration tests)."""
     name = f"cwt_empty_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'create database "{name}"'))
+    run_sync(_admin(f'create database "{name}"'))
     yield dsn_for(name)
-    asyncio.run(_drop(name))
+    run_sync(_drop(name))
 
 
 @pytest.fixture
