@@ -55,14 +55,20 @@ def comfy_args(workdir: Path) -> list[str]:
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     return [
         "--cpu",
-        "--extra-model-paths-config", str(paths_yaml),
-        "--input-directory", str(workdir / "input"),
-        "--output-directory", str(workdir / "output"),
-        "--temp-directory", str(workdir),  # ComfyUI appends "temp"
+        "--extra-model-paths-config",
+        str(paths_yaml),
+        "--input-directory",
+        str(workdir / "input"),
+        "--output-directory",
+        str(workdir / "output"),
+        "--temp-directory",
+        str(workdir),  # ComfyUI appends "temp"
     ]
 
 
-def wait_ready(base_url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None) -> None:
+def wait_ready(
+    base_url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -88,8 +94,16 @@ def start_test_comfyui(
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-comfy-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "comfyui.log"
-    cmd = [str(python), "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-           *comfy_args(workdir)]
+    cmd = [
+        str(python),
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        *comfy_args(workdir),
+    ]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"

@@ -49,15 +49,39 @@ class CWSaveVideoMP4:
         n, h, w, _ = frames.shape
         path, name, subfolder = _next_path(filename_prefix, "mp4", w, h)
         cmd = [
-            "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-            "-r", str(fps), "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
-            "-pix_fmt", "yuv420p", path,
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-vf",
+            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            path,
         ]
         proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')[-500:]}")
-        item = {"filename": name, "subfolder": subfolder, "type": "output", "format": "video/h264-mp4",
-                "frame_rate": fps, "frame_count": n}
+        item = {
+            "filename": name,
+            "subfolder": subfolder,
+            "type": "output",
+            "format": "video/h264-mp4",
+            "frame_rate": fps,
+            "frame_count": n,
+        }
         return {"ui": {"gifs": [item]}}
 
 
@@ -89,8 +113,21 @@ class CWLoadVideo:
     def load(self, video, max_frames):
         path = folder_paths.get_annotated_filepath(video)
         probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
-             "-of", "csv=p=0", path], capture_output=True, text=True, check=False,
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=width,height",
+                "-of",
+                "csv=p=0",
+                path,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if probe.returncode != 0:
             raise RuntimeError(f"ffprobe could not read {video}: {probe.stderr.strip()[-300:]}")
@@ -101,7 +138,9 @@ class CWLoadVideo:
         cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg could not decode {video}: {proc.stderr.decode(errors='replace')[-300:]}")
+            raise RuntimeError(
+                f"ffmpeg could not decode {video}: {proc.stderr.decode(errors='replace')[-300:]}"
+            )
         arr = np.frombuffer(proc.stdout, dtype=np.uint8).reshape(-1, h, w, 3)
         frames = torch.from_numpy(arr.astype(np.float32) / 255.0)
         return (frames, int(frames.shape[0]))
@@ -131,7 +170,10 @@ class CWSaveAudioWav:
     def save(self, seconds, frequency, filename_prefix):
         path, name, subfolder = _next_path(filename_prefix, "wav")
         rate = 16000
-        samples = (int(32767 * 0.5 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(int(rate * seconds)))
+        samples = (
+            int(32767 * 0.5 * math.sin(2 * math.pi * frequency * i / rate))
+            for i in range(int(rate * seconds))
+        )
         with wave.open(path, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
