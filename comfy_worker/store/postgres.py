@@ -52,7 +52,9 @@ def _map_error(exc: BaseException) -> StoreError:
     return StoreUnavailable(f"database unreachable: {type(exc).__name__}: {exc}")
 
 
-_CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncio.TimeoutError, ConnectionError)
+_CONNECTION_ERRORS = (
+    OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError, ConnectionError,
+)
 
 
 class PostgresStore:
