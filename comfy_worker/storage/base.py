@@ -1,0 +1,109 @@
+"""The storage interface every backend implements, and the helpers they share.
+
+A :class:`Storage` keeps task outputs (and may serve task inputs) under paths that callers build as
+``"{task_type}/{task_id}/{filename}"``. Every transfer streams between disk and the backend with bounded
+memory and computes the SHA-256 on the way. Backends raise only :class:`~comfy_worker.errors.StorageRejected`
+(permanent: bad path, bucket missing, forbidden, too large) and
+:class:`~comfy_worker.errors.StorageUnavailable` (retryable: network error or 5xx after retries).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from comfy_worker.errors import StorageRejected
+
+READ_BLOCK = 1024 * 1024  # bytes read from disk per step when streaming a file
+
+# Types Python's table misses or gets wrong on slim images; checked before mimetypes.
+_EXTRA_TYPES = {
+    ".webp": "image/webp",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".gif": "image/gif",
+    ".flac": "audio/flac",
+    ".opus": "audio/opus",
+    ".latent": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as stored: where it lives, how to fetch it, and what it contains."""
+
+    path: str
+    url: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Output storage. Implementations: :class:`~comfy_worker.storage.local.LocalStorage`,
+    :class:`~comfy_worker.storage.supabase.SupabaseStorage`."""
+
+    async def check(self) -> None:
+        """Check the destination is usable (bucket exists, directory writable); else StorageRejected."""
+        ...
+
+    async def upload(
+        self, local_path: Path, dest_path: str, *, content_type: str | None = None
+    ) -> StoredObject:
+        """Stream ``local_path`` to ``dest_path`` (overwriting), returning what was stored."""
+        ...
+
+    async def download(self, storage_path: str, local_path: Path) -> Path:
+        """Stream the object at ``storage_path`` to ``local_path`` (written atomically); return the path."""
+        ...
+
+    async def delete(self, paths: list[str]) -> None:
+        """Remove these objects; paths that do not exist are ignored."""
+        ...
+
+    async def url_for(self, path: str) -> str:
+        """A URL a user can fetch the object from (public, signed, or file://)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients this storage owns."""
+        ...
+
+
+def validate_path(path: str) -> str:
+    """Check an object path built by a caller: relative, no ``..``, no empty segments, no backslashes.
+
+    Returns the path unchanged; raises StorageRejected naming the problem."""
+    problem = None
+    if not path or not path.strip():
+        problem = "is empty"
+    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        problem = "is absolute"
+    elif "\\" in path or "\x00" in path:
+        problem = "contains a backslash or NUL"
+    elif any(seg in ("", ".", "..") for seg in path.split("/")):
+        problem = "contains an empty, '.' or '..' segment"
+    elif posixpath.normpath(path) != path:
+        problem = "is not normalised"
+    if problem:
+        raise StorageRejected(
+            f"storage path {path!r} {problem}: use a relative path like 'comfy/<task_id>/<filename>'",
+            details={"path": path},
+        )
+    return path
+
+
+def guess_content_type(name: str) -> str:
+    """The MIME type for a file name, ``application/octet-stream`` when unknown."""
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTRA_TYPES:
+        return _EXTRA_TYPES[suffix]
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
