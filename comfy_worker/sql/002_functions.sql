@@ -60,8 +60,10 @@ begin
 end
 $$;
 
--- Recompute a worker's busy/idle status and current task after its set of running tasks changed.
-create or replace function _cw_refresh_worker(p_worker_id text)
+drop function if exists _cw_refresh_worker(text);  -- superseded by the 3-argument form below
+-- Recompute a worker's busy/idle status and current task after its set of running tasks changed, bumping
+-- its completed/failed counters in the same UPDATE (one write of the worker row per report).
+create or replace function _cw_refresh_worker(p_worker_id text, p_completed integer default 0, p_failed integer default 0)
 returns void language sql volatile security invoker set search_path = public, pg_temp
 as $$
   update workers w set
@@ -69,6 +71,8 @@ as $$
     status = case when w.status in ('idle', 'busy', 'lost', 'starting')
                   then case when r.task_id is null then 'idle' else 'busy' end
                   else w.status end,
+    tasks_completed = w.tasks_completed + p_completed,
+    tasks_failed = w.tasks_failed + p_failed,
     updated_at = now()
   from (select (select t.task_id from tasks t
                 where t.worker_id = p_worker_id and t.status = 'running'
@@ -208,6 +212,8 @@ declare
 begin
   perform _cw_check_lease_seconds('heartbeat', p_lease_seconds);
   perform _cw_check_object('heartbeat', 'metadata', p_metadata);
+  -- a heartbeat lost in a server crash only delays the next one: skip the WAL flush wait
+  perform set_config('synchronous_commit', 'off', true);
   update workers set last_heartbeat = now(), metadata = metadata || coalesce(p_metadata, '{}'), updated_at = now()
   where id = p_worker_id returning status into v_status;
   if not found then
@@ -367,6 +373,10 @@ begin
   perform _cw_check_object('update_progress', 'progress', p_progress);
   perform _cw_check_object('update_progress', 'checkpoint', p_checkpoint);
   perform _cw_held_task('update_progress', p_task_id, p_lease_token);
+  if p_checkpoint is null then
+    -- progress lost in a server crash is harmless; checkpoints (resume points) stay durable
+    perform set_config('synchronous_commit', 'off', true);
+  end if;
   update tasks set progress = coalesce(p_progress, progress), checkpoint = coalesce(p_checkpoint, checkpoint),
     updated_at = now()
   where task_id = p_task_id;
@@ -382,13 +392,16 @@ declare
   v tasks;
 begin
   perform _cw_check_object('complete_task', 'result', p_result);
-  v := _cw_held_task('complete_task', p_task_id, p_lease_token);
+  -- the happy path is one guarded UPDATE; only a miss pays for finding out why
   update tasks set status = 'complete', result = coalesce(p_result, '{}'), output_url = p_output_url,
     error = null, error_details = null, lease_token = null, lease_expires_at = null,
     completed_at = now(), updated_at = now()
-  where task_id = p_task_id returning * into v;
-  update workers set tasks_completed = tasks_completed + 1 where id = v.worker_id;
-  perform _cw_refresh_worker(v.worker_id);
+  where task_id = p_task_id and status = 'running' and lease_token = p_lease_token
+  returning * into v;
+  if not found then
+    perform _cw_held_task('complete_task', p_task_id, p_lease_token);  -- raises CW001/CW002
+  end if;
+  perform _cw_refresh_worker(v.worker_id, 1, 0);
   return v;
 end
 $$;
@@ -416,7 +429,6 @@ begin
   end if;
   v := _cw_held_task('fail_task', p_task_id, p_lease_token);
   v_worker := v.worker_id;
-  update workers set tasks_failed = tasks_failed + 1 where id = v_worker;
   if coalesce(p_retryable, true) and v.attempts < v.max_attempts then
     v_delay := least(p_backoff_cap_s, p_backoff_base_s * power(2, greatest(v.attempts - 1, 0))) * (0.5 + random() / 2);
     update tasks set status = 'queued', run_at = now() + make_interval(secs => v_delay),
@@ -433,7 +445,7 @@ begin
     where task_id = p_task_id returning * into v;
     perform _cw_end_dependents(p_task_id);
   end if;
-  perform _cw_refresh_worker(v_worker);
+  perform _cw_refresh_worker(v_worker, 0, 1);
   return v;
 end
 $$;

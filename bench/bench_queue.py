@@ -1,0 +1,163 @@
+"""Queue benchmark on local PostgreSQL: claim+complete cycles per second and pickup latency.
+
+    .venv/bin/python bench/bench_queue.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
+
+* Throughput: C claimers (C = 1, 8, 32), each its own worker and connection, drain a pre-filled queue with
+  claim(n=1) + complete. Baseline in the same run: two bare ``SELECT 1`` round trips per cycle on the same
+  number of connections, the floor any two-call protocol pays; the ratio is what the queue logic costs.
+* Pickup latency: a producer inserts tasks one at a time at random gaps; a claimer waits on the store's
+  wake-up (LISTEN/NOTIFY) or on its polling interval; latency = claimed - INSERT committed.
+
+Prints a table; targets: >= 2,000 cycles/s at 8 claimers; LISTEN pickup p50 <= 10 ms, p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+import uuid
+
+import asyncpg
+
+from comfy_worker.models import WorkerInfo
+from comfy_worker.store.postgres import PostgresStore
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fill(dsn: str, n: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("truncate tasks")
+        await conn.execute(
+            "insert into tasks (task_type, params) select 'comfy', jsonb_build_object('i', g) "
+            "from generate_series(1, $1) g", n)
+    finally:
+        await conn.close()
+
+
+async def throughput(dsn: str, claimers: int, n_tasks: int) -> float:
+    await fill(dsn, n_tasks)
+    stores = [PostgresStore(dsn, pool_min=1, pool_max=1, listen=False) for _ in range(claimers)]
+    for i, s in enumerate(stores):
+        await s.connect()
+        await s.register_worker(WorkerInfo(f"bench-{i}", "bench", 0, "bench"))
+
+    async def run(i: int, s: PostgresStore) -> int:
+        done = 0
+        while True:
+            tasks = await s.claim(f"bench-{i}", None, 1, 60)
+            if not tasks:
+                return done
+            await s.complete(tasks[0].task_id, tasks[0].lease_token or "", {}, None)
+            done += 1
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(run(i, s) for i, s in enumerate(stores)))
+    elapsed = time.perf_counter() - t0
+    assert sum(counts) == n_tasks, (sum(counts), n_tasks)
+    for s in stores:
+        await s.close()
+    return n_tasks / elapsed
+
+
+async def baseline(dsn: str, conns: int, cycles: int) -> float:
+    """Cycles/s if a cycle were just two trivial round trips."""
+    pool = [await asyncpg.connect(dsn) for _ in range(conns)]
+    per = cycles // conns
+
+    async def run(c: asyncpg.Connection) -> None:
+        for _ in range(per):
+            await c.fetchval("select 1")
+            await c.fetchval("select 1")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run(c) for c in pool))
+    elapsed = time.perf_counter() - t0
+    for c in pool:
+        await c.close()
+    return per * conns / elapsed
+
+
+async def pickup(dsn: str, *, listen: bool, poll_interval: float, n: int) -> list[float]:
+    await fill(dsn, 0)
+    store = PostgresStore(dsn, listen=listen)
+    await store.connect()
+    await store.register_worker(WorkerInfo("pickup", "bench", 0, "bench"))
+    if listen:
+        assert await store.wait_listening(10)
+    inserted: dict[str, float] = {}
+    latencies: list[float] = []
+    stop = asyncio.Event()
+
+    async def claimer() -> None:
+        while not stop.is_set() or len(latencies) < n:
+            tasks = await store.claim("pickup", None, 1, 60)
+            now = time.perf_counter()
+            for t in tasks:
+                latencies.append(now - inserted[t.task_id])
+                await store.complete(t.task_id, t.lease_token or "", {}, None)
+            if not tasks:
+                await store.wait_for_work(poll_interval)
+
+    producer_conn = await asyncpg.connect(dsn)
+    ctask = asyncio.create_task(claimer())
+    rng = random.Random(7)
+    for _ in range(n):
+        await asyncio.sleep(rng.uniform(0.005, 0.03))
+        tid = uuid.uuid4().hex
+        await producer_conn.execute("insert into tasks (task_id, task_type, params) values ($1, 'comfy', '{}')", tid)
+        inserted[tid] = time.perf_counter()
+    stop.set()
+    await asyncio.wait_for(ctask, 60)
+    await producer_conn.close()
+    await store.close()
+    return latencies
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--tasks", type=int, default=6000)
+    ap.add_argument("--pickups", type=int, default=300)
+    a = ap.parse_args()
+    db = f"bench_queue_{uuid.uuid4().hex[:8]}"
+    await _admin(a.dsn, f'create database "{db}"')
+    dsn = a.dsn.rsplit("/", 1)[0] + "/" + db
+    try:
+        s = PostgresStore(dsn, listen=False)
+        await s.connect()
+        await s.migrate()
+        await s.close()
+        print(f"{'claimers':>8} {'cycles/s':>10} {'baseline 2xSELECT1/s':>22} {'ratio':>6}")
+        for c in (1, 8, 32):
+            n = a.tasks if c > 1 else a.tasks // 3
+            rate = await throughput(dsn, c, n)
+            base = await baseline(dsn, c, n)
+            print(f"{c:>8} {rate:>10.0f} {base:>22.0f} {rate / base:>6.2f}")
+        print()
+        print(f"{'pickup':>22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        for label, listen, poll in (("LISTEN (poll 2 s)", True, 2.0), ("polling every 0.5 s", False, 0.5)):
+            lat = await pickup(dsn, listen=listen, poll_interval=poll, n=a.pickups if listen else a.pickups // 3)
+            print(f"{label:>22} {pct(lat, .5) * 1e3:>8.1f} {pct(lat, .99) * 1e3:>8.1f} {max(lat) * 1e3:>8.1f}"
+                  f"   (n={len(lat)}, mean {statistics.mean(lat) * 1e3:.1f} ms)")
+    finally:
+        await _admin(a.dsn, f'drop database if exists "{db}" with (force)')
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
