@@ -1,0 +1,583 @@
+"""The queue's rules for the embedded SQLite store: sql/002_functions.sql, rewritten as Python over SQLite.
+
+Each public ``op_*`` function is the body of one Postgres function. It runs synchronously on one
+``sqlite3.Connection`` inside a ``BEGIN IMMEDIATE`` transaction that :mod:`.sqlite` opens (so no other
+process writes meanwhile) and gets ``now``, read once after the write lock was taken, as Postgres'
+``now()`` is fixed for a transaction. Raising rolls the whole call back, as a RAISE does in plpgsql.
+Messages, statuses and JSON details are the same as the SQL functions'.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import re
+import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from comfy_worker.errors import InvalidArgument, LeaseLost, TaskNotFound, WorkerNotFound
+from comfy_worker.models import NewTask, WorkerInfo
+from comfy_worker.store.migrations import sqlite_file
+
+WORKER_STATUSES = ("starting", "idle", "busy", "draining", "stopped", "lost")
+_INT32 = 2**31 - 1
+_REGISTER_HINT = "call register_worker first"
+_LEASE_HINT = "stop working on this task; nothing more is recorded for it by this worker"
+
+
+# --- plumbing -------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    """The named queries of sql/sqlite/queries.sql (``-- name: x`` starts query x)."""
+    out: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", sqlite_file("queries.sql"), flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body.strip().rstrip(";")
+    return out
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+def ts(value: datetime) -> str:
+    """The canonical timestamp text: ISO-8601 UTC, fixed width, microseconds (naive means UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lit(value: Any) -> str:
+    """Like plpgsql's format('%L'): a quoted literal."""
+    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
+
+
+def _num(value: float) -> str:
+    """A double as Postgres prints it: 60, 0.5, -1."""
+    return (
+        str(int(value)) if math.isfinite(value) and value.is_integer() and abs(value) < 1e15 else repr(value)
+    )
+
+
+def _invalid(message: str, hint: str | None = None, sqlstate: str = "CW004") -> InvalidArgument:
+    details: dict[str, Any] = {"sqlstate": sqlstate}
+    if hint:
+        details["hint"] = hint
+    return InvalidArgument(message, details=details)
+
+
+def json_type(value: Any) -> str:
+    """The jsonb_typeof of a Python value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "object"
+
+
+def dumps(fn: str, field: str, value: Any) -> str | None:
+    """JSON text for a jsonb column (non-JSON values as strings, like the asyncpg codec); None stays NULL."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError) as exc:
+        raise _invalid(f"{fn}: {field} cannot be stored as JSON: {exc}", sqlstate="22P02") from exc
+
+
+def check_object(fn: str, field: str, value: Any) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise _invalid(
+            f"{fn}: {field} must be a JSON object, got a JSON {json_type(value)}",
+            hint='wrap the value in an object, e.g. {"value": ...}',
+        )
+
+
+def check_seconds(fn: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds <= 86400:
+        shown = "null" if value is None else (_num(seconds) if not math.isnan(seconds) else str(value))
+        raise _invalid(
+            f"{fn}: lease_seconds must be between 0 and 86400 (got {shown})",
+            hint="pass the lease length in seconds, e.g. 60",
+        )
+    return seconds
+
+
+def lease_token(fn: str, value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError as exc:
+        raise _invalid(
+            f"{fn}: lease_token must be the UUID the claim returned (got {value!r})", sqlstate="22P02"
+        ) from exc
+
+
+def _merge(old_json: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """jsonb ``old || extra``: a shallow merge."""
+    merged = json.loads(old_json) if old_json else {}
+    merged.update(extra or {})
+    return merged
+
+
+def _worker(conn: sqlite3.Connection, fn: str, worker_id: str, hint: str | None = None) -> sqlite3.Row:
+    row = conn.execute(q("worker_by_id"), {"worker_id": worker_id}).fetchone()
+    if row is None:
+        details: dict[str, Any] = {"sqlstate": "CW003"}
+        if hint:
+            details["hint"] = hint
+        raise WorkerNotFound(f"{fn}: no worker has id {_lit(worker_id)}", details=details)
+    return row
+
+
+def _task(conn: sqlite3.Connection, fn: str, task_id: str) -> sqlite3.Row:
+    row = conn.execute(q("task_by_id"), {"task_id": task_id}).fetchone()
+    if row is None:
+        raise TaskNotFound(f"{fn}: no task has id {_lit(task_id)}", details={"sqlstate": "CW002"})
+    return row
+
+
+def held_task(conn: sqlite3.Connection, fn: str, task_id: str, token: str) -> sqlite3.Row:
+    """The task, if the caller still holds it (_cw_held_task); LeaseLost / TaskNotFound otherwise."""
+    row = _task(conn, fn, task_id)
+    status, holder = row["status"], row["worker_id"]
+    if status == "running" and row["lease_token"] == token:
+        return row
+    if status == "cancelled":
+        why = "the task was cancelled"
+    elif status == "running":
+        why = f"its lease is now held by worker {holder or ''} (ours expired and the task was requeued)"
+    elif status == "queued":
+        why = "our lease expired and the task was requeued"
+    else:
+        why = f"the task is already {status}"
+    raise LeaseLost(
+        f"{fn}: report for task {task_id} rejected: {why}",
+        details={
+            "sqlstate": "CW001",
+            "hint": _LEASE_HINT,
+            "task_id": task_id,
+            "status": status,
+            "worker_id": holder,
+        },
+    )
+
+
+def refresh_worker(conn: sqlite3.Connection, now: str, worker_id: str | None) -> None:
+    """_cw_refresh_worker: busy/idle and current task after the worker's running set changed."""
+    if worker_id is None:
+        return
+    newest = conn.execute(q("newest_running_of_worker"), {"worker_id": worker_id}).fetchone()
+    conn.execute(
+        q("refresh_worker"), {"worker_id": worker_id, "task_id": newest[0] if newest else None, "now": now}
+    )
+
+
+def end_dependents(conn: sqlite3.Connection, now: str, task_id: str) -> int:
+    """_cw_end_dependents: a failed dependency fails its queued dependents, a cancelled one cancels them."""
+    row = conn.execute(q("task_by_id"), {"task_id": task_id}).fetchone()
+    if row is None or row["status"] not in ("failed", "cancelled"):
+        return 0
+    return conn.execute(q("end_dependents"), {"root": task_id, "status": row["status"], "now": now}).rowcount
+
+
+# --- workers --------------------------------------------------------------------------------------------
+
+
+def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> None:
+    wid = info.worker_id
+    if not isinstance(wid, str) or not wid:
+        raise _invalid("register_worker: worker_id must be a non-empty string")
+    check_object("register_worker", "metadata", info.metadata)
+    existing = conn.execute(q("worker_by_id"), {"worker_id": wid}).fetchone()
+    args = {
+        "worker_id": wid,
+        "host": info.host,
+        "pid": info.pid,
+        "version": info.version,
+        "task_types": dumps("register_worker", "task_types", list(info.task_types or ())),
+        "now": now,
+    }
+    if existing is None:
+        args["metadata"] = dumps("register_worker", "metadata", info.metadata or {})
+        conn.execute(q("insert_worker"), args)
+    else:
+        args["metadata"] = dumps("register_worker", "metadata", _merge(existing["metadata"], info.metadata))
+        conn.execute(q("reregister_worker"), args)
+    # A worker id re-registering means its previous process is gone: what it held goes back to the queue
+    # now rather than after lease expiry (the attempt counts, as it would have on expiry).
+    for (task_id,) in conn.execute(q("running_task_ids_of_worker"), {"worker_id": wid}).fetchall():
+        conn.execute(q("requeue_restarted_task"), {"task_id": task_id, "worker_id": wid, "now": now})
+        end_dependents(conn, now, task_id)
+
+
+def op_deregister_worker(conn: sqlite3.Connection, now: str, worker_id: str) -> None:
+    conn.execute(q("release_worker_tasks"), {"worker_id": worker_id, "now": now})
+    if conn.execute(q("stop_worker"), {"worker_id": worker_id, "now": now}).rowcount == 0:
+        raise WorkerNotFound(
+            f"deregister_worker: no worker has id {_lit(worker_id)}", details={"sqlstate": "CW003"}
+        )
+
+
+def op_set_worker_status(
+    conn: sqlite3.Connection, now: str, worker_id: str, status: str, metadata: dict[str, Any] | None
+) -> None:
+    check_object("set_worker_status", "metadata", metadata)
+    row = _worker(conn, "set_worker_status", worker_id)
+    if status not in WORKER_STATUSES:
+        raise _invalid(
+            f"set_worker_status: status must be one of {', '.join(WORKER_STATUSES)} (got {_lit(status)})",
+            sqlstate="23514",
+        )
+    conn.execute(
+        q("set_worker_status"),
+        {
+            "worker_id": worker_id,
+            "status": status,
+            "now": now,
+            "metadata": dumps("set_worker_status", "metadata", _merge(row["metadata"], metadata)),
+        },
+    )
+
+
+def op_heartbeat(
+    conn: sqlite3.Connection,
+    now_dt: datetime,
+    worker_id: str,
+    lease_seconds: Any,
+    metadata: dict[str, Any] | None,
+    task_ids: list[str] | None,
+) -> dict[str, Any]:
+    now = ts(now_dt)
+    seconds = check_seconds("heartbeat", lease_seconds)
+    check_object("heartbeat", "metadata", metadata)
+    row = _worker(conn, "heartbeat", worker_id, hint=_REGISTER_HINT)
+    conn.execute(
+        q("worker_heartbeat"),
+        {
+            "worker_id": worker_id,
+            "now": now,
+            "metadata": dumps("heartbeat", "metadata", _merge(row["metadata"], metadata)),
+        },
+    )
+    conn.execute(
+        q("extend_worker_leases"),
+        {
+            "worker_id": worker_id,
+            "now": now,
+            "lease_expires_at": ts(now_dt + timedelta(seconds=seconds)),
+        },
+    )
+    status = row["status"]
+    if status in ("lost", "starting", "stopped"):
+        # it was given up on (or never registered properly) but is alive: it counts again
+        conn.execute(q("revive_worker"), {"worker_id": worker_id})
+        refresh_worker(conn, now, worker_id)
+        status = _worker(conn, "heartbeat", worker_id)["status"]
+    cancelled: list[str] = []
+    lost: list[str] = []
+    if task_ids is None:
+        # no list given: report cancellations of tasks still attributed to this worker and not yet told
+        cancelled = [r[0] for r in conn.execute(q("untold_cancelled_of_worker"), {"worker_id": worker_id})]
+        if cancelled:
+            conn.execute(q("mark_cancel_told"), {"worker_id": worker_id})
+    else:
+        ids = [str(i) for i in task_ids]
+        missing: list[str] = []
+        known: dict[str, sqlite3.Row] = {}
+        for r in conn.execute(q("task_states"), {"ids": json.dumps(ids)}):
+            if r["task_id"] is None:
+                missing.append(r["asked"])
+            else:
+                known[r["task_id"]] = r
+        for tid in sorted(known):
+            r = known[tid]
+            if r["status"] == "cancelled":
+                cancelled.append(tid)
+            elif r["status"] != "running" or r["worker_id"] != worker_id:
+                lost.append(tid)
+        # ids the worker holds that no longer exist at all are lost too
+        lost += missing
+    return {"worker_status": status, "cancelled": cancelled, "lost": lost}
+
+
+# --- tasks ----------------------------------------------------------------------------------------------
+
+
+def _int32(fn: str, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -_INT32 - 1 <= value <= _INT32:
+        raise _invalid(f"{fn}: {field} must be a 32-bit integer (got {value!r})", sqlstate="22003")
+    return value
+
+
+def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row:
+    fn = "enqueue_task"
+    if not isinstance(task.task_type, str) or not task.task_type:
+        raise _invalid(f"{fn}: task_type must be a non-empty string")
+    if not isinstance(task.params, dict):
+        got = "null" if task.params is None else f"a JSON {json_type(task.params)}"
+        raise _invalid(
+            f"{fn}: params must be a JSON object, got {got}", hint='send params as {"workflow": {...}, ...}'
+        )
+    if task.max_attempts is None or (isinstance(task.max_attempts, int) and task.max_attempts < 1):
+        raise _invalid(f"{fn}: max_attempts must be >= 1 (got {task.max_attempts})")
+    max_attempts = _int32(fn, "max_attempts", task.max_attempts)
+    priority = _int32(fn, "priority", 0 if task.priority is None else task.priority)
+    depends_on = [str(d) for d in (task.depends_on or ())]
+    if depends_on:
+        missing = [r[0] for r in conn.execute(q("missing_task_ids"), {"ids": json.dumps(depends_on)})]
+        if missing:
+            raise TaskNotFound(
+                f"{fn}: depends_on names tasks that do not exist: {', '.join(missing)}",
+                details={"sqlstate": "CW002"},
+            )
+    if task.run_at is not None and not isinstance(task.run_at, datetime):
+        raise _invalid(f"{fn}: run_at must be a datetime (got {task.run_at!r})", sqlstate="22P02")
+    row = conn.execute(
+        q("insert_task"),
+        {
+            "task_id": task.task_id if task.task_id is not None else str(uuid.uuid4()),
+            "task_type": task.task_type,
+            "params": dumps(fn, "params", task.params),
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "depends_on": json.dumps(depends_on),
+            "dedupe_key": task.dedupe_key,
+            "run_at": ts(task.run_at) if task.run_at is not None else now,
+            "now": now,
+        },
+    ).fetchone()
+    if row is not None:
+        return row
+    # idempotent: an existing task_id, or a dedupe_key held by a queued or running task, returns that task
+    if task.task_id is not None:
+        row = conn.execute(q("task_by_id"), {"task_id": task.task_id}).fetchone()
+    if row is None:
+        row = conn.execute(q("task_by_active_dedupe_key"), {"dedupe_key": task.dedupe_key}).fetchone()
+    return row
+
+
+def op_get_task(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    return _task(conn, "get_task", task_id)
+
+
+def op_claim(
+    conn: sqlite3.Connection,
+    now_dt: datetime,
+    worker_id: str,
+    task_types: list[str] | None,
+    n: Any,
+    lease_seconds: Any,
+) -> list[sqlite3.Row]:
+    now = ts(now_dt)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+        raise _invalid(f"claim_tasks: n must be between 1 and 1000 (got {n})")
+    seconds = check_seconds("claim_tasks", lease_seconds)
+    status = _worker(conn, "claim_tasks", worker_id, hint=_REGISTER_HINT)["status"]
+    if status in ("draining", "stopped"):
+        return []
+    types = json.dumps([str(t) for t in task_types]) if task_types else None
+    picked = [r[0] for r in conn.execute(q("claimable_task_ids"), {"now": now, "types": types, "n": n})]
+    if not picked:
+        return []
+    expires = ts(now_dt + timedelta(seconds=seconds))
+    claimed: list[sqlite3.Row] = []
+    for task_id in picked:
+        row = conn.execute(
+            q("claim_task"),
+            {
+                "task_id": task_id,
+                "worker_id": worker_id,
+                "lease_token": str(uuid.uuid4()),
+                "lease_expires_at": expires,
+                "now": now,
+            },
+        ).fetchone()
+        if row is not None:
+            claimed.append(row)
+    if claimed:
+        conn.execute(
+            q("worker_claimed"), {"worker_id": worker_id, "task_id": claimed[0]["task_id"], "now": now}
+        )
+    return claimed
+
+
+def op_update_progress(
+    conn: sqlite3.Connection,
+    now: str,
+    task_id: str,
+    token: Any,
+    progress: dict[str, Any] | None,
+    checkpoint: dict[str, Any] | None,
+) -> None:
+    fn = "update_progress"
+    token = lease_token(fn, token)
+    check_object(fn, "progress", progress)
+    check_object(fn, "checkpoint", checkpoint)
+    held_task(conn, fn, task_id, token)
+    conn.execute(
+        q("update_progress"),
+        {
+            "task_id": task_id,
+            "now": now,
+            "progress": dumps(fn, "progress", progress),
+            "checkpoint": dumps(fn, "checkpoint", checkpoint),
+        },
+    )
+
+
+def op_complete(
+    conn: sqlite3.Connection,
+    now: str,
+    task_id: str,
+    token: Any,
+    result: dict[str, Any] | None,
+    output_url: str | None,
+) -> sqlite3.Row:
+    fn = "complete_task"
+    token = lease_token(fn, token)
+    check_object(fn, "result", result)
+    held = held_task(conn, fn, task_id, token)
+    row = conn.execute(
+        q("complete_task"),
+        {
+            "task_id": task_id,
+            "now": now,
+            "result": dumps(fn, "result", result if result is not None else {}),
+            "output_url": output_url,
+        },
+    ).fetchone()
+    conn.execute(q("count_completed"), {"worker_id": held["worker_id"]})
+    refresh_worker(conn, now, held["worker_id"])
+    return row
+
+
+def op_fail(
+    conn: sqlite3.Connection,
+    now_dt: datetime,
+    task_id: str,
+    token: Any,
+    error: str,
+    details: dict[str, Any] | None,
+    retryable: bool | None,
+    backoff_base_s: float,
+    backoff_cap_s: float,
+) -> sqlite3.Row:
+    fn = "fail_task"
+    now = ts(now_dt)
+    token = lease_token(fn, token)
+    check_object(fn, "error_details", details)
+    if not error:
+        raise _invalid(f"{fn}: error must say what went wrong (got an empty message)")
+    if backoff_base_s < 0 or backoff_cap_s < 0:
+        raise _invalid(f"{fn}: backoff values must not be negative")
+    held = held_task(conn, fn, task_id, token)
+    worker_id, attempts = held["worker_id"], held["attempts"]
+    retry = True if retryable is None else bool(retryable)
+    conn.execute(q("count_failed"), {"worker_id": worker_id})
+    extra = dict(details or {})
+    if retry and attempts < held["max_attempts"]:
+        delay = min(backoff_cap_s, backoff_base_s * 2 ** max(attempts - 1, 0)) * (0.5 + random.random() / 2)
+        extra.update({"attempt": attempts, "retryable": True, "retry_in_s": round(delay, 3)})
+        row = conn.execute(
+            q("retry_task"),
+            {
+                "task_id": task_id,
+                "now": now,
+                "run_at": ts(now_dt + timedelta(seconds=delay)),
+                "error": error,
+                "error_details": dumps(fn, "error_details", extra),
+            },
+        ).fetchone()
+    else:
+        extra.update(
+            {
+                "attempt": attempts,
+                "retryable": retry,
+                "gave_up": "max_attempts reached" if retry else "permanent error",
+            }
+        )
+        row = conn.execute(
+            q("fail_task"),
+            {
+                "task_id": task_id,
+                "now": now,
+                "error": error,
+                "error_details": dumps(fn, "error_details", extra),
+            },
+        ).fetchone()
+        end_dependents(conn, now, task_id)
+    refresh_worker(conn, now, worker_id)
+    return row
+
+
+def op_release(conn: sqlite3.Connection, now: str, task_id: str, token: Any) -> sqlite3.Row:
+    token = lease_token("release_task", token)
+    held = held_task(conn, "release_task", task_id, token)
+    row = conn.execute(q("release_task"), {"task_id": task_id, "now": now}).fetchone()
+    refresh_worker(conn, now, held["worker_id"])
+    return row
+
+
+def op_cancel(conn: sqlite3.Connection, now: str, task_id: str, reason: str | None) -> sqlite3.Row:
+    row = _task(conn, "cancel_task", task_id)
+    if row["status"] in ("complete", "failed"):
+        raise _invalid(f"cancel_task: task {task_id} is already {row['status']}; there is nothing to cancel")
+    if row["status"] == "cancelled":
+        return row
+    # a running task keeps worker_id and lease_token until the worker's next heartbeat tells it to stop
+    row = conn.execute(
+        q("cancel_task"),
+        {
+            "task_id": task_id,
+            "now": now,
+            "error": reason if reason is not None else "cancelled by request",
+        },
+    ).fetchone()
+    end_dependents(conn, now, task_id)
+    refresh_worker(conn, now, row["worker_id"])
+    return row
+
+
+def op_requeue_stale(conn: sqlite3.Connection, now_dt: datetime, worker_timeout_s: Any) -> dict[str, Any]:
+    now = ts(now_dt)
+    timeout = check_seconds("requeue_stale", worker_timeout_s)
+    requeued: list[str] = []
+    failed: list[str] = []
+    for r in conn.execute(q("expired_leases"), {"now": now}).fetchall():
+        if r["attempts"] < r["max_attempts"]:
+            conn.execute(q("requeue_expired"), {"task_id": r["task_id"], "now": now})
+            requeued.append(r["task_id"])
+        else:
+            conn.execute(q("fail_expired"), {"task_id": r["task_id"], "now": now})
+            failed.append(r["task_id"])
+            end_dependents(conn, now, r["task_id"])
+        refresh_worker(conn, now, r["worker_id"])
+    # backstop for rows inserted directly whose dependency had already ended badly
+    for (dep_id,) in conn.execute(q("ended_dependencies_of_queued")).fetchall():
+        end_dependents(conn, now, dep_id)
+    cutoff = ts(now_dt - timedelta(seconds=timeout))
+    lost = sorted(
+        r[0] for r in conn.execute(q("mark_lost_workers"), {"now": now, "cutoff": cutoff}).fetchall()
+    )
+    return {"requeued": requeued, "failed": failed, "lost_workers": lost}
+
+
+def has_claimable(conn: sqlite3.Connection, now: str, task_types: list[str] | None) -> bool:
+    types = json.dumps(list(task_types)) if task_types else None
+    return bool(conn.execute(q("claimable_exists"), {"now": now, "types": types}).fetchone()[0])
