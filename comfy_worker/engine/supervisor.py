@@ -1,0 +1,295 @@
+"""Run ComfyUI as a child process (or attach to one at COMFY_URL), watch it, restart it with backoff.
+
+The child's stdout/stderr are read continuously line by line into the worker's log (event
+``comfyui_output``) and the last lines are kept for error details; the pipe is never left unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from comfy_worker.errors import EngineStartupError, EngineUnavailable
+from comfy_worker.logs import get_logger
+
+log = get_logger(__name__)
+TAIL_LINES = 200
+
+
+class ComfySupervisor:
+    """Owns the ComfyUI process. ``died`` is set whenever a running ComfyUI exits unexpectedly (cleared on a
+    successful restart); ``on_exit(returncode)`` is called too when given."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        on_exit: Callable[[int | None], None] | None = None,
+        auto_restart: bool = True,
+        min_uptime_s: float = 60.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.on_exit = on_exit
+        self.auto_restart = auto_restart
+        self.min_uptime_s = min_uptime_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.died = asyncio.Event()
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._healthy = False
+        self._failures_in_row = 0
+        self._ready_at = 0.0
+        self.attached = bool(settings.comfy_url)
+
+    # --- properties -------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self.attached:
+            return str(self.settings.comfy_url).rstrip("/")
+        host = self.settings.comfy_listen
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"http://{host}:{self.settings.comfy_port}"
+
+    @property
+    def healthy(self) -> bool:
+        if self.attached:
+            return self._healthy
+        return self._healthy and self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    def log_tail(self, lines: int = 50) -> str:
+        return "\n".join(list(self.tail)[-lines:])
+
+    # --- start ------------------------------------------------------------------------------------------
+
+    def command(self) -> tuple[list[str], Path]:
+        """(argv, cwd) to launch ComfyUI; EngineStartupError with one clear line when it cannot be."""
+        s = self.settings
+        if not s.comfy_path:
+            raise EngineStartupError(
+                "COMFY_PATH is not set: point it at the ComfyUI directory (with main.py)"
+            )
+        path = Path(s.comfy_path).expanduser()
+        if not path.is_dir():
+            raise EngineStartupError(f"COMFY_PATH={path} does not exist: point it at the ComfyUI directory")
+        if not (path / "main.py").is_file():
+            raise EngineStartupError(f"COMFY_PATH={path} has no main.py: point it at the ComfyUI directory")
+        python = s.comfy_python or sys.executable
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise EngineStartupError(
+                f"COMFY_PYTHON={python} is not an executable file: set it to ComfyUI's python"
+            )
+        argv = [
+            python,
+            "main.py",
+            "--listen",
+            s.comfy_listen,
+            "--port",
+            str(s.comfy_port),
+            "--disable-auto-launch",
+        ]
+        argv += shlex.split(s.comfy_args or "")
+        return argv, path
+
+    async def start(self) -> None:
+        """Launch (or attach) and wait until /system_stats answers; EngineStartupError otherwise."""
+        self._stopping = False
+        if self.attached:
+            await self._wait_attached()
+            return
+        async with self._lock:
+            await self._launch()
+
+    async def _wait_attached(self) -> None:
+        deadline = time.monotonic() + self.settings.comfy_startup_timeout
+        while True:
+            if await self._probe():
+                self._healthy = True
+                log.info("comfyui_attached", url=self.base_url)
+                return
+            if time.monotonic() >= deadline:
+                raise EngineStartupError(
+                    f"COMFY_URL={self.base_url}: ComfyUI did not answer /system_stats within "
+                    f"{self.settings.comfy_startup_timeout:.0f} s"
+                )
+            await asyncio.sleep(0.5)
+
+    async def _probe(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as http:
+                resp = await http.get(f"{self.base_url}/system_stats")
+            return resp.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _launch(self) -> None:
+        argv, cwd = self.command()
+        self.died.clear()
+        self._healthy = False
+        log.info("comfyui_starting", argv=argv, cwd=str(cwd))
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise EngineStartupError(f"cannot launch ComfyUI ({argv[0]}): {exc}") from exc
+        proc = self._proc
+        self._reader = asyncio.create_task(self._read_output(proc), name="comfyui-output")
+        started = time.monotonic()
+        deadline = started + self.settings.comfy_startup_timeout
+        while True:
+            if proc.returncode is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
+                raise EngineStartupError(
+                    f"ComfyUI exited with code {proc.returncode} during start-up; last line: "
+                    f"{self.tail[-1] if self.tail else '(no output)'}",
+                    details={"exit_code": proc.returncode, "log_tail": self.log_tail()},
+                )
+            if await self._probe():
+                break
+            if time.monotonic() >= deadline:
+                await self._terminate(proc, 5.0)
+                raise EngineStartupError(
+                    f"ComfyUI did not answer /system_stats within "
+                    f"{self.settings.comfy_startup_timeout:.0f} s (COMFY_STARTUP_TIMEOUT)",
+                    details={"log_tail": self.log_tail()},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.25)
+        self._healthy = True
+        self._ready_at = time.monotonic()
+        log.info(
+            "comfyui_ready", pid=proc.pid, url=self.base_url, startup_s=round(self._ready_at - started, 2)
+        )
+        self._watcher = asyncio.create_task(self._watch(proc), name="comfyui-watch")
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line longer than the stream limit: read what is there
+                raw = await proc.stdout.read(65536)
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip()
+            self.tail.append(line)
+            log.info("comfyui_output", line=line)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._stopping or proc is not self._proc:
+            return
+        self._healthy = False
+        uptime = time.monotonic() - self._ready_at
+        log.error("comfyui_exited", exit_code=code, uptime_s=round(uptime, 1), log_tail=self.log_tail(20))
+        self.died.set()
+        if self.on_exit is not None:
+            self.on_exit(code)
+        if uptime >= self.min_uptime_s:
+            self._failures_in_row = 0
+        if self.auto_restart and (self._restart_task is None or self._restart_task.done()):
+            self._restart_task = asyncio.create_task(self._restart_loop(), name="comfyui-restart")
+
+    # --- restart / ensure -------------------------------------------------------------------------------
+
+    async def _restart_loop(self) -> None:
+        with contextlib.suppress(EngineStartupError):
+            await self.ensure_running()
+
+    async def ensure_running(self) -> None:
+        """Return when ComfyUI answers; restart it with backoff if it died (EngineStartupError after
+        COMFY_RESTART_MAX failed restarts in a row). Attached: EngineUnavailable when it does not answer."""
+        if self.attached:
+            self._healthy = await self._probe()
+            if not self._healthy:
+                raise EngineUnavailable(f"ComfyUI at {self.base_url} does not answer /system_stats")
+            return
+        async with self._lock:
+            while not (self._proc is not None and self._proc.returncode is None and self._healthy):
+                if self._stopping:
+                    raise EngineUnavailable("ComfyUI is stopping")
+                if self._failures_in_row >= self.settings.comfy_restart_max:
+                    raise EngineStartupError(
+                        f"ComfyUI failed {self._failures_in_row} restarts in a row (COMFY_RESTART_MAX="
+                        f"{self.settings.comfy_restart_max})",
+                        details={"log_tail": self.log_tail()},
+                    )
+                delay = min(self.backoff_max_s, self.backoff_base_s * 2**self._failures_in_row)
+                self._failures_in_row += 1
+                log.warning("comfyui_restarting", attempt=self._failures_in_row, delay_s=delay)
+                await asyncio.sleep(delay)
+                try:
+                    await self._launch()
+                    self.restarts += 1
+                except EngineStartupError as exc:
+                    log.error("comfyui_restart_failed", error=str(exc), attempt=self._failures_in_row)
+                    if self._proc is not None and self._proc.returncode is None:
+                        await self._terminate(self._proc, 5.0)
+
+    # --- stop -------------------------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``. Idempotent; a no-op when attached."""
+        self._stopping = True
+        self._healthy = False
+        if self._restart_task is not None and not self._restart_task.done():
+            self._restart_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restart_task
+        if self._proc is not None:
+            await self._terminate(self._proc, grace_s)
+        for task in (self._watcher, self._reader):
+            if task is not None and not task.done():
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 2.0)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process, grace_s: float) -> None:
+        if proc.returncode is not None:
+            return
+        self._signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+            log.info("comfyui_stopped", pid=proc.pid, exit_code=proc.returncode)
+        except TimeoutError:
+            self._signal(proc, signal.SIGKILL)
+            await proc.wait()
+            log.warning("comfyui_killed", pid=proc.pid, grace_s=grace_s)
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)  # start_new_session=True: the group is ComfyUI and its children
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
