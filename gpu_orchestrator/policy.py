@@ -1,0 +1,223 @@
+"""The scaling policy: a pure function from what the fleet looks like to what to do about it.
+
+No I/O, no clock: the control loop (:mod:`gpu_orchestrator.loop`) and the simulator
+(:mod:`gpu_orchestrator.simulate`) build a :class:`FleetState`, call :func:`decide` and carry out the
+:class:`Decision`. Two policies share the safety rules (bounds, spend cap, drain-before-terminate, hygiene):
+
+* ``queue`` (ours): size the fleet so the backlog clears within a horizon, using recent task durations;
+  release idle workers after ``idle_timeout_s``, oldest idle first.
+* ``baseline`` (the orchestrator this replaces): desired = max(2, queued + running) capped at 10, idle timeout
+  600 s, spawns in progress count as capacity, scale-down at most once a minute.
+
+Safety rules, whatever the policy:
+* never more than ``max_workers`` pods (starting + idle + busy + draining) and never more than
+  ``max_hourly_spend`` per hour after spawning;
+* a busy or idle worker is never terminated: it is first set ``draining``; its pod is terminated once the
+  worker reports ``stopped`` or is ``lost``;
+* a spawn that never registered within ``spawn_timeout_s`` is terminated.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ACTIVE = ("starting", "idle", "busy", "draining")  # statuses whose pods we pay for
+CAPACITY = ("starting", "idle", "busy")  # statuses that can take work now or soon
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the policy sees it."""
+
+    worker_id: str
+    status: str  # starting | idle | busy | draining | stopped | lost
+    age_s: float = 0.0  # since the workers row was created (spawn time for pods we started)
+    idle_s: float = 0.0  # how long an idle worker has had nothing to do
+    pod_id: str | None = None
+    cost_per_hour: float | None = None  # None: use PolicyParams.pod_cost_per_hour
+    pod_terminated: bool = False  # we already terminated its pod (stopped / lost rows stay in the table)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    queued_by_type: Mapping[str, int] = field(default_factory=dict)
+    running: int = 0
+    oldest_queued_age_s: float = 0.0
+    recent_durations_s: tuple[float, ...] = ()
+    arrival_rate_per_s: float = 0.0  # tasks created per second over the last few minutes
+    workers: tuple[WorkerView, ...] = ()
+    last_scale_down_at: float | None = None  # when the policy last drained something (cooldown)
+
+    @property
+    def queued(self) -> int:
+        return sum(self.queued_by_type.values())
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for w in self.workers if w.status in statuses)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParams:
+    kind: Literal["queue", "baseline"] = "queue"
+    min_workers: int = 0
+    max_workers: int = 10
+    max_hourly_spend: float = math.inf
+    pod_cost_per_hour: float = 0.69
+    idle_timeout_s: float = 120.0
+    spawn_timeout_s: float = 900.0
+    # queue policy
+    backlog_horizon_s: float = 240.0  # clear the queue within this long (about one spawn delay)
+    target_wait_s: float = 120.0  # an older queued task adds a worker at once
+    default_task_duration_s: float = 60.0  # before any task finished
+    staffing_beta: float = 1.5  # warm workers = load + beta * sqrt(load); 0 turns it off
+    scale_down_cooldown_s: float = 0.0
+
+    @classmethod
+    def baseline(cls, **overrides: Any) -> PolicyParams:
+        base: dict[str, Any] = dict(kind="baseline", min_workers=2, max_workers=10, idle_timeout_s=600.0,
+                                    scale_down_cooldown_s=60.0)
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    worker_id: str
+    reason: str
+    pod_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    desired: int
+    spawn: int
+    spawn_reason: str
+    drain: tuple[Action, ...]
+    terminate: tuple[Action, ...]
+    inputs: dict[str, Any]
+
+    @property
+    def action(self) -> str:
+        parts = []
+        if self.spawn:
+            parts.append(f"spawn {self.spawn}")
+        if self.drain:
+            parts.append(f"drain {len(self.drain)}")
+        if self.terminate:
+            parts.append(f"terminate {len(self.terminate)}")
+        return ", ".join(parts) or "hold"
+
+    def log_fields(self) -> dict[str, Any]:
+        """Everything one structured log event needs: inputs, desired, action and reasons."""
+        return {
+            **self.inputs, "desired": self.desired, "action": self.action, "spawn": self.spawn,
+            "spawn_reason": self.spawn_reason,
+            "drain": [{"worker_id": a.worker_id, "reason": a.reason} for a in self.drain],
+            "terminate": [{"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate],
+        }
+
+
+def _cost(w: WorkerView, p: PolicyParams) -> float:
+    return p.pod_cost_per_hour if w.cost_per_hour is None else w.cost_per_hour
+
+
+def typical_duration(state: FleetState, p: PolicyParams) -> float:
+    if state.recent_durations_s:
+        return max(1.0, statistics.median(state.recent_durations_s))
+    return p.default_task_duration_s
+
+
+def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str]:
+    queued, running = state.queued, state.running
+    if p.kind == "baseline":
+        return min(max(2, queued + running), 10), f"baseline max(2, queued {queued} + running {running})"
+    d = typical_duration(state, p)
+    # square-root staffing (Halfin-Whitt): offered load a = arrival rate x duration busy workers on average,
+    # plus beta * sqrt(a) spare so that arrivals rarely wait for a cold start
+    mean_d = statistics.fmean(state.recent_durations_s) if state.recent_durations_s else d
+    load = state.arrival_rate_per_s * mean_d
+    staffing = math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
+    if queued == 0:
+        if staffing > running:
+            return staffing, f"staffing for load {load:.2f} (rate {state.arrival_rate_per_s * 3600:.0f}/h x {d:.0f}s)"
+        return running, "no queued work: keep the busy workers"
+    # workers that clear the backlog within the horizon, on top of those busy now
+    extra = math.ceil(queued * d / max(p.backlog_horizon_s, d))
+    reason = f"backlog {queued} x {d:.0f}s over {p.backlog_horizon_s:.0f}s horizon"
+    if state.oldest_queued_age_s > p.target_wait_s:
+        extra += 1
+        reason += f"; oldest waited {state.oldest_queued_age_s:.0f}s > {p.target_wait_s:.0f}s"
+    backlog = running + min(extra, queued)
+    if staffing > backlog:
+        return staffing, reason + f"; staffing for load {load:.2f}"
+    return backlog, reason
+
+
+def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
+    """What to do now. ``now`` is only compared with ``state.last_scale_down_at`` (same clock)."""
+    p = params
+    workers = state.workers
+    raw_desired, why = _desired(state, p)
+    desired = max(p.min_workers, min(p.max_workers, raw_desired))
+    terminate: list[Action] = []
+    drain: list[Action] = []
+
+    # hygiene: pods whose worker is gone, exited after draining, or never registered
+    for w in workers:
+        if w.pod_terminated or w.pod_id is None and w.status != "starting":
+            continue
+        if w.status == "stopped":
+            terminate.append(Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id))
+        elif w.status == "lost":
+            terminate.append(Action(w.worker_id, "worker lost (heartbeat older than the lease)", w.pod_id))
+        elif w.status == "starting" and w.age_s > p.spawn_timeout_s:
+            terminate.append(Action(
+                w.worker_id, f"never registered within SPAWN_TIMEOUT_S ({w.age_s:.0f}s > {p.spawn_timeout_s:.0f}s)",
+                w.pod_id))
+    stuck = {a.worker_id for a in terminate}
+    live = [w for w in workers if w.status in ACTIVE and w.worker_id not in stuck]
+    capacity = sum(1 for w in live if w.status in CAPACITY)
+    pods = len(live)
+    spend = sum(_cost(w, p) for w in live)
+
+    # scale up
+    spawn = 0
+    spawn_reason = "enough capacity"
+    if desired > capacity:
+        room_workers = p.max_workers - pods
+        room_spend = (math.floor((p.max_hourly_spend - spend) / p.pod_cost_per_hour + 1e-9)
+                      if math.isfinite(p.max_hourly_spend) and p.pod_cost_per_hour > 0 else desired)
+        spawn = max(0, min(desired - capacity, room_workers, room_spend))
+        spawn_reason = why
+        if spawn < desired - capacity:
+            spawn_reason += (f"; capped by MAX_WORKERS ({p.max_workers})" if room_workers <= room_spend
+                             else f"; capped by MAX_HOURLY_SPEND ({p.max_hourly_spend}/h)")
+
+    # scale down: idle workers beyond what is needed, idle longest first
+    cooled = state.last_scale_down_at is None or now - state.last_scale_down_at >= p.scale_down_cooldown_s
+    if spawn == 0 and cooled:
+        idle = sorted((w for w in live if w.status == "idle"), key=lambda w: (-w.idle_s, w.worker_id))
+        surplus = capacity - max(desired, p.min_workers)
+        over_cap = pods - p.max_workers
+        for w in idle:
+            if over_cap > 0:
+                drain.append(Action(w.worker_id, f"over MAX_WORKERS ({p.max_workers})", w.pod_id))
+                over_cap -= 1
+                surplus -= 1
+            elif surplus > 0 and w.idle_s >= p.idle_timeout_s:
+                drain.append(Action(w.worker_id, f"idle {w.idle_s:.0f}s >= IDLE_TIMEOUT_S {p.idle_timeout_s:.0f}s",
+                                    w.pod_id))
+                surplus -= 1
+
+    inputs = {
+        "policy": p.kind, "queued": state.queued, "queued_by_type": dict(state.queued_by_type),
+        "running": state.running, "oldest_queued_age_s": round(state.oldest_queued_age_s, 1),
+        "typical_duration_s": round(typical_duration(state, p), 1),
+        "workers": {s: state.count(s) for s in ("starting", "idle", "busy", "draining", "stopped", "lost")},
+        "capacity": capacity, "pods": pods, "spend_per_hour": round(spend, 3),
+    }
+    return Decision(desired, spawn, spawn_reason, tuple(drain), tuple(terminate), inputs)
