@@ -1,0 +1,200 @@
+"""Join chain segments into one video with ffmpeg, in time linear in the number of segments.
+
+* Segments with the same codec, size, pixel format and frame rate and no overlap: the concat demuxer with
+  stream copy (no re-encode at all: cost is reading and writing the bytes once).
+* Otherwise (codecs differ, or the first ``overlap`` frames of each segment after the first repeat the end of
+  the previous one): exactly one re-encode through the concat filter, trimming the overlap frame-exactly and
+  normalising every segment to the first one's size and pixel format and retiming its frames onto the
+  first one's frame rate (every frame kept once).
+
+The progressive alternative (each combine re-encodes the whole video so far) costs O(N²) frames encoded;
+see bench/bench_join.py. Failures raise :class:`~comfy_worker.errors.ExecutionFailed` with the tail of
+ffmpeg's output in ``details['stderr_tail']``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from comfy_worker.errors import ExecutionFailed, InputRejected
+from comfy_worker.logs import get_logger
+
+log = get_logger(__name__)
+
+ENCODE_ARGS = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    frame_rate: str  # r_frame_rate as ffprobe prints it, e.g. "30/1"
+    frames: int  # packets counted by ffprobe (one per frame for the codecs we write)
+    has_audio: bool
+
+    def compatible(self, other: StreamInfo) -> bool:
+        return (self.codec, self.width, self.height, self.pix_fmt, Fraction(self.frame_rate)) == (
+            other.codec, other.width, other.height, other.pix_fmt, Fraction(other.frame_rate),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    output: Path
+    mode: str  # "copy" or "reencode"
+    frames: int
+    expected_frames: int
+    seconds: float
+
+
+async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        raise ExecutionFailed(f"{what}: {tool} not found on PATH (install ffmpeg)", details={"tool": tool})
+    proc = await asyncio.create_subprocess_exec(
+        exe, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode("utf-8", "replace")[-2000:]
+        raise ExecutionFailed(
+            f"{what}: {tool} exited with status {proc.returncode}",
+            details={"tool": tool, "returncode": proc.returncode, "stderr_tail": tail},
+        )
+    return out.decode("utf-8", "replace")
+
+
+async def probe(path: str | Path, *, decode: bool = False) -> StreamInfo:
+    """The first video stream of ``path``; ``decode=True`` counts decoded frames instead of packets."""
+    count = "-count_frames" if decode else "-count_packets"
+    field = "nb_read_frames" if decode else "nb_read_packets"
+    text = await _run(
+        "ffprobe",
+        ["-v", "error", count, "-show_entries",
+         f"stream=codec_type,codec_name,width,height,pix_fmt,r_frame_rate,{field}", "-of", "json", str(path)],
+        what=f"probe {path}",
+    )  # fmt: skip
+    streams = json.loads(text).get("streams") or []
+    video = next((s for s in streams if s.get("codec_type") == "video"), None)
+    if video is None:
+        raise InputRejected(f"{path}: no video stream", details={"path": str(path)})
+    return StreamInfo(
+        codec=str(video.get("codec_name")),
+        width=int(video.get("width") or 0),
+        height=int(video.get("height") or 0),
+        pix_fmt=str(video.get("pix_fmt")),
+        frame_rate=str(video.get("r_frame_rate") or "0/1"),
+        frames=int(video.get(field) or 0),
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+    )
+
+
+async def count_frames(path: str | Path, *, decode: bool = False) -> int:
+    return (await probe(path, decode=decode)).frames
+
+
+def _concat_list(paths: Sequence[Path]) -> str:
+    lines = []
+    for p in paths:
+        escaped = str(p.resolve()).replace("'", "'\\''")
+        lines.append(f"file '{escaped}'")
+    return "\n".join(lines) + "\n"
+
+
+def _filter_graph(infos: Sequence[StreamInfo], overlap: int) -> str:
+    first = infos[0]
+    parts, labels = [], []
+    for i, _ in enumerate(infos):
+        chain = [f"[{i}:v]"]
+        filters = []
+        if i and overlap:
+            filters.append(f"trim=start_frame={overlap}")
+        # Retime every frame onto the first segment's rate (keeps each frame once: no fps dup/drop).
+        filters += [
+            f"setpts=N/({first.frame_rate})/TB",
+            f"scale={first.width}:{first.height}",
+            "setsar=1",
+            "format=yuv420p",
+        ]
+        chain.append(",".join(filters))
+        chain.append(f"[v{i}]")
+        parts.append("".join(chain))
+        labels.append(f"[v{i}]")
+    parts.append(f"{''.join(labels)}concat=n={len(infos)}:v=1:a=0[out]")
+    return ";".join(parts)
+
+
+async def join_segments(
+    segments: Sequence[str | Path],
+    output: str | Path,
+    *,
+    overlap: int = 0,
+    force_reencode: bool = False,
+    verify: bool = True,
+) -> JoinResult:
+    """Join ``segments`` in order into ``output`` (mp4), dropping the first ``overlap`` frames of every
+    segment after the first. Returns the mode used and the frame count (checked when ``verify``)."""
+    paths = [Path(s) for s in segments]
+    if not paths:
+        raise InputRejected("segments: at least one segment is needed")
+    if overlap < 0:
+        raise InputRejected(f"overlap: must be >= 0, got {overlap}")
+    for p in paths:
+        if not p.is_file():
+            raise InputRejected(f"segment {p}: file not found", details={"path": str(p)})
+    started = time.perf_counter()
+    infos = list(await asyncio.gather(*(probe(p) for p in paths)))
+    for p, info in zip(paths[1:], infos[1:], strict=True):
+        if overlap and info.frames <= overlap:
+            raise InputRejected(f"segment {p}: {info.frames} frames, not more than the overlap ({overlap})")
+    expected = sum(i.frames for i in infos) - overlap * (len(infos) - 1)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.stem}.joining{out.suffix or '.mp4'}")
+    copy = not force_reencode and overlap == 0 and all(infos[0].compatible(i) for i in infos[1:])
+    with tempfile.TemporaryDirectory(prefix="cw_join_") as tmp:
+        if copy:
+            listing = Path(tmp) / "segments.txt"
+            listing.write_text(_concat_list(paths), encoding="utf-8")
+            args = ["-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
+                    "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
+        else:
+            args = ["-hide_banner", "-loglevel", "error", "-y"]
+            for p in paths:
+                args += ["-i", str(p)]
+            graph_text = _filter_graph(infos, overlap)
+            args += ["-filter_complex", graph_text, "-map", "[out]", "-r", infos[0].frame_rate,
+                     *ENCODE_ARGS, "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
+        try:
+            await _run("ffmpeg", args, what=f"join {len(paths)} segments into {out}")
+        except BaseException:
+            tmp_out.unlink(missing_ok=True)
+            raise
+    frames = expected
+    if verify:
+        frames = await count_frames(tmp_out)
+        if frames != expected:
+            tmp_out.unlink(missing_ok=True)
+            raise ExecutionFailed(
+                f"join {out}: wrote {frames} frames, expected {expected}",
+                details={
+                    "frames": frames,
+                    "expected_frames": expected,
+                    "mode": "copy" if copy else "reencode",
+                },
+            )
+    tmp_out.replace(out)
+    seconds = time.perf_counter() - started
+    log.info("segments_joined", output=str(out), segments=len(paths), mode="copy" if copy else "reencode",
+             frames=frames, seconds=round(seconds, 3))  # fmt: skip
+    return JoinResult(out, "copy" if copy else "reencode", frames, expected, seconds)
