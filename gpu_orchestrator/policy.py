@@ -78,8 +78,9 @@ class PolicyParams:
 
     @classmethod
     def baseline(cls, **overrides: Any) -> PolicyParams:
-        base: dict[str, Any] = dict(kind="baseline", min_workers=2, max_workers=10, idle_timeout_s=600.0,
-                                    scale_down_cooldown_s=60.0)
+        base: dict[str, Any] = dict(
+            kind="baseline", min_workers=2, max_workers=10, idle_timeout_s=600.0, scale_down_cooldown_s=60.0
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -114,10 +115,15 @@ class Decision:
     def log_fields(self) -> dict[str, Any]:
         """Everything one structured log event needs: inputs, desired, action and reasons."""
         return {
-            **self.inputs, "desired": self.desired, "action": self.action, "spawn": self.spawn,
+            **self.inputs,
+            "desired": self.desired,
+            "action": self.action,
+            "spawn": self.spawn,
             "spawn_reason": self.spawn_reason,
             "drain": [{"worker_id": a.worker_id, "reason": a.reason} for a in self.drain],
-            "terminate": [{"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate],
+            "terminate": [
+                {"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate
+            ],
         }
 
 
@@ -140,10 +146,15 @@ def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str]:
     # plus beta * sqrt(a) spare so that arrivals rarely wait for a cold start
     mean_d = statistics.fmean(state.recent_durations_s) if state.recent_durations_s else d
     load = state.arrival_rate_per_s * mean_d
-    staffing = math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
+    staffing = (
+        math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
+    )
     if queued == 0:
         if staffing > running:
-            return staffing, f"staffing for load {load:.2f} (rate {state.arrival_rate_per_s * 3600:.0f}/h x {d:.0f}s)"
+            return (
+                staffing,
+                f"staffing for load {load:.2f} (rate {state.arrival_rate_per_s * 3600:.0f}/h x {d:.0f}s)",
+            )
         return running, "no queued work: keep the busy workers"
     # workers that clear the backlog within the horizon, on top of those busy now
     extra = math.ceil(queued * d / max(p.backlog_horizon_s, d))
@@ -168,16 +179,22 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
 
     # hygiene: pods whose worker is gone, exited after draining, or never registered
     for w in workers:
-        if w.pod_terminated or w.pod_id is None and w.status != "starting":
+        if w.pod_terminated or (w.pod_id is None and w.status != "starting"):
             continue
         if w.status == "stopped":
-            terminate.append(Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id))
+            terminate.append(
+                Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id)
+            )
         elif w.status == "lost":
             terminate.append(Action(w.worker_id, "worker lost (heartbeat older than the lease)", w.pod_id))
         elif w.status == "starting" and w.age_s > p.spawn_timeout_s:
-            terminate.append(Action(
-                w.worker_id, f"never registered within SPAWN_TIMEOUT_S ({w.age_s:.0f}s > {p.spawn_timeout_s:.0f}s)",
-                w.pod_id))
+            terminate.append(
+                Action(
+                    w.worker_id,
+                    f"never registered within SPAWN_TIMEOUT_S ({w.age_s:.0f}s > {p.spawn_timeout_s:.0f}s)",
+                    w.pod_id,
+                )
+            )
     stuck = {a.worker_id for a in terminate}
     live = [w for w in workers if w.status in ACTIVE and w.worker_id not in stuck]
     capacity = sum(1 for w in live if w.status in CAPACITY)
@@ -189,13 +206,19 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
     spawn_reason = "enough capacity"
     if desired > capacity:
         room_workers = p.max_workers - pods
-        room_spend = (math.floor((p.max_hourly_spend - spend) / p.pod_cost_per_hour + 1e-9)
-                      if math.isfinite(p.max_hourly_spend) and p.pod_cost_per_hour > 0 else desired)
+        room_spend = (
+            math.floor((p.max_hourly_spend - spend) / p.pod_cost_per_hour + 1e-9)
+            if math.isfinite(p.max_hourly_spend) and p.pod_cost_per_hour > 0
+            else desired
+        )
         spawn = max(0, min(desired - capacity, room_workers, room_spend))
         spawn_reason = why
         if spawn < desired - capacity:
-            spawn_reason += (f"; capped by MAX_WORKERS ({p.max_workers})" if room_workers <= room_spend
-                             else f"; capped by MAX_HOURLY_SPEND ({p.max_hourly_spend}/h)")
+            spawn_reason += (
+                f"; capped by MAX_WORKERS ({p.max_workers})"
+                if room_workers <= room_spend
+                else f"; capped by MAX_HOURLY_SPEND ({p.max_hourly_spend}/h)"
+            )
 
     # scale down: idle workers beyond what is needed, idle longest first
     cooled = state.last_scale_down_at is None or now - state.last_scale_down_at >= p.scale_down_cooldown_s
@@ -209,15 +232,25 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
                 over_cap -= 1
                 surplus -= 1
             elif surplus > 0 and w.idle_s >= p.idle_timeout_s:
-                drain.append(Action(w.worker_id, f"idle {w.idle_s:.0f}s >= IDLE_TIMEOUT_S {p.idle_timeout_s:.0f}s",
-                                    w.pod_id))
+                drain.append(
+                    Action(
+                        w.worker_id,
+                        f"idle {w.idle_s:.0f}s >= IDLE_TIMEOUT_S {p.idle_timeout_s:.0f}s",
+                        w.pod_id,
+                    )
+                )
                 surplus -= 1
 
     inputs = {
-        "policy": p.kind, "queued": state.queued, "queued_by_type": dict(state.queued_by_type),
-        "running": state.running, "oldest_queued_age_s": round(state.oldest_queued_age_s, 1),
+        "policy": p.kind,
+        "queued": state.queued,
+        "queued_by_type": dict(state.queued_by_type),
+        "running": state.running,
+        "oldest_queued_age_s": round(state.oldest_queued_age_s, 1),
         "typical_duration_s": round(typical_duration(state, p), 1),
         "workers": {s: state.count(s) for s in ("starting", "idle", "busy", "draining", "stopped", "lost")},
-        "capacity": capacity, "pods": pods, "spend_per_hour": round(spend, 3),
+        "capacity": capacity,
+        "pods": pods,
+        "spend_per_hour": round(spend, 3),
     }
     return Decision(desired, spawn, spawn_reason, tuple(drain), tuple(terminate), inputs)

@@ -3,7 +3,7 @@
 Model: tasks arrive from a trace and are claimed FIFO by the first idle worker (workers LISTEN, so at once).
 A spawned pod is billed from creation and registers after a random spawn delay; a fraction never registers
 (stuck spawns). Every ``interval_s`` the policy sees the same :class:`FleetState` the control loop builds and
-its decision is applied: spawn, drain (an idle worker exits after ``exit_delay_s``; a busy one after its task),
+its decision applied: spawn, drain (an idle worker exits after ``exit_delay_s``, a busy one after its task),
 terminate (billing stops). Reports GPU-hours, cost, queue-wait percentiles and tasks completed.
 
     python -m gpu_orchestrator.simulate --trace bursty --hours 24 --out docs/orchestrator-figures
@@ -34,8 +34,8 @@ class SimConfig:
     stuck_spawn_p: float = 0.02
     exit_delay_s: float = 5.0  # a drained idle worker notices at its next heartbeat and exits
     cost_per_hour: float = 0.69
-    tail_s: float = 3600.0
-    rate_window_s: float = 600.0  # arrival rate the policy sees: tasks created in this window  # keep simulating after the last arrival
+    tail_s: float = 3600.0  # keep simulating after the last arrival
+    rate_window_s: float = 600.0  # arrival rate the policy sees: tasks created in this window
     seed: int = 7
 
 
@@ -61,12 +61,17 @@ class SimResult:
     completed: int
     submitted: int
     pods_spawned: int
-    timeline: list[tuple[float, int, int, int]] = field(default_factory=list, repr=False)  # t, queued, pods, busy
+    timeline: list[tuple[float, int, int, int]] = field(
+        default_factory=list, repr=False
+    )  # t, queued, pods, busy
     waits: list[tuple[float, float]] = field(default_factory=list, repr=False)  # arrival, wait
 
     def summary(self) -> dict[str, Any]:
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-                if k not in ("timeline", "waits")}
+        return {
+            k: (round(v, 2) if isinstance(v, float) else v)
+            for k, v in self.__dict__.items()
+            if k not in ("timeline", "waits")
+        }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -158,9 +163,17 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
                 oldest_queued_age_s=(now - queue[0].arrival_s) if queue else 0.0,
                 recent_durations_s=tuple(d for _, d in list(durations)[-200:]),
                 arrival_rate_per_s=_arrivals(arrival_times, now, cfg.rate_window_s) / cfg.rate_window_s,
-                workers=tuple(WorkerView(p.wid, p.status, age_s=now - p.created,
-                                         idle_s=(now - p.idle_since) if p.status == "idle" else 0.0,
-                                         pod_id=p.wid, cost_per_hour=cfg.cost_per_hour) for p in live),
+                workers=tuple(
+                    WorkerView(
+                        p.wid,
+                        p.status,
+                        age_s=now - p.created,
+                        idle_s=(now - p.idle_since) if p.status == "idle" else 0.0,
+                        pod_id=p.wid,
+                        cost_per_hour=cfg.cost_per_hour,
+                    )
+                    for p in live
+                ),
                 last_scale_down_at=last_scale_down,
             )
             decision = decide(state, params, now)
@@ -190,10 +203,17 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
             gpu_seconds += end - pod.created
     wait_values = [w for _, w in waits]
     return SimResult(
-        policy=params.kind, gpu_hours=gpu_seconds / 3600, cost=gpu_seconds / 3600 * cfg.cost_per_hour,
-        wait_p50_s=_pct(wait_values, 0.5), wait_p95_s=_pct(wait_values, 0.95),
-        wait_max_s=max(wait_values, default=0.0), completed=completed,
-        submitted=len(trace), pods_spawned=spawned, timeline=timeline, waits=waits,
+        policy=params.kind,
+        gpu_hours=gpu_seconds / 3600,
+        cost=gpu_seconds / 3600 * cfg.cost_per_hour,
+        wait_p50_s=_pct(wait_values, 0.5),
+        wait_p95_s=_pct(wait_values, 0.95),
+        wait_max_s=max(wait_values, default=0.0),
+        completed=completed,
+        submitted=len(trace),
+        pods_spawned=spawned,
+        timeline=timeline,
+        waits=waits,
     )
 
 
@@ -209,14 +229,15 @@ def plot(results: list[SimResult], title: str, path: str | Path) -> Path:
     fig, axes = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
     colours = {"queue": "tab:blue", "baseline": "tab:orange"}
     for r in results:
-        c = colours.get(r.policy, None)
+        c = colours.get(r.policy)
         hours = [t / 3600 for t, *_ in r.timeline]
         label = f"{r.policy}: {r.gpu_hours:.1f} GPU-h, p95 wait {r.wait_p95_s:.0f}s"
         axes[0].plot(hours, [q for _, q, _, _ in r.timeline], color=c, lw=0.9, label=label)
         axes[1].plot(hours, [n for _, _, n, _ in r.timeline], color=c, lw=0.9, label=f"{r.policy} pods")
         axes[1].plot(hours, [b for *_, b in r.timeline], color=c, lw=0.6, ls=":", label=f"{r.policy} busy")
-        axes[2].scatter([a / 3600 for a, _ in r.waits], [w for _, w in r.waits], s=2, color=c, alpha=0.5,
-                        label=r.policy)
+        axes[2].scatter(
+            [a / 3600 for a, _ in r.waits], [w for _, w in r.waits], s=2, color=c, alpha=0.5, label=r.policy
+        )
     axes[0].set_ylabel("queued tasks")
     axes[0].legend(loc="upper right", fontsize=8)
     axes[1].set_ylabel("pods (billed)")
@@ -233,8 +254,12 @@ def plot(results: list[SimResult], title: str, path: str | Path) -> Path:
     return out
 
 
-def compare(trace: list[traces.TraceTask], ours: PolicyParams, cfg: SimConfig | None = None,
-            baseline: PolicyParams | None = None) -> list[SimResult]:
+def compare(
+    trace: list[traces.TraceTask],
+    ours: PolicyParams,
+    cfg: SimConfig | None = None,
+    baseline: PolicyParams | None = None,
+) -> list[SimResult]:
     """Our policy and the baseline on the same trace, same spawn-delay draws."""
     base = baseline or PolicyParams.baseline(pod_cost_per_hour=ours.pod_cost_per_hour)
     return [simulate(trace, ours, cfg), simulate(trace, base, cfg)]
@@ -244,7 +269,9 @@ _DEFAULTS = PolicyParams()
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpu_orchestrator.simulate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m gpu_orchestrator.simulate", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--trace", default="bursty", help="steady | bursty | diurnal | path/to/trace.csv")
     ap.add_argument("--hours", type=float, default=24.0, help="length of a generated trace")
     ap.add_argument("--seed", type=int, default=7)
@@ -262,16 +289,28 @@ def main(argv: list[str] | None = None) -> int:
         trace = traces.read_csv(args.trace)
         name = Path(args.trace).stem
     cfg = SimConfig(seed=args.seed)
-    ours = PolicyParams(min_workers=args.min_workers, max_workers=args.max_workers,
-                        max_hourly_spend=args.max_hourly_spend, idle_timeout_s=args.idle_timeout,
-                        backlog_horizon_s=args.horizon, pod_cost_per_hour=cfg.cost_per_hour)
+    ours = PolicyParams(
+        min_workers=args.min_workers,
+        max_workers=args.max_workers,
+        max_hourly_spend=args.max_hourly_spend,
+        idle_timeout_s=args.idle_timeout,
+        backlog_horizon_s=args.horizon,
+        pod_cost_per_hour=cfg.cost_per_hour,
+    )
     results = compare(trace, ours, cfg)
     for r in results:
         print(json.dumps({"trace": name, **r.summary()}))
     ours_r, base_r = results
     saving = 1 - ours_r.gpu_hours / base_r.gpu_hours if base_r.gpu_hours else 0.0
-    print(json.dumps({"trace": name, "gpu_hours_saving": round(saving, 3),
-                      "p95_wait_delta_s": round(ours_r.wait_p95_s - base_r.wait_p95_s, 1)}))
+    print(
+        json.dumps(
+            {
+                "trace": name,
+                "gpu_hours_saving": round(saving, 3),
+                "p95_wait_delta_s": round(ours_r.wait_p95_s - base_r.wait_p95_s, 1),
+            }
+        )
+    )
     if args.out:
         out = Path(args.out)
         if args.trace in traces.GENERATORS:

@@ -27,13 +27,20 @@ def read_csv(path: str | Path) -> list[TraceTask]:
         reader = csv.DictReader(fh)
         missing = {"arrival_s", "task_type", "duration_s"} - set(reader.fieldnames or ())
         if missing:
-            raise ConfigError("trace", f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                              "expected arrival_s,task_type,duration_s")
+            raise ConfigError(
+                "trace",
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; "
+                "expected arrival_s,task_type,duration_s",
+            )
         for n, row in enumerate(reader, start=2):
             try:
-                out.append(TraceTask(float(row["arrival_s"]), row["task_type"] or "comfy", float(row["duration_s"])))
+                out.append(
+                    TraceTask(float(row["arrival_s"]), row["task_type"] or "comfy", float(row["duration_s"]))
+                )
             except ValueError:
-                raise ConfigError("trace", f"{path} line {n}: arrival_s and duration_s must be numbers") from None
+                raise ConfigError(
+                    "trace", f"{path} line {n}: arrival_s and duration_s must be numbers"
+                ) from None
     return sorted(out, key=lambda t: t.arrival_s)
 
 
@@ -51,8 +58,9 @@ def _duration(rng: random.Random, mean_s: float) -> float:
     return max(1.0, rng.lognormvariate(math.log(mean_s) - sigma**2 / 2, sigma))
 
 
-def steady(hours: float, per_hour: float, mean_duration_s: float = 60.0, seed: int = 1,
-           task_type: str = "comfy") -> list[TraceTask]:
+def steady(
+    hours: float, per_hour: float, mean_duration_s: float = 60.0, seed: int = 1, task_type: str = "comfy"
+) -> list[TraceTask]:
     """Poisson arrivals at a constant rate."""
     rng = random.Random(seed)
     t, end, out = 0.0, hours * 3600, []
@@ -63,8 +71,15 @@ def steady(hours: float, per_hour: float, mean_duration_s: float = 60.0, seed: i
         out.append(TraceTask(t, task_type, _duration(rng, mean_duration_s)))
 
 
-def bursty(hours: float, base_per_hour: float = 20, burst_every_s: float = 1800, burst_size: int = 40,
-           burst_spread_s: float = 60, mean_duration_s: float = 60.0, seed: int = 2) -> list[TraceTask]:
+def bursty(
+    hours: float,
+    base_per_hour: float = 20,
+    burst_every_s: float = 1800,
+    burst_size: int = 40,
+    burst_spread_s: float = 60,
+    mean_duration_s: float = 60.0,
+    seed: int = 2,
+) -> list[TraceTask]:
     """A low Poisson background plus bursts (a user submitting a batch) at random times around every
     ``burst_every_s``; each burst's tasks arrive within ``burst_spread_s``."""
     rng = random.Random(seed)
@@ -73,14 +88,22 @@ def bursty(hours: float, base_per_hour: float = 20, burst_every_s: float = 1800,
     while t < hours * 3600:
         n = max(1, int(rng.gauss(burst_size, burst_size / 4)))
         ttype = rng.choice(["comfy", "i2v"])
-        out += [TraceTask(t + rng.uniform(0, burst_spread_s), ttype, _duration(rng, mean_duration_s))
-                for _ in range(n)]
+        out += [
+            TraceTask(t + rng.uniform(0, burst_spread_s), ttype, _duration(rng, mean_duration_s))
+            for _ in range(n)
+        ]
         t += rng.expovariate(1 / burst_every_s)
     return sorted(out, key=lambda x: x.arrival_s)
 
 
-def diurnal(hours: float = 24, peak_per_hour: float = 240, trough_per_hour: float = 4,
-            peak_hour: float = 15, mean_duration_s: float = 60.0, seed: int = 3) -> list[TraceTask]:
+def diurnal(
+    hours: float = 24,
+    peak_per_hour: float = 240,
+    trough_per_hour: float = 4,
+    peak_hour: float = 15,
+    mean_duration_s: float = 60.0,
+    seed: int = 3,
+) -> list[TraceTask]:
     """Poisson arrivals whose rate follows the day: quiet at night, a peak in the afternoon (thinning)."""
     rng = random.Random(seed)
 
