@@ -1,6 +1,6 @@
 """The queue's rules for the embedded SQLite store: sql/002_functions.sql, rewritten as Python over SQLite.
 
-Each public ``op_*`` function is the body of one Postgres function. It runs synchronously on one
+Each ``op_*`` function is the body of one Postgres function. It runs synchronously on one
 ``sqlite3.Connection`` inside a ``BEGIN IMMEDIATE`` transaction that :mod:`.sqlite` opens (so no other
 process writes meanwhile) and gets ``now``, read once after the write lock was taken, as Postgres'
 ``now()`` is fixed for a transaction. Raising rolls the whole call back, as a RAISE does in plpgsql.
@@ -9,192 +9,35 @@ Messages, statuses and JSON details are the same as the SQL functions'.
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import random
-import re
 import sqlite3
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from comfy_worker.errors import InvalidArgument, LeaseLost, TaskNotFound, WorkerNotFound
+from comfy_worker.errors import TaskNotFound, WorkerNotFound
 from comfy_worker.models import NewTask, WorkerInfo
-from comfy_worker.store.migrations import sqlite_file
-
-WORKER_STATUSES = ("starting", "idle", "busy", "draining", "stopped", "lost")
-_INT32 = 2**31 - 1
-_REGISTER_HINT = "call register_worker first"
-_LEASE_HINT = "stop working on this task; nothing more is recorded for it by this worker"
-
-
-# --- plumbing -------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def queries() -> dict[str, str]:
-    """The named queries of sql/sqlite/queries.sql (``-- name: x`` starts query x)."""
-    out: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", sqlite_file("queries.sql"), flags=re.M)[1:]:
-        name, _, body = block.partition("\n")
-        out[name.strip()] = body.strip().rstrip(";")
-    return out
-
-
-def q(name: str) -> str:
-    return queries()[name]
-
-
-def ts(value: datetime) -> str:
-    """The canonical timestamp text: ISO-8601 UTC, fixed width, microseconds (naive means UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _lit(value: Any) -> str:
-    """Like plpgsql's format('%L'): a quoted literal."""
-    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
-
-
-def _num(value: float) -> str:
-    """A double as Postgres prints it: 60, 0.5, -1."""
-    return (
-        str(int(value)) if math.isfinite(value) and value.is_integer() and abs(value) < 1e15 else repr(value)
-    )
-
-
-def _invalid(message: str, hint: str | None = None, sqlstate: str = "CW004") -> InvalidArgument:
-    details: dict[str, Any] = {"sqlstate": sqlstate}
-    if hint:
-        details["hint"] = hint
-    return InvalidArgument(message, details=details)
-
-
-def json_type(value: Any) -> str:
-    """The jsonb_typeof of a Python value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return "object"
-
-
-def dumps(fn: str, field: str, value: Any) -> str | None:
-    """JSON text for a jsonb column (non-JSON values as strings, like the asyncpg codec); None stays NULL."""
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
-    except (ValueError, TypeError) as exc:
-        raise _invalid(f"{fn}: {field} cannot be stored as JSON: {exc}", sqlstate="22P02") from exc
-
-
-def check_object(fn: str, field: str, value: Any) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise _invalid(
-            f"{fn}: {field} must be a JSON object, got a JSON {json_type(value)}",
-            hint='wrap the value in an object, e.g. {"value": ...}',
-        )
-
-
-def check_seconds(fn: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not 0 < seconds <= 86400:
-        shown = "null" if value is None else (_num(seconds) if not math.isnan(seconds) else str(value))
-        raise _invalid(
-            f"{fn}: lease_seconds must be between 0 and 86400 (got {shown})",
-            hint="pass the lease length in seconds, e.g. 60",
-        )
-    return seconds
-
-
-def lease_token(fn: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError as exc:
-        raise _invalid(
-            f"{fn}: lease_token must be the UUID the claim returned (got {value!r})", sqlstate="22P02"
-        ) from exc
-
-
-def _merge(old_json: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """jsonb ``old || extra``: a shallow merge."""
-    merged = json.loads(old_json) if old_json else {}
-    merged.update(extra or {})
-    return merged
-
-
-def _worker(conn: sqlite3.Connection, fn: str, worker_id: str, hint: str | None = None) -> sqlite3.Row:
-    row = conn.execute(q("worker_by_id"), {"worker_id": worker_id}).fetchone()
-    if row is None:
-        details: dict[str, Any] = {"sqlstate": "CW003"}
-        if hint:
-            details["hint"] = hint
-        raise WorkerNotFound(f"{fn}: no worker has id {_lit(worker_id)}", details=details)
-    return row
-
-
-def _task(conn: sqlite3.Connection, fn: str, task_id: str) -> sqlite3.Row:
-    row = conn.execute(q("task_by_id"), {"task_id": task_id}).fetchone()
-    if row is None:
-        raise TaskNotFound(f"{fn}: no task has id {_lit(task_id)}", details={"sqlstate": "CW002"})
-    return row
-
-
-def held_task(conn: sqlite3.Connection, fn: str, task_id: str, token: str) -> sqlite3.Row:
-    """The task, if the caller still holds it (_cw_held_task); LeaseLost / TaskNotFound otherwise."""
-    row = _task(conn, fn, task_id)
-    status, holder = row["status"], row["worker_id"]
-    if status == "running" and row["lease_token"] == token:
-        return row
-    if status == "cancelled":
-        why = "the task was cancelled"
-    elif status == "running":
-        why = f"its lease is now held by worker {holder or ''} (ours expired and the task was requeued)"
-    elif status == "queued":
-        why = "our lease expired and the task was requeued"
-    else:
-        why = f"the task is already {status}"
-    raise LeaseLost(
-        f"{fn}: report for task {task_id} rejected: {why}",
-        details={
-            "sqlstate": "CW001",
-            "hint": _LEASE_HINT,
-            "task_id": task_id,
-            "status": status,
-            "worker_id": holder,
-        },
-    )
-
-
-def refresh_worker(conn: sqlite3.Connection, now: str, worker_id: str | None) -> None:
-    """_cw_refresh_worker: busy/idle and current task after the worker's running set changed."""
-    if worker_id is None:
-        return
-    newest = conn.execute(q("newest_running_of_worker"), {"worker_id": worker_id}).fetchone()
-    conn.execute(
-        q("refresh_worker"), {"worker_id": worker_id, "task_id": newest[0] if newest else None, "now": now}
-    )
-
-
-def end_dependents(conn: sqlite3.Connection, now: str, task_id: str) -> int:
-    """_cw_end_dependents: a failed dependency fails its queued dependents, a cancelled one cancels them."""
-    row = conn.execute(q("task_by_id"), {"task_id": task_id}).fetchone()
-    if row is None or row["status"] not in ("failed", "cancelled"):
-        return 0
-    return conn.execute(q("end_dependents"), {"root": task_id, "status": row["status"], "now": now}).rowcount
-
+from comfy_worker.store._sqlite_common import (
+    REGISTER_HINT,
+    WORKER_STATUSES,
+    check_object,
+    check_seconds,
+    dumps,
+    end_dependents,
+    held_task,
+    int32,
+    invalid,
+    json_type,
+    lease_token,
+    lit,
+    merge,
+    q,
+    refresh_worker,
+    task_row,
+    ts,
+    worker_row,
+)
 
 # --- workers --------------------------------------------------------------------------------------------
 
@@ -202,7 +45,7 @@ def end_dependents(conn: sqlite3.Connection, now: str, task_id: str) -> int:
 def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> None:
     wid = info.worker_id
     if not isinstance(wid, str) or not wid:
-        raise _invalid("register_worker: worker_id must be a non-empty string")
+        raise invalid("register_worker: worker_id must be a non-empty string")
     check_object("register_worker", "metadata", info.metadata)
     existing = conn.execute(q("worker_by_id"), {"worker_id": wid}).fetchone()
     args = {
@@ -217,7 +60,7 @@ def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> 
         args["metadata"] = dumps("register_worker", "metadata", info.metadata or {})
         conn.execute(q("insert_worker"), args)
     else:
-        args["metadata"] = dumps("register_worker", "metadata", _merge(existing["metadata"], info.metadata))
+        args["metadata"] = dumps("register_worker", "metadata", merge(existing["metadata"], info.metadata))
         conn.execute(q("reregister_worker"), args)
     # A worker id re-registering means its previous process is gone: what it held goes back to the queue
     # now rather than after lease expiry (the attempt counts, as it would have on expiry).
@@ -230,7 +73,7 @@ def op_deregister_worker(conn: sqlite3.Connection, now: str, worker_id: str) -> 
     conn.execute(q("release_worker_tasks"), {"worker_id": worker_id, "now": now})
     if conn.execute(q("stop_worker"), {"worker_id": worker_id, "now": now}).rowcount == 0:
         raise WorkerNotFound(
-            f"deregister_worker: no worker has id {_lit(worker_id)}", details={"sqlstate": "CW003"}
+            f"deregister_worker: no worker has id {lit(worker_id)}", details={"sqlstate": "CW003"}
         )
 
 
@@ -238,10 +81,10 @@ def op_set_worker_status(
     conn: sqlite3.Connection, now: str, worker_id: str, status: str, metadata: dict[str, Any] | None
 ) -> None:
     check_object("set_worker_status", "metadata", metadata)
-    row = _worker(conn, "set_worker_status", worker_id)
+    row = worker_row(conn, "set_worker_status", worker_id)
     if status not in WORKER_STATUSES:
-        raise _invalid(
-            f"set_worker_status: status must be one of {', '.join(WORKER_STATUSES)} (got {_lit(status)})",
+        raise invalid(
+            f"set_worker_status: status must be one of {', '.join(WORKER_STATUSES)} (got {lit(status)})",
             sqlstate="23514",
         )
     conn.execute(
@@ -250,7 +93,7 @@ def op_set_worker_status(
             "worker_id": worker_id,
             "status": status,
             "now": now,
-            "metadata": dumps("set_worker_status", "metadata", _merge(row["metadata"], metadata)),
+            "metadata": dumps("set_worker_status", "metadata", merge(row["metadata"], metadata)),
         },
     )
 
@@ -266,13 +109,13 @@ def op_heartbeat(
     now = ts(now_dt)
     seconds = check_seconds("heartbeat", lease_seconds)
     check_object("heartbeat", "metadata", metadata)
-    row = _worker(conn, "heartbeat", worker_id, hint=_REGISTER_HINT)
+    row = worker_row(conn, "heartbeat", worker_id, hint=REGISTER_HINT)
     conn.execute(
         q("worker_heartbeat"),
         {
             "worker_id": worker_id,
             "now": now,
-            "metadata": dumps("heartbeat", "metadata", _merge(row["metadata"], metadata)),
+            "metadata": dumps("heartbeat", "metadata", merge(row["metadata"], metadata)),
         },
     )
     conn.execute(
@@ -288,7 +131,7 @@ def op_heartbeat(
         # it was given up on (or never registered properly) but is alive: it counts again
         conn.execute(q("revive_worker"), {"worker_id": worker_id})
         refresh_worker(conn, now, worker_id)
-        status = _worker(conn, "heartbeat", worker_id)["status"]
+        status = worker_row(conn, "heartbeat", worker_id)["status"]
     cancelled: list[str] = []
     lost: list[str] = []
     if task_ids is None:
@@ -319,25 +162,19 @@ def op_heartbeat(
 # --- tasks ----------------------------------------------------------------------------------------------
 
 
-def _int32(fn: str, field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -_INT32 - 1 <= value <= _INT32:
-        raise _invalid(f"{fn}: {field} must be a 32-bit integer (got {value!r})", sqlstate="22003")
-    return value
-
-
 def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row:
     fn = "enqueue_task"
     if not isinstance(task.task_type, str) or not task.task_type:
-        raise _invalid(f"{fn}: task_type must be a non-empty string")
+        raise invalid(f"{fn}: task_type must be a non-empty string")
     if not isinstance(task.params, dict):
         got = "null" if task.params is None else f"a JSON {json_type(task.params)}"
-        raise _invalid(
+        raise invalid(
             f"{fn}: params must be a JSON object, got {got}", hint='send params as {"workflow": {...}, ...}'
         )
     if task.max_attempts is None or (isinstance(task.max_attempts, int) and task.max_attempts < 1):
-        raise _invalid(f"{fn}: max_attempts must be >= 1 (got {task.max_attempts})")
-    max_attempts = _int32(fn, "max_attempts", task.max_attempts)
-    priority = _int32(fn, "priority", 0 if task.priority is None else task.priority)
+        raise invalid(f"{fn}: max_attempts must be >= 1 (got {task.max_attempts})")
+    max_attempts = int32(fn, "max_attempts", task.max_attempts)
+    priority = int32(fn, "priority", 0 if task.priority is None else task.priority)
     depends_on = [str(d) for d in (task.depends_on or ())]
     if depends_on:
         missing = [r[0] for r in conn.execute(q("missing_task_ids"), {"ids": json.dumps(depends_on)})]
@@ -347,7 +184,7 @@ def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row
                 details={"sqlstate": "CW002"},
             )
     if task.run_at is not None and not isinstance(task.run_at, datetime):
-        raise _invalid(f"{fn}: run_at must be a datetime (got {task.run_at!r})", sqlstate="22P02")
+        raise invalid(f"{fn}: run_at must be a datetime (got {task.run_at!r})", sqlstate="22P02")
     row = conn.execute(
         q("insert_task"),
         {
@@ -373,7 +210,7 @@ def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row
 
 
 def op_get_task(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
-    return _task(conn, "get_task", task_id)
+    return task_row(conn, "get_task", task_id)
 
 
 def op_claim(
@@ -386,9 +223,9 @@ def op_claim(
 ) -> list[sqlite3.Row]:
     now = ts(now_dt)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
-        raise _invalid(f"claim_tasks: n must be between 1 and 1000 (got {n})")
+        raise invalid(f"claim_tasks: n must be between 1 and 1000 (got {n})")
     seconds = check_seconds("claim_tasks", lease_seconds)
-    status = _worker(conn, "claim_tasks", worker_id, hint=_REGISTER_HINT)["status"]
+    status = worker_row(conn, "claim_tasks", worker_id, hint=REGISTER_HINT)["status"]
     if status in ("draining", "stopped"):
         return []
     types = json.dumps([str(t) for t in task_types]) if task_types else None
@@ -452,18 +289,20 @@ def op_complete(
     fn = "complete_task"
     token = lease_token(fn, token)
     check_object(fn, "result", result)
-    held = held_task(conn, fn, task_id, token)
+    # the happy path is one guarded UPDATE; only a miss pays for finding out why
     row = conn.execute(
         q("complete_task"),
         {
             "task_id": task_id,
+            "lease_token": token,
             "now": now,
             "result": dumps(fn, "result", result if result is not None else {}),
             "output_url": output_url,
         },
     ).fetchone()
-    conn.execute(q("count_completed"), {"worker_id": held["worker_id"]})
-    refresh_worker(conn, now, held["worker_id"])
+    if row is None:
+        held_task(conn, fn, task_id, token)  # raises LeaseLost / TaskNotFound
+    refresh_worker(conn, now, row["worker_id"], completed=1)
     return row
 
 
@@ -483,13 +322,12 @@ def op_fail(
     token = lease_token(fn, token)
     check_object(fn, "error_details", details)
     if not error:
-        raise _invalid(f"{fn}: error must say what went wrong (got an empty message)")
+        raise invalid(f"{fn}: error must say what went wrong (got an empty message)")
     if backoff_base_s < 0 or backoff_cap_s < 0:
-        raise _invalid(f"{fn}: backoff values must not be negative")
+        raise invalid(f"{fn}: backoff values must not be negative")
     held = held_task(conn, fn, task_id, token)
     worker_id, attempts = held["worker_id"], held["attempts"]
     retry = True if retryable is None else bool(retryable)
-    conn.execute(q("count_failed"), {"worker_id": worker_id})
     extra = dict(details or {})
     if retry and attempts < held["max_attempts"]:
         delay = min(backoff_cap_s, backoff_base_s * 2 ** max(attempts - 1, 0)) * (0.5 + random.random() / 2)
@@ -522,7 +360,7 @@ def op_fail(
             },
         ).fetchone()
         end_dependents(conn, now, task_id)
-    refresh_worker(conn, now, worker_id)
+    refresh_worker(conn, now, worker_id, failed=1)
     return row
 
 
@@ -535,9 +373,9 @@ def op_release(conn: sqlite3.Connection, now: str, task_id: str, token: Any) -> 
 
 
 def op_cancel(conn: sqlite3.Connection, now: str, task_id: str, reason: str | None) -> sqlite3.Row:
-    row = _task(conn, "cancel_task", task_id)
+    row = task_row(conn, "cancel_task", task_id)
     if row["status"] in ("complete", "failed"):
-        raise _invalid(f"cancel_task: task {task_id} is already {row['status']}; there is nothing to cancel")
+        raise invalid(f"cancel_task: task {task_id} is already {row['status']}; there is nothing to cancel")
     if row["status"] == "cancelled":
         return row
     # a running task keeps worker_id and lease_token until the worker's next heartbeat tells it to stop

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from comfy_worker.errors import InvalidArgument, SchemaMissing, StoreError, StoreUnavailable
 from comfy_worker.logs import get_logger
 from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, TaskStatus, WorkerInfo
+from comfy_worker.store import _sqlite_common as common
 from comfy_worker.store import _sqlite_ops as ops
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
 from comfy_worker.store.migrations import Migration, sql_dir, sqlite_file
@@ -170,7 +171,7 @@ class SqliteStore:
                     "insert into comfy_worker_migrations (version, checksum, applied_at) values (?, ?, ?)"
                     " on conflict (version) do update set checksum = excluded.checksum,"
                     " applied_at = excluded.applied_at",
-                    (m.version, m.checksum, ops.ts(datetime.now(UTC))),
+                    (m.version, m.checksum, common.ts(datetime.now(UTC))),
                 )
                 applied.append(m.version)
             conn.execute("commit")
@@ -192,7 +193,7 @@ class SqliteStore:
 
     def _schema_present(self) -> bool:
         conn = self._require()
-        return len(conn.execute(ops.q("schema_tables")).fetchall()) == 2
+        return len(conn.execute(common.q("schema_tables")).fetchall()) == 2
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store's thread; sqlite3 errors come back as comfy_worker errors."""
@@ -246,7 +247,7 @@ class SqliteStore:
         conn.execute("begin immediate")
         try:
             now = datetime.now(UTC)
-            result = op(conn, now if as_datetime else ops.ts(now), *args)
+            result = op(conn, now if as_datetime else common.ts(now), *args)
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
@@ -365,7 +366,7 @@ class SqliteStore:
         try:
             out: dict[str, Any] = {"at": datetime.now(UTC).isoformat()}
             for key in ("queue", "workers", "throughput", "failures"):
-                out[key] = [_snapshot_row(r) for r in conn.execute(ops.q(f"snapshot_{key}")).fetchall()]
+                out[key] = [_snapshot_row(r) for r in conn.execute(common.q(f"snapshot_{key}")).fetchall()]
         finally:
             conn.execute("commit")
         return out
@@ -376,7 +377,7 @@ class SqliteStore:
     # --- wake-ups -------------------------------------------------------------------------------------------
 
     def _claimable_now(self) -> bool:
-        return ops.has_claimable(self._require(), ops.ts(datetime.now(UTC)), self._task_types)
+        return ops.has_claimable(self._require(), common.ts(datetime.now(UTC)), self._task_types)
 
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 (the TaskStore protocol)
         """Poll for claimable work every ``poll_interval`` (±20% jitter, so workers do not poll in step) until

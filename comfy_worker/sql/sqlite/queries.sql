@@ -116,6 +116,8 @@ update workers set
   status = case when status in ('idle', 'busy', 'lost', 'starting')
                 then case when :task_id is null then 'idle' else 'busy' end
                 else status end,
+  tasks_completed = tasks_completed + :completed,
+  tasks_failed = tasks_failed + :failed,
   updated_at = :now
 where id = :worker_id;
 
@@ -145,14 +147,8 @@ where task_id = :task_id;
 -- name: complete_task
 update tasks set status = 'complete', result = :result, output_url = :output_url, error = null,
   error_details = null, lease_token = null, lease_expires_at = null, completed_at = :now, updated_at = :now
-where task_id = :task_id
+where task_id = :task_id and status = 'running' and lease_token = :lease_token
 returning *;
-
--- name: count_completed
-update workers set tasks_completed = tasks_completed + 1 where id = :worker_id;
-
--- name: count_failed
-update workers set tasks_failed = tasks_failed + 1 where id = :worker_id;
 
 -- name: retry_task
 update tasks set status = 'queued', run_at = :run_at, error = :error, error_details = :error_details,
