@@ -1,0 +1,351 @@
+"""Fetching task inputs to local files: URLs, base64 payloads, and objects in output storage.
+
+URL downloads stream to disk with a size cap (``INPUT_MAX_BYTES``: Content-Length checked up front and bytes
+counted while streaming), per-operation timeouts (``INPUT_TIMEOUT_S``: connect, and each read/write; a slow
+but moving download is not cut off) and tenacity retries on network errors, 5xx and 429 only.
+
+Server-side request forgery is refused: before connecting, the host is resolved and every address it
+resolves to must be public (not loopback, private, link-local, multicast, reserved, CGNAT or a cloud metadata
+endpoint), unless the host is in ``INPUT_URL_ALLOWLIST`` or ``ALLOW_PRIVATE_URLS=true``. The connection is
+then made to the address that was checked (the original host name goes in the Host header and TLS SNI), so
+a DNS answer that changes between check and connect cannot redirect us. Redirects are followed by hand, at
+most five, and each target is checked the same way. Only http and https are fetched.
+
+Cloud metadata addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200) stay refused even with
+``ALLOW_PRIVATE_URLS=true``: only an explicit allow-list entry for the host opens them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import ipaddress
+import os
+import posixpath
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from comfy_worker.config import Settings
+from comfy_worker.errors import InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
+from comfy_worker.logs import get_logger
+from comfy_worker.storage.base import Storage
+
+log = get_logger(__name__)
+
+MAX_REDIRECTS = 5
+WRITE_BLOCK = 1024 * 1024
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_RETRYABLE_4XX = frozenset({408, 429})
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_FIX_HINT = "set ALLOW_PRIVATE_URLS=true or add the host to INPUT_URL_ALLOWLIST"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Fetcher = Callable[..., Awaitable[Path]]
+
+
+# --- policy (pure) ---
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """Why an input URL may not reach this address (``"a loopback address"``, …), or None when it may."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_reserved:
+        return "a reserved address"
+    if ip.is_private or not ip.is_global:
+        return "a private address"
+    return None
+
+
+def host_allowlisted(host: str, allowlist: tuple[str, ...]) -> bool:
+    """True when ``host`` matches an INPUT_URL_ALLOWLIST entry: an exact host name or address, or
+    ``*.example.com`` / ``.example.com`` for every subdomain of example.com."""
+    host = host.lower().rstrip(".").strip("[]")
+    for raw in allowlist:
+        entry = raw.strip().lower().rstrip(".").strip("[]")
+        if not entry:
+            continue
+        if entry.startswith(("*.", ".")):
+            suffix = entry[entry.index(".") :]
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def safe_filename(name: str | None, default: str = "input") -> str:
+    """A file name that is safe on any filesystem: the last path component, characters outside
+    ``[A-Za-z0-9._-]`` replaced by ``_``, no leading dots, at most 150 characters (extension kept)."""
+    base = posixpath.basename((name or "").replace("\\", "/"))
+    base = _UNSAFE_CHARS.sub("_", base).strip("._") or default
+    stem, dot, ext = base.rpartition(".")
+    if dot and stem and len(ext) <= 16:
+        return f"{stem[: 150 - len(ext) - 1]}.{ext}"
+    return base[:150]
+
+
+def filename_from_url(url: str) -> str:
+    return safe_filename(unquote(urlsplit(url).path))
+
+
+def display_url(url: str) -> str:
+    """The URL without query or fragment (signed URLs carry tokens there): fit for messages and logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+# --- resolution and pinning ---
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            raise InputRejected(f"input URL host {host!r} does not resolve (no such name)") from exc
+        raise InputUnavailable(f"could not resolve input URL host {host!r}: {exc.strerror}") from exc
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+async def prepare_request(
+    url: str, *, allowlist: tuple[str, ...], allow_private: bool, origin: str | None = None
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """Check one URL against the policy and return (URL to connect to, extra headers, httpx extensions).
+
+    For hosts that are checked, the returned URL names the vetted IP address and the headers/extensions
+    carry the real host name (Host, TLS SNI). ``origin`` is the URL that redirected here, for messages."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InputRejected(f"input URL {url!r} is not a valid URL: {exc}") from exc
+    shown = display_url(url)
+    via = f" (redirected from {display_url(origin)})" if origin else ""
+    if parsed.scheme not in ("http", "https"):
+        raise InputRejected(
+            f"input URL {shown}{via} must use http or https, not {parsed.scheme or 'nothing'!r}"
+        )
+    host = parsed.raw_host.decode("ascii")
+    if not host:
+        raise InputRejected(f"input URL {shown}{via} has no host")
+    allowlisted = host_allowlisted(host, allowlist)
+    if allowlisted:
+        return parsed, {}, {}
+    addresses = await _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    if not addresses:
+        raise InputUnavailable(f"input URL host {host!r} resolved to no addresses")
+    for ip in addresses:
+        problem = address_problem(ip)
+        if problem is None:
+            continue
+        if allow_private and problem != "a cloud metadata address":
+            continue
+        hint = "add the host to INPUT_URL_ALLOWLIST" if problem == "a cloud metadata address" else _FIX_HINT
+        raise InputRejected(
+            f"input URL {shown}{via} resolves to {ip}, {problem}; {hint}",
+            details={"url": shown, "address": str(ip), "reason": problem},
+        )
+    if allow_private:
+        return parsed, {}, {}  # anything but metadata is allowed: let httpx resolve (and fall back) itself
+    pinned = parsed.copy_with(host=str(addresses[0]))
+    headers = {"Host": parsed.netloc.decode("ascii")}
+    extensions: dict[str, Any] = {"sni_hostname": host} if parsed.scheme == "https" else {}
+    return pinned, headers, extensions
+
+
+# --- fetching ---
+
+
+async def fetch_url(
+    url: str,
+    dest_dir: Path,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allowlist: tuple[str, ...] = (),
+    allow_private: bool = False,
+    filename: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    retry_attempts: int = 4,
+    retry_wait_s: float = 1.0,
+) -> Path:
+    """Download ``url`` into ``dest_dir`` (as ``filename`` or the URL's last path segment, sanitised).
+
+    Raises InputRejected (permanent: policy, size, 4xx, bad URL) or InputUnavailable (after retries)."""
+    dest_dir = Path(dest_dir)
+    dest = dest_dir / safe_filename(filename or filename_from_url(url))
+    own_client = client is None
+    http = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
+    try:
+        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(InputUnavailable),
+            stop=stop_after_attempt(retry_attempts),
+            wait=wait_exponential(multiplier=retry_wait_s, max=30),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "input_fetch_retry",
+                url=display_url(url),
+                attempt=rs.attempt_number,
+                error=str(rs.outcome.exception()),
+            ),
+        ):
+            with attempt:
+                size = await _fetch_once(http, url, dest, max_bytes, timeout_s, allowlist, allow_private)
+    finally:
+        if own_client:
+            await http.aclose()
+    log.info("input_fetched", url=display_url(url), path=str(dest), bytes=size)
+    return dest
+
+
+async def _fetch_once(
+    http: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    timeout_s: float,
+    allowlist: tuple[str, ...],
+    allow_private: bool,
+) -> int:
+    current, origin = url, None
+    for _hop in range(MAX_REDIRECTS + 1):
+        target, headers, extensions = await prepare_request(
+            current, allowlist=allowlist, allow_private=allow_private, origin=origin
+        )
+        shown = display_url(current)
+        try:
+            async with http.stream(
+                "GET",
+                target,
+                headers=headers,
+                extensions=extensions,
+                follow_redirects=False,
+                timeout=timeout_s,
+            ) as resp:
+                if resp.status_code in _REDIRECTS and "location" in resp.headers:
+                    origin, current = current, urljoin(current, resp.headers["location"])
+                    continue
+                _check_status(resp.status_code, shown)
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise InputRejected(
+                        f"input URL {shown} is {int(declared)} bytes, over INPUT_MAX_BYTES ({max_bytes})",
+                        details={"url": shown, "bytes": int(declared), "max_bytes": max_bytes},
+                    )
+                return await _stream_to(resp, dest, max_bytes, shown)
+        except httpx.TransportError as exc:
+            raise InputUnavailable(
+                f"downloading input URL {shown} failed: {type(exc).__name__}: {exc}", details={"url": shown}
+            ) from exc
+    raise InputRejected(
+        f"input URL {display_url(url)} redirected more than {MAX_REDIRECTS} times",
+        details={"url": display_url(url)},
+    )
+
+
+def _check_status(status: int, shown: str) -> None:
+    if status >= 500 or status in _RETRYABLE_4XX:
+        raise InputUnavailable(
+            f"input URL {shown} answered HTTP {status}", details={"url": shown, "status": status}
+        )
+    if status >= 400 or status < 200 or status in _REDIRECTS:
+        raise InputRejected(
+            f"input URL {shown} answered HTTP {status}", details={"url": shown, "status": status}
+        )
+
+
+async def _stream_to(resp: httpx.Response, dest: Path, max_bytes: int, shown: str) -> int:
+    tmp = dest.with_name(f".{dest.name}.part")
+    size = 0
+    try:
+        with await asyncio.to_thread(open, tmp, "wb") as out:
+            async for block in resp.aiter_bytes(WRITE_BLOCK):
+                size += len(block)
+                if size > max_bytes:
+                    raise InputRejected(
+                        f"input URL {shown} is larger than INPUT_MAX_BYTES ({max_bytes})",
+                        details={"url": shown, "max_bytes": max_bytes},
+                    )
+                await asyncio.to_thread(out.write, block)
+        await asyncio.to_thread(os.replace, tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def decode_base64_input(data: str, dest_dir: Path, filename: str, max_bytes: int) -> Path:
+    """Write a base64 payload (optionally a ``data:…;base64,`` URI) to ``dest_dir/filename``."""
+    payload = data.split(",", 1)[1] if data.startswith("data:") and "," in data else data
+    payload = "".join(payload.split())
+    if len(payload) * 3 // 4 > max_bytes + 2:
+        raise InputRejected(
+            f"base64 input {filename!r} decodes to about {len(payload) * 3 // 4} bytes, "
+            f"over INPUT_MAX_BYTES ({max_bytes})"
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputRejected(f"base64 input {filename!r} is not valid base64: {exc}") from exc
+    if len(raw) > max_bytes:
+        raise InputRejected(
+            f"base64 input {filename!r} is {len(raw)} bytes, over INPUT_MAX_BYTES ({max_bytes})"
+        )
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / safe_filename(filename)
+    tmp = dest.with_name(f".{dest.name}.part")
+    tmp.write_bytes(raw)
+    os.replace(tmp, dest)
+    return dest
+
+
+async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Path) -> Path:
+    """Download an object from output storage as a task input; storage errors become input errors."""
+    dest = Path(dest_dir) / safe_filename(posixpath.basename(storage_path))
+    try:
+        return await storage.download(storage_path, dest)
+    except StorageRejected as exc:
+        raise InputRejected(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
+    except StorageUnavailable as exc:
+        raise InputUnavailable(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
+
+
+def settings_fetcher(settings: Settings, client: httpx.AsyncClient | None = None) -> Fetcher:
+    """``fetch_url`` with the INPUT_* and ALLOW_PRIVATE_URLS settings bound: ``await fetch(url, dest)``."""
+    return functools.partial(
+        fetch_url,
+        max_bytes=settings.input_max_bytes,
+        timeout_s=settings.input_timeout_s,
+        allowlist=settings.input_url_allowlist,
+        allow_private=settings.allow_private_urls,
+        client=client,
+    )
