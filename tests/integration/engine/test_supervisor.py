@@ -1,0 +1,189 @@
+"""ComfySupervisor: start-up errors, output capture, stop escalation, and a real ComfyUI killed mid-prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.config import load_settings
+from comfy_worker.engine import ComfyClient, ComfySupervisor, events
+from comfy_worker.errors import EngineStartupError, EngineUnavailable
+from tests.comfy_server import comfy_args, comfy_test_paths, free_port
+
+from .conftest import require_test_comfyui
+
+
+def settings(**env: str):
+    base = {"COMFY_PORT": str(free_port()), "COMFY_STARTUP_TIMEOUT": "20", "COMFY_RESTART_MAX": "3"}
+    return load_settings({**base, **env}, dotenv=None)
+
+
+def fake_comfy(tmp_path: Path, body: str) -> Path:
+    """A directory whose main.py is ``body`` (a stand-in process for lifecycle tests, not ComfyUI)."""
+    (tmp_path / "main.py").write_text(textwrap.dedent(body))
+    return tmp_path
+
+
+# A tiny HTTP server answering /system_stats, parsing --port like ComfyUI; ignores SIGTERM if asked.
+SERVES = """
+    import http.server, json, signal, sys
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    if "--ignore-term" in sys.argv:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers(); self.wfile.write(json.dumps({"system": {}}).encode())
+        def log_message(self, *a): pass
+    print("fake comfy listening", port, flush=True)
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"COMFY_PATH": "/nonexistent/comfyui"}, "COMFY_PATH=/nonexistent/comfyui does not exist"),
+        ({"COMFY_PATH": "{tmp}"}, "has no main.py"),
+        (
+            {"COMFY_PATH": "{tmp_main}", "COMFY_PYTHON": "/nonexistent/python"},
+            "COMFY_PYTHON=/nonexistent/python",
+        ),
+        ({}, "COMFY_PATH is not set"),
+    ],
+)
+async def test_startup_errors_name_the_setting(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    (tmp_path / "with_main").mkdir()
+    (tmp_path / "with_main" / "main.py").write_text("")
+    env = {k: v.format(tmp=tmp_path, tmp_main=tmp_path / "with_main") for k, v in env.items()}
+    sup = ComfySupervisor(settings(**env))
+    with pytest.raises(EngineStartupError, match=expected):
+        await sup.start()
+
+
+async def test_exit_during_startup_carries_log_tail(tmp_path: Path) -> None:
+    path = fake_comfy(
+        tmp_path,
+        """
+        import sys
+        print("loading custom nodes", flush=True)
+        print("ImportError: no module named torch", file=sys.stderr, flush=True)
+        sys.exit(3)
+    """,
+    )
+    sup = ComfySupervisor(settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable))
+    with pytest.raises(EngineStartupError) as info:
+        await sup.start()
+    assert info.value.details["exit_code"] == 3
+    assert "ImportError: no module named torch" in info.value.details["log_tail"]
+    assert "loading custom nodes" in info.value.details["log_tail"]
+    assert "no module named torch" in str(info.value)
+
+
+async def test_output_is_read_and_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    path = fake_comfy(tmp_path, SERVES)
+    sup = ComfySupervisor(
+        settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable, COMFY_ARGS="--ignore-term")
+    )
+    await sup.start()
+    pid = sup.pid
+    assert sup.healthy and pid is not None
+    assert any("fake comfy listening" in line for line in sup.tail)
+    await sup.stop(grace_s=0.5)  # SIGTERM ignored → SIGKILL
+    assert sup.pid is None and not sup.healthy
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not sup.died.is_set()  # a requested stop is not a death
+
+
+async def test_restarts_after_death_until_restart_max(tmp_path: Path) -> None:
+    path = fake_comfy(tmp_path, SERVES)
+    exits: list[int | None] = []
+    sup = ComfySupervisor(
+        settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable), on_exit=exits.append, backoff_base_s=0.05
+    )
+    await sup.start()
+    try:
+        first = sup.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await asyncio.wait_for(sup.died.wait(), 10)
+        assert exits == [-signal.SIGKILL]
+        await asyncio.wait_for(sup.ensure_running(), 30)
+        assert sup.healthy and sup.pid not in (None, first) and sup.restarts == 1
+        # main.py now fails at once: restarts stop after COMFY_RESTART_MAX in a row.
+        (path / "main.py").write_text("raise SystemExit(1)\n")
+        os.kill(sup.pid, signal.SIGKILL)
+        await asyncio.wait_for(sup.died.wait(), 10)
+        with pytest.raises(EngineStartupError, match="restarts in a row"):
+            await asyncio.wait_for(sup.ensure_running(), 30)
+    finally:
+        await sup.stop(grace_s=2)
+
+
+async def test_attach_mode_has_no_process(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(SERVES), "--port", str(port), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        sup = ComfySupervisor(settings(COMFY_URL=f"http://127.0.0.1:{port}/"))
+        await sup.start()
+        assert sup.base_url == f"http://127.0.0.1:{port}" and sup.pid is None and sup.healthy
+        await sup.ensure_running()
+        await sup.stop()
+        assert proc.returncode is None  # attached: never ours to stop
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.comfyui
+@pytest.mark.slow
+async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> None:
+    require_test_comfyui()
+    python, tree = comfy_test_paths()
+    args = " ".join(comfy_args(tmp_path))
+    sup = ComfySupervisor(
+        settings(
+            COMFY_PATH=str(tree), COMFY_PYTHON=str(python), COMFY_ARGS=args, COMFY_STARTUP_TIMEOUT="120"
+        ),
+        backoff_base_s=0.1,
+    )
+    await sup.start()
+    try:
+        assert any("Starting server" in line or "To see the GUI" in line for line in sup.tail)
+        first_pid = sup.pid
+        async with ComfyClient(sup.base_url, reconnect_grace_s=5) as client:
+            killed = asyncio.Event()
+
+            def on_event(e: events.Event) -> None:
+                if isinstance(e, events.Progress) and not killed.is_set():
+                    killed.set()
+                    os.kill(first_pid, signal.SIGKILL)
+
+            wf = {
+                "1": {"class_type": "CWSlow", "inputs": {"seconds": 30, "steps": 300}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            }
+            pid = await client.queue_prompt(wf)
+            with pytest.raises(EngineUnavailable):
+                await client.wait(pid, on_event=on_event, deadline_s=120)
+            assert killed.is_set()
+            await asyncio.wait_for(sup.ensure_running(), 150)
+            assert sup.healthy and sup.pid != first_pid
+        async with ComfyClient(sup.base_url) as client:  # the restarted server works
+            wf = {
+                "1": {"class_type": "CWSlow", "inputs": {"seconds": 0.2, "steps": 2}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            }
+            hist = await client.wait(await client.queue_prompt(wf), deadline_s=60)
+            assert hist.status_str == "success"
+    finally:
+        await sup.stop(grace_s=10)
+    assert sup.pid is None
