@@ -144,7 +144,6 @@ class SupabaseStore:
         except BaseException:
             await self.close()
             raise
-        log.debug("supabase_connected", url=self._url, schema=self._schema)
 
     async def close(self) -> None:
         self._client = None
