@@ -211,10 +211,10 @@ class SupabaseStorage:
             "x-upsert": "true",
             "cache-control": f"max-age={self.cache_control}",
         }
-        digest = hashlib.sha256()
+        hasher = _RangeHasher()
         async for attempt in self._retrying():
             with attempt:
-                digest = hashlib.sha256()
+                hasher = _RangeHasher()
                 with await asyncio.to_thread(open, local_path, "rb") as fh:
                     await self._request(
                         "POST",
@@ -222,9 +222,9 @@ class SupabaseStorage:
                         f"uploading {dest_path!r}",
                         dest_path,
                         headers=headers,
-                        content=_stream_file(fh, digest),
+                        content=_stream_range(fh, 0, size, hasher),
                     )
-        return digest.hexdigest()
+        return hasher.hexdigest()
 
     async def _upload_resumable(self, local_path: Path, dest_path: str, size: int, content_type: str) -> str:
         create_headers = {
@@ -256,8 +256,7 @@ class SupabaseStorage:
             )
         location = urljoin(endpoint, location)
 
-        digest = hashlib.sha256()
-        hashed_to = 0  # bytes [0, hashed_to) are in digest: each byte is hashed once, when first read
+        hasher = _RangeHasher()
         offset = 0
         with await asyncio.to_thread(open, local_path, "rb") as fh:
             while offset < size:
@@ -269,24 +268,24 @@ class SupabaseStorage:
                             resync = False
                             if offset >= size:
                                 break
-                        chunk = await asyncio.to_thread(_read_at, fh, offset, min(TUS_CHUNK, size - offset))
-                        if offset <= hashed_to < offset + len(chunk):
-                            digest.update(chunk[hashed_to - offset :])
-                            hashed_to = offset + len(chunk)
+                        length = min(TUS_CHUNK, size - offset)
                         resync = True  # if this PATCH fails, ask the server where we are
-                        offset = await self._tus_patch(location, offset, chunk, dest_path)
+                        offset = await self._tus_patch(location, offset, length, fh, hasher, dest_path)
                         resync = False
-        if hashed_to != size:  # only possible if the server skipped ahead of what we sent
+        if hasher.upto != size:  # only possible if the server claimed bytes we never sent
             raise StorageRejected(
                 f"resumable upload of {dest_path!r} ended out of step", details={"path": dest_path}
             )
-        return digest.hexdigest()
+        return hasher.hexdigest()
 
-    async def _tus_patch(self, location: str, offset: int, chunk: bytes, dest_path: str) -> int:
+    async def _tus_patch(
+        self, location: str, offset: int, length: int, fh: BinaryIO, hasher: _RangeHasher, dest_path: str
+    ) -> int:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Offset": str(offset),
             "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(length),
         }
         try:
             resp = await self._request(
@@ -295,13 +294,13 @@ class SupabaseStorage:
                 f"uploading {dest_path!r} at offset {offset}",
                 dest_path,
                 headers=headers,
-                content=chunk,
+                content=_stream_range(fh, offset, length, hasher),
             )
         except StorageRejected as exc:
             if exc.details.get("status") == 409:
                 raise _OffsetConflict(str(exc), details=exc.details) from exc
             raise
-        return int(resp.headers.get("Upload-Offset", offset + len(chunk)))
+        return int(resp.headers.get("Upload-Offset", offset + length))
 
     async def _tus_offset(self, location: str, dest_path: str) -> int:
         resp = await self._request(
@@ -394,13 +393,35 @@ class SupabaseStorage:
             await self._http.aclose()
 
 
+class _RangeHasher:
+    """SHA-256 of a file sent in ranges that may repeat after a resume: each byte is hashed once, in order."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self.upto = 0  # bytes [0, upto) are in the digest
+
+    def feed(self, pos: int, block: bytes) -> None:
+        end = pos + len(block)
+        if pos <= self.upto < end:
+            self._digest.update(memoryview(block)[self.upto - pos :])
+            self.upto = end
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
     fh.seek(offset)
     return fh.read(length)
 
 
-async def _stream_file(fh: BinaryIO, digest: Any) -> AsyncIterator[bytes]:
-    """The file's bytes block by block (read in a thread), hashed as they go."""
-    while block := await asyncio.to_thread(fh.read, READ_BLOCK):
-        digest.update(block)
+async def _stream_range(fh: BinaryIO, start: int, length: int, hasher: _RangeHasher) -> AsyncIterator[bytes]:
+    """Bytes [start, start+length) of the file, block by block (read in a thread), hashed as they go."""
+    pos, end = start, start + length
+    while pos < end:
+        block = await asyncio.to_thread(_read_at, fh, pos, min(READ_BLOCK, end - pos))
+        if not block:
+            raise StorageRejected(f"{getattr(fh, 'name', 'the file')} shrank while it was being uploaded")
+        hasher.feed(pos, block)
+        pos += len(block)
         yield block

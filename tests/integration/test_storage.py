@@ -272,6 +272,19 @@ async def test_a_failed_chunk_resumes_from_the_servers_offset(
     assert [p.body_bytes for p in patches[2:]] == [6 * MiB, size - 13 * MiB]
 
 
+async def test_an_offset_conflict_is_resolved_with_head(
+    storage: SupabaseStorage, standin: StorageStandin, tmp_path: Path
+) -> None:
+    src = tmp_path / "c.mp4"
+    sha = write_random(src, 6 * MiB + 99)
+    standin.fail("PATCH", nth=1, status=409, keep_bytes=2 * MiB)  # server holds more than we were told
+    obj = await storage.upload(src, "comfy/t/c.mp4")
+    assert obj.sha256 == sha
+    assert standin.object_path("outputs", "comfy/t/c.mp4").read_bytes() == src.read_bytes()
+    assert [int(p.headers["Upload-Offset"]) for p in standin.calls("PATCH")] == [0, 2 * MiB]
+    assert len(standin.calls("HEAD")) == 1
+
+
 async def test_a_chunk_failing_every_time_ends_as_storage_unavailable(
     standin: StorageStandin, tmp_path: Path
 ) -> None:
