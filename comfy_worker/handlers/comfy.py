@@ -1,0 +1,249 @@
+"""The ``comfy`` task: run one ComfyUI workflow.
+
+Params (all but ``workflow`` optional)::
+
+    {"workflow": {...API format...} | "<json text>" | {...UI export: nodes/links...},
+     "video_url": "https://…", "video_node_id": "12", "video_input_field": "video",   # the documented contract
+     "inputs": [{"url" | "storage_path" | "base64": "…", "node_id": "12", "field": "image", "filename": "a.png"}],
+     "timeout_s": 900, "stall_timeout_s": 300, "include_temp": false}
+
+URLs written directly into loader nodes' file inputs (LoadImage ``image``, VHS_LoadVideo ``video``, …) are
+fetched the same way. Every input is uploaded to ComfyUI's input folder under a per-task subfolder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comfy_worker.engine import (
+    History,
+    OutputItem,
+    events,
+    find_media_inputs,
+    is_ui_format,
+    ui_to_api,
+    validate,
+)
+from comfy_worker.engine.workflow import set_input
+from comfy_worker.errors import InputRejected, WorkflowInvalid
+from comfy_worker.handlers.base import HandlerResult, TaskContext
+from comfy_worker.inputs import decode_base64_input, fetch_storage_input, safe_filename
+from comfy_worker.logs import get_logger
+
+log = get_logger(__name__)
+PROMPT_NAMESPACE = uuid.UUID("6f2b7c1e-4a53-4d8e-9a35-2f1f3c5b8e11")
+
+
+@dataclass
+class Prepared:
+    prompt_id: str
+    workflow: dict[str, Any]
+    queued_at: float
+
+
+@dataclass
+class Executed:
+    history: History
+    prompt_id: str
+    run_s: float
+
+
+def prompt_id_for(task_id: str, attempt: int) -> str:
+    """A stable prompt id per (task, attempt): a retried attempt never collides with a previous one."""
+    return str(uuid.uuid5(PROMPT_NAMESPACE, f"{task_id}:{attempt}"))
+
+
+def parse_workflow(raw: Any) -> dict[str, Any]:
+    """params.workflow as a dict; clear errors for the ways it goes wrong."""
+    if raw is None:
+        raise InputRejected(
+            "params.workflow is missing: put the workflow (API format JSON) under params.workflow"
+        )
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputRejected(
+                f"params.workflow is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            ) from exc
+    if not isinstance(raw, dict) or not raw:
+        raise InputRejected(
+            f"params.workflow must be a JSON object of nodes, got {type(raw).__name__}"
+            " (export it with ComfyUI's 'Save (API Format)')"
+        )
+    return raw
+
+
+def input_specs(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The explicit inputs: the documented video_url contract plus params.inputs."""
+    specs: list[dict[str, Any]] = []
+    if params.get("video_url") is not None:
+        missing = [k for k in ("video_node_id", "video_input_field") if not params.get(k)]
+        if missing:
+            raise InputRejected(
+                f"params.video_url is set but params.{missing[0]} is missing: name the node id and input field "
+                "that take the video (e.g. video_node_id='12', video_input_field='video')"
+            )
+        specs.append(
+            {
+                "url": params["video_url"],
+                "node_id": str(params["video_node_id"]),
+                "field": str(params["video_input_field"]),
+            }
+        )
+    extra = params.get("inputs") or []
+    if not isinstance(extra, list):
+        raise InputRejected("params.inputs must be a list of {url | storage_path | base64, node_id, field}")
+    for i, spec in enumerate(extra):
+        if not isinstance(spec, dict):
+            raise InputRejected(f"params.inputs[{i}] must be an object, got {type(spec).__name__}")
+        sources = [k for k in ("url", "storage_path", "base64") if spec.get(k)]
+        if len(sources) != 1:
+            raise InputRejected(f"params.inputs[{i}] needs exactly one of url, storage_path or base64")
+        for k in ("node_id", "field"):
+            if not spec.get(k):
+                raise InputRejected(f"params.inputs[{i}].{k} is missing: name the node and input to set")
+        specs.append({**spec, "node_id": str(spec["node_id"])})
+    return specs
+
+
+class ComfyHandler:
+    task_type = "comfy"
+
+    async def prepare(self, ctx: TaskContext) -> Prepared:
+        params = ctx.task.params
+        workflow = parse_workflow(params.get("workflow"))
+        object_info = await ctx.client.object_info()
+        if is_ui_format(workflow):
+            workflow = ui_to_api(workflow, object_info)
+            log.info("workflow_converted_from_ui_format", nodes=len(workflow))
+        specs = input_specs(params)
+        for node_id, field_name, url in find_media_inputs(workflow, object_info):
+            if not any(s["node_id"] == node_id and s["field"] == field_name for s in specs):
+                specs.append({"url": url, "node_id": node_id, "field": field_name})
+        for spec in specs:
+            if spec["node_id"] not in workflow:
+                raise WorkflowInvalid(
+                    f"input for node {spec['node_id']}.{spec['field']}: node {spec['node_id']} is not in the "
+                    "workflow; check the node id in params"
+                )
+        inputs_dir = ctx.work_dir / "inputs"
+        subfolder = f"comfy_worker/{ctx.task.task_id}"
+        for spec in specs:
+            path = await self._fetch(ctx, spec, inputs_dir)
+            name = await ctx.client.upload_file(path, subfolder=subfolder, overwrite=True)
+            set_input(workflow, spec["node_id"], spec["field"], name)
+            log.info(
+                "input_uploaded",
+                node_id=spec["node_id"],
+                field=spec["field"],
+                name=name,
+                bytes=path.stat().st_size,
+            )
+        validate(workflow, object_info)
+        prompt_id = await ctx.client.queue_prompt(
+            workflow, prompt_id=prompt_id_for(ctx.task.task_id, ctx.attempt)
+        )
+        return Prepared(prompt_id, workflow, time.monotonic())
+
+    async def _fetch(self, ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
+        filename = spec.get("filename")
+        if spec.get("url"):
+            return await ctx.fetch(spec["url"], dest, filename=filename)
+        if spec.get("storage_path"):
+            return await fetch_storage_input(ctx.storage, spec["storage_path"], dest)
+        return decode_base64_input(
+            spec["base64"], dest, safe_filename(filename, "input.bin"), ctx.settings.input_max_bytes
+        )
+
+    async def execute(self, ctx: TaskContext, prepared: Prepared) -> Executed:
+        params = ctx.task.params
+        t0 = time.monotonic()
+
+        async def on_event(event: events.Event) -> None:
+            if isinstance(event, (events.ExecutionStart, events.Executing, events.ExecutionCached)):
+                ctx.started.set()
+            if isinstance(event, events.Progress):
+                ctx.started.set()
+                pct = round(100.0 * event.value / event.max, 1) if event.max else None
+                await ctx.progress(
+                    {
+                        "node": event.node,
+                        "value": event.value,
+                        "max": event.max,
+                        "percent": pct,
+                        "prompt_id": prepared.prompt_id,
+                    }
+                )
+            elif isinstance(event, events.Executing) and event.node is not None:
+                await ctx.progress({"node": event.node, "prompt_id": prepared.prompt_id})
+
+        history = await ctx.client.wait(
+            prepared.prompt_id,
+            on_event=on_event,
+            deadline_s=float(params.get("timeout_s") or ctx.settings.task_timeout_s),
+            stall_s=float(params.get("stall_timeout_s") or ctx.settings.stall_timeout_s),
+            cancel=ctx.cancel,
+        )
+        return Executed(history, prepared.prompt_id, time.monotonic() - t0)
+
+    async def finish(self, ctx: TaskContext, executed: Executed) -> HandlerResult:
+        include_temp = bool(ctx.task.params.get("include_temp"))
+        items = await ctx.client.download_outputs(
+            executed.history, ctx.work_dir / "outputs", include_temp=include_temp
+        )
+        outputs = await upload_outputs(ctx, items)
+        return HandlerResult(
+            result={
+                "outputs": outputs,
+                "prompt_id": executed.prompt_id,
+                "execution_s": round(executed.run_s, 3),
+            },
+            output_url=pick_output_url(outputs),
+        )
+
+
+async def upload_outputs(ctx: TaskContext, items: list[OutputItem]) -> list[dict[str, Any]]:
+    """Upload every output item to ``{task_type}/{task_id}/{filename}``; the list for ``result.outputs``."""
+    outputs: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for item in items:
+        name = item.filename
+        if name in used:  # the same filename from two nodes or subfolders: keep both
+            name = f"{item.node_id}_{name}"
+        used.add(name)
+        stored = await ctx.storage.upload(item.path, ctx.storage_path(name), content_type=item.content_type)
+        outputs.append(
+            {
+                "node_id": item.node_id,
+                "kind": item.kind,
+                "filename": name,
+                "storage_path": stored.path,
+                "url": stored.url,
+                "bytes": stored.bytes,
+                "sha256": stored.sha256,
+                "content_type": stored.content_type,
+            }
+        )
+        log.info(
+            "output_uploaded",
+            node_id=item.node_id,
+            kind=item.kind,
+            storage_path=stored.path,
+            bytes=stored.bytes,
+        )
+    return outputs
+
+
+def pick_output_url(outputs: list[dict[str, Any]]) -> str | None:
+    """The first video, else the first image."""
+    for kind in ("video", "image"):
+        for o in outputs:
+            if o["kind"] == kind:
+                return str(o["url"])
+    return None
