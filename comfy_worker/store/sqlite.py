@@ -153,6 +153,10 @@ class SqliteStore:
 
     def _migrate(self) -> list[str]:
         conn = self._require()
+        migrations = sqlite_migrations()
+        if not migrations:  # a broken install (or a shadowing comfy_worker directory) must not look migrated
+            where = sql_dir() / "sqlite"
+            raise SchemaMissing(f"no SQLite migrations found under {where}: reinstall comfy-worker")
         applied: list[str] = []
         conn.execute("begin immediate")
         try:
@@ -162,7 +166,7 @@ class SqliteStore:
                 " applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')))"
             )
             done = dict(conn.execute("select version, checksum from comfy_worker_migrations").fetchall())
-            for m in sqlite_migrations():
+            for m in migrations:
                 if done.get(m.version) == m.checksum:
                     continue
                 for statement in split_statements(m.sql):
