@@ -176,7 +176,11 @@ async def prepare_request(
         return parsed, {}, {}  # anything but metadata is allowed: let httpx resolve (and fall back) itself
     pinned = parsed.copy_with(host=str(addresses[0]))
     headers = {"Host": parsed.netloc.decode("ascii")}
-    extensions: dict[str, Any] = {"sni_hostname": host} if parsed.scheme == "https" else {}
+    extensions: dict[str, Any] = {}
+    if parsed.scheme == "https":
+        extensions["sni_hostname"] = host
+        # the pool keys connections by IP: never reuse a TLS session verified for another host name
+        headers["Connection"] = "close"
     return pinned, headers, extensions
 
 

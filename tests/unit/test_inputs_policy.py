@@ -119,7 +119,7 @@ async def test_prepare_request_pins_a_public_address() -> None:
         "https://8.8.8.8:8443/v.mp4?x=1", allowlist=(), allow_private=False
     )
     assert str(target) == "https://8.8.8.8:8443/v.mp4?x=1"
-    assert headers == {"Host": "8.8.8.8:8443"}
+    assert headers == {"Host": "8.8.8.8:8443", "Connection": "close"}
     assert ext == {"sni_hostname": "8.8.8.8"}
 
 
