@@ -2,8 +2,10 @@
 
 * Segments with the same codec, size, pixel format and frame rate and no overlap: the concat demuxer with
   stream copy (no re-encode at all: cost is reading and writing the bytes once).
-* Otherwise (codecs differ, or the first ``overlap`` frames of each segment after the first repeat the end of
-  the previous one): exactly one re-encode through the concat filter, trimming the overlap frame-exactly and
+* Same parameters with an overlap (the first ``overlap`` frames of each segment after the first repeat the
+  end of the previous one): the concat demuxer decodes the files in turn and one re-encode drops the overlap
+  frames by index (frame-exact).
+* Different codecs/sizes: exactly one re-encode through the concat filter, trimming the overlap and
   normalising every segment to the first one's size and pixel format and retiming its frames onto the
   first one's frame rate (every frame kept once).
 
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from comfy_worker.errors import ExecutionFailed, InputRejected
 from comfy_worker.logs import get_logger
@@ -74,20 +77,27 @@ async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
     return out.decode("utf-8", "replace")
 
 
-async def probe(path: str | Path, *, decode: bool = False) -> StreamInfo:
-    """The first video stream of ``path``; ``decode=True`` counts decoded frames instead of packets."""
-    count = "-count_frames" if decode else "-count_packets"
-    field = "nb_read_frames" if decode else "nb_read_packets"
-    text = await _run(
-        "ffprobe",
-        ["-v", "error", count, "-show_entries",
-         f"stream=codec_type,codec_name,width,height,pix_fmt,r_frame_rate,{field}", "-of", "json", str(path)],
-        what=f"probe {path}",
-    )  # fmt: skip
+async def _probe_streams(path: str | Path, count: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    fields = (
+        "codec_type,codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_frames,nb_read_packets"
+    )
+    args = ["-v", "error", *([count] if count else []), "-show_entries", f"stream={fields}", "-of", "json"]
+    text = await _run("ffprobe", [*args, str(path)], what=f"probe {path}")
     streams = json.loads(text).get("streams") or []
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     if video is None:
         raise InputRejected(f"{path}: no video stream", details={"path": str(path)})
+    return video, streams
+
+
+async def probe(path: str | Path, *, decode: bool = False) -> StreamInfo:
+    """The first video stream of ``path``. Frames come from the container's count (mp4 has one), else from
+    counting packets; ``decode=True`` decodes and counts every frame (exact, slower)."""
+    video, streams = await _probe_streams(path, "-count_frames" if decode else None)
+    field = "nb_read_frames" if decode else "nb_frames"
+    if not decode and not str(video.get("nb_frames") or "").isdigit():
+        video, streams = await _probe_streams(path, "-count_packets")  # no frame count in the container
+        field = "nb_read_packets"
     return StreamInfo(
         codec=str(video.get("codec_name")),
         width=int(video.get("width") or 0),
@@ -109,6 +119,18 @@ def _concat_list(paths: Sequence[Path]) -> str:
         escaped = str(p.resolve()).replace("'", "'\\''")
         lines.append(f"file '{escaped}'")
     return "\n".join(lines) + "\n"
+
+
+def _drop_overlap(infos: Sequence[StreamInfo], overlap: int) -> str:
+    """A select filter (with trailing comma) dropping the first ``overlap`` frames of segments 2..N, by the
+    frame index in the concatenated stream; empty without overlap."""
+    if not overlap:
+        return ""
+    ranges, start = [], 0
+    for info in infos[:-1]:
+        start += info.frames
+        ranges.append(f"between(n,{start},{start + overlap - 1})")
+    return f"select='not({'+'.join(ranges)})',"
 
 
 def _filter_graph(infos: Sequence[StreamInfo], overlap: int) -> str:
@@ -153,7 +175,13 @@ async def join_segments(
         if not p.is_file():
             raise InputRejected(f"segment {p}: file not found", details={"path": str(p)})
     started = time.perf_counter()
-    infos = list(await asyncio.gather(*(probe(p) for p in paths)))
+    limit = asyncio.Semaphore(4)
+
+    async def probe_one(p: Path) -> StreamInfo:
+        async with limit:
+            return await probe(p)
+
+    infos = list(await asyncio.gather(*(probe_one(p) for p in paths)))
     for p, info in zip(paths[1:], infos[1:], strict=True):
         if overlap and info.frames <= overlap:
             raise InputRejected(f"segment {p}: {info.frames} frames, not more than the overlap ({overlap})")
@@ -161,13 +189,19 @@ async def join_segments(
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.stem}.joining{out.suffix or '.mp4'}")
-    copy = not force_reencode and overlap == 0 and all(infos[0].compatible(i) for i in infos[1:])
+    compatible = all(infos[0].compatible(i) for i in infos[1:])
+    copy = not force_reencode and overlap == 0 and compatible
     with tempfile.TemporaryDirectory(prefix="cw_join_") as tmp:
+        listing = Path(tmp) / "segments.txt"
+        listing.write_text(_concat_list(paths), encoding="utf-8")
+        demux = ["-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing)]
         if copy:
-            listing = Path(tmp) / "segments.txt"
-            listing.write_text(_concat_list(paths), encoding="utf-8")
-            args = ["-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-                    "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
+            args = [*demux, "-c", "copy", "-movflags", "+faststart", str(tmp_out)]
+        elif compatible:
+            # Same codec parameters: decode the files one after another, drop the overlap frames by index.
+            rate = infos[0].frame_rate
+            args = [*demux, "-vf", f"{_drop_overlap(infos, overlap)}setpts=N/({rate})/TB", "-map", "0:v:0",
+                    "-r", rate, *ENCODE_ARGS, "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
         else:
             args = ["-hide_banner", "-loglevel", "error", "-y"]
             for p in paths:
