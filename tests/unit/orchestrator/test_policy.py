@@ -36,9 +36,7 @@ def workers(draw: st.DrawFn) -> tuple[WorkerView, ...]:
 def states(draw: st.DrawFn) -> FleetState:
     ws = draw(workers())
     return FleetState(
-        queued_by_type=draw(
-            st.dictionaries(st.sampled_from(["comfy", "i2v"]), st.integers(0, 200), max_size=2)
-        ),
+        queued_by_type=draw(st.dictionaries(st.sampled_from(["comfy", "i2v"]), st.integers(0, 200), max_size=2)),
         running=sum(1 for w in ws if w.status == "busy"),
         oldest_queued_age_s=draw(st.floats(0, 3600)),
         recent_durations_s=tuple(draw(st.lists(st.floats(1, 900), max_size=8))),

@@ -43,9 +43,7 @@ def _req(name: str = "cw-a", gpus: tuple[str, ...] = ("NVIDIA GeForce RTX 4090",
     )
 
 
-async def test_create_sends_the_nested_v2_body_and_parses_the_pod(
-    client: RunPodClient, standin: RunPodStandIn
-):
+async def test_create_sends_the_nested_v2_body_and_parses_the_pod(client: RunPodClient, standin: RunPodStandIn):
     pod = await client.create_pod(_req())
     body = standin.pods[pod.id].body
     assert body["gpu"] == {"id": "NVIDIA GeForce RTX 4090", "count": 1}
@@ -56,9 +54,7 @@ async def test_create_sends_the_nested_v2_body_and_parses_the_pod(
     assert (await client.get_pod(pod.id)).name == "cw-a"
 
 
-async def test_gpu_preference_list_falls_through_400_to_the_next_type(
-    client: RunPodClient, standin: RunPodStandIn
-):
+async def test_gpu_preference_list_falls_through_400_to_the_next_type(client: RunPodClient, standin: RunPodStandIn):
     pod = await client.create_pod(_req(gpus=("NVIDIA H100 PCIe", "NVIDIA GeForce RTX 4090")))
     assert pod.gpu_type == "NVIDIA GeForce RTX 4090"
     with pytest.raises(ProviderNoCapacity):
@@ -97,9 +93,7 @@ async def test_401_is_an_auth_error_naming_the_key(standin: RunPodStandIn):
     assert standin.created_total == 0
 
 
-async def test_malformed_json_and_persistent_500_are_unavailable(
-    client: RunPodClient, standin: RunPodStandIn
-):
+async def test_malformed_json_and_persistent_500_are_unavailable(client: RunPodClient, standin: RunPodStandIn):
     standin.fail("list", mode="malformed", times=10)
     with pytest.raises(ProviderUnavailable, match="not JSON"):
         await client.list_pods()

@@ -1,0 +1,198 @@
+"""The control loop against real Postgres and the RunPod v2 stand-in, whose pods are local worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from comfy_worker.models import NewTask
+from comfy_worker.store.postgres import PostgresStore
+from gpu_orchestrator.loop import Orchestrator
+from gpu_orchestrator.runpod import RunPodClient
+from gpu_orchestrator.settings import OrchestratorSettings
+from tests.standins.runpod import RunPodStandIn
+
+POD_WORKER = str(Path(__file__).with_name("pod_worker.py"))
+REPO = Path(__file__).resolve().parents[3]
+
+SETTINGS = OrchestratorSettings(
+    interval_s=0.3,
+    min_workers=0,
+    max_workers=3,
+    idle_timeout_s=1.0,
+    spawn_timeout_s=60.0,
+    staffing_beta=0.0,  # size to the backlog only, so an empty queue means no pods
+    reconcile_every=2,
+    runpod_api_key="test-key",
+    gpu_types=("NVIDIA GeForce RTX 4090",),
+    image="ghcr.io/example/comfy-worker:test",
+    pod_env={"LEASE_SECONDS": "2", "HEARTBEAT_INTERVAL": "0.3"},
+)
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_dsn, listen=False)
+    await s.connect()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[RunPodStandIn]:
+    s = RunPodStandIn(command=lambda pod: [sys.executable, POD_WORKER])
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def orchestrator(
+    store: PostgresStore,
+    standin: RunPodStandIn,
+    pg_dsn: str,
+    key: str = "test-key",
+    settings: OrchestratorSettings = SETTINGS,
+    **kw,
+) -> Orchestrator:
+    client = RunPodClient(key, standin.url, backoff_s=0.01, max_attempts=3)
+    return Orchestrator(
+        store, client, settings, queue_env={"DATABASE_URL": pg_dsn, "PYTHONPATH": str(REPO)}, worker_timeout_s=3.0, **kw
+    )
+
+
+async def cycle_until(orch: Orchestrator, done: Callable[[], Awaitable[bool]], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await done():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await orch.run_once()
+        await asyncio.sleep(orch.settings.interval_s)
+
+
+async def _statuses(pg_dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_queue_spawns_pods_that_finish_the_work_then_are_drained_and_terminated(store, standin, pg_dsn):
+    ids = [(await store.enqueue(NewTask("comfy", {"seconds": 0.3}))).task_id for _ in range(20)]
+    orch = orchestrator(store, standin, pg_dsn)
+    first = await orch.run_once()
+    assert first.spawn == 3 and len(standin.live()) == 3  # capped by MAX_WORKERS
+    rows = await _statuses(pg_dsn, "select status, metadata->>'pod_id' as pod_id from workers")
+    assert {r["status"] for r in rows} <= {"starting", "idle", "busy"} and all(r["pod_id"] for r in rows)
+
+    async def all_complete() -> bool:
+        return [(await store.get_task(i)).status for i in ids] == ["complete"] * len(ids)
+
+    await cycle_until(orch, all_complete)
+
+    async def fleet_gone() -> bool:
+        return not standin.live()
+
+    with capture_logs() as logs:
+        await cycle_until(orch, fleet_gone)
+    events = [e["event"] for e in logs]
+    assert "worker_draining" in events and "pod_terminated" in events
+    rows = await _statuses(pg_dsn, "select id, status, (metadata->>'pod_terminated')::bool as done from workers")
+    assert all(r["status"] == "stopped" and r["done"] for r in rows)
+    assert standin.created_total == 3  # nothing spawned beyond the cap, nothing respawned
+    done_by = {t.result["by"] for t in [await store.get_task(i) for i in ids]}
+    assert done_by <= {r["id"] for r in rows} and len(done_by) >= 2
+
+
+@pytest.mark.slow
+async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(store, standin, pg_dsn):
+    ids = [(await store.enqueue(NewTask("comfy", {"seconds": 2.0}))).task_id for _ in range(4)]
+    orch = orchestrator(store, standin, pg_dsn, settings=replace(SETTINGS, max_workers=2))
+    victim: dict[str, str] = {}
+
+    async def one_running() -> bool:
+        rows = await _statuses(
+            pg_dsn,
+            "select t.task_id, w.id, w.metadata->>'pod_id' as pod_id from tasks t "
+            "join workers w on w.id = t.worker_id where t.status = 'running' limit 1",
+        )
+        if rows:
+            victim.update(task=rows[0]["task_id"], worker=rows[0]["id"], pod=rows[0]["pod_id"])
+        return bool(rows)
+
+    await cycle_until(orch, one_running)
+    standin.kill(victim["pod"])
+
+    async def all_complete() -> bool:
+        return [(await store.get_task(i)).status for i in ids] == ["complete"] * len(ids)
+
+    await cycle_until(orch, all_complete)
+    task = await store.get_task(victim["task"])
+    assert task.attempts == 2 and task.result["by"] != victim["worker"]
+
+    async def victim_released() -> bool:
+        rows = await _statuses(
+            pg_dsn,
+            f"select status, (metadata->>'pod_terminated')::bool as done from workers where id = '{victim['worker']}'",
+        )
+        return rows[0]["status"] == "lost" and bool(rows[0]["done"])
+
+    await cycle_until(orch, victim_released)
+    assert victim["pod"] not in {p.id for p in standin.live()}
+
+
+async def test_bad_provider_answers_are_logged_and_never_multiply_pods(store, pg_dsn):
+    standin = RunPodStandIn()  # pods with nothing inside: we only look at the API traffic
+    await standin.start()
+    now = [1000.0]
+    try:
+        for _ in range(5):
+            await store.enqueue(NewTask("comfy", {}))
+        settings = replace(SETTINGS, max_workers=2, reconcile_every=1000)
+        # 401: one create attempt, a clear log, spawning paused; the next cycles do not call create again
+        bad = orchestrator(store, standin, pg_dsn, key="wrong", settings=settings, clock=lambda: now[0])
+        with capture_logs() as logs:
+            await bad.run_once()
+            await bad.run_once()
+        failed = [e for e in logs if e["event"] == "pod_create_failed"]
+        assert len(failed) == 1 and failed[0]["status"] == 401 and "RUNPOD_API_KEY" in failed[0]["error"]
+        assert [e["spawn_blocked_s"] for e in logs if e["event"] == "orchestrator_decision"][1] > 0
+        assert standin.created_total == 0 and sum(1 for m, p, _ in standin.requests if m == "POST") == 1
+
+        # 500 on every create: a bounded number of attempts, then paused; never more pods than asked for
+        standin.fail("create", 500, times=100)
+        orch = orchestrator(store, standin, pg_dsn, settings=settings, clock=lambda: now[0])
+        with capture_logs() as logs:
+            await orch.run_once()
+        assert [e["status"] for e in logs if e["event"] == "pod_create_failed"] == [500]
+        assert standin.created_total == 0
+        standin.faults.clear()
+
+        # 429 with Retry-After, then a 500 after the pod was really created: exactly the pods asked for
+        standin.fail("create", 429, retry_after="1")
+        standin.fail("create", mode="create_then_500")
+        now[0] += 10_000  # past the spawn backoff
+        d = await orch.run_once()
+        assert d.spawn == 2 and standin.created_total == 2 and len(standin.live()) == 2
+        rows = await _statuses(pg_dsn, "select metadata->>'pod_id' as pod_id from workers where status = 'starting'")
+        assert sorted(r["pod_id"] for r in rows) == sorted(p.id for p in standin.live())
+
+        # malformed JSON from the pod list: the sweep is skipped with a log, nobody is marked lost
+        standin.fail("list", mode="malformed", times=10)
+        with capture_logs() as logs:
+            result = await orch.reconcile()
+        assert result == {"orphans_terminated": [], "adopted": [], "marked_lost": []}
+        assert any(e["event"] == "reconcile_skipped" for e in logs)
+        assert orch.spawn_failures == 0 and (await orch.run_once()).spawn == 0  # capacity already starting
+        await bad.provider.close()
+        await orch.provider.close()
+    finally:
+        await standin.stop()
