@@ -66,9 +66,7 @@ def comfy_args(workdir: Path) -> list[str]:
     ]
 
 
-def wait_ready(
-    base_url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None
-) -> None:
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

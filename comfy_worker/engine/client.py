@@ -159,8 +159,7 @@ class ComfyClient:
             node_errors = body.get("node_errors") or {}
             summary = summarise_node_errors(node_errors)
             raise WorkflowInvalid(
-                f"ComfyUI rejected the workflow: {error.get('message')}"
-                + (f" ({summary})" if summary else ""),
+                f"ComfyUI rejected the workflow: {error.get('message')}" + (f" ({summary})" if summary else ""),
                 details={"error_type": error.get("type"), "error": error, "node_errors": node_errors},
             )
         if resp.status_code >= 400:
@@ -206,9 +205,7 @@ class ComfyClient:
             log.info("prompt_interrupt_sent", prompt_id=prompt_id)
 
     async def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
-        await self._request(
-            "POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory}
-        )
+        await self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
 
     async def download_outputs(
         self, history: History, dest_dir: str | Path, *, include_temp: bool = False
@@ -320,9 +317,7 @@ class ComfyClient:
                 now = time.monotonic()
                 if cancel is not None and cancel.is_set():
                     await self._stop_prompt(prompt_id)
-                    raise ExecutionInterrupted(
-                        f"prompt {prompt_id} was cancelled", details={"prompt_id": prompt_id}
-                    )
+                    raise ExecutionInterrupted(f"prompt {prompt_id} was cancelled", details={"prompt_id": prompt_id})
                 if now - start >= deadline_s:
                     await self._stop_prompt(prompt_id)
                     raise ExecutionTimeout(
@@ -339,9 +334,7 @@ class ComfyClient:
                             f"prompt {prompt_id} made no progress for {stall_s:.0f} s",
                             details={"prompt_id": prompt_id, "stall_s": stall_s},
                         )
-                timeout = min(
-                    self.poll_interval_s, deadline_s - (now - start), stall_s - (now - last_activity)
-                )
+                timeout = min(self.poll_interval_s, deadline_s - (now - start), stall_s - (now - last_activity))
                 event = await _next_event(q, cancel, max(timeout, 0.01))
                 if (
                     event is None
@@ -369,9 +362,7 @@ class ComfyClient:
                         f"prompt {prompt_id} was interrupted at node {event.node_id}",
                         details={"prompt_id": prompt_id, "node_id": event.node_id},
                     )
-                if isinstance(event, ev.ExecutionSuccess) or (
-                    isinstance(event, ev.Executing) and event.node is None
-                ):
+                if isinstance(event, ev.ExecutionSuccess) or (isinstance(event, ev.Executing) and event.node is None):
                     return await self._final_history(prompt_id)
         finally:
             self._waiters.discard(q)
@@ -432,9 +423,7 @@ class ComfyClient:
             await self._http.aclose()
 
 
-async def _next_event(
-    q: asyncio.Queue[ev.Event], cancel: asyncio.Event | None, wait_s: float
-) -> ev.Event | None:
+async def _next_event(q: asyncio.Queue[ev.Event], cancel: asyncio.Event | None, wait_s: float) -> ev.Event | None:
     """The next event, or None on timeout or when ``cancel`` is set (the caller re-checks)."""
     if cancel is None:
         try:

@@ -23,9 +23,7 @@ class History:
         return self.status.get("status_str")
 
     def messages(self) -> list[tuple[str, dict[str, Any]]]:
-        return [
-            (m[0], m[1]) for m in self.status.get("messages") or [] if isinstance(m, list) and len(m) == 2
-        ]
+        return [(m[0], m[1]) for m in self.status.get("messages") or [] if isinstance(m, list) and len(m) == 2]
 
 
 def finished(hist: History) -> bool:
@@ -44,9 +42,7 @@ def outcome(hist: History) -> History:
                     f"prompt {hist.prompt_id} was interrupted at node {data.get('node_id')}",
                     details={"prompt_id": hist.prompt_id, "node_id": data.get("node_id")},
                 )
-        raise ExecutionFailed(
-            f"prompt {hist.prompt_id} ended with an error", details={"prompt_id": hist.prompt_id}
-        )
+        raise ExecutionFailed(f"prompt {hist.prompt_id} ended with an error", details={"prompt_id": hist.prompt_id})
     return hist
 
 

@@ -90,9 +90,7 @@ class ComfySupervisor:
         """(argv, cwd) to launch ComfyUI; EngineStartupError with one clear line when it cannot be."""
         s = self.settings
         if not s.comfy_path:
-            raise EngineStartupError(
-                "COMFY_PATH is not set: point it at the ComfyUI directory (with main.py)"
-            )
+            raise EngineStartupError("COMFY_PATH is not set: point it at the ComfyUI directory (with main.py)")
         path = Path(s.comfy_path).expanduser()
         if not path.is_dir():
             raise EngineStartupError(f"COMFY_PATH={path} does not exist: point it at the ComfyUI directory")
@@ -100,9 +98,7 @@ class ComfySupervisor:
             raise EngineStartupError(f"COMFY_PATH={path} has no main.py: point it at the ComfyUI directory")
         python = s.comfy_python or sys.executable
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-            raise EngineStartupError(
-                f"COMFY_PYTHON={python} is not an executable file: set it to ComfyUI's python"
-            )
+            raise EngineStartupError(f"COMFY_PYTHON={python} is not an executable file: set it to ComfyUI's python")
         argv = [
             python,
             "main.py",
@@ -188,9 +184,7 @@ class ComfySupervisor:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), 0.25)
         self._healthy = True
         self._ready_at = time.monotonic()
-        log.info(
-            "comfyui_ready", pid=proc.pid, url=self.base_url, startup_s=round(self._ready_at - started, 2)
-        )
+        log.info("comfyui_ready", pid=proc.pid, url=self.base_url, startup_s=round(self._ready_at - started, 2))
         self._watcher = asyncio.create_task(self._watch(proc), name="comfyui-watch")
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:

@@ -71,9 +71,7 @@ def input_specs(node_spec: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, 
                 continue
             raw = declared[name]
             kind = raw[0] if isinstance(raw, list | tuple) and raw else raw
-            opts = (
-                raw[1] if isinstance(raw, list | tuple) and len(raw) > 1 and isinstance(raw[1], dict) else {}
-            )
+            opts = raw[1] if isinstance(raw, list | tuple) and len(raw) > 1 and isinstance(raw[1], dict) else {}
             out.append((name, kind, opts, section == "required"))
     return out
 
@@ -217,9 +215,7 @@ def _looks_like_model(name: str, value: Any, allowed: list[Any]) -> bool:
     return name.endswith(("_name", "ckpt", "model"))
 
 
-def _check_value(
-    node_id: str, class_type: str, name: str, kind: Any, opts: dict[str, Any], value: Any
-) -> str | None:
+def _check_value(node_id: str, class_type: str, name: str, kind: Any, opts: dict[str, Any], value: Any) -> str | None:
     where = f"node {node_id} ({class_type}) input '{name}'"
     allowed = enum_values(kind, opts)
     if allowed is not None:
@@ -302,8 +298,7 @@ def problems(workflow: Any, object_info: Mapping[str, Any]) -> list[dict[str, An
                         node_id,
                         class_type,
                         name,
-                        f"node {node_id} ({class_type}) input '{name}' links to node {src_id}, "
-                        "which does not exist",
+                        f"node {node_id} ({class_type}) input '{name}' links to node {src_id}, which does not exist",
                     )
                     continue
                 src_spec = _spec(object_info, str(src.get("class_type")))
@@ -331,17 +326,13 @@ def validate(workflow: Any, object_info: Mapping[str, Any]) -> None:
     found = problems(workflow, object_info)
     if found:
         listed = "; ".join(p["message"] for p in found)
-        raise WorkflowInvalid(
-            f"workflow is invalid ({len(found)} problem(s)): {listed}", details={"problems": found}
-        )
+        raise WorkflowInvalid(f"workflow is invalid ({len(found)} problem(s)): {listed}", details={"problems": found})
 
 
 # --- media inputs ----------------------------------------------------------------------------------------
 
 
-def find_media_inputs(
-    workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None = None
-) -> list[MediaInput]:
+def find_media_inputs(workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None = None) -> list[MediaInput]:
     """Loader-node file inputs whose value is an http(s) URL: ``[(node_id, field, url), …]``."""
     found: list[MediaInput] = []
     for node_id, node in workflow.items():

@@ -78,9 +78,7 @@ class CurrentComfyStandin:
         await ws.prepare(request)
         sid = request.query.get("clientId", "")
         self.sockets[sid] = ws
-        await ws.send_json(
-            {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid}}
-        )
+        await ws.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid}})
         async for _ in ws:
             pass
         self.sockets.pop(sid, None)

@@ -156,9 +156,7 @@ def test_history_outcomes() -> None:
         {
             "status_str": "error",
             "completed": False,
-            "messages": [
-                ["execution_interrupted", {"prompt_id": PID, "node_id": "1", "node_type": "CWSlow"}]
-            ],
+            "messages": [["execution_interrupted", {"prompt_id": PID, "node_id": "1", "node_type": "CWSlow"}]],
         }
     )
     with pytest.raises(ExecutionInterrupted):

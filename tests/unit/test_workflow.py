@@ -127,9 +127,7 @@ def test_wan_prompt_runner_graph_needs_custom_nodes(info: dict) -> None:
         pytest.skip("prompt-runner fixture missing")
     wf = json.loads(WAN.read_text())
     found = problems(wf, info)
-    missing = {
-        p["class_type"] for p in found if "is not installed (custom node pack missing?)" in p["message"]
-    }
+    missing = {p["class_type"] for p in found if "is not installed (custom node pack missing?)" in p["message"]}
     assert any(c.startswith("WanVideo") for c in missing)
     assert all(p["node_id"] in wf for p in found)
 

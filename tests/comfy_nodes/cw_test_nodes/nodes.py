@@ -138,9 +138,7 @@ class CWLoadVideo:
         cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"ffmpeg could not decode {video}: {proc.stderr.decode(errors='replace')[-300:]}"
-            )
+            raise RuntimeError(f"ffmpeg could not decode {video}: {proc.stderr.decode(errors='replace')[-300:]}")
         arr = np.frombuffer(proc.stdout, dtype=np.uint8).reshape(-1, h, w, 3)
         frames = torch.from_numpy(arr.astype(np.float32) / 255.0)
         return (frames, int(frames.shape[0]))
@@ -170,10 +168,7 @@ class CWSaveAudioWav:
     def save(self, seconds, frequency, filename_prefix):
         path, name, subfolder = _next_path(filename_prefix, "wav")
         rate = 16000
-        samples = (
-            int(32767 * 0.5 * math.sin(2 * math.pi * frequency * i / rate))
-            for i in range(int(rate * seconds))
-        )
+        samples = (int(32767 * 0.5 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(int(rate * seconds)))
         with wave.open(path, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)

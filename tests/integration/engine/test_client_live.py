@@ -383,9 +383,7 @@ async def test_wan_like_high_low_chain(comfy: ComfyClient, tmp_path: Path) -> No
         },
     }
     validate(wf, await comfy.object_info())
-    items = await comfy.download_outputs(
-        await comfy.wait(await comfy.queue_prompt(wf), deadline_s=60), tmp_path
-    )
+    items = await comfy.download_outputs(await comfy.wait(await comfy.queue_prompt(wf), deadline_s=60), tmp_path)
     assert sorted(i.kind for i in items) == ["latent", "video"]
 
 

@@ -87,9 +87,7 @@ async def test_exit_during_startup_carries_log_tail(tmp_path: Path) -> None:
 
 async def test_output_is_read_and_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     path = fake_comfy(tmp_path, SERVES)
-    sup = ComfySupervisor(
-        settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable, COMFY_ARGS="--ignore-term")
-    )
+    sup = ComfySupervisor(settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable, COMFY_ARGS="--ignore-term"))
     await sup.start()
     pid = sup.pid
     assert sup.healthy and pid is not None
@@ -150,9 +148,7 @@ async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> No
     python, tree = comfy_test_paths()
     args = " ".join(comfy_args(tmp_path))
     sup = ComfySupervisor(
-        settings(
-            COMFY_PATH=str(tree), COMFY_PYTHON=str(python), COMFY_ARGS=args, COMFY_STARTUP_TIMEOUT="120"
-        ),
+        settings(COMFY_PATH=str(tree), COMFY_PYTHON=str(python), COMFY_ARGS=args, COMFY_STARTUP_TIMEOUT="120"),
         backoff_base_s=0.1,
     )
     await sup.start()
