@@ -54,9 +54,7 @@ def lit(value: Any) -> str:
 
 def num(value: float) -> str:
     """A double as Postgres prints it: 60, 0.5, -1."""
-    return (
-        str(int(value)) if math.isfinite(value) and value.is_integer() and abs(value) < 1e15 else repr(value)
-    )
+    return str(int(value)) if math.isfinite(value) and value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def invalid(message: str, hint: str | None = None, sqlstate: str = "CW004") -> InvalidArgument:

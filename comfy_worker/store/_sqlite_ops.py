@@ -72,9 +72,7 @@ def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> 
 def op_deregister_worker(conn: sqlite3.Connection, now: str, worker_id: str) -> None:
     conn.execute(q("release_worker_tasks"), {"worker_id": worker_id, "now": now})
     if conn.execute(q("stop_worker"), {"worker_id": worker_id, "now": now}).rowcount == 0:
-        raise WorkerNotFound(
-            f"deregister_worker: no worker has id {lit(worker_id)}", details={"sqlstate": "CW003"}
-        )
+        raise WorkerNotFound(f"deregister_worker: no worker has id {lit(worker_id)}", details={"sqlstate": "CW003"})
 
 
 def op_set_worker_status(
@@ -168,9 +166,7 @@ def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row
         raise invalid(f"{fn}: task_type must be a non-empty string")
     if not isinstance(task.params, dict):
         got = "null" if task.params is None else f"a JSON {json_type(task.params)}"
-        raise invalid(
-            f"{fn}: params must be a JSON object, got {got}", hint='send params as {"workflow": {...}, ...}'
-        )
+        raise invalid(f"{fn}: params must be a JSON object, got {got}", hint='send params as {"workflow": {...}, ...}')
     if task.max_attempts is None or (isinstance(task.max_attempts, int) and task.max_attempts < 1):
         raise invalid(f"{fn}: max_attempts must be >= 1 (got {task.max_attempts})")
     max_attempts = int32(fn, "max_attempts", task.max_attempts)
@@ -248,9 +244,7 @@ def op_claim(
         if row is not None:
             claimed.append(row)
     if claimed:
-        conn.execute(
-            q("worker_claimed"), {"worker_id": worker_id, "task_id": claimed[0]["task_id"], "now": now}
-        )
+        conn.execute(q("worker_claimed"), {"worker_id": worker_id, "task_id": claimed[0]["task_id"], "now": now})
     return claimed
 
 
@@ -410,9 +404,7 @@ def op_requeue_stale(conn: sqlite3.Connection, now_dt: datetime, worker_timeout_
     for (dep_id,) in conn.execute(q("ended_dependencies_of_queued")).fetchall():
         end_dependents(conn, now, dep_id)
     cutoff = ts(now_dt - timedelta(seconds=timeout))
-    lost = sorted(
-        r[0] for r in conn.execute(q("mark_lost_workers"), {"now": now, "cutoff": cutoff}).fetchall()
-    )
+    lost = sorted(r[0] for r in conn.execute(q("mark_lost_workers"), {"now": now, "cutoff": cutoff}).fetchall())
     return {"requeued": requeued, "failed": failed, "lost_workers": lost}
 
 

@@ -142,9 +142,7 @@ class SqliteStore:
 
     async def check_schema(self) -> None:
         if not await self._run(self._schema_present):
-            raise SchemaMissing(
-                f"the queue schema is not installed in {self._path}: run `comfy-worker migrate`"
-            )
+            raise SchemaMissing(f"the queue schema is not installed in {self._path}: run `comfy-worker migrate`")
 
     async def migrate(self) -> list[str]:
         """Apply sql/sqlite/NNN_*.sql in order in one IMMEDIATE transaction (so concurrent migrations queue);
@@ -275,9 +273,7 @@ class SqliteStore:
         await self._write(ops.op_deregister_worker, worker_id)
         self._wake.set()
 
-    async def set_worker_status(
-        self, worker_id: str, status: str, metadata: dict[str, Any] | None = None
-    ) -> None:
+    async def set_worker_status(self, worker_id: str, status: str, metadata: dict[str, Any] | None = None) -> None:
         await self._write(ops.op_set_worker_status, worker_id, status, metadata)
 
     async def heartbeat(
@@ -302,9 +298,7 @@ class SqliteStore:
     async def get_task(self, task_id: str) -> Task:
         return Task.from_row(await self._run(self._read, ops.op_get_task, task_id))
 
-    async def claim(
-        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float
-    ) -> list[Task]:
+    async def claim(self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float) -> list[Task]:
         types = list(task_types) if task_types else None
         rows = await self._write(ops.op_claim, worker_id, types, n, lease_seconds, as_datetime=True)
         return [Task.from_row(r) for r in rows]
@@ -355,9 +349,7 @@ class SqliteStore:
         return Task.from_row(await self._write(ops.op_cancel, task_id, reason))
 
     async def requeue_stale(self, worker_timeout_s: float = 90.0) -> StaleReport:
-        report = StaleReport.from_json(
-            await self._write(ops.op_requeue_stale, worker_timeout_s, as_datetime=True)
-        )
+        report = StaleReport.from_json(await self._write(ops.op_requeue_stale, worker_timeout_s, as_datetime=True))
         if report.requeued:
             self._wake.set()
         return report
@@ -383,7 +375,7 @@ class SqliteStore:
     def _claimable_now(self) -> bool:
         return ops.has_claimable(self._require(), common.ts(datetime.now(UTC)), self._task_types)
 
-    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 (the TaskStore protocol)
+    async def wait_for_work(self, timeout: float) -> bool:
         """Poll for claimable work every ``poll_interval`` (±20% jitter, so workers do not poll in step) until
         ``timeout``; True at once when this store itself enqueued or requeued something."""
         loop = asyncio.get_running_loop()

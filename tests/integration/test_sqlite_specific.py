@@ -39,9 +39,7 @@ from comfy_worker.store.base import TaskStore
 from comfy_worker.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
-README_INSERT = (
-    """INSERT INTO tasks (task_type, params, status) VALUES ('comfy', '{"workflow": {}}', 'queued');"""
-)
+README_INSERT = """INSERT INTO tasks (task_type, params, status) VALUES ('comfy', '{"workflow": {}}', 'queued');"""
 README_RECENT = (
     "SELECT task_id, task_type, status, created_at, started_at, completed_at FROM tasks "
     "WHERE task_type = 'comfy' ORDER BY created_at DESC LIMIT 10;"
@@ -99,9 +97,7 @@ async def test_readme_statements_work_unchanged_in_python_sqlite3(store: SqliteS
     for t in claimed:
         assert len(t.task_id) == 36 and t.task_id[14] == "4"  # a version-4 UUID
         assert t.params == {"workflow": {}} and t.created_at is not None and t.created_at.tzinfo is not None
-        await store.complete(
-            t.task_id, t.lease_token or "", {"ok": True}, f"https://example.test/{t.task_id}"
-        )
+        await store.complete(t.task_id, t.lease_token or "", {"ok": True}, f"https://example.test/{t.task_id}")
     with sqlite3.connect(store.path) as conn:
         (worker,) = conn.execute(README_WORKERS).fetchall()
         assert worker[:3] == ("comfy-worker-1", "idle", None) and worker[3] is not None
