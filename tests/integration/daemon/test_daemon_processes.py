@@ -1,0 +1,95 @@
+"""Process-level faults: ComfyUI killed under the daemon, and the worker itself stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.models import TaskStatus
+from tests.comfy_server import comfy_args, comfy_test_paths, free_port
+from tests.integration.daemon import workflows as wf
+from tests.integration.daemon.conftest import FAST, Harness, wait_task
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[3]
+
+
+async def wait_progress(harness: Harness, task_id: str, timeout: float = 60) -> None:
+    """Until ComfyUI has reported progress for the task (it is really executing)."""
+    await wait_task(harness.store, task_id, statuses=("running",), timeout=timeout)
+    for _ in range(int(timeout * 10)):
+        if (await harness.store.get_task(task_id)).progress:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("no progress reported")
+
+
+async def test_comfyui_killed_mid_task_is_restarted_and_the_task_retried(harness: Harness) -> None:
+    python, tree = comfy_test_paths()
+    workdir = Path(tempfile.mkdtemp(prefix="cw-supervised-"))
+    settings = harness.settings(
+        COMFY_URL="",
+        COMFY_PATH=str(tree),
+        COMFY_PYTHON=str(python),
+        COMFY_PORT=str(free_port()),
+        COMFY_ARGS=shlex.join(comfy_args(workdir)),
+    )
+    daemon = await harness.start_daemon("comfy-worker-supervised", settings=settings)
+    first_pid = daemon.supervisor.pid
+    assert first_pid is not None
+    tid = await harness.submit(wf.slow(4))
+    await wait_progress(harness, tid)
+    os.kill(first_pid, signal.SIGKILL)
+    task = await wait_task(harness.store, tid, timeout=120)
+    assert task.status is TaskStatus.COMPLETE, task.error
+    assert task.attempts == 2, "the interrupted attempt counts and the retry completes"
+    assert daemon.supervisor.pid not in (None, first_pid)
+    assert daemon.supervisor.restarts >= 1
+
+
+async def test_sigterm_mid_task_releases_it_and_another_worker_finishes(harness: Harness) -> None:
+    env = {
+        **os.environ,
+        **FAST,
+        "DATABASE_URL": harness.dsn,
+        "COMFY_URL": harness.comfy_url,
+        "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+        "SHUTDOWN_GRACE_S": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "comfy_worker",
+        "--worker-id",
+        "comfy-worker-doomed",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        tid = await harness.submit(wf.slow(6))
+        await wait_progress(harness, tid)
+        assert (await harness.store.get_task(tid)).worker_id == "comfy-worker-doomed"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        released = await harness.store.get_task(tid)
+        assert released.status is TaskStatus.QUEUED and released.attempts == 0, "released without spending"
+        snap = await harness.store.fleet_snapshot()
+        assert next(w for w in snap["workers"] if w["id"] == "comfy-worker-doomed")["status"] == "stopped"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    await harness.start_daemon("comfy-worker-rescuer")
+    task = await wait_task(harness.store, tid, timeout=60)
+    assert task.status is TaskStatus.COMPLETE and task.attempts == 1
+    assert task.worker_id == "comfy-worker-rescuer"
