@@ -386,6 +386,7 @@ class Daemon:
         if self._stop.is_set():
             return
         log.error("comfyui_died", returncode=returncode, inflight=len(self._inflight))
+        self.client.invalidate_object_info()  # the restarted server may have other nodes or models
         for task_id in list(self._inflight):
             self._abandon(task_id, "engine_died")
 

@@ -96,7 +96,8 @@ class ComfySupervisor:
             raise EngineStartupError(f"COMFY_PATH={path} does not exist: point it at the ComfyUI directory")
         if not (path / "main.py").is_file():
             raise EngineStartupError(f"COMFY_PATH={path} has no main.py: point it at the ComfyUI directory")
-        python = s.comfy_python or sys.executable
+        # absolute: the child starts in COMFY_PATH, where a relative COMFY_PYTHON would mean something else
+        python = os.path.abspath(os.path.expanduser(s.comfy_python)) if s.comfy_python else sys.executable
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             raise EngineStartupError(f"COMFY_PYTHON={python} is not an executable file: set it to ComfyUI's python")
         argv = [

@@ -28,4 +28,4 @@ def open_store(settings: Settings, *, pool_max: int = 4) -> TaskStore:
                              poll_interval=settings.poll_interval)
     from comfy_worker.store.sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return SqliteStore(settings.sqlite_path, poll_interval=settings.poll_interval, task_types=task_types)
