@@ -184,7 +184,7 @@ class SupabaseStore:
             raise self._map_api_error(fn, exc) from exc
         except _HttpStatus as exc:
             raise self._map_status(fn, exc) from exc
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # connect / read / timeout / protocol / decoding
             raise StoreUnavailable(
                 f"Supabase unreachable at {self._url} ({fn}): {type(exc).__name__}: {exc}",
                 details={"function": fn},
@@ -201,9 +201,7 @@ class SupabaseStore:
                 "Check that SUPABASE_SERVICE_ROLE_KEY is this project's service_role key (not the anon key)",
                 details=details,
             )
-        return StoreUnavailable(
-            f"Supabase answered HTTP {exc.status} to {fn}: {message}".rstrip(": "), details=details
-        )
+        return StoreUnavailable(f"Supabase answered HTTP {exc.status} to {fn}: {message}".rstrip(": "), details=details)
 
     def _map_api_error(self, fn: str, exc: APIError) -> StoreError:
         code = exc.code or ""
@@ -226,9 +224,8 @@ class SupabaseStore:
             )
         if code[:2] in _UNAVAILABLE_CLASSES or code.startswith("PGRST0"):
             return StoreUnavailable(f"{message} ({fn})", details={"sqlstate": code, **extra})
-        if (
-            len(code) == 3 and code.isdigit()
-        ):  # supabase-py's code for a body that was not PostgREST JSON: the HTTP status
+        # a body that was not PostgREST JSON: supabase-py puts the HTTP status in `code`
+        if len(code) == 3 and code.isdigit():
             return StoreError(
                 f"{self._url} answered HTTP {code} to rpc {fn} without a PostgREST error: is SUPABASE_URL "
                 "the project URL (https://<project>.supabase.co)?",
@@ -254,9 +251,7 @@ class SupabaseStore:
     async def deregister_worker(self, worker_id: str) -> None:
         await self._rpc("deregister_worker", {"p_worker_id": worker_id})
 
-    async def set_worker_status(
-        self, worker_id: str, status: str, metadata: dict[str, Any] | None = None
-    ) -> None:
+    async def set_worker_status(self, worker_id: str, status: str, metadata: dict[str, Any] | None = None) -> None:
         await self._rpc(
             "set_worker_status",
             {"p_worker_id": worker_id, "p_status": status, "p_metadata": _jsonable(metadata)},
@@ -306,9 +301,7 @@ class SupabaseStore:
     async def get_task(self, task_id: str) -> Task:
         return self._task("get_task", await self._rpc("get_task", {"p_task_id": task_id}))
 
-    async def claim(
-        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float
-    ) -> list[Task]:
+    async def claim(self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float) -> list[Task]:
         rows = await self._rpc(
             "claim_tasks",
             {
@@ -318,7 +311,11 @@ class SupabaseStore:
                 "p_lease_seconds": float(lease_seconds),
             },
         )
-        return [Task.from_row(r) for r in rows or ()]
+        if not isinstance(rows, list):
+            raise StoreError(
+                f"claim_tasks returned {str(rows)[:200]!r}, not a JSON array", details={"function": "claim_tasks"}
+            )
+        return [Task.from_row(r) for r in rows]
 
     async def update_progress(
         self,
@@ -380,9 +377,7 @@ class SupabaseStore:
         return self._task("release_task", data)
 
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
-        return self._task(
-            "cancel_task", await self._rpc("cancel_task", {"p_task_id": task_id, "p_reason": reason})
-        )
+        return self._task("cancel_task", await self._rpc("cancel_task", {"p_task_id": task_id, "p_reason": reason}))
 
     async def requeue_stale(self, worker_timeout_s: float = 90.0) -> StaleReport:
         raw = await self._rpc("requeue_stale", {"p_worker_timeout_s": float(worker_timeout_s)})
@@ -401,7 +396,7 @@ class SupabaseStore:
             if not self._task_types or row.get("task_type") in self._task_types
         )
 
-    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 (the TaskStore protocol)
+    async def wait_for_work(self, timeout: float) -> bool:
         """Poll for due queued tasks every ``poll_interval`` (times 0.8-1.2, jitter); True as soon as some are
         ready, False at ``timeout``. Each poll comes after a sleep, so a caller that found nothing claimable
         (e.g. only blocked dependents are ready) does not spin. A failed poll is logged and retried."""

@@ -156,9 +156,7 @@ async def test_naive_run_at_is_taken_as_utc(store: SupabaseStore, standin: Postg
     assert task.run_at == when.replace(tzinfo=UTC)
 
 
-async def test_values_that_are_not_json_fail_before_sending(
-    store: SupabaseStore, standin: PostgrestStandin
-) -> None:
+async def test_values_that_are_not_json_fail_before_sending(store: SupabaseStore, standin: PostgrestStandin) -> None:
     before = len(standin.requests)
     with pytest.raises(InvalidArgument, match="JSON"):
         await store.enqueue(NewTask("comfy", {"x": math.nan}))
@@ -168,9 +166,7 @@ async def test_values_that_are_not_json_fail_before_sending(
 # --- what PostgREST answers (the stand-in's fidelity, seen through the real client) ------------------------
 
 
-async def test_response_shapes_object_array_value_and_204(
-    store: SupabaseStore, standin: PostgrestStandin
-) -> None:
+async def test_response_shapes_object_array_value_and_204(store: SupabaseStore, standin: PostgrestStandin) -> None:
     await store.register_worker(WorkerInfo("w1", "h", 1, "v"))
     t = await store.enqueue(NewTask("comfy", {}))
     headers = {"apikey": KEY, "Authorization": f"Bearer {KEY}"}
@@ -216,9 +212,7 @@ async def test_raise_comes_back_as_400_with_code_message_details_hint(
         options = AsyncClientOptions(auto_refresh_token=False, httpx_client=http)
         client = await acreate_client(standin.base_url, KEY, options)
         with pytest.raises(APIError) as api:
-            await client.rpc(
-                "complete_task", {"p_task_id": t.task_id, "p_lease_token": WRONG_TOKEN}
-            ).execute()
+            await client.rpc("complete_task", {"p_task_id": t.task_id, "p_lease_token": WRONG_TOKEN}).execute()
     assert api.value.code == "CW001"
     assert (
         api.value.message == f"complete_task: report for task {t.task_id} rejected: "
@@ -252,9 +246,7 @@ async def test_sqlstates_map_to_our_exceptions(store: SupabaseStore, call, exc, 
     assert not is_retryable(info.value)
 
 
-async def test_unknown_function_is_pgrst202_and_schema_missing(
-    store: SupabaseStore, standin: PostgrestStandin
-) -> None:
+async def test_unknown_function_is_pgrst202_and_schema_missing(store: SupabaseStore, standin: PostgrestStandin) -> None:
     async with httpx.AsyncClient() as http:
         raw = await http.post(
             f"{standin.base_url}/rest/v1/rpc/claim_tasks",
@@ -329,9 +321,7 @@ async def test_unreachable_url_is_store_unavailable() -> None:
         await store.get_task("x")  # connect() failed: nothing half-open is left behind
 
 
-async def test_server_gone_mid_session_is_store_unavailable(
-    store: SupabaseStore, standin: PostgrestStandin
-) -> None:
+async def test_server_gone_mid_session_is_store_unavailable(store: SupabaseStore, standin: PostgrestStandin) -> None:
     await store.fleet_snapshot()
     await standin.stop()
     with pytest.raises(StoreUnavailable):
@@ -351,18 +341,14 @@ async def test_database_down_behind_postgrest_is_store_unavailable() -> None:
 
 
 @pytest.mark.parametrize("status", [502, 503, 504, 429])
-async def test_proxy_errors_are_store_unavailable(
-    store: SupabaseStore, standin: PostgrestStandin, status: int
-) -> None:
+async def test_proxy_errors_are_store_unavailable(store: SupabaseStore, standin: PostgrestStandin, status: int) -> None:
     standin.fail_next(status, "<html><body>upstream trouble</body></html>")
     with pytest.raises(StoreUnavailable, match=f"HTTP {status}"):
         await store.claim("w1", None, 1, 30)
     assert (await store.fleet_snapshot())["queue"] == []  # the next call goes through
 
 
-async def test_a_non_postgrest_url_names_supabase_url(
-    store: SupabaseStore, standin: PostgrestStandin
-) -> None:
+async def test_a_non_postgrest_url_names_supabase_url(store: SupabaseStore, standin: PostgrestStandin) -> None:
     standin.fail_next(404, "<html>Not Found</html>")
     with pytest.raises(StoreError, match="SUPABASE_URL") as info:
         await store.get_task("x")

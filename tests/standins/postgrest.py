@@ -179,9 +179,7 @@ class _Function:
 class PostgrestStandin:
     """Serve ``POST /rest/v1/rpc/{fn}`` on 127.0.0.1 (random port) against the database at ``dsn``."""
 
-    def __init__(
-        self, dsn: str, key: str, *, schemas: tuple[str, ...] = ("public",), pool_max: int = 8
-    ) -> None:
+    def __init__(self, dsn: str, key: str, *, schemas: tuple[str, ...] = ("public",), pool_max: int = 8) -> None:
         self.dsn = dsn
         self.key = key
         self.schemas = schemas
@@ -267,9 +265,7 @@ class PostgrestStandin:
         authenticated = role != ANON_ROLE
 
         if request.method != "POST":
-            return _error(
-                405, "PGRST101", "Only GET or POST verbs are allowed (the stand-in serves POST only)"
-            )
+            return _error(405, "PGRST101", "Only GET or POST verbs are allowed (the stand-in serves POST only)")
         schema = request.headers.get("Content-Profile") or self.schemas[0]
         if schema not in self.schemas:
             return _error(
@@ -330,9 +326,7 @@ class PostgrestStandin:
             if keys <= names and fn.required <= keys:
                 return fn
         listed = ", ".join(sorted(keys))
-        with_params = (
-            f"with parameter{'s' if len(keys) > 1 else ''} {listed}" if keys else "without parameters"
-        )
+        with_params = f"with parameter{'s' if len(keys) > 1 else ''} {listed}" if keys else "without parameters"
         return _error(
             404,
             "PGRST202",
@@ -357,8 +351,7 @@ def _call_sql(schema: str, fn: _Function, body: dict[str, Any]) -> tuple[str, li
         return f"select {call} from {source}", args
     if fn.returns_set:
         return (
-            f"select coalesce(json_agg(pgrst_call), '[]')::text from {source} "
-            f"cross join lateral {call} as pgrst_call"
+            f"select coalesce(json_agg(pgrst_call), '[]')::text from {source} cross join lateral {call} as pgrst_call"
         ), args
     if fn.returns_composite:
         return (
