@@ -126,7 +126,7 @@ async def pickup(dsn: str, *, listen: bool, poll_interval: float, n: int) -> lis
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 async def main() -> None:

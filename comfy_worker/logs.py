@@ -100,3 +100,9 @@ def task_context(task_id: str, task_type: str, **extra: Any) -> Iterator[None]:
     """Bind task_id / task_type (and extras) to every log line emitted inside, in this coroutine only."""
     with structlog.contextvars.bound_contextvars(task_id=task_id, task_type=task_type, **extra):
         yield
+
+
+if not structlog.is_configured():
+    # Before configure_logging() runs (library use, tests), log lines go to stderr, never stdout: stdout may
+    # carry a program's own output (task ids from `submit`, JSON from test helpers).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -25,7 +25,7 @@ def open_store(settings: Settings, *, pool_max: int = 4) -> TaskStore:
         from comfy_worker.store.supabase import SupabaseStore
 
         return SupabaseStore(settings.supabase_url, settings.supabase_service_role_key,
-                             poll_interval=settings.poll_interval)
+                             poll_interval=settings.poll_interval, task_types=task_types)
     from comfy_worker.store.sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path, poll_interval=settings.poll_interval, task_types=task_types)

@@ -294,7 +294,7 @@ class PostgresStore:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self._listener_conn = conn
                 self._listening.set()

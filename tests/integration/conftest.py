@@ -67,7 +67,6 @@ async def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) 
         store.test_exec = _sqlite_exec(tmp_path / "queue.db")
         return store, None
     from comfy_worker.store.supabase import SupabaseStore
-
     from tests.standins.postgrest import PostgrestStandin
 
     dsn = request.getfixturevalue("pg_dsn")

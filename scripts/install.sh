@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything comfy-worker and its tests need, on a fresh Debian machine or a developer's box:
+#   ffmpeg and sqlite3 (apt, when root and missing), .venv with the package and its dev extras,
+#   and the CPU test ComfyUI under .test-env (scripts/setup_test_comfyui.sh; skip with --no-comfyui).
+# Idempotent: re-running only does what is missing.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-python3}"
+with_comfyui=1
+[[ "${1:-}" == "--no-comfyui" ]] && with_comfyui=0
+
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+if ((${#need[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "install: apt-get install ${need[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "install: please install ${need[*]} (e.g. sudo apt-get install -y ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "install: creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+echo "install: comfy-worker $(.venv/bin/python -c 'import comfy_worker; print(comfy_worker.__version__)') in .venv"
+
+if ((with_comfyui)); then
+    bash scripts/setup_test_comfyui.sh
+fi
