@@ -1,0 +1,153 @@
+"""Does the daemon keep ComfyUI busy? ComfyUI alone vs. the same prompts as queued tasks, in one run.
+
+    .venv/bin/python bench/bench_daemon_efficiency.py [--n 30] [--seconds 0.4]
+
+1. ComfyUI alone: all N prompts queued at once over HTTP, so ComfyUI runs them back to back with no gap;
+   time from the first POST /prompt to the last completion.
+2. The daemon: a worker (PREFETCH=1, real Postgres queue, local storage) is idle; N tasks are inserted in one
+   statement; time from the INSERT to the last task's `complete` row (so it includes claiming, input
+   handling, queueing, waiting, downloading and storing outputs, and recording the result).
+
+Each prompt is a small real graph (EmptyImage → a CPU-bound sleep-free blur → SaveImage) of roughly
+0.3-0.5 s here, made unique per prompt so ComfyUI's cache never skips work. Prints both times and the ratio
+alone/daemon (goal >= 0.95), and — the figure that isolates our overhead from CPU contention on a machine
+where "the GPU" is the same two cores the daemon runs on — how often ComfyUI sat idle while the daemon had
+work for it (sampling GET /queue every 10 ms between the first and the last busy sample).
+Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from comfy_worker.cli import build_handlers  # noqa: E402
+from comfy_worker.config import load_settings  # noqa: E402
+from comfy_worker.daemon import Daemon  # noqa: E402
+from comfy_worker.engine import ComfyClient, ComfySupervisor  # noqa: E402
+from comfy_worker.logs import configure_logging  # noqa: E402
+from comfy_worker.storage import LocalStorage  # noqa: E402
+from comfy_worker.store.postgres import PostgresStore  # noqa: E402
+from tests.comfy_server import free_port, remove_workdir, start_test_comfyui, stop_test_comfyui  # noqa: E402
+
+
+def graph(i: int, size: int, radius: int) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": i}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": radius, "sigma": 3.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"eff_{i}"}},
+    }
+
+
+async def comfy_alone(url: str, graphs: list[dict]) -> float:
+    async with ComfyClient(url) as client:
+        await client.connect()
+        t0 = time.perf_counter()
+        ids = [await client.queue_prompt(g) for g in graphs]
+        for pid in ids:
+            await client.wait(pid, deadline_s=600, stall_s=120)
+        return time.perf_counter() - t0
+
+
+async def through_daemon(url: str, dsn: str, graphs: list[dict], storage_dir: Path) -> float:
+    settings = load_settings({
+        "DATABASE_URL": dsn, "COMFY_URL": url, "LOCAL_STORAGE_DIR": str(storage_dir), "PREFETCH": "1",
+        "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
+    })
+    supervisor = ComfySupervisor(settings)
+    daemon = Daemon(settings, store=PostgresStore(dsn), storage=LocalStorage(storage_dir), supervisor=supervisor,
+                    client=ComfyClient(supervisor.base_url), handlers=build_handlers(), worker_id="bench-worker")
+    await daemon.start()
+    runner = asyncio.create_task(daemon.run())
+    conn = await asyncpg.connect(dsn)
+    try:
+        await asyncio.sleep(1.0)  # the worker is idle, listening
+        t0 = time.perf_counter()
+        await conn.execute(
+            "insert into tasks (task_type, params) select 'comfy', jsonb_build_object('workflow', g::jsonb) "
+            "from unnest($1::text[]) g", [json.dumps(g) for g in graphs])
+        while True:
+            left = await conn.fetchval("select count(*) from tasks where status <> 'complete'")
+            failed = await conn.fetchval("select count(*) from tasks where status in ('failed', 'cancelled')")
+            if failed:
+                raise RuntimeError(await conn.fetch("select error from tasks where status = 'failed'"))
+            if left == 0:
+                elapsed = time.perf_counter() - t0
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+        daemon.request_stop("bench_end")
+        await runner
+    return elapsed
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--radius", type=int, default=12)
+    ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    a = ap.parse_args()
+    configure_logging("warning", "json")
+    proc, url = start_test_comfyui(free_port())
+    db = f"bench_eff_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(a.admin_dsn)
+    await admin.execute(f'create database "{db}"')
+    dsn = a.admin_dsn.rsplit("/", 1)[0] + "/" + db
+    try:
+        s = PostgresStore(dsn, listen=False)
+        await s.connect()
+        await s.migrate()
+        await s.close()
+        async with ComfyClient(url) as c:  # warm-up: imports, first-run allocations
+            await c.wait(await c.queue_prompt(graph(999_999, a.size, a.radius)), deadline_s=300, stall_s=120)
+        one = await comfy_alone(url, [graph(1_000_000 + i, a.size, a.radius) for i in range(3)]) / 3
+        alone = await comfy_alone(url, [graph(i, a.size, a.radius) for i in range(a.n)])
+        samples: list[tuple[float, int, int]] = []
+        stop = asyncio.Event()
+
+        async def sample_queue() -> None:
+            async with httpx.AsyncClient() as h:
+                while not stop.is_set():
+                    q = (await h.get(url + "/queue")).json()
+                    samples.append((time.perf_counter(), len(q["queue_running"]), len(q["queue_pending"])))
+                    await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample_queue())
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = await through_daemon(url, dsn, [graph(10_000 + i, a.size, a.radius) for i in range(a.n)],
+                                          Path(tmp))
+        stop.set()
+        await sampler
+        busy = [t for t, running, _ in samples if running]
+        window = [x for x in samples if busy and busy[0] <= x[0] <= busy[-1]]
+        idle = sum(1 for _, running, _ in window if not running)
+        queued_ahead = sum(1 for _, _, pending in window if pending)
+        print(f"prompt: EmptyImage {a.size}x{a.size} -> ImageBlur r={a.radius} -> SaveImage, ~{one:.2f} s each")
+        print(f"{'N':>4} {'ComfyUI alone s':>16} {'daemon s':>10} {'alone/daemon':>13}")
+        print(f"{a.n:>4} {alone:>16.2f} {daemon:>10.2f} {alone / daemon:>13.3f}")
+        print(f"ComfyUI idle while tasks were waiting: {idle}/{len(window)} samples "
+              f"({100 * idle / max(len(window), 1):.1f}%); next prompt already queued in "
+              f"{100 * queued_ahead / max(len(window), 1):.0f}% of samples")
+    finally:
+        await admin.execute(f'drop database if exists "{db}" with (force)')
+        await admin.close()
+        stop_test_comfyui(proc)
+        remove_workdir(proc)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
