@@ -17,9 +17,7 @@ from comfy_worker.errors import ComfyWorkerError, Permanent, Retryable
 class ProviderError(ComfyWorkerError):
     """The pod provider refused or could not do something. ``status``: the HTTP status, if there was one."""
 
-    def __init__(
-        self, message: str, *, status: int | None = None, details: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, details={"status": status, **(details or {})})
         self.status = status
 
@@ -31,9 +29,7 @@ class ProviderUnavailable(ProviderError, Retryable):
 class ProviderRateLimited(ProviderUnavailable):
     """429: wait ``retry_after`` seconds before calling again."""
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, details: dict[str, Any] | None = None
-    ):
+    def __init__(self, message: str, *, retry_after: float | None = None, details: dict[str, Any] | None = None):
         super().__init__(message, status=429, details={"retry_after": retry_after, **(details or {})})
         self.retry_after = retry_after
 

@@ -208,9 +208,7 @@ class Orchestrator:
         assert self.provider is not None
         done: dict[str, list[str]] = {"orphans_terminated": [], "adopted": [], "marked_lost": []}
         try:
-            pods = [
-                p for p in await self.provider.list_pods() if p.name.startswith(self.settings.worker_prefix)
-            ]
+            pods = [p for p in await self.provider.list_pods() if p.name.startswith(self.settings.worker_prefix)]
         except ProviderError as exc:
             log.warning("reconcile_skipped", error=str(exc), status=exc.status)
             return done
@@ -243,9 +241,7 @@ class Orchestrator:
                     row["id"],
                     "lost",
                     {
-                        "lost_reason": "pod vanished from the provider"
-                        if pod_id not in present
-                        else "pod exited",
+                        "lost_reason": "pod vanished from the provider" if pod_id not in present else "pod exited",
                         "pod_terminated": pod_id not in present,
                     },
                 )

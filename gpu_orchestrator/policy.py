@@ -121,9 +121,7 @@ class Decision:
             "spawn": self.spawn,
             "spawn_reason": self.spawn_reason,
             "drain": [{"worker_id": a.worker_id, "reason": a.reason} for a in self.drain],
-            "terminate": [
-                {"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate
-            ],
+            "terminate": [{"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate],
         }
 
 
@@ -146,9 +144,7 @@ def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str]:
     # plus beta * sqrt(a) spare so that arrivals rarely wait for a cold start
     mean_d = statistics.fmean(state.recent_durations_s) if state.recent_durations_s else d
     load = state.arrival_rate_per_s * mean_d
-    staffing = (
-        math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
-    )
+    staffing = math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
     if queued == 0:
         if staffing > running:
             return (
@@ -182,9 +178,7 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
         if w.pod_terminated or (w.pod_id is None and w.status != "starting"):
             continue
         if w.status == "stopped":
-            terminate.append(
-                Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id)
-            )
+            terminate.append(Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id))
         elif w.status == "lost":
             terminate.append(Action(w.worker_id, "worker lost (heartbeat older than the lease)", w.pod_id))
         elif w.status == "starting" and w.age_s > p.spawn_timeout_s:

@@ -101,11 +101,7 @@ def _error_for(method: str, path: str, resp: httpx.Response) -> ProviderError:
 
 
 def parse_pod(body: Any) -> Pod:
-    if (
-        not isinstance(body, dict)
-        or not isinstance(body.get("id"), str)
-        or not isinstance(body.get("status"), str)
-    ):
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not isinstance(body.get("status"), str):
         raise ProviderUnavailable(f"RunPod answered a pod without id/status: {str(body)[:200]}")
     gpu = body.get("gpu") if isinstance(body.get("gpu"), dict) else {}
     cost = body.get("cost")
@@ -158,9 +154,7 @@ class RunPodClient:
         max_wait_s: float = 120.0,
     ) -> None:
         if not api_key:
-            raise ConfigError(
-                "RUNPOD_API_KEY", "is empty; create an API key in the RunPod console and set it"
-            )
+            raise ConfigError("RUNPOD_API_KEY", "is empty; create an API key in the RunPod console and set it")
         register_secret(api_key)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -265,9 +259,7 @@ class RunPodClient:
     async def create_pod(self, request: PodRequest) -> Pod:
         """Create one pod, trying ``request.gpu_types`` in order. Never creates more than one pod."""
         if not request.gpu_types:
-            raise ConfigError(
-                "RUNPOD_GPU_TYPES", "lists no GPU type; give at least one, e.g. NVIDIA GeForce RTX 4090"
-            )
+            raise ConfigError("RUNPOD_GPU_TYPES", "lists no GPU type; give at least one, e.g. NVIDIA GeForce RTX 4090")
         last: ProviderError | None = None
         for gpu_type in request.gpu_types:
             body = create_body(request, gpu_type)
@@ -276,18 +268,14 @@ class RunPodClient:
                     return parse_pod(await self._once("POST", "/pods", body))
                 except ProviderRateLimited as exc:  # refused before processing: safe to send again
                     last = exc
-                    wait = min(
-                        exc.retry_after if exc.retry_after is not None else self._backoff, self._max_wait
-                    )
+                    wait = min(exc.retry_after if exc.retry_after is not None else self._backoff, self._max_wait)
                     log.warning("runpod_rate_limited", call="create_pod", retry_in_s=wait, attempt=attempt)
                     await asyncio.sleep(wait)
                 except ProviderUnavailable as exc:  # the pod may exist: look before posting again
                     last = exc
                     found = await self._find_by_name(request.name)
                     if found is not None:
-                        log.warning(
-                            "runpod_create_adopted", pod_id=found.id, name=request.name, error=str(exc)
-                        )
+                        log.warning("runpod_create_adopted", pod_id=found.id, name=request.name, error=str(exc))
                         return found
                     log.warning("runpod_retry", call="create_pod", attempt=attempt, error=str(exc))
                     await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), self._max_wait))

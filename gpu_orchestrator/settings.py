@@ -79,13 +79,9 @@ class OrchestratorSettings:
         if not self.runpod_api_key:
             raise ConfigError("RUNPOD_API_KEY", "is not set; create an API key in the RunPod console")
         if not self.image:
-            raise ConfigError(
-                "RUNPOD_IMAGE", "is not set; give the worker image, e.g. ghcr.io/you/comfy-worker:1.2"
-            )
+            raise ConfigError("RUNPOD_IMAGE", "is not set; give the worker image, e.g. ghcr.io/you/comfy-worker:1.2")
         if not self.gpu_types:
-            raise ConfigError(
-                "RUNPOD_GPU_TYPES", "is not set; list GPU type ids in preference order, comma-separated"
-            )
+            raise ConfigError("RUNPOD_GPU_TYPES", "is not set; list GPU type ids in preference order, comma-separated")
 
 
 def _num(env: Mapping[str, str], name: str, kind: type, default: float, minimum: float) -> float:
@@ -144,7 +140,5 @@ def load_orchestrator_settings(
     if s.min_workers > s.max_workers:
         raise ConfigError("MIN_WORKERS", f"({s.min_workers}) must not exceed MAX_WORKERS ({s.max_workers})")
     if 0 < s.volume_gb < 10:
-        raise ConfigError(
-            "RUNPOD_VOLUME_GB", f"RunPod's persistent volumes start at 10 GB, got {s.volume_gb}"
-        )
+        raise ConfigError("RUNPOD_VOLUME_GB", f"RunPod's persistent volumes start at 10 GB, got {s.volume_gb}")
     return s

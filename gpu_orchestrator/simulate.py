@@ -61,9 +61,7 @@ class SimResult:
     completed: int
     submitted: int
     pods_spawned: int
-    timeline: list[tuple[float, int, int, int]] = field(
-        default_factory=list, repr=False
-    )  # t, queued, pods, busy
+    timeline: list[tuple[float, int, int, int]] = field(default_factory=list, repr=False)  # t, queued, pods, busy
     waits: list[tuple[float, float]] = field(default_factory=list, repr=False)  # arrival, wait
 
     def summary(self) -> dict[str, Any]:
@@ -269,9 +267,7 @@ _DEFAULTS = PolicyParams()
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m gpu_orchestrator.simulate", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m gpu_orchestrator.simulate", description=__doc__.split("\n")[0])
     ap.add_argument("--trace", default="bursty", help="steady | bursty | diurnal | path/to/trace.csv")
     ap.add_argument("--hours", type=float, default=24.0, help="length of a generated trace")
     ap.add_argument("--seed", type=int, default=7)

