@@ -180,12 +180,19 @@ async def run_worker(
 
 
 async def _stop_own_pod(settings: Settings) -> None:
+    """Stop (not terminate, not restart) this pod once the worker drained: RunPod would otherwise restart
+    the container's CMD and the pod would keep billing."""
+    from gpu_orchestrator.errors import ProviderError
+    from gpu_orchestrator.runpod import RunPodClient
+
+    client = RunPodClient(settings.runpod_api_key, settings.runpod_api_url)
     try:
-        from gpu_orchestrator.runpod import stop_pod_from_worker
-    except ImportError:
-        log.warning("pod_stop_unavailable", pod_id=settings.runpod_pod_id)
-        return
-    await stop_pod_from_worker(settings)
+        await client.stop_pod(settings.runpod_pod_id)
+        log.info("pod_stopped", pod_id=settings.runpod_pod_id)
+    except ProviderError as exc:
+        log.error("pod_stop_failed", pod_id=settings.runpod_pod_id, error=str(exc))
+    finally:
+        await client.close()
 
 
 def parse_input_flag(flag: str) -> tuple[str, str, str]:

@@ -106,7 +106,7 @@ class Settings:
     # orchestrator / RunPod
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
-    runpod_api_url: str = "https://rest.runpod.io/v2"
+    runpod_api_url: str = "https://api.runpod.io/v2"
     # prompt runner
     dry_run: bool = False
     dry_run_temp_dir: str = ""
