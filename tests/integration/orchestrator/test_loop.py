@@ -1,4 +1,5 @@
-"""The control loop against real Postgres and the RunPod v2 stand-in, whose pods are local worker processes."""
+"""The control loop against real Postgres and the RunPod v2 stand-in, whose pods are real worker daemons
+(``python -m comfy_worker``) sharing one test ComfyUI, running a tiny real workflow (CWSlow + SaveImage)."""
 
 from __future__ import annotations
 
@@ -13,29 +14,46 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from comfy_worker.models import NewTask
+from comfy_worker.models import NewTask, TaskStatus
 from comfy_worker.store.postgres import PostgresStore
 from gpu_orchestrator.loop import Orchestrator
 from gpu_orchestrator.runpod import RunPodClient
 from gpu_orchestrator.settings import OrchestratorSettings
-from tests.standins.runpod import RunPodStandIn
+from tests.integration.daemon import workflows as wf
+from tests.integration.engine.conftest import ComfyServer
+from tests.standins.runpod import RunPodStandIn, StandInPod
 
-POD_WORKER = str(Path(__file__).with_name("pod_worker.py"))
 REPO = Path(__file__).resolve().parents[3]
+# the daemon's fast test intervals (tests/integration/daemon/conftest.py FAST); leases long enough that CPU
+# load on a 2-core machine cannot fake a lost worker
+FAST = {
+    "HEARTBEAT_INTERVAL": "0.3",
+    "LEASE_SECONDS": "10",
+    "POLL_INTERVAL": "0.2",
+    "STALE_CHECK_INTERVAL": "0.5",
+    "PROGRESS_INTERVAL_S": "0.5",
+    "SHUTDOWN_GRACE_S": "5",
+    "ALLOW_PRIVATE_URLS": "true",
+    "LOG_FORMAT": "json",
+}
 
 SETTINGS = OrchestratorSettings(
-    interval_s=0.3,
+    interval_s=0.5,
     min_workers=0,
-    max_workers=3,
+    max_workers=3,  # 2 cores: at most three daemons next to ComfyUI
     idle_timeout_s=1.0,
-    spawn_timeout_s=60.0,
+    spawn_timeout_s=90.0,
     staffing_beta=0.0,  # size to the backlog only, so an empty queue means no pods
     reconcile_every=2,
     runpod_api_key="test-key",
     gpu_types=("NVIDIA GeForce RTX 4090",),
     image="ghcr.io/example/comfy-worker:test",
-    pod_env={"LEASE_SECONDS": "2", "HEARTBEAT_INTERVAL": "0.3"},
 )
+
+
+def daemon_command(pod: StandInPod) -> list[str]:
+    """What a stand-in pod runs: the real worker daemon; WORKER_ID and the rest come from the pod's env."""
+    return [sys.executable, "-m", "comfy_worker", "worker"]
 
 
 @pytest.fixture
@@ -48,10 +66,15 @@ async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
 
 @pytest.fixture
 async def standin() -> AsyncIterator[RunPodStandIn]:
-    s = RunPodStandIn(command=lambda pod: [sys.executable, POD_WORKER])
+    s = RunPodStandIn(command=daemon_command)
     await s.start()
     yield s
     await s.stop()
+
+
+@pytest.fixture
+def pod_env(comfyui_server: ComfyServer, tmp_path: Path) -> dict[str, str]:
+    return {**FAST, "COMFY_URL": comfyui_server.base_url, "LOCAL_STORAGE_DIR": str(tmp_path / "storage")}
 
 
 def orchestrator(
@@ -60,7 +83,7 @@ def orchestrator(
     pg_dsn: str,
     key: str = "test-key",
     settings: OrchestratorSettings = SETTINGS,
-    worker_timeout_s: float = 3.0,
+    worker_timeout_s: float = 15.0,
     **kw,
 ) -> Orchestrator:
     client = RunPodClient(key, standin.url, backoff_s=0.01, max_attempts=3)
@@ -76,53 +99,72 @@ async def cycle_until(orch: Orchestrator, done: Callable[[], Awaitable[bool]], t
         await asyncio.sleep(orch.settings.interval_s)
 
 
-async def _statuses(pg_dsn: str, sql: str) -> list[asyncpg.Record]:
+async def _fetch(pg_dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        return await conn.fetch(sql)
+        return await conn.fetch(sql, *args)
     finally:
         await conn.close()
 
 
+async def _enqueue(store: PostgresStore, n: int, seconds: float) -> list[str]:
+    return [
+        (await store.enqueue(NewTask("comfy", {"workflow": wf.slow(seconds)}, max_attempts=3))).task_id
+        for _ in range(n)
+    ]
+
+
+def _all_complete(store: PostgresStore, ids: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        statuses = [(await store.get_task(i)).status for i in ids]
+        bad = [s for s in statuses if s in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
+        assert not bad, f"tasks ended {bad}"
+        return all(s is TaskStatus.COMPLETE for s in statuses)
+
+    return check
+
+
+@pytest.mark.comfyui
 @pytest.mark.slow
-async def test_queue_spawns_pods_that_finish_the_work_then_are_drained_and_terminated(store, standin, pg_dsn):
-    ids = [(await store.enqueue(NewTask("comfy", {"seconds": 0.3}))).task_id for _ in range(20)]
-    # generous leases: under CPU load a slow heartbeat must not turn into a lost worker here
-    relaxed = replace(SETTINGS, pod_env={"LEASE_SECONDS": "10", "HEARTBEAT_INTERVAL": "0.3"})
-    orch = orchestrator(store, standin, pg_dsn, settings=relaxed, worker_timeout_s=15.0)
+async def test_queue_spawns_pods_that_finish_the_work_then_are_drained_and_terminated(store, standin, pg_dsn, pod_env):
+    ids = await _enqueue(store, 20, 0.3)
+    orch = orchestrator(store, standin, pg_dsn, settings=replace(SETTINGS, pod_env=pod_env))
     first = await orch.run_once()
     assert first.spawn == 3 and len(standin.live()) == 3  # capped by MAX_WORKERS
-    rows = await _statuses(pg_dsn, "select status, metadata->>'pod_id' as pod_id from workers")
+    rows = await _fetch(pg_dsn, "select status, metadata->>'pod_id' as pod_id from workers")
     assert {r["status"] for r in rows} <= {"starting", "idle", "busy"} and all(r["pod_id"] for r in rows)
 
-    async def all_complete() -> bool:
-        return [(await store.get_task(i)).status for i in ids] == ["complete"] * len(ids)
-
-    await cycle_until(orch, all_complete)
+    await cycle_until(orch, _all_complete(store, ids), timeout=100)
+    tasks = [await store.get_task(i) for i in ids]
+    assert all(t.status is TaskStatus.COMPLETE and t.result for t in tasks)
 
     async def fleet_gone() -> bool:
         return not standin.live()
 
     with capture_logs() as logs:
-        await cycle_until(orch, fleet_gone)
+        await cycle_until(orch, fleet_gone, timeout=60)
     events = [e["event"] for e in logs]
     assert "worker_draining" in events and "pod_terminated" in events
-    rows = await _statuses(pg_dsn, "select id, status, (metadata->>'pod_terminated')::bool as done from workers")
-    assert all(r["status"] == "stopped" and r["done"] for r in rows)
+    rows = await _fetch(pg_dsn, "select id, status, (metadata->>'pod_terminated')::bool as done from workers")
+    # drained daemons deregistered themselves ('stopped') before their pods were terminated
+    assert all(r["status"] == "stopped" and r["done"] for r in rows), rows
+    assert all(p.proc is not None and p.proc.returncode == 0 for p in standin.pods.values())
     assert standin.created_total == 3  # nothing spawned beyond the cap, nothing respawned
-    done_by = {t.result["by"] for t in [await store.get_task(i) for i in ids]}
+    done_by = {t.worker_id for t in tasks}
     assert done_by <= {r["id"] for r in rows} and len(done_by) >= 2
 
 
+@pytest.mark.comfyui
 @pytest.mark.slow
-async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(store, standin, pg_dsn):
-    ids = [(await store.enqueue(NewTask("comfy", {"seconds": 2.0}))).task_id for _ in range(4)]
-    settings = replace(SETTINGS, max_workers=2, pod_env={"LEASE_SECONDS": "3", "HEARTBEAT_INTERVAL": "0.3"})
-    orch = orchestrator(store, standin, pg_dsn, settings=settings, worker_timeout_s=5.0)
+async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(store, standin, pg_dsn, pod_env):
+    ids = await _enqueue(store, 4, 3.0)
+    lease = {**pod_env, "LEASE_SECONDS": "5"}
+    settings = replace(SETTINGS, max_workers=2, pod_env=lease)
+    orch = orchestrator(store, standin, pg_dsn, settings=settings, worker_timeout_s=6.0)
     victim: dict[str, str] = {}
 
     async def one_running() -> bool:
-        rows = await _statuses(
+        rows = await _fetch(
             pg_dsn,
             "select t.task_id, w.id, w.metadata->>'pod_id' as pod_id from tasks t "
             "join workers w on w.id = t.worker_id where t.status = 'running' limit 1",
@@ -132,19 +174,17 @@ async def test_a_killed_pod_is_marked_lost_and_its_task_completes_elsewhere(stor
         return bool(rows)
 
     await cycle_until(orch, one_running)
-    standin.kill(victim["pod"])
+    standin.kill(victim["pod"])  # SIGKILL: no deregistration, no release of its task
 
-    async def all_complete() -> bool:
-        return [(await store.get_task(i)).status for i in ids] == ["complete"] * len(ids)
-
-    await cycle_until(orch, all_complete)
+    await cycle_until(orch, _all_complete(store, ids), timeout=100)
     task = await store.get_task(victim["task"])
-    assert task.attempts >= 2 and task.result["by"] != victim["worker"]
+    assert task.attempts >= 2 and task.worker_id != victim["worker"]
 
     async def victim_released() -> bool:
-        rows = await _statuses(
+        rows = await _fetch(
             pg_dsn,
-            f"select status, (metadata->>'pod_terminated')::bool as done from workers where id = '{victim['worker']}'",
+            "select status, (metadata->>'pod_terminated')::bool as done from workers where id = $1",
+            victim["worker"],
         )
         return rows[0]["status"] == "lost" and bool(rows[0]["done"])
 
@@ -185,7 +225,7 @@ async def test_bad_provider_answers_are_logged_and_never_multiply_pods(store, pg
         now[0] += 10_000  # past the spawn backoff
         d = await orch.run_once()
         assert d.spawn == 2 and standin.created_total == 2 and len(standin.live()) == 2
-        rows = await _statuses(pg_dsn, "select metadata->>'pod_id' as pod_id from workers where status = 'starting'")
+        rows = await _fetch(pg_dsn, "select metadata->>'pod_id' as pod_id from workers where status = 'starting'")
         assert sorted(r["pod_id"] for r in rows) == sorted(p.id for p in standin.live())
 
         # malformed JSON from the pod list: the sweep is skipped with a log, nobody is marked lost
