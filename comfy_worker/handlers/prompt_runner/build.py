@@ -32,17 +32,13 @@ def _strip_ext(path: str) -> str:
 
 
 class _Editor:
-    def __init__(
-        self, profile: Profile, workflow: graph.Workflow, object_info: Mapping[str, Any] | None
-    ) -> None:
+    def __init__(self, profile: Profile, workflow: graph.Workflow, object_info: Mapping[str, Any] | None) -> None:
         self.profile = profile
         self.wf = workflow
         self.object_info = object_info
         self.mods: list[dict[str, Any]] = []
 
-    def set(
-        self, role_name: str, role: Role | None, key: str, value: Any, *, only_if_present: bool = False
-    ) -> None:
+    def set(self, role_name: str, role: Role | None, key: str, value: Any, *, only_if_present: bool = False) -> None:
         if role is None or value is None:
             return
         name = role.input(key)

@@ -65,9 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory of prompt files (default: prompt_files)",
     )
-    src.add_argument(
-        "--resume", metavar="VIDEO_NAME", help="continue the chain recorded in state/VIDEO_NAME.json"
-    )
+    src.add_argument("--resume", metavar="VIDEO_NAME", help="continue the chain recorded in state/VIDEO_NAME.json")
     src.add_argument(
         "--profile",
         default=None,
@@ -75,9 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"chain profile: a shipped name or a .yaml/.json path (default: {DEFAULT_PROFILE})",
     )
     plan_g = parser.add_argument_group("plan")
-    plan_g.add_argument(
-        "--frames-per-chunk", type=_positive, metavar="N", help="frames per chunk (default 101)"
-    )
+    plan_g.add_argument("--frames-per-chunk", type=_positive, metavar="N", help="frames per chunk (default 101)")
     plan_g.add_argument("--overlap", type=_non_negative, metavar="N", help="frames shared by adjacent chunks")
     plan_g.add_argument(
         "--reference-offset",
@@ -86,12 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reference frame = frames rendered - N (default 10)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--max-retries", type=_non_negative, default=3, metavar="N", help="retries per step (default 3)"
-    )
-    run.add_argument(
-        "--output-dir", type=Path, default=Path("output"), metavar="DIR", help="local output root"
-    )
+    run.add_argument("--max-retries", type=_non_negative, default=3, metavar="N", help="retries per step (default 3)")
+    run.add_argument("--output-dir", type=Path, default=Path("output"), metavar="DIR", help="local output root")
     run.add_argument("--no-upload", action="store_true", help="keep results local, do not upload to storage")
     run.add_argument("--keep-intermediate", action="store_true", help="keep latents, segments and references")
     stop = run.add_mutually_exclusive_group()
@@ -117,12 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="plan and write workflows only: no network, ComfyUI, ffmpeg or uploads (or DRY_RUN=true)",
     )
-    mode.add_argument(
-        "--validate-only", action="store_true", help="check prompt files and the profile; exit 0/1"
-    )
-    mode.add_argument(
-        "--submit", action="store_true", help="enqueue prompt_runner tasks instead of running here"
-    )
+    mode.add_argument("--validate-only", action="store_true", help="check prompt files and the profile; exit 0/1")
+    mode.add_argument("--submit", action="store_true", help="enqueue prompt_runner tasks instead of running here")
     mode.add_argument(
         "--object-info",
         type=Path,
@@ -190,9 +178,7 @@ def validate_only(args: argparse.Namespace, out: Any = None) -> int:
             for job in p.jobs:
                 if job.job_type == COMBINE and profile.combine_workflow is None:
                     continue
-                build_job_workflow(
-                    profile, job, input_video=spec.input_video, seed=spec.seed, object_info=object_info
-                )
+                build_job_workflow(profile, job, input_video=spec.input_video, seed=spec.seed, object_info=object_info)
                 count += 1
             print(
                 f"OK {spec.source}: {spec.video_name}, {spec.total_frames} frames, {p.chunks} chunks, "

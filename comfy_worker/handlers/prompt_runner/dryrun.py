@@ -168,9 +168,7 @@ def dry_run(
             "artifacts": {},
         }
         result.state_files.append(_write_json(out / "state" / f"{spec.video_name}.json", state))
-        log.info(
-            "dry_run_planned", video_name=spec.video_name, chunks=p.chunks, jobs=len(p.jobs), run_dir=str(out)
-        )
+        log.info("dry_run_planned", video_name=spec.video_name, chunks=p.chunks, jobs=len(p.jobs), run_dir=str(out))
     return result
 
 
@@ -190,8 +188,6 @@ def summary(result: DryRunResult) -> str:
                 if j.frames_to_render
                 else f"{len(j.segment_paths)} segment(s)"
             )
-            lines.append(
-                f"    {j.job_number:3d} {j.job_type:<18} chunk {j.chunk_index + 1:<3} {span:<22} after {deps}"
-            )
+            lines.append(f"    {j.job_number:3d} {j.job_type:<18} chunk {j.chunk_index + 1:<3} {span:<22} after {deps}")
     lines.append(f"  {len(result.workflow_files)} workflow file(s) in workflows/")
     return "\n".join(lines)

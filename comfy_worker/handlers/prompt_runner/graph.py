@@ -72,9 +72,7 @@ def is_required(
     return input_name not in set((optional_inputs or {}).get(class_type, ()))
 
 
-def set_input(
-    workflow: Workflow, node_id: str, name: str, value: Any, *, role: str | None = None
-) -> dict[str, Any]:
+def set_input(workflow: Workflow, node_id: str, name: str, value: Any, *, role: str | None = None) -> dict[str, Any]:
     """Set one input (a literal or a link). Setting a link checks that its source node exists."""
     node = _node(workflow, node_id)
     if is_link(value) and value[0] not in workflow:
@@ -109,9 +107,7 @@ def delete_nodes(
         _node(workflow, n)
     mods: list[dict[str, Any]] = []
     while True:
-        dangling = [
-            (c, name, src) for c, name, src in links(workflow) if src[0] in doomed and c not in doomed
-        ]
+        dangling = [(c, name, src) for c, name, src in links(workflow) if src[0] in doomed and c not in doomed]
         required = [
             (c, name, src)
             for c, name, src in dangling
@@ -143,9 +139,7 @@ def delete_nodes(
 def reroute(workflow: Workflow, old: Link, new: Link) -> list[dict[str, Any]]:
     """Point every input linked to ``old`` (node, output) at ``new`` instead."""
     if str(new[0]) not in workflow:
-        raise WorkflowInvalid(
-            f"node {new[0]}: reroute target not in the workflow", details={"node_id": new[0]}
-        )
+        raise WorkflowInvalid(f"node {new[0]}: reroute target not in the workflow", details={"node_id": new[0]})
     mods = []
     for consumer, name, src in links(workflow):
         if src == (str(old[0]), old[1]):
@@ -222,9 +216,7 @@ def _enum_problem(spec: Any, value: Any) -> str | None:
     return None
 
 
-def validate_offline(
-    workflow: Workflow, object_info: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def validate_offline(workflow: Workflow, object_info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Structural checks (node shape, links) plus, for node classes object_info knows (core nodes), required
     inputs present and enum values valid. Custom classes absent from object_info are skipped.
 
@@ -252,9 +244,7 @@ def validate_offline(
     return problems
 
 
-def check_workflow(
-    workflow: Workflow, object_info: Mapping[str, Any] | None = None, *, label: str = ""
-) -> None:
+def check_workflow(workflow: Workflow, object_info: Mapping[str, Any] | None = None, *, label: str = "") -> None:
     """Raise WorkflowInvalid (details['node_errors']) when :func:`validate_offline` finds problems."""
     problems = validate_offline(workflow, object_info)
     if problems:

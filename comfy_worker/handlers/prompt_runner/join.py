@@ -78,9 +78,7 @@ async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
 
 
 async def _probe_streams(path: str | Path, count: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    fields = (
-        "codec_type,codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_frames,nb_read_packets"
-    )
+    fields = "codec_type,codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_frames,nb_read_packets"
     args = ["-v", "error", *([count] if count else []), "-show_entries", f"stream={fields}", "-of", "json"]
     text = await _run("ffprobe", [*args, str(path)], what=f"probe {path}")
     streams = json.loads(text).get("streams") or []

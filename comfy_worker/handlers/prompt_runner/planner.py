@@ -99,18 +99,14 @@ def _check(total: int, fpc: int, overlap: int, offset: int) -> None:
     if total < 1:
         raise InputRejected(f"total_frames: must be >= 1, got {total}", details={"field": "total_frames"})
     if fpc < 1:
-        raise InputRejected(
-            f"frames_per_chunk: must be >= 1, got {fpc}", details={"field": "frames_per_chunk"}
-        )
+        raise InputRejected(f"frames_per_chunk: must be >= 1, got {fpc}", details={"field": "frames_per_chunk"})
     if not 0 <= overlap < fpc:
         raise InputRejected(
             f"overlap: must be >= 0 and smaller than frames_per_chunk ({fpc}), got {overlap}",
             details={"field": "overlap"},
         )
     if offset < 0:
-        raise InputRejected(
-            f"reference_offset: must be >= 0, got {offset}", details={"field": "reference_offset"}
-        )
+        raise InputRejected(f"reference_offset: must be >= 0, got {offset}", details={"field": "reference_offset"})
 
 
 def plan(

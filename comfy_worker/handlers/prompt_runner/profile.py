@@ -131,9 +131,7 @@ def _read_structured(path: Path) -> Any:
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ProfileError(
-            str(path), f"is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from None
+        raise ProfileError(str(path), f"is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
@@ -277,9 +275,7 @@ def validate_profile(profile: Profile) -> None:
                 )
         for needs, role in (("lora", "lora"), ("model", "model"), ("steps", "sampler")):
             if getattr(cfg, needs) is not None and role not in profile.roles:
-                raise ProfileError(
-                    profile.source, f"passes.{pass_name}.{needs}: needs roles.{role}", role=role
-                )
+                raise ProfileError(profile.source, f"passes.{pass_name}.{needs}: needs roles.{role}", role=role)
     for node_id in profile.first_chunk_remove:
         if node_id not in profile.base_workflow:
             raise ProfileError(

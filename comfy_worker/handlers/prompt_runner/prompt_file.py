@@ -33,9 +33,7 @@ MAX_NAME_LENGTH = 200
 class PromptFileError(InputRejected):
     """A prompt file or a prompt_runner params dict that cannot be used; names the file/field and line."""
 
-    def __init__(
-        self, source: str, problem: str, *, line: int | None = None, field: str | None = None
-    ) -> None:
+    def __init__(self, source: str, problem: str, *, line: int | None = None, field: str | None = None) -> None:
         where = source
         if line is not None:
             where += f", line {line}"
@@ -108,9 +106,7 @@ def _sections(lines: list[str]) -> list[tuple[int, list[str]]]:
 _SECTION_NAMES = ("video name", "total frames", "positive prompt", "negative prompt")
 
 
-def parse_text(
-    text: str, *, source: str = "<text>", frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
-) -> PromptSpec:
+def parse_text(text: str, *, source: str = "<text>", frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> PromptSpec:
     """Parse prompt-file content. ``source`` names the file in error messages."""
     lines = text.splitlines()
     sections = _sections(lines)
@@ -138,9 +134,7 @@ def parse_text(
     if problem := name_problem(video_name):
         raise PromptFileError(source, problem, line=name_line)
     if len(frames_lines) != 1:
-        raise PromptFileError(
-            source, "total frames must be a single line holding one integer", line=frames_line
-        )
+        raise PromptFileError(source, "total frames must be a single line holding one integer", line=frames_line)
     total = _positive_int(frames_lines[0])
     if total is None:
         raise PromptFileError(
@@ -246,7 +240,8 @@ def from_params(params: Mapping[str, Any], *, source: str = "params") -> PromptS
     seed = params.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise fail("seed", f"must be a non-negative integer when given, got {seed!r}")
-    overrides = params.get("overrides") or {}
+    overrides = params.get("overrides")
+    overrides = {} if overrides is None else overrides
     if not isinstance(overrides, Mapping):
         raise fail("overrides", f"must be a JSON object, got {type(overrides).__name__}")
     return PromptSpec(

@@ -1,0 +1,67 @@
+"""join_segments with the real ffmpeg: frame counts exact with and without overlap, in every mode."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.errors import ExecutionFailed, InputRejected
+from comfy_worker.handlers.prompt_runner.join import count_frames, join_segments, probe
+
+
+def make(path: Path, frames: int, *, size: str = "128x128", rate: int = 30, codec: str = "libx264", start: int = 0):
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}", "-ss", str(start),
+         "-frames:v", str(frames), "-c:v", codec, "-pix_fmt", "yuv420p", str(path)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("segments")
+    return [make(d / f"seg{i}.mp4", n, start=i) for i, n in enumerate((25, 25, 17))]
+
+
+async def test_stream_copy_without_overlap(segments, tmp_path):
+    result = await join_segments(segments, tmp_path / "out.mp4")
+    assert result.mode == "copy"
+    assert result.frames == result.expected_frames == 67
+    assert await count_frames(tmp_path / "out.mp4", decode=True) == 67
+
+
+@pytest.mark.parametrize("overlap", [1, 4])
+async def test_overlap_trimmed_with_one_reencode(segments, tmp_path, overlap):
+    result = await join_segments(segments, tmp_path / "out.mp4", overlap=overlap)
+    assert result.mode == "reencode"
+    assert await count_frames(tmp_path / "out.mp4", decode=True) == 67 - 2 * overlap
+
+
+async def test_mismatched_codecs_are_reencoded_to_the_first_format(segments, tmp_path):
+    odd = make(tmp_path / "odd.mp4", 20, size="96x64", rate=25, codec="mpeg4")
+    out = tmp_path / "out.mp4"
+    result = await join_segments([segments[0], odd, segments[2]], out, overlap=2)
+    assert result.mode == "reencode"
+    info = await probe(out, decode=True)
+    assert (info.frames, info.width, info.height, info.codec) == (25 + 18 + 15, 128, 128, "h264")
+    result = await join_segments([segments[0], odd], tmp_path / "out2.mp4")
+    assert result.mode == "reencode" and await count_frames(tmp_path / "out2.mp4", decode=True) == 45
+
+
+async def test_single_segment_and_errors(segments, tmp_path):
+    assert (await join_segments(segments[:1], tmp_path / "one.mp4")).frames == 25
+    with pytest.raises(InputRejected, match="at least one"):
+        await join_segments([], tmp_path / "x.mp4")
+    with pytest.raises(InputRejected, match=r"missing\.mp4: file not found"):
+        await join_segments([segments[0], tmp_path / "missing.mp4"], tmp_path / "x.mp4")
+    with pytest.raises(InputRejected, match="not more than the overlap"):
+        await join_segments(segments, tmp_path / "x.mp4", overlap=17)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(ExecutionFailed) as info:
+        await join_segments([segments[0], junk], tmp_path / "x.mp4")
+    assert info.value.details["tool"] == "ffprobe" and not info.value.retryable
+    assert not (tmp_path / "x.mp4").exists()
