@@ -92,6 +92,7 @@ class Settings:
     comfy_args: str = ""
     comfy_startup_timeout: float = 180.0
     comfy_restart_max: int = 5
+    comfy_output_dir: str = ""
     # storage
     storage_bucket: str = "outputs"
     storage_public: bool = False
@@ -130,6 +131,16 @@ class Settings:
                 raw = "/" + raw.lstrip("/")
             return Path(raw or "comfy_worker.db")
         return Path("comfy_worker.db")
+
+    @property
+    def comfy_output_path(self) -> Path | None:
+        """Where ComfyUI writes outputs and where nodes that read by absolute path find them: COMFY_OUTPUT_DIR,
+        else COMFY_PATH/output when we launch ComfyUI; None when attached without COMFY_OUTPUT_DIR."""
+        if self.comfy_output_dir:
+            return Path(self.comfy_output_dir).expanduser().resolve()
+        if self.comfy_path and not self.comfy_url:
+            return (Path(self.comfy_path).expanduser() / "output").resolve()
+        return None
 
     @property
     def storage_backend(self) -> str:
