@@ -65,6 +65,7 @@ def fleet_state(raw: dict[str, Any], last_scale_down_at: float | None = None) ->
         oldest_queued_age_s=max((float(q["oldest_queued_age_s"] or 0.0) for q in queue), default=0.0),
         recent_durations_s=tuple(float(d) for d in raw.get("durations_s") or () if d is not None),
         arrival_rate_per_s=int(raw.get("arrivals_10m") or 0) / ARRIVAL_WINDOW_S,
+        arrivals_per_min=tuple(int(n) for n in raw.get("arrivals_per_min") or ()),
         workers=worker_views(raw),
         last_scale_down_at=last_scale_down_at,
     )

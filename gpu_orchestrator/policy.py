@@ -5,7 +5,8 @@ No I/O, no clock: the control loop (:mod:`gpu_orchestrator.loop`) and the simula
 :class:`Decision`. Two policies share the safety rules (bounds, spend cap, drain-before-terminate, hygiene):
 
 * ``queue`` (ours): size the fleet so the backlog clears within a horizon, using recent task durations;
-  release idle workers after ``idle_timeout_s``, oldest idle first.
+  keep a warm pool sized by Erlang C for the steady (burst-clipped) arrival rate; release idle workers after
+  ``idle_timeout_s``, oldest idle first, but not below what the 30-minute rate still needs.
 * ``baseline`` (the orchestrator this replaces): desired = max(2, queued + running) capped at 10, idle timeout
   600 s, spawns in progress count as capacity, scale-down at most once a minute.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 ACTIVE = ("starting", "idle", "busy", "draining")  # statuses whose pods we pay for
@@ -48,9 +49,10 @@ class FleetState:
     running: int = 0
     oldest_queued_age_s: float = 0.0
     recent_durations_s: tuple[float, ...] = ()
-    arrival_rate_per_s: float = 0.0  # tasks created per second over the last few minutes
+    arrival_rate_per_s: float = 0.0  # tasks created per second over the last 10 minutes
     workers: tuple[WorkerView, ...] = ()
     last_scale_down_at: float | None = None  # when the policy last drained something (cooldown)
+    arrivals_per_min: tuple[int, ...] = ()  # tasks created in each of the last minutes (30), oldest first
 
     @property
     def queued(self) -> int:
@@ -67,13 +69,19 @@ class PolicyParams:
     max_workers: int = 10
     max_hourly_spend: float = math.inf
     pod_cost_per_hour: float = 0.69
-    idle_timeout_s: float = 120.0
+    idle_timeout_s: float = 15.0
     spawn_timeout_s: float = 900.0
     # queue policy
-    backlog_horizon_s: float = 240.0  # clear the queue within this long (about one spawn delay)
+    backlog_horizon_s: float = 120.0  # clear the queue within this long
     target_wait_s: float = 120.0  # an older queued task adds a worker at once
     default_task_duration_s: float = 60.0  # before any task finished
     staffing_beta: float = 1.5  # warm workers = load + beta * sqrt(load); 0 turns it off
+    expected_spawn_s: float = 180.0  # pod create -> worker registered, typically
+    trend: bool = False  # staff for the arrival rate projected one spawn delay ahead (ramps are predictable)
+    warm_p: float = 0.3  # keep one worker warm when P(a task arrives within a spawn delay) >= this
+    target_p_wait: float = 0.08  # > 0: staff with Erlang C, the fewest workers for P(wait) <= this
+    single_warm_below_load: float = 0.5  # with Erlang C: at most one warm worker while the load is this low
+    rate_window_min: int = 10  # staff up for the arrivals of the last N minutes; keep for all given minutes
     scale_down_cooldown_s: float = 0.0
 
     @classmethod
@@ -135,23 +143,88 @@ def typical_duration(state: FleetState, p: PolicyParams) -> float:
     return p.default_task_duration_s
 
 
-def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str]:
+def _robust_counts(counts: tuple[int, ...]) -> list[float]:
+    """Per-minute arrivals with batch spikes clipped to what a Poisson stream at the median rate could give,
+    so one burst (handled by the backlog rule) does not keep a large warm pool for ten minutes."""
+    med = statistics.median(counts)
+    cap = med + 3 * math.sqrt(med) + 3
+    return [min(float(c), cap) for c in counts]
+
+
+def projected_rate(counts: tuple[int, ...], level_min: int, fallback_per_s: float, p: PolicyParams) -> float:
+    """Steady arrival rate per second to staff for, from per-minute counts (oldest first), burst-clipped: the
+    mean of the last ``level_min`` minutes, and with ``trend`` at least the least-squares line through all
+    the counts extrapolated one spawn delay ahead, so a rising ramp is staffed before it arrives. Without
+    per-minute counts: ``fallback_per_s``."""
+    if len(counts) < 3:
+        return fallback_per_s
+    ys = _robust_counts(counts)
+    level = statistics.fmean(ys[-level_min:])
+    if not p.trend or len(ys) < 2 * level_min:
+        return level / 60.0
+    n = len(ys)
+    mean = statistics.fmean(ys)
+    mx = (n - 1) / 2
+    xs = range(n)
+    slope = sum((x - mx) * (y - mean) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    ahead = mean + slope * (n - 1 - mx + p.expected_spawn_s / 60.0)  # per minute, one spawn delay from now
+    return max(level, ahead) / 60.0
+
+
+def erlang_c_servers(load: float, target: float, limit: int = 1000) -> int:
+    """Fewest servers c for which an M/M/c queue with offered load ``load`` makes P(wait > 0) <= target."""
+    if load <= 0:
+        return 0
+    c = max(1, math.ceil(load))
+    while c < limit:
+        if c > load:
+            term, total = 1.0, 1.0  # a^k/k!, running sum for k < c
+            for k in range(1, c):
+                term *= load / k
+                total += term
+            top = term * load / c * c / (c - load)
+            if top / (total + top) <= target:
+                return c
+        c += 1
+    return limit
+
+
+def _staffing(rate: float, mean_d: float, p: PolicyParams) -> int:
+    """Workers to keep ready for a Poisson stream: Erlang C (``target_p_wait``) or square-root staffing
+    (Halfin-Whitt, load + beta * sqrt(load)); one warm worker when a task is likely within a spawn delay."""
+    load = rate * mean_d
+    if p.target_p_wait > 0:
+        n = erlang_c_servers(load, p.target_p_wait, p.max_workers + 1)
+        if load < p.single_warm_below_load:  # quiet: one warm worker at most, and only if it will be used
+            n = 1 if 1 - math.exp(-rate * p.expected_spawn_s) >= p.warm_p else 0
+    elif p.staffing_beta > 0 and load > 0:
+        n = math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9)
+    else:
+        n = 0
+    if p.warm_p > 0 and n < 1 and 1 - math.exp(-rate * p.expected_spawn_s) >= p.warm_p:
+        n = 1
+    return n
+
+
+def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str, int]:
+    """(workers wanted now, why, workers to keep from draining)."""
     queued, running = state.queued, state.running
     if p.kind == "baseline":
-        return min(max(2, queued + running), 10), f"baseline max(2, queued {queued} + running {running})"
+        n = min(max(2, queued + running), 10)
+        return n, f"baseline max(2, queued {queued} + running {running})", n
     d = typical_duration(state, p)
-    # square-root staffing (Halfin-Whitt): offered load a = arrival rate x duration busy workers on average,
-    # plus beta * sqrt(a) spare so that arrivals rarely wait for a cold start
     mean_d = statistics.fmean(state.recent_durations_s) if state.recent_durations_s else d
-    load = state.arrival_rate_per_s * mean_d
-    staffing = math.ceil(load + p.staffing_beta * math.sqrt(load) - 1e-9) if p.staffing_beta > 0 and load > 0 else 0
+    counts = state.arrivals_per_min
+    rate = projected_rate(counts, p.rate_window_min, state.arrival_rate_per_s, p)
+    staffing = _staffing(rate, mean_d, p)
+    # hysteresis: release warm workers only once the longer window's rate no longer needs them either
+    long_rate = projected_rate(counts, len(counts), state.arrival_rate_per_s, replace(p, trend=False))
+    keep_staffing = max(staffing, _staffing(long_rate, mean_d, p))
+    why_staff = f"staffing for load {rate * mean_d:.2f} (rate {rate * 3600:.0f}/h x {mean_d:.0f}s)"
     if queued == 0:
         if staffing > running:
-            return (
-                staffing,
-                f"staffing for load {load:.2f} (rate {state.arrival_rate_per_s * 3600:.0f}/h x {d:.0f}s)",
-            )
-        return running, "no queued work: keep the busy workers"
+            return staffing, why_staff, max(keep_staffing, running)
+        return running, "no queued work: keep the busy workers", max(keep_staffing, running)
     # workers that clear the backlog within the horizon, on top of those busy now
     extra = math.ceil(queued * d / max(p.backlog_horizon_s, d))
     reason = f"backlog {queued} x {d:.0f}s over {p.backlog_horizon_s:.0f}s horizon"
@@ -160,16 +233,17 @@ def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str]:
         reason += f"; oldest waited {state.oldest_queued_age_s:.0f}s > {p.target_wait_s:.0f}s"
     backlog = running + min(extra, queued)
     if staffing > backlog:
-        return staffing, reason + f"; staffing for load {load:.2f}"
-    return backlog, reason
+        return staffing, reason + "; " + why_staff, max(keep_staffing, backlog)
+    return backlog, reason, max(keep_staffing, backlog)
 
 
 def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
     """What to do now. ``now`` is only compared with ``state.last_scale_down_at`` (same clock)."""
     p = params
     workers = state.workers
-    raw_desired, why = _desired(state, p)
+    raw_desired, why, raw_keep = _desired(state, p)
     desired = max(p.min_workers, min(p.max_workers, raw_desired))
+    keep = max(desired, min(p.max_workers, raw_keep))
     terminate: list[Action] = []
     drain: list[Action] = []
 
@@ -218,7 +292,7 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
     cooled = state.last_scale_down_at is None or now - state.last_scale_down_at >= p.scale_down_cooldown_s
     if spawn == 0 and cooled:
         idle = sorted((w for w in live if w.status == "idle"), key=lambda w: (-w.idle_s, w.worker_id))
-        surplus = capacity - max(desired, p.min_workers)
+        surplus = capacity - keep
         over_cap = pods - p.max_workers
         for w in idle:
             if over_cap > 0:
@@ -242,6 +316,9 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
         "running": state.running,
         "oldest_queued_age_s": round(state.oldest_queued_age_s, 1),
         "typical_duration_s": round(typical_duration(state, p), 1),
+        "arrivals_per_h": round(
+            projected_rate(state.arrivals_per_min, p.rate_window_min, state.arrival_rate_per_s, p) * 3600, 1
+        ),
         "workers": {s: state.count(s) for s in ("starting", "idle", "busy", "draining", "stopped", "lost")},
         "capacity": capacity,
         "pods": pods,

@@ -40,11 +40,13 @@ class OrchestratorSettings:
     max_workers: int = 10
     max_hourly_spend: float = math.inf
     pod_cost_per_hour: float = 0.69  # estimate until the provider reports a pod's cost
-    idle_timeout_s: float = 120.0
+    idle_timeout_s: float = 15.0
     spawn_timeout_s: float = 900.0
-    backlog_horizon_s: float = 240.0
+    backlog_horizon_s: float = 120.0
     target_wait_s: float = 120.0
-    staffing_beta: float = 1.5
+    staffing_beta: float = 1.5  # used when TARGET_P_WAIT is 0
+    target_p_wait: float = 0.08  # Erlang C staffing: P(an arrival waits) at most this
+    warm_p: float = 0.3  # quiet hours: one warm worker when P(a task within a spawn delay) >= this
     reconcile_every: int = 4  # cycles between provider-vs-table sweeps
     spawn_backoff_max_s: float = 300.0
     worker_prefix: str = "cw-"
@@ -72,6 +74,8 @@ class OrchestratorSettings:
             backlog_horizon_s=self.backlog_horizon_s,
             target_wait_s=self.target_wait_s,
             staffing_beta=self.staffing_beta,
+            target_p_wait=self.target_p_wait,
+            warm_p=self.warm_p,
         )
 
     def check_provider(self) -> None:
@@ -121,6 +125,8 @@ def load_orchestrator_settings(
         backlog_horizon_s=_num(src, "BACKLOG_HORIZON_S", float, d.backlog_horizon_s, 1),
         target_wait_s=_num(src, "TARGET_WAIT_S", float, d.target_wait_s, 0),
         staffing_beta=_num(src, "STAFFING_BETA", float, d.staffing_beta, 0),
+        target_p_wait=_num(src, "TARGET_P_WAIT", float, d.target_p_wait, 0),
+        warm_p=_num(src, "WARM_P", float, d.warm_p, 0),
         reconcile_every=int(_num(src, "RECONCILE_EVERY", int, d.reconcile_every, 1)),
         worker_prefix=src.get("ORCHESTRATOR_WORKER_PREFIX", "").strip() or d.worker_prefix,
         runpod_api_key=src.get("RUNPOD_API_KEY", "").strip(),

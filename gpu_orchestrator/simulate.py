@@ -36,6 +36,7 @@ class SimConfig:
     cost_per_hour: float = 0.69
     tail_s: float = 3600.0  # keep simulating after the last arrival
     rate_window_s: float = 600.0  # arrival rate the policy sees: tasks created in this window
+    per_minute_window_min: int = 30  # per-minute arrival counts the policy sees (orchestrator_fleet())
     seed: int = 7
 
 
@@ -81,6 +82,12 @@ def _pct(values: list[float], q: float) -> float:
 
 def _arrivals(times: list[float], now: float, window: float) -> int:
     return len(times) - bisect.bisect_left(times, now - window)
+
+
+def _per_minute(times: list[float], now: float, minutes: int) -> tuple[int, ...]:
+    """Arrivals in each of the last ``minutes`` minutes, oldest first (what orchestrator_fleet() returns)."""
+    edges = [bisect.bisect_left(times, now - 60 * k) for k in range(minutes, -1, -1)]
+    return tuple(b - a for a, b in itertools.pairwise(edges))
 
 
 def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig | None = None) -> SimResult:
@@ -161,6 +168,7 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
                 oldest_queued_age_s=(now - queue[0].arrival_s) if queue else 0.0,
                 recent_durations_s=tuple(d for _, d in list(durations)[-200:]),
                 arrival_rate_per_s=_arrivals(arrival_times, now, cfg.rate_window_s) / cfg.rate_window_s,
+                arrivals_per_min=_per_minute(arrival_times, now, cfg.per_minute_window_min),
                 workers=tuple(
                     WorkerView(
                         p.wid,
@@ -272,8 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=float, default=24.0, help="length of a generated trace")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="", help="directory for the PNG plot (and the generated trace as CSV)")
+    ap.add_argument("--name", default="", help="file name stem of the plot (default: trace and hours)")
     ap.add_argument("--idle-timeout", type=float, default=_DEFAULTS.idle_timeout_s)
     ap.add_argument("--horizon", type=float, default=_DEFAULTS.backlog_horizon_s)
+    ap.add_argument("--target-p-wait", type=float, default=_DEFAULTS.target_p_wait, help="Erlang C target; 0: sqrt")
+    ap.add_argument("--warm-p", type=float, default=_DEFAULTS.warm_p)
+    ap.add_argument("--staffing-beta", type=float, default=_DEFAULTS.staffing_beta)
+    ap.add_argument("--trend", action="store_true", help="staff for the rising arrival rate one spawn delay ahead")
     ap.add_argument("--min-workers", type=int, default=0)
     ap.add_argument("--max-workers", type=int, default=10)
     ap.add_argument("--max-hourly-spend", type=float, default=float("inf"))
@@ -292,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout_s=args.idle_timeout,
         backlog_horizon_s=args.horizon,
         pod_cost_per_hour=cfg.cost_per_hour,
+        target_p_wait=args.target_p_wait,
+        warm_p=args.warm_p,
+        staffing_beta=args.staffing_beta,
+        trend=args.trend,
     )
     results = compare(trace, ours, cfg)
     for r in results:
@@ -311,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if args.trace in traces.GENERATORS:
             traces.write_csv(trace, out / f"{name}.csv")
-        png = plot(results, f"{name}: queue policy vs baseline ({len(trace)} tasks)", out / f"{name}.png")
+        stem = args.name or name
+        png = plot(results, f"{stem}: queue policy vs baseline ({len(trace)} tasks)", out / f"{stem}.png")
         print(f"plot: {png}", file=sys.stderr)
     return 0
 

@@ -37,6 +37,7 @@ $$;
 --             last task ended, or since it registered), seconds_since_heartbeat, pod_id and cost from metadata
 --   durations_s: run times of the last 200 tasks completed in the last hour
 --   arrivals_10m: tasks created in the last 10 minutes
+--   arrivals_per_min: tasks created in each of the last 30 minutes, oldest first (30 numbers)
 create or replace function orchestrator_fleet()
 returns jsonb
 language sql stable security invoker set search_path = public, pg_temp
@@ -62,7 +63,11 @@ as $$
         select extract(epoch from completed_at - started_at)::double precision as d from tasks
         where status = 'complete' and completed_at >= now() - interval '1 hour'
         order by completed_at desc limit 200) x), '[]'),
-    'arrivals_10m', (select count(*) from tasks where created_at >= now() - interval '10 minutes')
+    'arrivals_10m', (select count(*) from tasks where created_at >= now() - interval '10 minutes'),
+    'arrivals_per_min', (select jsonb_agg(coalesce(c.n, 0) order by m.k desc)
+      from generate_series(0, 29) as m(k)
+      left join (select floor(extract(epoch from now() - created_at) / 60)::int as k, count(*) as n from tasks
+                 where created_at >= now() - interval '30 minutes' group by 1) c on c.k = m.k)
   );
 $$;
 

@@ -33,8 +33,11 @@ async def test_dry_run_logs_one_decision_and_writes_nothing(pg_dsn: str, tmp_pat
         decisions = [x for x in lines if x["event"] == "orchestrator_decision"]
         assert len(decisions) == 1
         d = decisions[0]
-        assert d["queued"] == 5 and d["dry_run"] is True and d["action"] == "spawn 2" and d["desired"] == 2
+        assert d["queued"] == 5 and d["dry_run"] is True and d["action"] == "spawn 3" and d["desired"] == 3
         assert {"oldest_queued_age_s", "workers", "capacity", "spawn_reason"} <= d.keys()
+        # per-minute counts from SQL: the 5 tasks of this minute are a burst (median 0/min -> clipped to 3), so
+        # the steady rate is 3 per 10 minutes = 18/h (the plain 10-minute count would say 30/h)
+        assert d["arrivals_per_h"] == 18.0
         assert await conn.fetchval("select count(*) from workers") == 0
     finally:
         await conn.close()

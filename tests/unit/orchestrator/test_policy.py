@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_orchestrator.policy import ACTIVE, FleetState, PolicyParams, WorkerView, decide
+from gpu_orchestrator.policy import ACTIVE, FleetState, PolicyParams, WorkerView, decide, erlang_c_servers
 
 STATUSES = ("starting", "idle", "busy", "draining", "stopped", "lost")
 
@@ -157,3 +157,26 @@ def test_spend_cap_limits_spawns():
         now=0,
     )
     assert d.spawn == 2 and "MAX_HOURLY_SPEND" in d.spawn_reason
+
+
+def test_erlang_c_staffing_matches_the_textbook_table():
+    # M/M/c with offered load 4: P(wait) is 0.059 with 8 servers and 0.024 with 9
+    assert erlang_c_servers(4.0, 0.06) == 8 and erlang_c_servers(4.0, 0.05) == 9
+    assert erlang_c_servers(0.0, 0.05) == 0
+
+
+def test_a_burst_does_not_buy_a_warm_pool_but_a_steady_stream_does():
+    quiet = PolicyParams(target_p_wait=0.08, warm_p=0.3)
+    burst = FleetState(arrivals_per_min=(0,) * 29 + (40,), recent_durations_s=(60.0,))
+    assert decide(burst, quiet, now=0).desired == 1  # clipped to 3/min: one warm worker, not 8
+    steady = FleetState(arrivals_per_min=(4,) * 30, recent_durations_s=(60.0,))
+    assert decide(steady, quiet, now=0).desired == erlang_c_servers(4.0, 0.08) == 8
+
+
+def test_warm_workers_are_kept_while_the_half_hour_rate_still_needs_them():
+    ws = tuple(WorkerView(f"w{i}", "idle", idle_s=100, pod_id=f"p{i}") for i in range(8))
+    p = PolicyParams(target_p_wait=0.08, idle_timeout_s=15)
+    fading = FleetState(arrivals_per_min=(4,) * 20 + (0,) * 10, recent_durations_s=(60.0,), workers=ws)
+    d = decide(fading, p, now=0)
+    assert d.desired == 0 or d.desired < 8  # the last 10 minutes were quiet
+    assert len(d.drain) == 8 - erlang_c_servers(20 * 4 / 30, 0.08)  # but the 30-minute rate keeps some
