@@ -271,9 +271,7 @@ class RunPodStandIn:
         if action not in ("start", "stop", "restart", "terminate"):
             return self._answer(request, _problem(422, "Unprocessable Entity", f"unknown action {action!r}"))
         if action not in ACTIONS_FOR.get(pod.status, []):
-            return self._answer(
-                request, _problem(409, "Conflict", f"cannot {action} a pod that is {pod.status}")
-            )
+            return self._answer(request, _problem(409, "Conflict", f"cannot {action} a pod that is {pod.status}"))
         await asyncio.to_thread(self._kill_proc, pod)
         if action == "terminate":
             pod.status = "TERMINATED"
