@@ -10,6 +10,9 @@ Nodes (all prefixed ``CW``):
   CWRaise          raises at run time (execution_error tests)
   CWSlow           sleeps in small steps with a ProgressBar; interruptible
   CWFakeSampler    LATENT + reference IMAGE -> (LATENT, IMAGE frames), deterministic (Wan-like chain tests)
+  Chain stand-ins for the Wan 2.2 HIGH/LOW custom nodes (prompt_runner tests; read/write by absolute path):
+  CWInt (INTConstant), CWTextEncode, CWChunkSampler (HIGH: noise -> latent; LOW: refines ``samples``),
+  CWChunkDecode (latent -> 32x32 frames), CWSaveLatentWithPath, CWLoadLastLatent, CWLoadImageFromPath
 Latents to/from files: core SaveLatent and LoadLatent.
 """
 

@@ -265,6 +265,222 @@ class CWFakeSampler:
         return ({"samples": out}, video)
 
 
+# --- chain stand-ins: tiny CPU versions of the Wan 2.2 HIGH/LOW chain's custom nodes --------------------------
+# They read and write files by absolute path like the real custom nodes (SaveLatentWithPath, LoadLastLatent,
+# Load Image From Path), so the worker's chain executor runs unchanged against them.
+
+
+def _sleep_interruptible(seconds: float, steps: int) -> None:
+    bar = comfy.utils.ProgressBar(max(steps, 1))
+    for _ in range(max(steps, 1)):
+        deadline = time.monotonic() + seconds / max(steps, 1)
+        while time.monotonic() < deadline:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        bar.update(1)
+
+
+class CWInt:
+    """INTConstant stand-in."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF})}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "cw_test"
+
+    def run(self, value):
+        return (value,)
+
+
+class CWTextEncode:
+    """WanVideoTextEncode stand-in: prompts -> a small deterministic embedding."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive_prompt": ("STRING", {"default": "", "multiline": True}),
+                "negative_prompt": ("STRING", {"default": "", "multiline": True}),
+            }
+        }
+
+    RETURN_TYPES = ("CW_EMBEDS",)
+    FUNCTION = "encode"
+    CATEGORY = "cw_test"
+
+    def encode(self, positive_prompt, negative_prompt):
+        import zlib
+
+        pos = zlib.crc32(positive_prompt.encode()) / 2**32
+        neg = zlib.crc32(negative_prompt.encode()) / 2**32
+        return ({"pos": pos, "neg": neg},)
+
+
+class CWChunkSampler:
+    """WanVideoSampler stand-in: one latent per frame (frames x 4 x h/8 x w/8). Without ``samples`` it starts
+    from seeded noise (HIGH pass); with ``samples`` it refines them (LOW pass). ``reference`` tints the result."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "embeds": ("CW_EMBEDS",),
+                "frames": ("INT", {"default": 9, "min": 1, "max": 4096}),
+                "start_frame": ("INT", {"default": 0, "min": 0, "max": 1000000}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "steps": ("INT", {"default": 8, "min": 1, "max": 1000}),
+                "start_step": ("INT", {"default": 0, "min": 0, "max": 1000}),
+                "end_step": ("INT", {"default": 8, "min": 0, "max": 1000}),
+                "width": ("INT", {"default": 32, "min": 8, "max": 1024, "step": 8}),
+                "height": ("INT", {"default": 32, "min": 8, "max": 1024, "step": 8}),
+                "delay_s": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 600.0}),
+            },
+            "optional": {"samples": ("LATENT",), "reference": ("IMAGE",)},
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = "cw_test"
+
+    def sample(
+        self,
+        embeds,
+        frames,
+        start_frame,
+        seed,
+        steps,
+        start_step,
+        end_step,
+        width,
+        height,
+        delay_s,
+        samples=None,
+        reference=None,
+    ):
+        _sleep_interruptible(delay_s, max(end_step - start_step, 1))
+        gen = torch.Generator().manual_seed((int(seed) * 1000003 + int(start_frame)) % (2**63))
+        shape = (frames, 4, height // 8, width // 8)
+        noise = torch.rand(shape, generator=gen)
+        tint = 0.0 if reference is None else float(reference.float().mean())
+        base = noise * 0.5 + embeds["pos"] * 0.25 + tint * 0.25
+        if samples is not None:
+            prev = samples["samples"].float()
+            if prev.shape != shape:
+                raise ValueError(f"samples have shape {tuple(prev.shape)}, expected {shape}")
+            share = max(0.0, min(1.0, (end_step - start_step) / max(steps, 1)))
+            base = prev * (1.0 - share * 0.5) + base * share * 0.5
+        return ({"samples": base.clamp(0, 1)},)
+
+
+class CWChunkDecode:
+    """WanVideoDecode stand-in: latent (one per frame) -> IMAGE frames of width x height."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+    CATEGORY = "cw_test"
+
+    def decode(self, samples):
+        lat = samples["samples"].float()
+        _n, _c, h8, w8 = lat.shape
+        rgb = lat[:, :3].permute(0, 2, 3, 1)  # n, h/8, w/8, 3
+        img = rgb.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)
+        return (img[:, : h8 * 8, : w8 * 8, :].clamp(0, 1).contiguous(),)
+
+
+class CWSaveLatentWithPath:
+    """SaveLatentWithPath stand-in: writes ``{folder_path}/{subfolder_name}/{filename}.latent``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "folder_path": ("STRING", {"default": ""}),
+                "subfolder_name": ("STRING", {"default": ""}),
+                "filename": ("STRING", {"default": "latent"}),
+            }
+        }
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "cw_test"
+
+    def save(self, samples, folder_path, subfolder_name, filename):
+        folder = os.path.join(folder_path, subfolder_name) if subfolder_name else folder_path
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{filename}.latent")
+        tmp = path + ".tmp"
+        comfy.utils.save_torch_file({"latent_tensor": samples["samples"].contiguous()}, tmp)
+        os.replace(tmp, path)
+        return {"ui": {"latent_paths": [path]}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")
+
+
+class CWLoadLastLatent:
+    """LoadLastLatent stand-in: the newest ``*.latent`` in ``folder_path``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder_path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "load"
+    CATEGORY = "cw_test"
+
+    def load(self, folder_path):
+        import safetensors.torch
+
+        found = (
+            sorted(
+                (os.path.join(folder_path, f) for f in os.listdir(folder_path) if f.endswith(".latent")),
+                key=lambda p: (os.path.getmtime(p), p),
+            )
+            if os.path.isdir(folder_path)
+            else []
+        )
+        if not found:
+            raise FileNotFoundError(f"no .latent file in {folder_path}")
+        return ({"samples": safetensors.torch.load_file(found[-1])["latent_tensor"].float()},)
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")
+
+
+class CWLoadImageFromPath:
+    """Load Image From Path stand-in: an image file by absolute path -> IMAGE (1, h, w, 3)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image_path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "load"
+    CATEGORY = "cw_test"
+
+    def load(self, image_path):
+        from PIL import Image
+
+        with Image.open(image_path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return (torch.from_numpy(arr)[None, ...],)
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")
+
+
 NODE_CLASS_MAPPINGS = {
     "CWSaveVideoMP4": CWSaveVideoMP4,
     "CWLoadVideo": CWLoadVideo,
@@ -272,5 +488,12 @@ NODE_CLASS_MAPPINGS = {
     "CWRaise": CWRaise,
     "CWSlow": CWSlow,
     "CWFakeSampler": CWFakeSampler,
+    "CWInt": CWInt,
+    "CWTextEncode": CWTextEncode,
+    "CWChunkSampler": CWChunkSampler,
+    "CWChunkDecode": CWChunkDecode,
+    "CWSaveLatentWithPath": CWSaveLatentWithPath,
+    "CWLoadLastLatent": CWLoadLastLatent,
+    "CWLoadImageFromPath": CWLoadImageFromPath,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: k.replace("CW", "CW ", 1) for k in NODE_CLASS_MAPPINGS}

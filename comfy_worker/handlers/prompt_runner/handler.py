@@ -1,0 +1,168 @@
+"""The ``prompt_runner`` task: one long video rendered as a HIGH/LOW chunk chain (see :mod:`.executor`).
+
+Params::
+
+    {"video_name": "sunset_beach", "total_frames": 500, "positive_prompt": "…", "negative_prompt": "…",
+     "frames_per_chunk": 101, "input_video": "…", "profile": "wan22_vace_v2v" | "/path/profile.yaml",
+     "seed": 42, "max_retries": 3, "keep_intermediate": false,
+     "overrides": {"overlap": 0, "reference_offset": 10, "nodes": {"54": {"steps": 8}}}}
+
+* prepare: parse (errors name the field; permanent), load the profile, plan, restore the checkpoint.
+* execute: every HIGH/LOW step not yet done; the task's checkpoint is saved after each one.
+* finish: join the segments, upload ``{video}/final/{video}.mp4``, remove intermediates unless
+  ``keep_intermediate``; ``output_url`` is the final video.
+
+Storage layout: ``prompt_runner/{task_id}/{video_name}/latents|videos|references|combined|final|state/…``.
+ComfyUI's output directory must be visible to the worker (COMFY_OUTPUT_DIR): the chain's nodes read and
+write latents and reference frames there by absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from comfy_worker.errors import ConfigError
+from comfy_worker.handlers.base import HandlerResult, TaskContext
+from comfy_worker.handlers.prompt_runner.dryrun import plan_for
+from comfy_worker.handlers.prompt_runner.executor import ChainEnv, ChainOptions, ChainRunner
+from comfy_worker.handlers.prompt_runner.profile import Profile, load_profile
+from comfy_worker.handlers.prompt_runner.prompt_file import PromptFileError, PromptSpec, from_params
+from comfy_worker.handlers.prompt_runner.state import ChainState, summary
+from comfy_worker.logs import get_logger
+
+log = get_logger(__name__)
+DEFAULT_PROFILE = "wan22_vace_v2v"
+RUN_PARAMS = ("max_retries", "keep_intermediate")  # handler-level params, not part of the PromptSpec
+OVERRIDE_KEYS = ("overlap", "reference_offset", "nodes")
+
+
+def split_params(params: dict[str, Any]) -> tuple[PromptSpec, dict[str, Any]]:
+    """(spec, run options) from task params; every error names the field."""
+    spec_params = {k: v for k, v in params.items() if k not in RUN_PARAMS}
+    spec = from_params(spec_params)
+    max_retries = params.get("max_retries", 3)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
+        raise PromptFileError("params", f"must be an integer from 0 to 100, got {max_retries!r}", field="max_retries")
+    keep = params.get("keep_intermediate", False)
+    if not isinstance(keep, bool):
+        raise PromptFileError("params", f"must be true or false, got {keep!r}", field="keep_intermediate")
+    return spec, {"max_retries": max_retries, "keep_intermediate": keep}
+
+
+def check_overrides(spec: PromptSpec, profile: Profile) -> dict[str, Any]:
+    """Validated ``overrides``: plan values (overlap, reference_offset) and per-node input values."""
+    ov = dict(spec.overrides)
+    unknown = sorted(set(ov) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise PromptFileError("params", f"unknown key {unknown[0]!r}; known: {', '.join(OVERRIDE_KEYS)}",
+                              field="overrides")  # fmt: skip
+    for key in ("overlap", "reference_offset"):
+        value = ov.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise PromptFileError("params", f"must be an integer >= 0, got {value!r}", field=f"overrides.{key}")
+    nodes = ov.get("nodes") or {}
+    if not isinstance(nodes, dict):
+        raise PromptFileError("params", "must map node ids to {input: value}", field="overrides.nodes")
+    for node_id, inputs in nodes.items():
+        if str(node_id) not in profile.base_workflow:
+            raise PromptFileError(
+                "params", f"node {node_id} is not in profile {profile.name}'s workflow", field="overrides.nodes"
+            )
+        if not isinstance(inputs, dict):
+            raise PromptFileError("params", "must be an object of {input: value}", field=f"overrides.nodes.{node_id}")
+    ov["nodes"] = {str(k): dict(v) for k, v in nodes.items()}
+    return ov
+
+
+def prepare_chain(spec: PromptSpec, checkpoint: dict[str, Any] | None) -> tuple[Profile, ChainState, dict[str, Any]]:
+    """Profile, restored (or fresh) state and validated overrides for ``spec`` (pure apart from reading the
+    profile)."""
+    profile = load_profile(spec.profile or DEFAULT_PROFILE)
+    overrides = check_overrides(spec, profile)
+    plan = plan_for(spec, profile, overlap=overrides.get("overlap"), reference_offset=overrides.get("reference_offset"))
+    return profile, ChainState.restore(checkpoint, plan), overrides
+
+
+class PromptRunnerHandler:
+    task_type = "prompt_runner"
+
+    async def prepare(self, ctx: TaskContext) -> ChainRunner:
+        spec, run = split_params(ctx.task.params)
+        root = ctx.settings.comfy_output_path
+        if root is None:
+            raise ConfigError(
+                "COMFY_OUTPUT_DIR",
+                "prompt_runner tasks need ComfyUI's output directory as this worker sees it (latents and "
+                "reference frames are read there by path); set COMFY_OUTPUT_DIR, or launch ComfyUI with COMFY_PATH",
+            )
+        profile, state, overrides = prepare_chain(spec, ctx.task.checkpoint)
+        task = ctx.task
+        env = ChainEnv(
+            client=ctx.client,
+            storage=ctx.storage,
+            storage_prefix=f"{task.task_type}/{task.task_id}",
+            comfy_root=root,
+            work_dir=ctx.work_dir,
+            save_state=ctx.checkpoint,
+            progress=ctx.progress,
+            cancel=ctx.cancel,
+            started=ctx.started,
+            step_timeout_s=ctx.settings.task_timeout_s,
+            stall_timeout_s=ctx.settings.stall_timeout_s,
+            run_key=f"{task.task_id}:{task.attempts}",
+        )
+        options = ChainOptions(
+            max_retries=run["max_retries"],
+            retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),
+            keep_intermediate=run["keep_intermediate"],
+            node_overrides=overrides["nodes"],
+        )
+        object_info = await ctx.client.object_info()
+        log.info(
+            "chain_planned",
+            video_name=state.plan.video_name,
+            chunks=state.plan.chunks,
+            profile=profile.name,
+            completed=len(state.completed),
+        )
+        return ChainRunner(env, spec, profile, state, options, object_info)
+
+    async def execute(self, ctx: TaskContext, runner: ChainRunner) -> ChainRunner:
+        await runner.render()
+        return runner
+
+    async def finish(self, ctx: TaskContext, runner: ChainRunner) -> HandlerResult:
+        final = await runner.join()
+        plan = runner.plan
+        state_file = ctx.work_dir / "state" / f"{plan.video_name}.json"
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(runner.state.to_dict(), indent=2) + "\n", encoding="utf-8")
+        stored_state = await ctx.storage.upload(
+            state_file, runner.storage_path(f"{plan.video_name}/state/{plan.video_name}.json")
+        )
+        removed = await runner.cleanup()
+        kept = {} if not runner.options.keep_intermediate else dict(runner.state.artifacts)
+        return HandlerResult(
+            result={
+                "video_name": plan.video_name,
+                "outputs": [
+                    {
+                        "kind": "video",
+                        "role": "final",
+                        "storage_path": final["storage_path"],
+                        "url": final["url"],
+                        "frames": final["frames"],
+                        "bytes": final.get("bytes"),
+                    },
+                    {"kind": "state", "storage_path": stored_state.path, "url": stored_state.url},
+                ],
+                "frames": final["frames"],
+                "join_mode": final["mode"],
+                "plan": summary(plan),
+                "prompts": runner.state.prompts,
+                "intermediates": kept,
+                "intermediates_removed": len(removed),
+            },
+            output_url=final["url"],
+        )

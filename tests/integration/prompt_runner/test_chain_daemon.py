@@ -1,0 +1,139 @@
+"""prompt_runner chains through the real daemon on the real test ComfyUI (CPU stand-ins of the Wan nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.handlers.prompt_runner.join import count_frames
+from comfy_worker.models import NewTask, TaskStatus
+from tests.integration.daemon.conftest import FAST, Harness, wait_task
+from tests.integration.engine.conftest import ComfyServer
+from tests.integration.prompt_runner.conftest import chain_params, comfy_history, latent_saves
+
+pytestmark = [pytest.mark.comfyui]
+REPO = Path(__file__).resolve().parents[3]
+
+
+async def enqueue(harness: Harness, params: dict, max_attempts: int = 3) -> str:
+    return (await harness.store.enqueue(NewTask("prompt_runner", params, max_attempts=max_attempts))).task_id
+
+
+async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, comfyui_server: ComfyServer) -> None:
+    params = chain_params()
+    name = params["video_name"]
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=240)
+    assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
+
+    final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
+    assert final.is_file()
+    assert task.output_url == final.resolve().as_uri()
+    assert await count_frames(final, decode=True) == 25
+    assert task.result["frames"] == 25
+    assert task.result["plan"]["chunks"] == 3
+    assert task.result["join_mode"] == "copy"
+
+    cp = task.checkpoint
+    assert cp["completed"] == [f"{name}-{n:03d}-{'high' if n % 2 else 'low'}" for n in range(1, 7)]
+    assert cp["completed_chunks"] == 3
+    assert cp["segments"] == {f"{name}/videos/{name}_chunk_{c:03d}.mp4": f for c, f in ((1, 9), (2, 9), (3, 7))}
+    assert cp["references"][f"{name}/references/{name}_chunk_001_ref.png"]["frame_index"] == 8  # 9 - offset 1
+    # intermediates gone from storage; the final video and the state record stay
+    video_root = harness.storage_dir / "prompt_runner" / tid / name
+    left = sorted(str(p.relative_to(video_root)) for p in video_root.rglob("*") if p.is_file())
+    assert left == [f"final/{name}.mp4", f"state/{name}.json"]
+    # each step ran exactly once in ComfyUI
+    saves = latent_saves(await comfy_history(comfyui_server.base_url), name)
+    assert {k: len(v) for k, v in saves.items()} == {"chunk_001": 1, "chunk_002": 1, "chunk_003": 1}
+
+
+async def test_bad_params_fail_permanently_naming_the_field(harness: Harness, comfyui_server: ComfyServer) -> None:
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    tid = await enqueue(harness, chain_params(total_frames="many"))
+    task = await wait_task(harness.store, tid, timeout=60)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1
+    assert "total_frames" in task.error
+
+
+async def test_without_comfy_output_dir_the_task_fails_naming_the_setting(harness: Harness) -> None:
+    await harness.start_daemon()
+    tid = await enqueue(harness, chain_params())
+    task = await wait_task(harness.store, tid, timeout=60)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1
+    assert "COMFY_OUTPUT_DIR" in task.error
+
+
+@pytest.mark.slow
+async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
+    harness: Harness, comfyui_server: ComfyServer
+) -> None:
+    # every sampler call takes ~0.6 s so the kill lands between chunk 2 and the end of chunk 3
+    params = chain_params(overrides={"nodes": {"54": {"delay_s": 0.6}}}, keep_intermediate=True)
+    name = params["video_name"]
+    lease = {"LEASE_SECONDS": "3"}
+    env = {
+        **os.environ,
+        **FAST,
+        **lease,
+        "DATABASE_URL": harness.dsn,
+        "COMFY_URL": harness.comfy_url,
+        "COMFY_OUTPUT_DIR": str(comfyui_server.output_dir),
+        "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+        "PYTHONPATH": str(REPO),
+    }
+    tid = await enqueue(harness, params)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "comfy_worker", "--worker-id", "comfy-worker-doomed", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    low2 = f"{name}-004-low"
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180
+        while True:
+            task = await harness.store.get_task(tid)
+            if task.checkpoint and low2 in task.checkpoint.get("completed", []):
+                break
+            assert task.status not in (TaskStatus.COMPLETE, TaskStatus.FAILED), task.error
+            assert proc.returncode is None, "the first worker exited on its own"
+            assert loop.time() < deadline, f"chunk 2 not done in time: {task.checkpoint}"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    at_kill = (await harness.store.get_task(tid)).checkpoint
+    done_before = [f"{name}-{n:03d}-{'high' if n % 2 else 'low'}" for n in range(1, 5)]
+    assert at_kill["completed"] == done_before
+    assert task.worker_id == "comfy-worker-doomed"
+    # the next worker is "another machine": nothing of this video is left in ComfyUI's output dir
+    shutil.rmtree(comfyui_server.output_dir / name, ignore_errors=True)
+
+    await harness.start_daemon("comfy-worker-rescuer", settings=harness.settings(
+        COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), **lease))  # fmt: skip
+    task = await wait_task(harness.store, tid, timeout=240)
+    assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
+    assert task.worker_id == "comfy-worker-rescuer" and task.attempts == 2
+    final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
+    assert await count_frames(final, decode=True) == 25
+
+    # chunks 1-2 were not re-rendered: same ComfyUI prompts as at the kill, and ComfyUI ran each HIGH once
+    for job_id in done_before:
+        assert task.result["prompts"][job_id] == at_kill["prompts"][job_id]
+        assert len(at_kill["prompts"][job_id]) == 1
+    saves = latent_saves(await comfy_history(comfyui_server.base_url), name)
+    assert len(saves["chunk_001"]) == 1 and len(saves["chunk_002"]) == 1
+    assert saves["chunk_003"][-1] in task.result["prompts"][f"{name}-005-high"]
+    # keep_intermediate: the segments the resumed run joined are all in storage
+    videos = harness.storage_dir / "prompt_runner" / tid / name / "videos"
+    assert sorted(p.name for p in videos.iterdir()) == [f"{name}_chunk_{c:03d}.mp4" for c in (1, 2, 3)]
