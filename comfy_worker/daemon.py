@@ -112,7 +112,8 @@ class Daemon:
         self.exit_when_idle = exit_when_idle
         self.task_types = list(settings.task_types) or sorted(handlers)
         self.fetch = settings_fetcher(settings)
-        self.work_root = Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy_worker") / worker_id
+        # "comfy-worker", not "comfy_worker": a directory named like the package would shadow it for scripts run in /tmp
+        self.work_root = Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy-worker") / worker_id
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()

@@ -75,7 +75,9 @@ create table if not exists workers (
   created_at      timestamptz not null default now(),
   updated_at      timestamptz not null default now()
 );
-create index if not exists workers_status_idx on workers (status);
+-- no index on workers.status: the row is updated on every claim and completion, and an indexed column would
+-- make each of those updates non-HOT on a table of a few dozen rows
+drop index if exists workers_status_idx;
 
 -- Only the service role (and the owner) touch the queue; the public API roles see nothing.
 alter table tasks enable row level security;

@@ -39,6 +39,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool release hook: skip asyncpg's default reset query (UNLISTEN *; RESET ALL; …), an extra round trip
+    on every call. Pooled connections never change session state: LISTEN has its own connection, and
+    migrate() resets what it sets and releases its advisory lock."""
+
+
 def _map_error(exc: BaseException) -> StoreError:
     if isinstance(exc, asyncpg.DataError):  # raised client-side: a value asyncpg cannot encode (bad uuid, …)
         return InvalidArgument(f"invalid argument: {exc}")
@@ -90,6 +96,7 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._pool_min, max_size=self._pool_max, init=_init_connection,
+                reset=_keep_session,
                 timeout=self._connect_timeout, command_timeout=60,
             )
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
