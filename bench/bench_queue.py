@@ -124,6 +124,31 @@ async def pickup(dsn: str, *, listen: bool, poll_interval: float, n: int) -> lis
     return latencies
 
 
+def pgbench_cycles(dsn: str, clients: int, seconds: int = 8) -> float | None:
+    """The same claim_tasks + complete_task pair driven by pgbench's C client: the queue's own capacity,
+    without our Python client in the loop. None when pgbench is not installed."""
+    import glob
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("pgbench") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))), None)
+    if exe is None:
+        return None
+    script = (
+        "select task_id, lease_token from claim_tasks('bench-' || :client_id, null, 1, 60) \\gset\n"
+        "select complete_task(':task_id', ':lease_token'::uuid, '{}', null) is null;\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as f:
+        f.write(script)
+        f.flush()
+        out = subprocess.run([exe, "-n", "-f", f.name, "-c", str(clients), "-j", "2", "-T", str(seconds), dsn],
+                             capture_output=True, text=True, check=False)
+    m = re.search(r"tps = ([0-9.]+)", out.stdout)
+    return float(m.group(1)) if m else None
+
+
 def fsync_ms(n: int = 100) -> float:
     """Time of one small write + fdatasync in the directory PostgreSQL keeps its data in, if we can write there."""
     import os
@@ -171,6 +196,15 @@ async def main() -> None:
             rate = await throughput(dsn, c, n)
             base = await baseline(dsn, c, n)
             print(f"{c:>8} {rate:>10.0f} {base:>22.0f} {rate / base:>6.2f}")
+        await fill(dsn, 400_000)  # enough that pgbench never runs the queue dry
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("select register_worker('bench-' || g) from generate_series(0, 31) g")
+        await conn.close()
+        for c in (1, 8):
+            tps = pgbench_cycles(dsn, c)
+            if tps is not None:
+                label = f"pgbench {c}"
+                print(f"{label:>8} {tps:>10.0f} {'':>22} {'':>6}   (same SQL calls, pgbench's C client)")
         # The same 8-claimer run with commits that do not wait for the WAL flush: not a recommendation (a
         # claim lost in a crash could run a task twice), but it shows how much of the cycle is the disk.
         await _admin(a.dsn, f'alter database "{db}" set synchronous_commit = off')
