@@ -1,8 +1,7 @@
 """``comfy-worker prompt-runner``: render long videos as HIGH/LOW chunk chains from prompt files.
 
-Implemented here: ``--dry-run`` (also ``DRY_RUN=true``) and ``--validate-only``. Real local runs,
-``--resume`` and ``--submit`` go through :func:`run_local` / :func:`submit`, which are not implemented yet
-(they need the daemon's engine, storage and store) and exit with status 2 and a message saying so.
+``--dry-run`` (also ``DRY_RUN=true``) and ``--validate-only`` need nothing but files. Real local runs and
+``--resume`` (:func:`run_local`) and ``--submit`` (:func:`submit`) are in :mod:`.local`.
 
 Runnable on its own: ``python -m comfy_worker.handlers.prompt_runner.cli --dry-run --prompt-file FILE``.
 """
@@ -216,17 +215,44 @@ def run_dry(args: argparse.Namespace, settings: Any, out: Any = None) -> int:
 
 
 async def run_local(args: argparse.Namespace, settings: Any) -> int:
-    """Run the chains on this machine (engine + local/remote storage, state in output_dir/state/).
+    """Run the chains on this machine (see :mod:`.local`): ComfyUI via COMFY_URL or COMFY_PATH, artifacts
+    and ``state/{video}.json`` under --output-dir; ``--resume VIDEO_NAME`` continues a saved run."""
+    from comfy_worker.handlers.prompt_runner import local
 
-    Not implemented yet: needs comfy_worker.engine and the chain executor (issue 4, execution half)."""
-    raise NotImplementedError("prompt-runner real runs and --resume are not implemented yet; use --dry-run")
+    out = sys.stdout
+    items: list[tuple[PromptSpec, dict[str, Any] | None]] = []
+    if args.resume:
+        try:
+            saved = local.load_resume(Path(args.output_dir), args.resume)
+            items.append((PromptSpec(**saved["spec"]), saved))
+        except (ComfyWorkerError, TypeError) as exc:
+            print(f"ERROR {exc}", file=out)
+            return EXIT_FAILED
+    else:
+        specs, errors = _load_specs(args, out)
+        if errors:
+            for err in errors:
+                print(f"ERROR {err}", file=out)
+            return EXIT_FAILED
+        items = [(local.default_profile(s, args), None) for s in specs]
+    code = EXIT_FAILED
+    try:
+        code = await local.run_specs(items, args, settings, out)
+    finally:
+        await local.maybe_stop_pod(args, settings, code == EXIT_OK)
+    return code
 
 
 async def submit(args: argparse.Namespace, settings: Any) -> int:
-    """Enqueue one prompt_runner task per prompt file (params from PromptSpec.to_dict()).
+    """Enqueue one prompt_runner task per prompt file (QUEUE per DATABASE_URL / SUPABASE_URL); print ids."""
+    from comfy_worker.handlers.prompt_runner import local
 
-    Not implemented yet: needs the store wiring in comfy_worker.cli."""
-    raise NotImplementedError("prompt-runner --submit is not implemented yet; use --dry-run")
+    specs, errors = _load_specs(args, sys.stdout)
+    if errors:
+        for err in errors:
+            print(f"ERROR {err}", file=sys.stdout)
+        return EXIT_FAILED
+    return await local.submit_specs(specs, args, settings)
 
 
 async def run_cli(args: argparse.Namespace, settings: Any) -> int:
