@@ -42,8 +42,20 @@ from comfy_worker.storage import LocalStorage  # noqa: E402
 from comfy_worker.store.postgres import PostgresStore  # noqa: E402
 from tests.comfy_server import free_port, remove_workdir, start_test_comfyui, stop_test_comfyui  # noqa: E402
 
+WORKLOAD = "cpu"
+
 
 def graph(i: int, size: int, radius: int) -> dict:
+    """``cpu``: a CPU-bound blur (ComfyUI computes on the same two cores the daemon uses). ``gpu``: the node
+    waits instead of computing (tests/comfy_nodes CWSlow), as ComfyUI's process does while a GPU works, so
+    the CPU is free for the daemon as it would be on a GPU box. Both end in a real SaveImage output."""
+    if WORKLOAD == "gpu":
+        return {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                         "color": i}},
+            "2": {"class_type": "CWSlow", "inputs": {"images": ["1", 0], "seconds": 0.4, "steps": 8}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"eff_{i}"}},
+        }
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": i}},
         "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": radius, "sigma": 3.0}},
@@ -100,7 +112,16 @@ async def main() -> None:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--radius", type=int, default=12)
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--workload", choices=["cpu", "gpu", "both"], default="both")
     a = ap.parse_args()
+    global WORKLOAD
+    for workload in (["cpu", "gpu"] if a.workload == "both" else [a.workload]):
+        WORKLOAD = workload
+        print(f"--- workload: {workload}")
+        await one_run(a)
+
+
+async def one_run(a: argparse.Namespace) -> None:
     configure_logging("warning", "json")
     proc, url = start_test_comfyui(free_port())
     db = f"bench_eff_{uuid.uuid4().hex[:8]}"
@@ -136,7 +157,8 @@ async def main() -> None:
         window = [x for x in samples if busy and busy[0] <= x[0] <= busy[-1]]
         idle = sum(1 for _, running, _ in window if not running)
         queued_ahead = sum(1 for _, _, pending in window if pending)
-        print(f"prompt: EmptyImage {a.size}x{a.size} -> ImageBlur r={a.radius} -> SaveImage, ~{one:.2f} s each")
+        middle = "CWSlow 0.4 s" if WORKLOAD == "gpu" else f"ImageBlur r={a.radius}"
+        print(f"prompt: EmptyImage {a.size}x{a.size} -> {middle} -> SaveImage, ~{one:.2f} s each")
         print(f"{'N':>4} {'ComfyUI alone s':>16} {'daemon s':>10} {'alone/daemon':>13}")
         print(f"{a.n:>4} {alone:>16.2f} {daemon:>10.2f} {alone / daemon:>13.3f}")
         print(f"ComfyUI idle while tasks were waiting: {idle}/{len(window)} samples "
