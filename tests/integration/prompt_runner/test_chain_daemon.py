@@ -137,3 +137,29 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
     # keep_intermediate: the segments the resumed run joined are all in storage
     videos = harness.storage_dir / "prompt_runner" / tid / name / "videos"
     assert sorted(p.name for p in videos.iterdir()) == [f"{name}_chunk_{c:03d}.mp4" for c in (1, 2, 3)]
+
+
+async def test_a_permanent_step_error_fails_the_task_naming_the_step(
+    harness: Harness, comfyui_server: ComfyServer
+) -> None:
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    params = chain_params(overrides={"nodes": {"54": {"width": 7}}})  # below the node's minimum: ComfyUI refuses
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=60)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
+    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/4): ComfyUI rejected")
+    assert task.error_details["error_type"] == "WorkflowInvalid"
+
+
+async def test_a_retryable_step_error_is_retried_within_the_attempt(
+    harness: Harness, comfyui_server: ComfyServer
+) -> None:
+    # the sampler reports progress every ~3 s; a 1 s stall timer expires on every try (ExecutionTimeout)
+    settings = harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), STALL_TIMEOUT_S="1")
+    await harness.start_daemon(settings=settings)
+    params = chain_params(overrides={"nodes": {"54": {"delay_s": 12.0}}}, max_retries=1)
+    tid = await enqueue(harness, params, max_attempts=1)
+    task = await wait_task(harness.store, tid, timeout=90)
+    assert task.status is TaskStatus.FAILED, task.error
+    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 2/2): ")
+    assert task.error_details["error_type"] == "ExecutionTimeout"
