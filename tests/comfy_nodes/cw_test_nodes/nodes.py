@@ -111,7 +111,11 @@ class CWLoadVideo:
     CATEGORY = "cw_test"
 
     def load(self, video, max_frames):
-        path = folder_paths.get_annotated_filepath(video)
+        return self.decode(folder_paths.get_annotated_filepath(video), max_frames)
+
+    @staticmethod
+    def decode(path, max_frames):
+        video = os.path.basename(path)
         probe = subprocess.run(
             [
                 "ffprobe",
@@ -481,6 +485,31 @@ class CWLoadImageFromPath:
         return float("nan")
 
 
+class CWLoadVideoFromPath:
+    """VHS_LoadVideoPath stand-in: a video file by absolute path -> IMAGE frames, minus the first N."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "video": ("STRING", {"default": ""}),
+                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "load"
+    CATEGORY = "cw_test"
+
+    def load(self, video, skip_first_frames):
+        frames, _count = CWLoadVideo.decode(video, 0)
+        return (frames[skip_first_frames:],)
+
+    @classmethod
+    def IS_CHANGED(cls, **_kwargs):
+        return float("nan")
+
+
 NODE_CLASS_MAPPINGS = {
     "CWSaveVideoMP4": CWSaveVideoMP4,
     "CWLoadVideo": CWLoadVideo,
@@ -495,5 +524,6 @@ NODE_CLASS_MAPPINGS = {
     "CWSaveLatentWithPath": CWSaveLatentWithPath,
     "CWLoadLastLatent": CWLoadLastLatent,
     "CWLoadImageFromPath": CWLoadImageFromPath,
+    "CWLoadVideoFromPath": CWLoadVideoFromPath,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: k.replace("CW", "CW ", 1) for k in NODE_CLASS_MAPPINGS}

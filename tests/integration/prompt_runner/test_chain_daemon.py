@@ -15,7 +15,7 @@ from comfy_worker.handlers.prompt_runner.join import count_frames
 from comfy_worker.models import NewTask, TaskStatus
 from tests.integration.daemon.conftest import FAST, Harness, wait_task
 from tests.integration.engine.conftest import ComfyServer
-from tests.integration.prompt_runner.conftest import chain_params, comfy_history, latent_saves
+from tests.integration.prompt_runner.conftest import CHAIN_PROFILE, chain_params, comfy_history, latent_saves
 
 pytestmark = [pytest.mark.comfyui]
 REPO = Path(__file__).resolve().parents[3]
@@ -163,3 +163,23 @@ async def test_a_retryable_step_error_is_retried_within_the_attempt(
     assert task.status is TaskStatus.FAILED, task.error
     assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 2/2): ")
     assert task.error_details["error_type"] == "ExecutionTimeout"
+
+
+async def test_profile_combine_workflow_joins_progressively_in_comfyui(
+    harness: Harness, comfyui_server: ComfyServer
+) -> None:
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    params = chain_params(profile=str(CHAIN_PROFILE.with_name("cw_test_chain_combine.yaml")))
+    name = params["video_name"]
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=240)
+    assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
+    assert task.result["join_mode"] == "comfyui" and task.result["frames"] == 25
+    combines = [f"{name}-{n:03d}-combine" for n in (7, 8, 9)]
+    assert task.checkpoint["completed"][-3:] == combines
+    assert all(len(task.result["prompts"][j]) == 1 for j in combines)
+    final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
+    assert await count_frames(final, decode=True) == 25
+    video_root = final.parents[1]
+    left = sorted(str(p.relative_to(video_root)) for p in video_root.rglob("*") if p.is_file())
+    assert left == [f"final/{name}.mp4", f"state/{name}.json"]
