@@ -187,7 +187,7 @@ def validate_only(args: argparse.Namespace, out: Any = None) -> int:
         except ComfyWorkerError as exc:
             errors.append(f"{spec.source}: {exc}")
     for err in errors:
-        print(f"ERROR {err}", file=out)
+        print(f"ERROR {err}", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -196,7 +196,7 @@ def run_dry(args: argparse.Namespace, settings: Any, out: Any = None) -> int:
     specs, errors = _load_specs(args, out)
     if errors:
         for err in errors:
-            print(f"ERROR {err}", file=out)
+            print(f"ERROR {err}", file=sys.stderr)
         return EXIT_FAILED
     try:
         profile = load_profile(args.profile or specs[0].profile or DEFAULT_PROFILE)
@@ -208,7 +208,7 @@ def run_dry(args: argparse.Namespace, settings: Any, out: Any = None) -> int:
             plan_overrides=_plan_overrides(args),
         )
     except ComfyWorkerError as exc:
-        print(f"ERROR {exc}", file=out)
+        print(f"ERROR {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(summary(result), file=out)
     return EXIT_OK
@@ -226,13 +226,13 @@ async def run_local(args: argparse.Namespace, settings: Any) -> int:
             saved = local.load_resume(Path(args.output_dir), args.resume)
             items.append((PromptSpec(**saved["spec"]), saved))
         except (ComfyWorkerError, TypeError) as exc:
-            print(f"ERROR {exc}", file=out)
+            print(f"ERROR {exc}", file=sys.stderr)
             return EXIT_FAILED
     else:
         specs, errors = _load_specs(args, out)
         if errors:
             for err in errors:
-                print(f"ERROR {err}", file=out)
+                print(f"ERROR {err}", file=sys.stderr)
             return EXIT_FAILED
         items = [(local.default_profile(s, args), None) for s in specs]
     code = EXIT_FAILED
@@ -250,7 +250,7 @@ async def submit(args: argparse.Namespace, settings: Any) -> int:
     specs, errors = _load_specs(args, sys.stdout)
     if errors:
         for err in errors:
-            print(f"ERROR {err}", file=sys.stdout)
+            print(f"ERROR {err}", file=sys.stderr)
         return EXIT_FAILED
     return await local.submit_specs(specs, args, settings)
 

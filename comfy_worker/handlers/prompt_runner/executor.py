@@ -55,6 +55,14 @@ class ChainEnv:
     step_timeout_s: float = 3600.0
     stall_timeout_s: float = 600.0
     run_key: str = ""  # makes requested prompt ids unique per run/attempt
+    # Where artifacts read or written by absolute path (latents, reference frames, segment copies) live, inside
+    # ComfyUI's output dir. The daemon gives each task its own, so a chain never picks up another task's file
+    # of the same video name (a re-render, or two chains interleaved on one box); default: comfy_root.
+    files_root: Path | None = None
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.files_root or self.comfy_root
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class ChainRunner:
         return f"{self.env.storage_prefix}/{plan_path}" if self.env.storage_prefix else plan_path
 
     def local(self, plan_path: str) -> Path:
-        return self.env.comfy_root / plan_path
+        return self.env.artifacts_root / plan_path
 
     async def ensure_local(self, plan_path: str) -> Path:
         """``comfy_root/plan_path``, fetched from storage when this machine does not have it."""
@@ -95,7 +103,7 @@ class ChainRunner:
         stored = self.state.artifacts.get(plan_path)
         if stored is None:
             raise InputRejected(
-                f"{plan_path}: needed by the next step but neither in {self.env.comfy_root} nor recorded in "
+                f"{plan_path}: needed by the next step but neither in {self.env.artifacts_root} nor recorded in "
                 "storage; the chain state is incomplete (start the video over)",
                 details={"path": plan_path},
             )
@@ -208,7 +216,7 @@ class ChainRunner:
             job,
             input_video=self.spec.input_video,
             seed=self.spec.seed,
-            comfy_output_dir=str(self.env.comfy_root),
+            comfy_output_dir=str(self.env.artifacts_root),
             object_info=self.object_info,
         )
         if job.job_type != COMBINE:

@@ -103,6 +103,7 @@ class PromptRunnerHandler:
             storage=ctx.storage,
             storage_prefix=f"{task.task_type}/{task.task_id}",
             comfy_root=root,
+            files_root=root / "cw_chains" / task.task_id,
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
             progress=ctx.progress,

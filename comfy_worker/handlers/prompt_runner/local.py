@@ -94,7 +94,7 @@ async def submit_specs(specs: list[PromptSpec], args: argparse.Namespace, settin
         try:
             prepare_chain(spec_with_profile, None)  # a bad profile or override fails here, not on a worker
         except ComfyWorkerError as exc:
-            print(f"ERROR {spec.source}: {exc}", file=out)
+            print(f"ERROR {spec.source}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         params_list.append(params)
     store = open_store(settings, pool_max=2)
@@ -121,7 +121,7 @@ async def run_specs(
     root = settings.comfy_output_path
     if root is None:
         problem = "set it to ComfyUI's output directory as this machine sees it (or launch ComfyUI with COMFY_PATH)"
-        print(f"ERROR {ConfigError('COMFY_OUTPUT_DIR', problem)}", file=out)
+        print(f"ERROR {ConfigError('COMFY_OUTPUT_DIR', problem)}", file=sys.stderr)
         return EXIT_FAILED
     output_dir = Path(args.output_dir).resolve()
     artifacts = LocalStorage(output_dir)
@@ -239,7 +239,7 @@ async def _run_one(
         if interrupted:
             print(f"INTERRUPTED {name}: continue with --resume {name} --output-dir {args.output_dir}", file=out)
             return EXIT_INTERRUPTED
-        print(f"ERROR {name}: {exc}", file=out)
+        print(f"ERROR {name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

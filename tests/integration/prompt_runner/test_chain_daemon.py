@@ -53,6 +53,12 @@ async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, c
     # each step ran exactly once in ComfyUI
     saves = latent_saves(await comfy_history(comfyui_server.base_url), name)
     assert {k: len(v) for k, v in saves.items()} == {"chunk_001": 1, "chunk_002": 1, "chunk_003": 1}
+    # files ComfyUI reads by path live under this task's own root: another task of the same video name (a
+    # re-render, or a chain interleaved on this box) can never hand it a stale latent or reference frame
+    own = comfyui_server.output_dir / "cw_chains" / tid / name
+    assert (own / "references").is_dir() and (own / "latents").is_dir()  # emptied after the join
+    assert not (comfyui_server.output_dir / name / "references").exists()
+    assert not (comfyui_server.output_dir / name / "latents").exists()
 
 
 async def test_bad_params_fail_permanently_naming_the_field(harness: Harness, comfyui_server: ComfyServer) -> None:
@@ -118,6 +124,7 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
     assert task.worker_id == "comfy-worker-doomed"
     # the next worker is "another machine": nothing of this video is left in ComfyUI's output dir
     shutil.rmtree(comfyui_server.output_dir / name, ignore_errors=True)
+    shutil.rmtree(comfyui_server.output_dir / "cw_chains", ignore_errors=True)
 
     await harness.start_daemon("comfy-worker-rescuer", settings=harness.settings(
         COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), **lease))  # fmt: skip

@@ -130,16 +130,18 @@ def test_validate_only(tmp_path, monkeypatch, capsys):
     (bad / "good.txt").write_text(SUNSET.read_text())
     (bad / "bad.txt").write_text("x\n\nlots\n\np\n\nn\n")
     assert run(["--validate-only", "--prompt-dir", str(bad)]) == 1
-    out = capsys.readouterr().out
-    assert f"ERROR {bad / 'bad.txt'}, line 3: total frames must be a positive integer" in out
+    captured = capsys.readouterr()
+    assert f"ERROR {bad / 'bad.txt'}, line 3: total frames must be a positive integer" in captured.err
+    assert "OK " in captured.out and "ERROR" not in captured.out  # the report on stdout, problems on stderr
     assert run(["--validate-only", "--prompt-dir", str(PROMPT_FILES), "--profile", "nope"]) == 1
 
 
-def test_real_runs_say_they_are_not_implemented(tmp_path, monkeypatch, capsys):
+def test_real_run_without_comfy_output_dir_fails_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DRY_RUN", raising=False)
-    assert run(["--prompt-file", str(SUNSET)]) == cli.EXIT_NOT_IMPLEMENTED
-    assert "not implemented yet" in capsys.readouterr().err
+    for var in ("DRY_RUN", "COMFY_OUTPUT_DIR", "COMFY_PATH", "COMFY_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert run(["--prompt-file", str(SUNSET)]) == 1
+    assert "COMFY_OUTPUT_DIR" in capsys.readouterr().err
 
 
 def test_module_runs_as_a_script(tmp_path):
