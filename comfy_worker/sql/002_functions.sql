@@ -5,9 +5,10 @@
 --   CW001 lease lost (stale token, task cancelled or finished)   CW002 unknown task
 --   CW003 unknown worker                                          CW004 invalid argument
 -- Every function is VOLATILE, SECURITY INVOKER, with a fixed search_path; only service_role may execute.
--- plan_cache_mode = force_generic_plan: the queries here are simple and index-driven, and PL/pgSQL would
--- otherwise keep choosing custom plans, re-planning the claim query (~1 ms) on every call; measured: 4x the
--- claim+complete throughput (docs/benchmarks.md).
+-- plan_cache_mode = force_generic_plan on the hot path (claim, heartbeat, progress, complete, fail, release
+-- and their helpers): PL/pgSQL would otherwise keep choosing custom plans and re-plan the claim query (~1 ms)
+-- on every call. Only where every statement is an index lookup whatever the parameters; measured in
+-- docs/benchmarks.md, and tests/integration/test_queue_plans.py checks the plans on a large table.
 
 -- ---------------------------------------------------------------------------------------------------------
 -- internal helpers
@@ -88,7 +89,7 @@ $$;
 -- Queued tasks that can never run because a dependency ended without completing: end them too, with the
 -- reason, recursively. A failed dependency fails its dependents; a cancelled one cancels them.
 create or replace function _cw_end_dependents(p_task_id text)
-returns integer language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+returns integer language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v_status text;
@@ -123,7 +124,7 @@ create or replace function register_worker(
   p_worker_id text, p_host text default null, p_pid integer default null, p_version text default null,
   p_task_types text[] default '{}', p_metadata jsonb default '{}'
 ) returns workers
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v workers;
@@ -163,7 +164,7 @@ $$;
 
 create or replace function deregister_worker(p_worker_id text)
 returns workers
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v workers;
@@ -184,7 +185,7 @@ $$;
 -- Set a worker's status from outside (the orchestrator drains workers this way).
 create or replace function set_worker_status(p_worker_id text, p_status text, p_metadata jsonb default null)
 returns workers
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v workers;
@@ -263,7 +264,7 @@ create or replace function enqueue_task(
   p_max_attempts integer default 3, p_depends_on text[] default '{}', p_dedupe_key text default null,
   p_run_at timestamptz default null
 ) returns tasks
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v tasks;
@@ -304,7 +305,7 @@ $$;
 
 create or replace function get_task(p_task_id text)
 returns tasks
-language plpgsql stable security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql stable security invoker set search_path = public, pg_temp
 as $$
 declare
   v tasks;
@@ -358,14 +359,16 @@ begin
       status = 'running', worker_id = p_worker_id, lease_token = gen_random_uuid(),
       lease_expires_at = now() + make_interval(secs => p_lease_seconds), attempts = t.attempts + 1,
       started_at = now(), completed_at = null, updated_at = now()
-    from picked where t.task_id = picked.task_id
+    -- = any(array(...)): primary-key lookups whatever the planner guesses for LIMIT p_n (a join here let a
+    -- generic plan hash-join a sequential scan of the whole table, 75 ms per claim at 100k queued tasks)
+    where t.task_id = any(array(select picked.task_id from picked))
     returning t.*
   ), w as (
     update workers wk set status = 'busy', current_task_id = c.task_id, last_heartbeat = now(), updated_at = now()
     from (select task_id from claimed limit 1) c
     where wk.id = p_worker_id
   )
-  select * from claimed;
+  select * from claimed order by claimed.priority desc, claimed.run_at, claimed.created_at;  -- claim order
 end
 $$;
 
@@ -478,7 +481,7 @@ $$;
 -- next heartbeat tells it to stop; any report it makes afterwards is rejected. Dependents are cancelled too.
 create or replace function cancel_task(p_task_id text, p_reason text default null)
 returns tasks
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v tasks;
@@ -514,7 +517,7 @@ $$;
 -- Returns {"requeued": [...], "failed": [...], "lost_workers": [...]}.
 create or replace function requeue_stale(p_worker_timeout_s double precision default 90)
 returns jsonb
-language plpgsql volatile security invoker set search_path = public, pg_temp set plan_cache_mode = force_generic_plan
+language plpgsql volatile security invoker set search_path = public, pg_temp
 as $$
 declare
   v_requeued text[] := '{}';
