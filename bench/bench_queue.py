@@ -41,6 +41,7 @@ async def fill(dsn: str, n: int) -> None:
         await conn.execute(
             "insert into tasks (task_type, params) select 'comfy', jsonb_build_object('i', g) "
             "from generate_series(1, $1) g", n)
+        await conn.execute("analyze tasks")  # plans as production sees them (an unanalyzed table hid a bad one)
     finally:
         await conn.close()
 
