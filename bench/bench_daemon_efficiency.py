@@ -12,7 +12,8 @@ Each prompt is a small real graph (EmptyImage → a CPU-bound sleep-free blur �
 0.3-0.5 s here, made unique per prompt so ComfyUI's cache never skips work. Prints both times and the ratio
 alone/daemon (goal >= 0.95), and — the figure that isolates our overhead from CPU contention on a machine
 where "the GPU" is the same two cores the daemon runs on — how often ComfyUI sat idle while the daemon had
-work for it (sampling GET /queue every 10 ms between the first and the last busy sample).
+work for it (sampling GET /queue every 20 ms between the first and the last busy sample; the sampler runs during
+ComfyUI's solo run too, so both phases carry its load).
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL.
 """
 
@@ -109,8 +110,8 @@ async def through_daemon(url: str, dsn: str, graphs: list[dict], storage_dir: Pa
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
-    ap.add_argument("--size", type=int, default=384)
-    ap.add_argument("--radius", type=int, default=12)
+    ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--radius", type=int, default=20)
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--workload", choices=["cpu", "gpu", "both"], default="both")
     a = ap.parse_args()
@@ -136,18 +137,23 @@ async def one_run(a: argparse.Namespace) -> None:
         async with ComfyClient(url) as c:  # warm-up: imports, first-run allocations
             await c.wait(await c.queue_prompt(graph(999_999, a.size, a.radius)), deadline_s=300, stall_s=120)
         one = await comfy_alone(url, [graph(1_000_000 + i, a.size, a.radius) for i in range(3)]) / 3
-        alone = await comfy_alone(url, [graph(i, a.size, a.radius) for i in range(a.n)])
         samples: list[tuple[float, int, int]] = []
-        stop = asyncio.Event()
 
-        async def sample_queue() -> None:
+        async def sample_queue(stop: asyncio.Event, into: list[tuple[float, int, int]]) -> None:
             async with httpx.AsyncClient() as h:
                 while not stop.is_set():
                     q = (await h.get(url + "/queue")).json()
-                    samples.append((time.perf_counter(), len(q["queue_running"]), len(q["queue_pending"])))
-                    await asyncio.sleep(0.01)
+                    into.append((time.perf_counter(), len(q["queue_running"]), len(q["queue_pending"])))
+                    await asyncio.sleep(0.02)
 
-        sampler = asyncio.create_task(sample_queue())
+        # the sampler runs in both phases, so both pay the same for ComfyUI answering it
+        stop_alone = asyncio.Event()
+        sampler = asyncio.create_task(sample_queue(stop_alone, []))
+        alone = await comfy_alone(url, [graph(i, a.size, a.radius) for i in range(a.n)])
+        stop_alone.set()
+        await sampler
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample_queue(stop, samples))
         with tempfile.TemporaryDirectory() as tmp:
             daemon = await through_daemon(url, dsn, [graph(10_000 + i, a.size, a.radius) for i in range(a.n)],
                                           Path(tmp))
