@@ -47,6 +47,18 @@ async def test_comfyui_killed_mid_task_is_restarted_and_the_task_retried(harness
     tid = await harness.submit(wf.slow(4))
     await wait_progress(harness, tid)
     os.kill(first_pid, signal.SIGKILL)
+    # while ComfyUI restarts, the worker's heartbeat says it is unhealthy (the orchestrator and humans see it)
+    health_seen: list[bool] = []
+    for _ in range(600):
+        snap = await harness.store.fleet_snapshot()
+        row = next(w for w in snap["workers"] if w["id"] == "comfy-worker-supervised")
+        health = row["metadata"].get("healthy")
+        if not health_seen or health_seen[-1] != health:
+            health_seen.append(health)
+        if health_seen[-2:] == [False, True]:
+            break
+        await asyncio.sleep(0.1)
+    assert False in health_seen and health_seen[-1] is True, health_seen
     task = await wait_task(harness.store, tid, timeout=120)
     assert task.status is TaskStatus.COMPLETE, task.error
     assert task.attempts == 2, "the interrupted attempt counts and the retry completes"
