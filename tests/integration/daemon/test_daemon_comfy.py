@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from comfy_worker.handlers.prompt_runner.join import count_frames
 from comfy_worker.models import TaskStatus
 from tests.integration.daemon import workflows as wf
 from tests.integration.daemon.conftest import Harness, wait_task
@@ -39,28 +40,6 @@ def make_mp4(path: Path, frames: int = 6) -> bytes:
     return path.read_bytes()
 
 
-def frame_count(path: str) -> int:
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "json",
-            path,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(json.loads(out.stdout)["streams"][0]["nb_read_frames"])
-
-
 async def test_outputs_of_every_kind_are_stored_and_listed(harness: Harness) -> None:
     await harness.start_daemon()
     tid = await harness.submit(wf.many_outputs())
@@ -77,10 +56,8 @@ async def test_outputs_of_every_kind_are_stored_and_listed(harness: Harness) -> 
         assert {"node_id", "url"} <= o.keys()
     video = next(o for o in outputs if o["kind"] == "video")
     assert task.output_url == video["url"]
-    assert frame_count(str(harness.storage_dir / video["storage_path"])) == 4
-    worker = next(
-        w for w in (await harness.store.fleet_snapshot())["workers"] if w["id"] == "comfy-worker-t1"
-    )
+    assert await count_frames(harness.storage_dir / video["storage_path"], decode=True) == 4
+    worker = next(w for w in (await harness.store.fleet_snapshot())["workers"] if w["id"] == "comfy-worker-t1")
     assert worker["tasks_completed"] == 1
 
 
@@ -93,7 +70,7 @@ async def test_video_url_contract_fetches_uploads_and_sets_the_input(
     task = await wait_task(harness.store, tid)
     assert task.status is TaskStatus.COMPLETE, task.error
     [video] = task.result["outputs"]
-    assert frame_count(str(harness.storage_dir / video["storage_path"])) == 6
+    assert await count_frames(harness.storage_dir / video["storage_path"], decode=True) == 6
 
 
 @pytest.mark.parametrize(
@@ -124,9 +101,7 @@ async def test_video_url_contract_fetches_uploads_and_sets_the_input(
     ],
     ids=["unknown_node", "bad_enum"],
 )
-async def test_invalid_workflows_fail_at_once_with_the_node_named(
-    harness: Harness, mutate, expect: str
-) -> None:
+async def test_invalid_workflows_fail_at_once_with_the_node_named(harness: Harness, mutate, expect: str) -> None:
     await harness.start_daemon()
     graph = wf.slow(0.1)
     mutate(graph)

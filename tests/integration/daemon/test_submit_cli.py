@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from comfy_worker.handlers.prompt_runner.join import count_frames
 from tests.integration.daemon import workflows as wf
 from tests.integration.daemon.conftest import Harness
-from tests.integration.daemon.test_daemon_comfy import frame_count, make_mp4
+from tests.integration.daemon.test_daemon_comfy import make_mp4
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.comfyui
@@ -53,7 +54,7 @@ async def test_submit_local_input_and_wait(harness: Harness, tmp_path: Path) -> 
     assert task.params["inputs"] == [{"storage_path": f"inputs/{task_id}/clip.mp4", "node_id": "1", "field": "video"}]
     assert f"{task_id} complete" in err  # the progress line reached the end
     [video] = task.result["outputs"]
-    assert frame_count(str(harness.storage_dir / video["storage_path"])) == 5
+    assert await count_frames(harness.storage_dir / video["storage_path"], decode=True) == 5
 
 
 async def test_submit_rejects_bad_input_flags_and_files(harness: Harness, tmp_path: Path) -> None:

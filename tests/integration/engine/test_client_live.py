@@ -17,6 +17,7 @@ from comfy_worker.errors import (
     ExecutionTimeout,
     WorkflowInvalid,
 )
+from comfy_worker.handlers.prompt_runner.join import count_frames
 
 from .conftest import ComfyServer
 
@@ -93,25 +94,7 @@ async def test_outputs_of_every_kind(comfy: ComfyClient, comfyui_server: ComfySe
         assert data == on_server.read_bytes()
         assert item.bytes == len(data) > 0
         assert item.sha256 == hashlib.sha256(data).hexdigest()
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-            str(by_node["4"][0].path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert probe.stdout.strip() == "4"
+    assert await count_frames(by_node["4"][0].path, decode=True) == 4
 
     with_temp = await comfy.download_outputs(history, tmp_path / "all", include_temp=True)
     assert {i.node_id for i in with_temp if i.type == "temp"} == {"8"}
