@@ -127,12 +127,12 @@ class Daemon:
     async def start(self) -> None:
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
         await self.store.connect()
-        if self.store.name != "supabase" and self.settings.auto_migrate:
+        if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
             applied = await self.store.migrate()
             if applied:
                 log.info("schema_migrated", applied=applied)
         else:
-            await self.store.migrate()  # the Supabase store only checks the schema is there
+            await self.store.check_schema()  # SchemaMissing says how to apply sql/
         await self.storage.check()
         self.supervisor.on_exit = self._on_engine_exit
         await self.supervisor.start()

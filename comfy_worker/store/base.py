@@ -30,6 +30,9 @@ class TaskStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def check_schema(self) -> None:
+        """Raise SchemaMissing (saying how to apply sql/) unless the queue's tables and functions exist."""
+
     async def migrate(self) -> list[str]:
         """Apply the schema; return what was applied (empty when already current). Idempotent."""
         ...

@@ -130,3 +130,19 @@ def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert no_comfy.stderr.strip().splitlines()[-1] == (
         f"comfy-worker: error: COMFY_PATH={tmp_path / 'missing'} does not exist: point it at the ComfyUI directory"
     )
+
+
+async def test_worker_without_auto_migrate_refuses_an_empty_database(empty_pg_dsn: str, tmp_path: Path) -> None:
+    r = cli(
+        "--worker-id",
+        "w",
+        env={"DATABASE_URL": empty_pg_dsn, "AUTO_MIGRATE": "false", "COMFY_URL": "http://127.0.0.1:9"},
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    assert "comfy-worker migrate" in r.stderr.strip().splitlines()[-1]
+    conn = await asyncpg.connect(empty_pg_dsn)
+    try:
+        assert await conn.fetchval("select to_regclass('tasks')") is None  # nothing was created
+    finally:
+        await conn.close()
