@@ -3,7 +3,8 @@
 The pool serves calls; one extra connection LISTENs on ``comfy_worker_tasks``. If that connection drops,
 :meth:`wait_for_work` falls back to polling while a background task reconnects with backoff, so claiming
 never stops. Pooled connections that died are replaced by the pool; a call that hit a dead connection is
-retried once on a fresh one (the server rolled back whatever that connection had in flight).
+retried on the next one, up to pool size + 1 times (the server rolled back whatever a killed connection had
+in flight).
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ class PostgresStore:
     async def _call(self, mode: str, sql: str, *args: Any) -> Any:
         if self._pool is None:
             raise StoreUnavailable("the Postgres store is not connected")
-        for attempt in (1, 2):
+        # After a server restart every pooled connection is dead, and each fails once as the pool hands it out
+        # (then it is replaced): retry on a connection fault up to one more time than the pool can hold.
+        attempts = self._pool_max + 1
+        for attempt in range(1, attempts + 1):
             try:
                 async with self._pool.acquire() as conn:
                     if mode == "row":
@@ -174,11 +178,11 @@ class PostgresStore:
                 raise _map_error(exc) from exc
             except asyncpg.PostgresError as exc:
                 err = _map_error(exc)
-                if isinstance(err, StoreUnavailable) and attempt == 1:
+                if isinstance(err, StoreUnavailable) and attempt < attempts:
                     continue
                 raise err from exc
             except _CONNECTION_ERRORS as exc:
-                if attempt == 1:
+                if attempt < attempts:
                     continue
                 raise _map_error(exc) from exc
         raise AssertionError("unreachable")
