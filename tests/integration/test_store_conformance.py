@@ -351,10 +351,10 @@ async def test_expired_lease_on_last_attempt_fails(store: TaskStore) -> None:
 async def test_heartbeat_extends_leases(store: TaskStore) -> None:
     w = await worker(store)
     t = await enqueue(store)
-    [task] = await store.claim(w, None, 1, 0.5)
-    for _ in range(4):
-        await asyncio.sleep(0.25)
-        reply = await store.heartbeat(w, 0.5, {"gpu": "test"}, [t])
+    [task] = await store.claim(w, None, 1, 2.0)
+    for _ in range(4):  # 3 s in all, past the first lease; each heartbeat renews it with room for a slow CI
+        await asyncio.sleep(0.75)
+        reply = await store.heartbeat(w, 2.0, {"gpu": "test"}, [t])
         assert reply.lost == () and reply.cancelled == ()
         assert (await store.requeue_stale(worker_timeout_s=3600)).requeued == ()
     assert (await store.get_task(t)).lease_expires_at > datetime.now(UTC)
