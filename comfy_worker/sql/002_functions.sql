@@ -320,6 +320,19 @@ begin
 end
 $$;
 
+-- Is any task of these types (null or empty = any) queued and due? What polling stores (Supabase) ask between
+-- claims: it stops at the first due row of the claim index instead of summarising the whole queue.
+create or replace function work_ready(p_task_types text[] default null)
+returns boolean
+language sql stable security invoker set search_path = public, pg_temp set jit = off
+as $$
+  select exists (
+    select 1 from tasks t
+    where t.status = 'queued' and t.run_at <= now()
+      and (p_task_types is null or cardinality(p_task_types) = 0 or t.task_type = any(p_task_types))
+  );
+$$;
+
 -- Claim up to p_n claimable tasks for a worker: queued, due (run_at), dependencies complete, of one of
 -- p_task_types (null or empty = any), highest priority first, then oldest. Concurrent claimers never get the
 -- same task (FOR UPDATE SKIP LOCKED). A draining or stopped worker gets nothing.
@@ -587,7 +600,7 @@ begin
       '_cw_check_lease_seconds', '_cw_check_object', '_cw_held_task', '_cw_refresh_worker', '_cw_end_dependents',
       'register_worker', 'deregister_worker', 'set_worker_status', 'heartbeat', 'enqueue_task', 'get_task',
       'claim_tasks', 'update_progress', 'complete_task', 'fail_task', 'release_task', 'cancel_task',
-      'requeue_stale', 'tasks_notify')
+      'requeue_stale', 'tasks_notify', 'work_ready')
   loop
     execute format('revoke all on function %s from public, anon, authenticated', f.sig);
     execute format('grant execute on function %s to service_role', f.sig);

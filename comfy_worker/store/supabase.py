@@ -389,12 +389,9 @@ class SupabaseStore:
     # --- wake-ups -------------------------------------------------------------------------------------------
 
     async def _work_ready(self) -> bool:
-        snapshot = await self.fleet_snapshot()
-        return any(
-            (row.get("ready") or 0) > 0
-            for row in snapshot.get("queue") or ()
-            if not self._task_types or row.get("task_type") in self._task_types
-        )
+        # work_ready() stops at the first due task; fleet_snapshot() would summarise the whole queue per poll
+        types = sorted(self._task_types) if self._task_types else None
+        return bool(await self._rpc("work_ready", {"p_task_types": types}))
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Poll for due queued tasks every ``poll_interval`` (times 0.8-1.2, jitter); True as soon as some are

@@ -383,11 +383,11 @@ async def test_wait_for_work_polls_at_the_interval_with_jitter(standin: Postgres
     store = SupabaseStore(standin.base_url, KEY, poll_interval=0.2)
     await store.connect()
     try:
-        before = len(standin.calls("fleet_snapshot"))
+        before = len(standin.calls("work_ready"))
         t0 = time.monotonic()
         assert await store.wait_for_work(1.0) is False
         elapsed = time.monotonic() - t0
-        polls = len(standin.calls("fleet_snapshot")) - before
+        polls = len(standin.calls("work_ready")) - before
         # bounds wide enough for a loaded CI machine: it waits the whole second, polling several times, not
         # continuously and not once
         assert 1.0 <= elapsed < 3.0
@@ -424,4 +424,4 @@ async def test_a_failed_poll_is_not_an_error(store: SupabaseStore, standin: Post
     await store.enqueue(NewTask("comfy", {}))
     standin.fail_next(503, "")
     assert await store.wait_for_work(2) is True  # the 503 poll was retried at the next interval
-    assert len([r for r in standin.calls("fleet_snapshot")]) >= 2
+    assert len([r for r in standin.calls("work_ready")]) >= 2
