@@ -28,17 +28,19 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(name, f"expected true or false, got {raw!r}")
 
 
-def _number(kind: Callable[[str], Any], minimum: float | None = None) -> Callable[[str, str], Any]:
-    def parse(name: str, raw: str) -> Any:
-        try:
-            value = kind(raw.strip())
-        except ValueError:
-            raise ConfigError(name, f"expected a {kind.__name__} number, got {raw!r}") from None
-        if minimum is not None and value < minimum:
-            raise ConfigError(name, f"must be >= {minimum}, got {value}")
-        return value
+def parse_number(name: str, raw: str, kind: Callable[[str], Any], minimum: float | None = None) -> Any:
+    """``kind(raw)`` checked against ``minimum``; ConfigError naming the variable otherwise."""
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(name, f"expected a {kind.__name__} number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    return value
 
-    return parse
+
+def _number(kind: Callable[[str], Any], minimum: float | None = None) -> Callable[[str, str], Any]:
+    return lambda name, raw: parse_number(name, raw, kind, minimum)
 
 
 def _csv(_name: str, raw: str) -> tuple[str, ...]:
@@ -195,20 +197,27 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+def read_environment(
+    env: Mapping[str, str] | None = None, dotenv: str | os.PathLike[str] | None = ".env"
+) -> dict[str, str]:
+    """``env`` as given, or ``.env`` overlaid by ``os.environ`` (the environment wins)."""
+    if env is not None:
+        return dict(env)
+    source: dict[str, str] = {}
+    if dotenv is not None and Path(dotenv).is_file():
+        from dotenv import dotenv_values
+
+        source.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    source.update(os.environ)
+    return source
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, *, dotenv: str | os.PathLike[str] | None = ".env", **overrides: Any
 ) -> Settings:
     """Read settings from ``env`` (default: ``os.environ`` plus ``.env``, the environment winning), apply
     keyword overrides (command-line flags), validate, and return the frozen object."""
-    source: dict[str, str] = {}
-    if env is None:
-        if dotenv is not None and Path(dotenv).is_file():
-            from dotenv import dotenv_values
-
-            source.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        source.update(os.environ)
-    else:
-        source.update(env)
+    source = read_environment(env, dotenv)
     values: dict[str, Any] = {}
     for f in fields(Settings):
         raw = source.get(f.name.upper())

@@ -7,11 +7,10 @@ comfy_worker's settings; everything about scaling and pods is here.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from comfy_worker.config import parse_number, read_environment
 from comfy_worker.errors import ConfigError
 from gpu_orchestrator.policy import PolicyParams
 from gpu_orchestrator.runpod import DEFAULT_API_URL
@@ -90,29 +89,13 @@ class OrchestratorSettings:
 
 def _num(env: Mapping[str, str], name: str, kind: type, default: float, minimum: float) -> float:
     raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(name, f"expected a {kind.__name__} number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(name, f"must be >= {minimum}, got {value}")
-    return value
+    return parse_number(name, raw, kind, minimum) if raw else default
 
 
 def load_orchestrator_settings(
     env: Mapping[str, str] | None = None, dotenv: str | None = ".env"
 ) -> OrchestratorSettings:
-    src: dict[str, str] = {}
-    if env is None:
-        if dotenv and Path(dotenv).is_file():
-            from dotenv import dotenv_values
-
-            src.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        src.update(os.environ)
-    else:
-        src.update(env)
+    src = read_environment(env, dotenv or None)
     d = OrchestratorSettings()
     s = OrchestratorSettings(
         interval_s=_num(src, "ORCHESTRATOR_INTERVAL_S", float, d.interval_s, 0.05),
