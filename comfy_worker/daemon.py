@@ -427,13 +427,8 @@ class Daemon:
             except StoreError as exc:
                 log.warning("stale_check_failed", error=str(exc))
                 continue
-            if report.requeued or report.failed or report.lost_workers:
-                log.info(
-                    "stale_recovered",
-                    requeued=list(report.requeued),
-                    failed=list(report.failed),
-                    lost_workers=list(report.lost_workers),
-                )
+            if report:
+                log.info("stale_recovered", **report.log_fields())
 
     # --- shutdown -------------------------------------------------------------------------------------------
 

@@ -158,6 +158,13 @@ class StaleReport:
     failed: tuple[str, ...] = ()
     lost_workers: tuple[str, ...] = ()
 
+    def __bool__(self) -> bool:
+        """True when anything was recovered."""
+        return bool(self.requeued or self.failed or self.lost_workers)
+
+    def log_fields(self) -> dict[str, list[str]]:
+        return {"requeued": list(self.requeued), "failed": list(self.failed), "lost_workers": list(self.lost_workers)}
+
     @classmethod
     def from_json(cls, value: Any) -> StaleReport:
         v = _json(value)

@@ -69,13 +69,8 @@ class Orchestrator:
         self.cycle += 1
         if not self.dry_run:
             stale = await self.store.requeue_stale(self.worker_timeout_s)
-            if stale.requeued or stale.failed or stale.lost_workers:
-                log.warning(
-                    "stale_recovered",
-                    requeued=list(stale.requeued),
-                    failed=list(stale.failed),
-                    lost_workers=list(stale.lost_workers),
-                )
+            if stale:
+                log.warning("stale_recovered", **stale.log_fields())
         raw = await read_fleet(self.store)
         state = fleet_state(raw, self.last_scale_down)
         now = self.clock()
