@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asyncio_throttle import Throttler
-
 from comfy_worker import __version__
 from comfy_worker.config import Settings
 from comfy_worker.engine import ComfyClient, ComfySupervisor
@@ -44,44 +42,11 @@ from comfy_worker.handlers.base import Handler, TaskContext
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.logs import get_logger, task_context
 from comfy_worker.models import Task, WorkerInfo, WorkerStatus
+from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
 
 log = get_logger(__name__)
-
-
-class ProgressReporter:
-    """Coalesces a task's progress and writes it at most once per interval (asyncio-throttle)."""
-
-    def __init__(self, store: TaskStore, task: Task, interval_s: float) -> None:
-        self._store, self._task = store, task
-        self._throttler = Throttler(rate_limit=1, period=max(interval_s, 0.001))
-        self._latest: dict[str, Any] | None = None
-        self._pending = asyncio.Event()
-        self._runner = asyncio.create_task(self._run(), name=f"progress-{task.task_id}")
-
-    async def __call__(self, progress: dict[str, Any]) -> None:
-        self._latest = progress
-        self._pending.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._pending.wait()
-            async with self._throttler:
-                self._pending.clear()
-                try:
-                    await self._store.update_progress(
-                        self._task.task_id, self._task.lease_token or "", self._latest
-                    )
-                except LeaseLost:
-                    return
-                except StoreError as exc:
-                    log.warning("progress_update_failed", error=str(exc))
-
-    async def close(self) -> None:
-        self._runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._runner
 
 
 @dataclass
@@ -205,9 +170,7 @@ class Daemon:
                 if not await self._engine_ready():
                     continue
                 try:
-                    tasks = await self.store.claim(
-                        self.worker_id, self.task_types, 1, self.settings.lease_seconds
-                    )
+                    tasks = await self.store.claim(self.worker_id, self.task_types, 1, self.settings.lease_seconds)
                 except StoreUnavailable as exc:
                     log.warning("claim_failed", error=str(exc), retry_in_s=round(backoff, 2))
                     await self._until_stop(asyncio.sleep(backoff))
@@ -234,9 +197,7 @@ class Daemon:
             snap = await self.store.fleet_snapshot()
         except StoreError:
             return False
-        return not any(
-            q["queued"] or q["running"] for q in snap["queue"] if q["task_type"] in self.task_types
-        )
+        return not any(q["queued"] or q["running"] for q in snap["queue"] if q["task_type"] in self.task_types)
 
     async def _engine_ready(self) -> bool:
         """Wait (bounded) until ComfyUI is up; claiming while it restarts would only fail the task."""
@@ -307,12 +268,8 @@ class Daemon:
                     self._give_back_slot(entry)
                 outcome = await handler.finish(ctx, executed)
                 await reporter.close()
-                await self.store.complete(
-                    task.task_id, task.lease_token or "", outcome.result, outcome.output_url
-                )
-                log.info(
-                    "task_complete", output_url=outcome.output_url, duration_s=round(time.monotonic() - t0, 3)
-                )
+                await self.store.complete(task.task_id, task.lease_token or "", outcome.result, outcome.output_url)
+                log.info("task_complete", output_url=outcome.output_url, duration_s=round(time.monotonic() - t0, 3))
             except BaseException as exc:
                 await reporter.close()
                 await self._settle_failure(entry, exc, time.monotonic() - t0)
@@ -352,9 +309,7 @@ class Daemon:
         details["elapsed_s"] = round(elapsed, 3)
         log.warning("task_failed", error=message, error_type=details["error_type"], retryable=retryable)
         await self._report(
-            lambda: self.store.fail(
-                task.task_id, task.lease_token or "", message, _jsonable(details), retryable
-            ),
+            lambda: self.store.fail(task.task_id, task.lease_token or "", message, jsonable(details), retryable),
             "fail",
         )
 
@@ -488,13 +443,3 @@ class Daemon:
             }.items()
             if v
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
