@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from comfy_worker.engine.workflow import problems as workflow_problems
 from comfy_worker.errors import WorkflowInvalid
 
 Workflow = dict[str, dict[str, Any]]
@@ -207,41 +208,12 @@ def dangling_links(workflow: Workflow, object_info: Mapping[str, Any] | None = N
     return problems
 
 
-def _enum_problem(spec: Any, value: Any) -> str | None:
-    """Problems with a literal for an enum input; an empty option list means "unknown here" (e.g. models)."""
-    if isinstance(spec, list) and spec and isinstance(spec[0], list):
-        options = spec[0]
-        if options and not isinstance(value, list) and value not in options:
-            return f"value {value!r} not among the {len(options)} options"
-    return None
-
-
 def validate_offline(workflow: Workflow, object_info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Structural checks (node shape, links) plus, for node classes object_info knows (core nodes), required
-    inputs present and enum values valid. Custom classes absent from object_info are skipped.
-
-    Local stand-in for ``comfy_worker.engine.workflow.validate``; returns the problems (empty when ok)."""
-    problems: list[dict[str, Any]] = []
-    if not isinstance(workflow, dict) or not workflow:
-        return [{"node_id": None, "problem": "workflow is empty or not an object"}]
-    for node_id, node in workflow.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            problems.append({"node_id": node_id, "problem": "node has no class_type"})
-            continue
-        if not isinstance(node.get("inputs", {}), dict):
-            problems.append({"node_id": node_id, "problem": "inputs is not an object"})
-    problems += dangling_links(workflow, object_info)
-    for node_id, node in workflow.items():
-        info = (object_info or {}).get(node.get("class_type", "")) if isinstance(node, dict) else None
-        if not isinstance(info, dict):
-            continue
-        inputs = node.get("inputs") or {}
-        for name, spec in ((info.get("input") or {}).get("required") or {}).items():
-            if name not in inputs:
-                problems.append({"node_id": node_id, "input": name, "problem": "required input missing"})
-            elif not is_link(inputs[name]) and (p := _enum_problem(spec, inputs[name])):
-                problems.append({"node_id": node_id, "input": name, "problem": p})
-    return problems
+    """The engine's checks (node shape, links, required inputs, enum values, ranges) for node types object_info
+    knows; custom types it does not list are taken on trust. Returns the problems (empty when ok), each with
+    ``node_id``, ``input`` and ``problem``."""
+    found = workflow_problems(workflow, object_info or {}, unknown_nodes="skip")
+    return [{"node_id": p["node_id"], "input": p["input"], "problem": p["message"]} for p in found]
 
 
 def check_workflow(workflow: Workflow, object_info: Mapping[str, Any] | None = None, *, label: str = "") -> None:
