@@ -1,8 +1,8 @@
-"""The orchestrator's reads and writes of the queue, over comfy_worker's asyncpg store.
+"""The orchestrator's view of the queue: ``orchestrator_fleet()`` (``comfy_worker/sql/004_orchestrator.sql``)
+read through comfy_worker's store layer and turned into the policy's :class:`FleetState`.
 
-Two SQL functions from ``comfy_worker/sql/004_orchestrator.sql`` that the TaskStore protocol does not have
-yet (``record_spawned_worker``, ``orchestrator_fleet``) are called through the Postgres store's call path;
-everything else goes through the protocol (``requeue_stale``, ``set_worker_status``).
+The store must be a :class:`~comfy_worker.store.base.FleetStore` (Postgres or Supabase); the embedded SQLite
+store is refused with what to set instead.
 """
 
 from __future__ import annotations
@@ -10,31 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from comfy_worker.errors import ConfigError
-from comfy_worker.models import _json
-from comfy_worker.store.base import TaskStore
+from comfy_worker.store.base import FleetStore, TaskStore
 from gpu_orchestrator.policy import FleetState, WorkerView
 
 ARRIVAL_WINDOW_S = 600.0  # orchestrator_fleet() counts arrivals over the last 10 minutes
 
 
-def _call(store: TaskStore) -> Any:
-    call = getattr(store, "_call", None)
-    if call is None:
+def fleet_store(store: TaskStore) -> FleetStore:
+    """``store`` as a FleetStore, or a ConfigError saying which queue the orchestrator needs."""
+    if not isinstance(store, FleetStore):
         raise ConfigError(
             "DATABASE_URL",
-            f"the orchestrator needs the Postgres store (got {store.name}); "
-            "set DATABASE_URL=postgresql://… (a Supabase project's direct connection string works)",
+            f"the orchestrator needs the queue in Postgres or Supabase (got the {store.name} store); "
+            "set DATABASE_URL=postgresql://… or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY",
         )
-    return call
-
-
-async def record_spawned_worker(store: TaskStore, worker_id: str, metadata: dict[str, Any]) -> None:
-    """Insert a 'starting' row for a pod being created (or merge metadata into the existing row)."""
-    await _call(store)("val", "select (record_spawned_worker($1, $2)).id", worker_id, metadata)
-
-
-async def read_fleet(store: TaskStore) -> dict[str, Any]:
-    return dict(_json(await _call(store)("val", "select orchestrator_fleet()")))
+    return store
 
 
 def worker_views(raw: dict[str, Any]) -> tuple[WorkerView, ...]:
@@ -51,6 +41,7 @@ def worker_views(raw: dict[str, Any]) -> tuple[WorkerView, ...]:
                 pod_id=meta.get("pod_id"),
                 cost_per_hour=float(cost) if isinstance(cost, (int, float)) else None,
                 pod_terminated=bool(meta.get("pod_terminated")),
+                spawn_cancelled=bool(meta.get("spawn_cancelled")),
             )
         )
     return tuple(out)
@@ -66,6 +57,7 @@ def fleet_state(raw: dict[str, Any], last_scale_down_at: float | None = None) ->
         recent_durations_s=tuple(float(d) for d in raw.get("durations_s") or () if d is not None),
         arrival_rate_per_s=int(raw.get("arrivals_10m") or 0) / ARRIVAL_WINDOW_S,
         arrivals_per_min=tuple(int(n) for n in raw.get("arrivals_per_min") or ()),
+        recent_spawn_delays_s=tuple(float(d) for d in raw.get("spawn_delays_s") or () if d is not None),
         workers=worker_views(raw),
         last_scale_down_at=last_scale_down_at,
     )

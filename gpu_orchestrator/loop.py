@@ -26,7 +26,7 @@ from comfy_worker.errors import StoreError
 from comfy_worker.logs import get_logger
 from comfy_worker.store.base import TaskStore
 from gpu_orchestrator.errors import ProviderError
-from gpu_orchestrator.fleet import fleet_state, read_fleet, record_spawned_worker
+from gpu_orchestrator.fleet import fleet_state, fleet_store
 from gpu_orchestrator.policy import ACTIVE, Action, Decision, decide
 from gpu_orchestrator.provider import GONE, TERMINATED, PodRequest, Provider
 from gpu_orchestrator.settings import OrchestratorSettings
@@ -53,6 +53,7 @@ class Orchestrator:
         if provider is None and not dry_run:
             raise ValueError("a provider is required unless dry_run")
         self.store, self.provider, self.settings = store, provider, settings
+        self.fleet = fleet_store(store)
         self.params = settings.policy()
         self.queue_env = queue_env
         self.worker_timeout_s = worker_timeout_s
@@ -71,7 +72,7 @@ class Orchestrator:
             stale = await self.store.requeue_stale(self.worker_timeout_s)
             if stale:
                 log.warning("stale_recovered", **stale.log_fields())
-        raw = await read_fleet(self.store)
+        raw = await self.fleet.orchestrator_fleet()
         state = fleet_state(raw, self.last_scale_down)
         now = self.clock()
         decision = decide(state, self.params, now)
@@ -87,6 +88,8 @@ class Orchestrator:
             return decision
         status = {w.worker_id: w.status for w in state.workers}
         await self._terminate(decision.terminate, status)
+        if decision.cancel:
+            await self._terminate(await self._cancel(decision.cancel), status)
         if decision.drain:
             self.last_scale_down = now
             await self._drain(decision.drain)
@@ -122,13 +125,27 @@ class Orchestrator:
                         status=exc.status,
                     )
                     continue
-            after = "stopped" if status.get(a.worker_id) == "starting" else status.get(a.worker_id, "stopped")
+            # a spawn that never worked (stuck, or cancelled and so draining) ends stopped; lost stays lost
+            before = status.get(a.worker_id, "stopped")
+            after = "stopped" if before in ("starting", "draining") else before
             await self.store.set_worker_status(
                 a.worker_id,
                 after,
                 {"pod_terminated": True, "terminated_at": _now_iso(), "terminated_reason": a.reason},
             )
             log.info("pod_terminated", worker_id=a.worker_id, pod_id=a.pod_id, reason=a.reason)
+
+    async def _cancel(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        """Cancel spawns that have not registered (``cancel_spawn()``); the ones that did keep their pods and
+        are left to the idle rule. Returns the cancelled ones, whose pods are to be terminated."""
+        cancelled = []
+        for a in actions:
+            if await self.fleet.cancel_spawn(a.worker_id, {"cancel_reason": a.reason, "cancelled_at": _now_iso()}):
+                cancelled.append(a)
+                log.info("spawn_cancelled", worker_id=a.worker_id, pod_id=a.pod_id, reason=a.reason)
+            else:
+                log.info("spawn_cancel_skipped", worker_id=a.worker_id, pod_id=a.pod_id, reason="already registered")
+        return tuple(cancelled)
 
     async def _drain(self, actions: tuple[Action, ...]) -> None:
         for a in actions:
@@ -156,8 +173,8 @@ class Orchestrator:
         assert self.provider is not None
         for _ in range(n):
             worker_id = f"{self.settings.worker_prefix}{uuid.uuid4().hex[:10]}"
-            await record_spawned_worker(
-                self.store, worker_id, {"orchestrator": True, "pod_name": worker_id, "spawned_at": _now_iso()}
+            await self.fleet.record_spawned_worker(
+                worker_id, {"orchestrator": True, "pod_name": worker_id, "spawned_at": _now_iso()}
             )
             try:
                 pod = await self.provider.create_pod(self.pod_request(worker_id))
@@ -182,8 +199,7 @@ class Orchestrator:
                 )
                 return
             self.spawn_failures = 0
-            await record_spawned_worker(
-                self.store,
+            await self.fleet.record_spawned_worker(
                 worker_id,
                 {"pod_id": pod.id, "cost_per_hour": pod.cost_per_hour, "gpu_type": pod.gpu_type},
             )
@@ -207,7 +223,7 @@ class Orchestrator:
         except ProviderError as exc:
             log.warning("reconcile_skipped", error=str(exc), status=exc.status)
             return done
-        raw = await read_fleet(self.store)
+        raw = await self.fleet.orchestrator_fleet()
         rows: dict[str, dict[str, Any]] = {}
         for w in raw.get("workers") or ():
             rows[(w.get("metadata") or {}).get("pod_name") or w["id"]] = w
@@ -217,8 +233,8 @@ class Orchestrator:
             row = rows.get(pod.name)
             meta = (row or {}).get("metadata") or {}
             if row is not None and row["status"] in ACTIVE and not meta.get("pod_id"):
-                await record_spawned_worker(
-                    self.store, row["id"], {"pod_id": pod.id, "cost_per_hour": pod.cost_per_hour}
+                await self.fleet.record_spawned_worker(
+                    row["id"], {"pod_id": pod.id, "cost_per_hour": pod.cost_per_hour}
                 )
                 done["adopted"].append(pod.id)
             elif row is None or meta.get("pod_terminated"):

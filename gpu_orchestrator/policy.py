@@ -4,9 +4,12 @@ No I/O, no clock: the control loop (:mod:`gpu_orchestrator.loop`) and the simula
 (:mod:`gpu_orchestrator.simulate`) build a :class:`FleetState`, call :func:`decide` and carry out the
 :class:`Decision`. Two policies share the safety rules (bounds, spend cap, drain-before-terminate, hygiene):
 
-* ``queue`` (ours): size the fleet so the backlog clears within a horizon, using recent task durations;
-  keep a warm pool sized by Erlang C for the steady (burst-clipped) arrival rate; release idle workers after
-  ``idle_timeout_s``, oldest idle first, but not below what the 30-minute rate still needs.
+* ``queue`` (ours): size the fleet so the backlog clears within one spawn delay plus a horizon, using recent
+  task durations and the spawn delays observed (a ready worker has that whole window, a starting pod the part
+  after it registers, a new pod the horizon); cancel starting pods that would register only after the backlog
+  is gone, the latest-arriving first; keep a warm pool sized by Erlang C for the steady (burst-clipped)
+  arrival rate; release idle workers after ``idle_timeout_s``, oldest idle first, but not below what the
+  30-minute rate still needs.
 * ``baseline`` (the orchestrator this replaces): desired = max(2, queued + running) capped at 10, idle timeout
   600 s, spawns in progress count as capacity, scale-down at most once a minute.
 
@@ -15,7 +18,9 @@ Safety rules, whatever the policy:
   ``max_hourly_spend`` per hour after spawning;
 * a busy or idle worker is never terminated: it is first set ``draining``; its pod is terminated once the
   worker reports ``stopped`` or is ``lost``;
-* a spawn that never registered within ``spawn_timeout_s`` is terminated.
+* a spawn that never registered within ``spawn_timeout_s`` is terminated;
+* a spawn is cancelled only while it has not registered (the loop re-checks that atomically with
+  ``cancel_spawn()``), and never below MIN_WORKERS, the warm pool or what the backlog needs.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class WorkerView:
     pod_id: str | None = None
     cost_per_hour: float | None = None  # None: use PolicyParams.pod_cost_per_hour
     pod_terminated: bool = False  # we already terminated its pod (stopped / lost rows stay in the table)
+    spawn_cancelled: bool = False  # cancelled before it registered (draining; it never holds a task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class FleetState:
     workers: tuple[WorkerView, ...] = ()
     last_scale_down_at: float | None = None  # when the policy last drained something (cooldown)
     arrivals_per_min: tuple[int, ...] = ()  # tasks created in each of the last minutes (30), oldest first
+    recent_spawn_delays_s: tuple[float, ...] = ()  # pod created -> worker registered, recent spawns of ours
 
     @property
     def queued(self) -> int:
@@ -76,13 +83,14 @@ class PolicyParams:
     target_wait_s: float = 120.0  # an older queued task adds a worker at once
     default_task_duration_s: float = 60.0  # before any task finished
     staffing_beta: float = 1.5  # warm workers = load + beta * sqrt(load); 0 turns it off
-    expected_spawn_s: float = 180.0  # pod create -> worker registered, typically
+    expected_spawn_s: float = 180.0  # pod create -> worker registered, until spawns have been observed
     trend: bool = False  # staff for the arrival rate projected one spawn delay ahead (ramps are predictable)
     warm_p: float = 0.3  # keep one worker warm when P(a task arrives within a spawn delay) >= this
     target_p_wait: float = 0.08  # > 0: staff with Erlang C, the fewest workers for P(wait) <= this
     single_warm_below_load: float = 0.5  # with Erlang C: at most one warm worker while the load is this low
     rate_window_min: int = 10  # staff up for the arrivals of the last N minutes; keep for all given minutes
     scale_down_cooldown_s: float = 0.0
+    spawn_aware: bool = True  # backlog rule counts when starting pods arrive; cancels those it will not need
 
     @classmethod
     def baseline(cls, **overrides: Any) -> PolicyParams:
@@ -108,6 +116,7 @@ class Decision:
     drain: tuple[Action, ...]
     terminate: tuple[Action, ...]
     inputs: dict[str, Any]
+    cancel: tuple[Action, ...] = ()  # spawns not registered yet that the backlog will not need
 
     @property
     def action(self) -> str:
@@ -118,6 +127,8 @@ class Decision:
             parts.append(f"drain {len(self.drain)}")
         if self.terminate:
             parts.append(f"terminate {len(self.terminate)}")
+        if self.cancel:
+            parts.append(f"cancel {len(self.cancel)}")
         return ", ".join(parts) or "hold"
 
     def log_fields(self) -> dict[str, Any]:
@@ -130,6 +141,7 @@ class Decision:
             "spawn_reason": self.spawn_reason,
             "drain": [{"worker_id": a.worker_id, "reason": a.reason} for a in self.drain],
             "terminate": [{"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.terminate],
+            "cancel": [{"worker_id": a.worker_id, "pod_id": a.pod_id, "reason": a.reason} for a in self.cancel],
         }
 
 
@@ -206,12 +218,69 @@ def _staffing(rate: float, mean_d: float, p: PolicyParams) -> int:
     return n
 
 
-def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str, int]:
-    """(workers wanted now, why, workers to keep from draining)."""
+def _eta(w: WorkerView, p: PolicyParams) -> float:
+    """Seconds until a starting pod is expected to take work."""
+    return max(0.0, p.expected_spawn_s - w.age_s)
+
+
+def _backlog(
+    state: FleetState, p: PolicyParams, d: float, live: list[WorkerView]
+) -> tuple[int, str, list[WorkerView]]:
+    """(workers for the backlog, why, starting pods it does not need, latest-arriving first).
+
+    ``spawn_aware``: the work queued (plus half of what runs) must fit in the window of one spawn delay plus
+    ``backlog_horizon_s``; a ready worker has the whole window, a starting pod the part after it registers, a
+    new pod ``backlog_horizon_s``. Without it: running + the workers that clear the queue within the horizon.
+    """
+    queued, running = state.queued, state.running
+    if not p.spawn_aware:
+        if queued == 0:
+            return running, "no queued work: keep the busy workers", []
+        extra = math.ceil(queued * d / max(p.backlog_horizon_s, d))
+        reason = f"backlog {queued} x {d:.0f}s over {p.backlog_horizon_s:.0f}s horizon"
+        if state.oldest_queued_age_s > p.target_wait_s:
+            extra += 1
+            reason += f"; oldest waited {state.oldest_queued_age_s:.0f}s > {p.target_wait_s:.0f}s"
+        return running + min(extra, queued), reason, []
+    window = p.expected_spawn_s + p.backlog_horizon_s
+    ready = sum(1 for w in live if w.status in ("idle", "busy"))
+    starting = sorted((w for w in live if w.status == "starting"), key=lambda w: (-_eta(w, p), w.worker_id))
+    work = queued * d + running * d / 2
+    have = ready * window + sum(window - _eta(w, p) for w in starting)
+    if work > have:
+        extra = min(queued, math.ceil((work - have) / p.backlog_horizon_s - 1e-9))
+        reason = (
+            f"backlog {queued} x {d:.0f}s: {ready} ready and {len(starting)} starting cannot clear it within "
+            f"{window:.0f}s"
+        )
+        if state.oldest_queued_age_s > p.target_wait_s:
+            extra += 1
+            reason += f"; oldest waited {state.oldest_queued_age_s:.0f}s > {p.target_wait_s:.0f}s"
+        return ready + len(starting) + extra, reason, []
+    # it fits: the busy workers, the idle ones the work needs, then the earliest-arriving starting pods
+    if ready * window >= work:
+        needed_ready = max(running, math.ceil(work / window - 1e-9))
+        why = f"backlog {queued} x {d:.0f}s fits {ready} ready" if queued else "no queued work: keep the busy workers"
+        return min(ready, needed_ready), why, starting
+    have = ready * window
+    keep_n = 0
+    for w in reversed(starting):  # earliest to arrive first
+        if have >= work:
+            break
+        have += window - _eta(w, p)
+        keep_n += 1
+    unneeded = starting[: len(starting) - keep_n]  # the latest to arrive
+    return ready + keep_n, f"backlog {queued} x {d:.0f}s fits {ready} ready and {keep_n} starting", unneeded
+
+
+def _desired(
+    state: FleetState, p: PolicyParams, live: list[WorkerView]
+) -> tuple[int, str, int, list[WorkerView]]:
+    """(workers wanted now, why, workers to keep from draining, starting pods that may be cancelled)."""
     queued, running = state.queued, state.running
     if p.kind == "baseline":
         n = min(max(2, queued + running), 10)
-        return n, f"baseline max(2, queued {queued} + running {running})", n
+        return n, f"baseline max(2, queued {queued} + running {running})", n, []
     d = typical_duration(state, p)
     mean_d = statistics.fmean(state.recent_durations_s) if state.recent_durations_s else d
     counts = state.arrivals_per_min
@@ -221,29 +290,25 @@ def _desired(state: FleetState, p: PolicyParams) -> tuple[int, str, int]:
     long_rate = projected_rate(counts, len(counts), state.arrival_rate_per_s, replace(p, trend=False))
     keep_staffing = max(staffing, _staffing(long_rate, mean_d, p))
     why_staff = f"staffing for load {rate * mean_d:.2f} (rate {rate * 3600:.0f}/h x {mean_d:.0f}s)"
-    if queued == 0:
-        if staffing > running:
-            return staffing, why_staff, max(keep_staffing, running)
-        return running, "no queued work: keep the busy workers", max(keep_staffing, running)
-    # workers that clear the backlog within the horizon, on top of those busy now
-    extra = math.ceil(queued * d / max(p.backlog_horizon_s, d))
-    reason = f"backlog {queued} x {d:.0f}s over {p.backlog_horizon_s:.0f}s horizon"
-    if state.oldest_queued_age_s > p.target_wait_s:
-        extra += 1
-        reason += f"; oldest waited {state.oldest_queued_age_s:.0f}s > {p.target_wait_s:.0f}s"
-    backlog = running + min(extra, queued)
+    backlog, reason, unneeded = _backlog(state, p, d, live)
+    # cancel only spawns beyond what the warm pool keeps (the latest-arriving of them)
+    ready_or_starting = sum(1 for w in live if w.status in CAPACITY)
+    cancellable = unneeded[: max(0, ready_or_starting - max(keep_staffing, running))]
+    keep = max(keep_staffing, backlog)
     if staffing > backlog:
-        return staffing, reason + "; " + why_staff, max(keep_staffing, backlog)
-    return backlog, reason, max(keep_staffing, backlog)
+        return staffing, (reason + "; " if queued else "") + why_staff, keep, cancellable
+    return backlog, reason, keep, cancellable
+
+
+def spawn_delay(state: FleetState, p: PolicyParams) -> float:
+    """How long a new pod takes to take work: the median of the recent spawns observed, else the setting."""
+    return statistics.median(state.recent_spawn_delays_s) if state.recent_spawn_delays_s else p.expected_spawn_s
 
 
 def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
     """What to do now. ``now`` is only compared with ``state.last_scale_down_at`` (same clock)."""
-    p = params
+    p = replace(params, expected_spawn_s=spawn_delay(state, params))
     workers = state.workers
-    raw_desired, why, raw_keep = _desired(state, p)
-    desired = max(p.min_workers, min(p.max_workers, raw_desired))
-    keep = max(desired, min(p.max_workers, raw_keep))
     terminate: list[Action] = []
     drain: list[Action] = []
 
@@ -255,6 +320,8 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
             terminate.append(Action(w.worker_id, "worker stopped (drained or exited): release its pod", w.pod_id))
         elif w.status == "lost":
             terminate.append(Action(w.worker_id, "worker lost (heartbeat older than the lease)", w.pod_id))
+        elif w.status == "draining" and w.spawn_cancelled:
+            terminate.append(Action(w.worker_id, "spawn cancelled: release its pod", w.pod_id))
         elif w.status == "starting" and w.age_s > p.spawn_timeout_s:
             terminate.append(
                 Action(
@@ -265,6 +332,9 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
             )
     stuck = {a.worker_id for a in terminate}
     live = [w for w in workers if w.status in ACTIVE and w.worker_id not in stuck]
+    raw_desired, why, raw_keep, unneeded = _desired(state, p, live)
+    desired = max(p.min_workers, min(p.max_workers, raw_desired))
+    keep = max(desired, min(p.max_workers, raw_keep))
     capacity = sum(1 for w in live if w.status in CAPACITY)
     pods = len(live)
     spend = sum(_cost(w, p) for w in live)
@@ -288,11 +358,20 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
                 else f"; capped by MAX_HOURLY_SPEND ({p.max_hourly_spend}/h)"
             )
 
+    # cancel spawns the backlog will not need (billed while starting), the latest to arrive first, before
+    # draining anyone idle (ready now)
+    cancel: tuple[Action, ...] = ()
+    if spawn == 0:
+        cancel = tuple(
+            Action(w.worker_id, f"not needed: the backlog clears before it registers (eta {_eta(w, p):.0f}s)", w.pod_id)
+            for w in unneeded[: max(0, capacity - keep)]
+        )
+
     # scale down: idle workers beyond what is needed, idle longest first
     cooled = state.last_scale_down_at is None or now - state.last_scale_down_at >= p.scale_down_cooldown_s
     if spawn == 0 and cooled:
         idle = sorted((w for w in live if w.status == "idle"), key=lambda w: (-w.idle_s, w.worker_id))
-        surplus = capacity - keep
+        surplus = capacity - len(cancel) - keep
         over_cap = pods - p.max_workers
         for w in idle:
             if over_cap > 0:
@@ -316,6 +395,7 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
         "running": state.running,
         "oldest_queued_age_s": round(state.oldest_queued_age_s, 1),
         "typical_duration_s": round(typical_duration(state, p), 1),
+        "spawn_delay_s": round(p.expected_spawn_s, 1),
         "arrivals_per_h": round(
             projected_rate(state.arrivals_per_min, p.rate_window_min, state.arrival_rate_per_s, p) * 3600, 1
         ),
@@ -324,4 +404,4 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
         "pods": pods,
         "spend_per_hour": round(spend, 3),
     }
-    return Decision(desired, spawn, spawn_reason, tuple(drain), tuple(terminate), inputs)
+    return Decision(desired, spawn, spawn_reason, tuple(drain), tuple(terminate), inputs, cancel)

@@ -111,6 +111,7 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
     arrival_times: list[float] = []
     pods: dict[str, _Pod] = {}
     durations: deque[tuple[float, float]] = deque()  # (finished at, duration) in the last hour
+    spawn_delays: deque[float] = deque(maxlen=20)  # what orchestrator_fleet() reports: the last 20 registrations
     waits: list[tuple[float, float]] = []
     timeline: list[tuple[float, int, int, int]] = []
     spawned = completed = 0
@@ -142,6 +143,7 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
         elif kind == "ready":
             pod = pods.get(data)
             if pod and pod.status == "starting":
+                spawn_delays.append(now - pod.created)
                 pod.status = "idle"
                 became_idle(pod, now)
         elif kind == "finish":
@@ -169,6 +171,7 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
                 recent_durations_s=tuple(d for _, d in list(durations)[-200:]),
                 arrival_rate_per_s=_arrivals(arrival_times, now, cfg.rate_window_s) / cfg.rate_window_s,
                 arrivals_per_min=_per_minute(arrival_times, now, cfg.per_minute_window_min),
+                recent_spawn_delays_s=tuple(spawn_delays),
                 workers=tuple(
                     WorkerView(
                         p.wid,
@@ -187,6 +190,11 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
                 pod = pods[a.worker_id]
                 pod.ended, pod.status = now, "stopped"
                 gpu_seconds += now - pod.created
+            for a in decision.cancel:  # the loop cancels only a row still 'starting' (cancel_spawn())
+                pod = pods[a.worker_id]
+                if pod.status == "starting":
+                    pod.ended, pod.status = now, "stopped"
+                    gpu_seconds += now - pod.created
             if decision.drain:
                 last_scale_down = now
             for a in decision.drain:

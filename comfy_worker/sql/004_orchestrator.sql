@@ -2,6 +2,8 @@
 --
 --   record_spawned_worker(worker_id, metadata)  a workers row in status 'starting' for a pod we are creating,
 --                                               so capacity being spawned counts (register_worker sets 'idle').
+--   cancel_spawn(worker_id, metadata)           a spawn the backlog no longer needs: 'starting' -> 'draining' only
+--                                               if the pod has not registered (true), so no worker loses work.
 --   orchestrator_fleet()                        one JSON read of everything the scaling policy looks at.
 
 -- Idle time per worker: when its last task ended (complete / failed / released) is found through this index.
@@ -31,6 +33,24 @@ begin
 end
 $$;
 
+-- Cancel a spawn that has not registered yet. Only a row still in 'starting' changes (to 'draining', marked
+-- spawn_cancelled), so a pod that registered in the meantime keeps its work; and one that registers after this
+-- stays 'draining' (register_worker keeps it), which claim refuses: its pod can be terminated at any time.
+create or replace function cancel_spawn(p_worker_id text, p_metadata jsonb default '{}')
+returns boolean
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
+begin
+  perform _cw_check_object('cancel_spawn', 'metadata', p_metadata);
+  update workers
+  set status = 'draining',
+      metadata = metadata || coalesce(p_metadata, '{}') || jsonb_build_object('spawn_cancelled', true),
+      updated_at = now()
+  where id = p_worker_id and status = 'starting';
+  return found;
+end
+$$;
+
 -- Everything the policy reads, in one call:
 --   queue:    per task type, queued / ready / running / oldest_queued_age_s (from queue_summary)
 --   workers:  every worker not stopped-and-released, with age_s (since its row was created), idle_s (since its
@@ -38,6 +58,7 @@ $$;
 --   durations_s: run times of the last 200 tasks completed in the last hour
 --   arrivals_10m: tasks created in the last 10 minutes
 --   arrivals_per_min: tasks created in each of the last 30 minutes, oldest first (30 numbers)
+--   spawn_delays_s: pod created -> worker registered, for the last 20 pods we spawned that registered (a day)
 create or replace function orchestrator_fleet()
 returns jsonb
 language sql stable security invoker set search_path = public, pg_temp
@@ -63,6 +84,10 @@ as $$
         select extract(epoch from completed_at - started_at)::double precision as d from tasks
         where status = 'complete' and completed_at >= now() - interval '1 hour'
         order by completed_at desc limit 200) x), '[]'),
+    'spawn_delays_s', coalesce((select jsonb_agg(d) from (
+        select extract(epoch from started_at - created_at)::double precision as d from workers
+        where metadata ? 'spawned_at' and started_at is not null and started_at >= now() - interval '1 day'
+        order by started_at desc limit 20) x), '[]'),
     'arrivals_10m', (select count(*) from tasks where created_at >= now() - interval '10 minutes'),
     'arrivals_per_min', (select jsonb_agg(coalesce(c.n, 0) order by m.k desc)
       from generate_series(0, 29) as m(k)
@@ -77,7 +102,7 @@ declare
 begin
   for f in
     select p.oid::regprocedure as sig from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-    where n.nspname = 'public' and p.proname in ('record_spawned_worker', 'orchestrator_fleet')
+    where n.nspname = 'public' and p.proname in ('record_spawned_worker', 'cancel_spawn', 'orchestrator_fleet')
   loop
     execute format('revoke all on function %s from public, anon, authenticated', f.sig);
     execute format('grant execute on function %s to service_role', f.sig);

@@ -78,3 +78,22 @@ class TaskStore(Protocol):
     async def wait_for_work(self, timeout: float) -> bool:
         """Return when new work may be claimable (True) or after ``timeout`` seconds (False)."""
         ...
+
+
+@runtime_checkable
+class FleetStore(Protocol):
+    """What gpu_orchestrator needs beyond :class:`TaskStore` (``sql/004_orchestrator.sql``). Postgres and
+    Supabase have it; the embedded SQLite store does not (pods on other machines cannot reach its file)."""
+
+    name: str
+
+    async def record_spawned_worker(self, worker_id: str, metadata: dict[str, Any]) -> None:
+        """Insert a 'starting' row for a pod being created, or merge metadata into the existing row."""
+
+    async def cancel_spawn(self, worker_id: str, metadata: dict[str, Any] | None = None) -> bool:
+        """'starting' -> 'draining' (spawn_cancelled) if the pod has not registered; False if it has."""
+        ...
+
+    async def orchestrator_fleet(self) -> dict[str, Any]:
+        """Everything the scaling policy reads: queue, workers, recent durations, arrivals."""
+        ...

@@ -201,6 +201,17 @@ class PostgresStore:
     async def set_worker_status(self, worker_id: str, status: str, metadata: dict[str, Any] | None = None) -> None:
         await self._call("val", "select (set_worker_status($1, $2, $3)).id", worker_id, status, metadata)
 
+    # --- orchestrator (FleetStore) ----------------------------------------------------------------------------
+
+    async def record_spawned_worker(self, worker_id: str, metadata: dict[str, Any]) -> None:
+        await self._call("val", "select (record_spawned_worker($1, $2)).id", worker_id, metadata)
+
+    async def cancel_spawn(self, worker_id: str, metadata: dict[str, Any] | None = None) -> bool:
+        return bool(await self._call("val", "select cancel_spawn($1, $2)", worker_id, metadata or {}))
+
+    async def orchestrator_fleet(self) -> dict[str, Any]:
+        return dict(await self._call("val", "select orchestrator_fleet()"))
+
     async def heartbeat(
         self, worker_id: str, lease_seconds: float, metadata: dict[str, Any] | None = None,
         task_ids: list[str] | None = None,

@@ -386,6 +386,19 @@ class SupabaseStore:
     async def fleet_snapshot(self) -> dict[str, Any]:
         return dict(await self._rpc("fleet_snapshot", {}))
 
+    # --- orchestrator (FleetStore) ----------------------------------------------------------------------------
+
+    async def record_spawned_worker(self, worker_id: str, metadata: dict[str, Any]) -> None:
+        await self._rpc("record_spawned_worker", {"p_worker_id": worker_id, "p_metadata": _jsonable(metadata)})
+
+    async def cancel_spawn(self, worker_id: str, metadata: dict[str, Any] | None = None) -> bool:
+        return bool(
+            await self._rpc("cancel_spawn", {"p_worker_id": worker_id, "p_metadata": _jsonable(metadata or {})})
+        )
+
+    async def orchestrator_fleet(self) -> dict[str, Any]:
+        return dict(await self._rpc("orchestrator_fleet", {}))
+
     # --- wake-ups -------------------------------------------------------------------------------------------
 
     async def _work_ready(self) -> bool:

@@ -27,6 +27,7 @@ def workers(draw: st.DrawFn) -> tuple[WorkerView, ...]:
                 pod_id=draw(st.sampled_from([f"pod{i}", None])),
                 cost_per_hour=draw(st.sampled_from([None, 0.2, 0.44, 1.5])),
                 pod_terminated=draw(st.booleans()) if status in ("stopped", "lost") else False,
+                spawn_cancelled=draw(st.booleans()) if status == "draining" else False,
             )
         )
     return tuple(out)
@@ -84,15 +85,27 @@ def test_never_terminates_a_busy_or_idle_worker_and_drains_only_idle_ones(state:
     d = decide(state, p, now=1000.0)
     by_id = {w.worker_id: w for w in state.workers}
     for a in d.terminate:
-        assert by_id[a.worker_id].status in (
-            "stopped",
-            "lost",
-            "starting",
-        )  # drained/gone first, or a stuck spawn
-        assert not by_id[a.worker_id].pod_terminated
+        w = by_id[a.worker_id]
+        # drained/gone first, a stuck spawn, or a cancelled spawn (draining, it never holds a task)
+        assert w.status in ("stopped", "lost", "starting") or (w.status == "draining" and w.spawn_cancelled)
+        assert not w.pod_terminated
     for a in d.drain:
         assert by_id[a.worker_id].status == "idle"
-    assert not ({a.worker_id for a in d.drain} & {a.worker_id for a in d.terminate})
+    for a in d.cancel:  # only spawns that have not registered (the loop re-checks that atomically)
+        assert by_id[a.worker_id].status == "starting"
+    acted = [{a.worker_id for a in group} for group in (d.drain, d.terminate, d.cancel)]
+    assert not (acted[0] & acted[1] or acted[0] & acted[2] or acted[1] & acted[2])
+
+
+@settings(max_examples=400, deadline=None)
+@given(states(), params_st)
+def test_cancelling_spawns_never_leaves_less_capacity_than_desired(state: FleetState, p: PolicyParams):
+    d = decide(state, p, now=1000.0)
+    if not d.cancel:
+        return
+    gone = {a.worker_id for a in (*d.terminate, *d.cancel, *d.drain)}
+    left = sum(1 for w in state.workers if w.status in ("starting", "idle", "busy") and w.worker_id not in gone)
+    assert d.spawn == 0 and left >= d.desired >= p.min_workers
 
 
 @settings(max_examples=200, deadline=None)
@@ -180,3 +193,35 @@ def test_warm_workers_are_kept_while_the_half_hour_rate_still_needs_them():
     d = decide(fading, p, now=0)
     assert d.desired == 0 or d.desired < 8  # the last 10 minutes were quiet
     assert len(d.drain) == 8 - erlang_c_servers(20 * 4 / 30, 0.08)  # but the 30-minute rate keeps some
+
+
+def test_spawns_that_would_arrive_after_the_backlog_cleared_are_cancelled_latest_first():
+    p = PolicyParams(expected_spawn_s=180, backlog_horizon_s=30, target_p_wait=0, staffing_beta=0, warm_p=0)
+    ready = tuple(WorkerView(f"r{i}", "busy", pod_id=f"pr{i}") for i in range(4))
+    starting = (
+        WorkerView("early", "starting", age_s=170, pod_id="p-early"),  # registers in ~10 s
+        WorkerView("late", "starting", age_s=20, pod_id="p-late"),  # in ~160 s
+        WorkerView("mid", "starting", age_s=90, pod_id="p-mid"),
+    )
+    # 4 busy workers have 210 s each: 12 queued x 60 s + 4 running x 30 s = 840 s of work fits them alone
+    state = FleetState(queued_by_type={"comfy": 12}, running=4, recent_durations_s=(60.0,) * 5,
+                       workers=ready + starting)
+    d = decide(state, p, now=0)
+    assert d.spawn == 0 and [a.worker_id for a in d.cancel] == ["late", "mid", "early"]
+    assert all("clears before it registers" in a.reason for a in d.cancel)
+    # twice the work: the earliest-arriving spawns are kept, the latest still cancelled
+    more = FleetState(queued_by_type={"comfy": 17}, running=4, recent_durations_s=(60.0,) * 5,
+                      workers=ready + starting)
+    d = decide(more, p, now=0)
+    assert d.spawn == 0 and [a.worker_id for a in d.cancel] == ["late"]
+    # MIN_WORKERS and the warm pool are never cancelled away
+    assert not decide(state, PolicyParams(min_workers=7, expected_spawn_s=180, backlog_horizon_s=30), now=0).cancel
+
+
+def test_a_cancelled_spawn_whose_pod_survived_is_terminated():
+    w = WorkerView("c", "draining", age_s=300, pod_id="pc", spawn_cancelled=True)
+    d = decide(FleetState(workers=(w,)), PolicyParams(), now=0)
+    assert [(a.worker_id, a.pod_id) for a in d.terminate] == [("c", "pc")]
+    # a worker draining because it was told to (it may hold a task) is left to finish
+    busy_drain = WorkerView("b", "draining", age_s=300, pod_id="pb")
+    assert not decide(FleetState(running=1, workers=(busy_drain,)), PolicyParams(), now=0).terminate
