@@ -79,7 +79,7 @@ class PolicyParams:
     idle_timeout_s: float = 15.0
     spawn_timeout_s: float = 900.0
     # queue policy
-    backlog_horizon_s: float = 120.0  # clear the queue within this long
+    backlog_horizon_s: float = 30.0  # clear the queue within one spawn delay plus this long
     target_wait_s: float = 120.0  # an older queued task adds a worker at once
     default_task_duration_s: float = 60.0  # before any task finished
     staffing_beta: float = 1.5  # warm workers = load + beta * sqrt(load); 0 turns it off
@@ -183,22 +183,28 @@ def projected_rate(counts: tuple[int, ...], level_min: int, fallback_per_s: floa
     return max(level, ahead) / 60.0
 
 
+def erlang_c(c: int, load: float) -> float:
+    """P(an arrival waits) in an M/M/c queue with offered load ``load`` (1 when c <= load)."""
+    if load <= 0:
+        return 0.0
+    if c <= load:
+        return 1.0
+    term, total = 1.0, 1.0  # a^k/k!, running sum for k < c
+    for k in range(1, c):
+        term *= load / k
+        total += term
+    top = term * load / (c - load)
+    return top / (total + top)
+
+
 def erlang_c_servers(load: float, target: float, limit: int = 1000) -> int:
     """Fewest servers c for which an M/M/c queue with offered load ``load`` makes P(wait > 0) <= target."""
     if load <= 0:
         return 0
     c = max(1, math.ceil(load))
-    while c < limit:
-        if c > load:
-            term, total = 1.0, 1.0  # a^k/k!, running sum for k < c
-            for k in range(1, c):
-                term *= load / k
-                total += term
-            top = term * load / c * c / (c - load)
-            if top / (total + top) <= target:
-                return c
+    while c < limit and erlang_c(c, load) > target:
         c += 1
-    return limit
+    return c
 
 
 def _staffing(rate: float, mean_d: float, p: PolicyParams) -> int:

@@ -41,7 +41,8 @@ class OrchestratorSettings:
     pod_cost_per_hour: float = 0.69  # estimate until the provider reports a pod's cost
     idle_timeout_s: float = 15.0
     spawn_timeout_s: float = 900.0
-    backlog_horizon_s: float = 120.0
+    backlog_horizon_s: float = 30.0  # the backlog clears within one spawn delay plus this
+    expected_spawn_s: float = 180.0  # pod create -> worker registered, until spawns have been observed
     target_wait_s: float = 120.0
     staffing_beta: float = 1.5  # used when TARGET_P_WAIT is 0
     target_p_wait: float = 0.08  # Erlang C staffing: P(an arrival waits) at most this
@@ -71,6 +72,7 @@ class OrchestratorSettings:
             idle_timeout_s=self.idle_timeout_s,
             spawn_timeout_s=self.spawn_timeout_s,
             backlog_horizon_s=self.backlog_horizon_s,
+            expected_spawn_s=self.expected_spawn_s,
             target_wait_s=self.target_wait_s,
             staffing_beta=self.staffing_beta,
             target_p_wait=self.target_p_wait,
@@ -106,6 +108,7 @@ def load_orchestrator_settings(
         idle_timeout_s=_num(src, "IDLE_TIMEOUT_S", float, d.idle_timeout_s, 0),
         spawn_timeout_s=_num(src, "SPAWN_TIMEOUT_S", float, d.spawn_timeout_s, 1),
         backlog_horizon_s=_num(src, "BACKLOG_HORIZON_S", float, d.backlog_horizon_s, 1),
+        expected_spawn_s=_num(src, "EXPECTED_SPAWN_S", float, d.expected_spawn_s, 0),
         target_wait_s=_num(src, "TARGET_WAIT_S", float, d.target_wait_s, 0),
         staffing_beta=_num(src, "STAFFING_BETA", float, d.staffing_beta, 0),
         target_p_wait=_num(src, "TARGET_P_WAIT", float, d.target_p_wait, 0),

@@ -19,12 +19,13 @@ import json
 import random
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpu_orchestrator import traces
-from gpu_orchestrator.policy import FleetState, PolicyParams, WorkerView, decide
+from gpu_orchestrator.policy import Decision, FleetState, PolicyParams, WorkerView, decide
 
 
 @dataclass
@@ -90,7 +91,14 @@ def _per_minute(times: list[float], now: float, minutes: int) -> tuple[int, ...]
     return tuple(b - a for a, b in itertools.pairwise(edges))
 
 
-def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig | None = None) -> SimResult:
+def simulate(
+    trace: list[traces.TraceTask],
+    params: PolicyParams,
+    cfg: SimConfig | None = None,
+    policy: Callable[[FleetState, PolicyParams, float], Decision] = decide,
+) -> SimResult:
+    """Run ``trace`` against ``policy`` (the real :func:`decide` unless a benchmark passes another, e.g. a
+    clairvoyant bound)."""
     cfg = cfg or SimConfig()
     rng = random.Random(cfg.seed)
     seq = itertools.count()
@@ -185,7 +193,7 @@ def simulate(trace: list[traces.TraceTask], params: PolicyParams, cfg: SimConfig
                 ),
                 last_scale_down_at=last_scale_down,
             )
-            decision = decide(state, params, now)
+            decision = policy(state, params, now)
             for a in decision.terminate:
                 pod = pods[a.worker_id]
                 pod.ended, pod.status = now, "stopped"
@@ -295,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-p", type=float, default=_DEFAULTS.warm_p)
     ap.add_argument("--staffing-beta", type=float, default=_DEFAULTS.staffing_beta)
     ap.add_argument("--trend", action="store_true", help="staff for the rising arrival rate one spawn delay ahead")
+    ap.add_argument(
+        "--spawn-unaware",
+        action="store_true",
+        help="the first version's backlog rule: ignore spawn delays, never cancel a starting pod",
+    )
+    ap.add_argument("--expected-spawn", type=float, default=_DEFAULTS.expected_spawn_s)
     ap.add_argument("--min-workers", type=int, default=0)
     ap.add_argument("--max-workers", type=int, default=10)
     ap.add_argument("--max-hourly-spend", type=float, default=float("inf"))
@@ -317,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         warm_p=args.warm_p,
         staffing_beta=args.staffing_beta,
         trend=args.trend,
+        spawn_aware=not args.spawn_unaware,
+        expected_spawn_s=args.expected_spawn,
     )
     results = compare(trace, ours, cfg)
     for r in results:

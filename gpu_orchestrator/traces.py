@@ -88,6 +88,12 @@ def bursty(
     return sorted(out, key=lambda x: x.arrival_s)
 
 
+def diurnal_rate(t: float, peak_per_hour: float = 240, trough_per_hour: float = 4, peak_hour: float = 15) -> float:
+    """The diurnal trace's arrival rate per hour at ``t`` seconds (what a clairvoyant policy would know)."""
+    phase = math.cos((t / 3600 - peak_hour) / 24 * 2 * math.pi)  # 1 at the peak, -1 twelve hours away
+    return trough_per_hour + (peak_per_hour - trough_per_hour) * ((1 + phase) / 2) ** 2
+
+
 def diurnal(
     hours: float = 24,
     peak_per_hour: float = 240,
@@ -100,8 +106,7 @@ def diurnal(
     rng = random.Random(seed)
 
     def rate(t: float) -> float:
-        phase = math.cos((t / 3600 - peak_hour) / 24 * 2 * math.pi)  # 1 at the peak, -1 twelve hours away
-        return trough_per_hour + (peak_per_hour - trough_per_hour) * ((1 + phase) / 2) ** 2
+        return diurnal_rate(t, peak_per_hour, trough_per_hour, peak_hour)
 
     t, end, out = 0.0, hours * 3600, []
     while True:
