@@ -12,6 +12,7 @@ from comfy_worker.config import Settings, load_settings
 from comfy_worker.errors import ComfyWorkerError
 from comfy_worker.logs import configure_logging, get_logger, register_secret
 from comfy_worker.store import open_store
+from gpu_orchestrator.fleet import fleet_store
 from gpu_orchestrator.loop import Orchestrator
 from gpu_orchestrator.provider import Provider
 from gpu_orchestrator.settings import OrchestratorSettings, load_orchestrator_settings
@@ -31,14 +32,8 @@ def queue_env(settings: Settings) -> dict[str, str]:
 
 
 async def run(args: argparse.Namespace, settings: Settings, orch: OrchestratorSettings) -> int:
-    if settings.queue_backend != "postgres":
-        log.error(
-            "orchestrator_needs_postgres",
-            backend=settings.queue_backend,
-            fix="set DATABASE_URL=postgresql://… (Supabase: the project's direct connection string)",
-        )
-        return 2
     store = open_store(settings)
+    fleet_store(store)  # Postgres or Supabase; the embedded SQLite store is refused naming DATABASE_URL
     provider: Provider | None = None
     await store.connect()
     try:

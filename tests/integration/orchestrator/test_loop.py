@@ -270,13 +270,13 @@ async def test_spawns_the_backlog_no_longer_needs_are_cancelled_but_one_that_reg
     store = _PodRegistersDuringTheCycle(pg_dsn, listen=False)
     await store.connect()
     try:
-        for _ in range(5):
+        for _ in range(3):
             await store.enqueue(NewTask("comfy", {}))
         orch = orchestrator(store, standin, pg_dsn, settings=replace(SETTINGS, reconcile_every=1000))
         assert (await orch.run_once()).spawn == 3 and len(standin.live()) == 3
         spawned = [r["id"] for r in await _fetch(pg_dsn, "select id from workers where status = 'starting'")]
 
-        # a worker started by hand comes up: it alone clears 5 x 60 s well before a new pod would register
+        # a worker started by hand comes up: it alone clears 3 x 60 s within one spawn delay (180 s) + 30 s
         await store.register_worker(WorkerInfo("by-hand", "host", 1, "test", ("comfy",)))
         store.racer = spawned[0]
         with capture_logs() as logs:
