@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine import ComfyClient, History, events
-from comfy_worker.errors import ComfyWorkerError, ExecutionFailed, ExecutionInterrupted, InputRejected, LeaseLost
+from comfy_worker.errors import (
+    ComfyWorkerError,
+    ExecutionFailed,
+    ExecutionInterrupted,
+    InputRejected,
+    LeaseLost,
+    WorkflowInvalid,
+)
 from comfy_worker.handlers.prompt_runner import graph, join
 from comfy_worker.handlers.prompt_runner.build import build_job_workflow
 from comfy_worker.handlers.prompt_runner.planner import COMBINE, HIGH, LOW, PlanJob
@@ -221,6 +228,7 @@ class ChainRunner:
         )
         if job.job_type != COMBINE:
             self._apply_overrides(workflow)
+        self._check_node_types(workflow)
         started_at = time.time()
         history = await self._queue_and_wait(job, workflow, attempt)
         if job.job_type == HIGH:
@@ -229,6 +237,21 @@ class ChainRunner:
             await self._collect_segment(job, history)
         else:
             await self._collect_combined(job, history)
+
+    def _check_node_types(self, workflow: graph.Workflow) -> None:
+        """Against the live server's /object_info every node type must exist: a missing node pack can never
+        succeed, so the step fails at once (the offline build check takes custom types on trust)."""
+        if not self.object_info:
+            return
+        missing = sorted(
+            {str(n.get("class_type")) for n in workflow.values() if isinstance(n, dict)} - set(self.object_info)
+        )
+        if missing:
+            raise WorkflowInvalid(
+                f"node type(s) {', '.join(missing)} are not installed on this ComfyUI: install the custom node "
+                f"pack(s) profile {self.profile.name!r} needs, or use a profile made for this server",
+                details={"missing_node_types": missing, "profile": self.profile.name},
+            )
 
     def _apply_overrides(self, workflow: graph.Workflow) -> None:
         for node_id, inputs in (self.options.node_overrides or {}).items():

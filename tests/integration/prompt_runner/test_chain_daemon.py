@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -156,6 +157,27 @@ async def test_a_permanent_step_error_fails_the_task_naming_the_step(
     assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
     assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/4): ComfyUI rejected")
     assert task.error_details["error_type"] == "WorkflowInvalid"
+
+
+async def test_a_node_type_missing_on_the_server_fails_the_task_at_once_before_queueing(
+    harness: Harness, comfyui_server: ComfyServer, tmp_path: Path
+) -> None:
+    chain = tmp_path / "chain"
+    shutil.copytree(CHAIN_PROFILE.parent, chain)
+    wf_path = chain / "cw_test_chain.json"
+    workflow = json.loads(wf_path.read_text())
+    workflow["53"]["class_type"] = "CWTextEncodeFromAMissingPack"
+    wf_path.write_text(json.dumps(workflow))
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    params = chain_params(profile=str(chain / CHAIN_PROFILE.name))
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=60)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
+    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/"), task.error
+    assert "CWTextEncodeFromAMissingPack are not installed on this ComfyUI" in task.error
+    assert task.error_details["error_type"] == "WorkflowInvalid"
+    assert task.error_details["missing_node_types"] == ["CWTextEncodeFromAMissingPack"]
+    assert latent_saves(await comfy_history(comfyui_server.base_url), params["video_name"]) == {}  # nothing ran
 
 
 async def test_a_retryable_step_error_is_retried_within_the_attempt(
