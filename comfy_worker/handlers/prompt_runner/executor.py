@@ -79,6 +79,23 @@ class ChainOptions:
     keep_intermediate: bool = False
     node_overrides: Mapping[str, Mapping[str, Any]] | None = None  # {node_id: {input: value}}
 
+    @classmethod
+    def from_profile(
+        cls,
+        profile: Profile,
+        *,
+        max_retries: int,
+        keep_intermediate: bool,
+        node_overrides: Mapping[str, Mapping[str, Any]] | None,
+    ) -> ChainOptions:
+        """The run's options, with the retry delay the profile sets (5 s if it sets none)."""
+        return cls(
+            max_retries=int(max_retries),
+            retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),
+            keep_intermediate=bool(keep_intermediate),
+            node_overrides=node_overrides,
+        )
+
 
 class ChainRunner:
     def __init__(

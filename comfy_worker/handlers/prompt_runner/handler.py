@@ -113,9 +113,9 @@ class PromptRunnerHandler:
             stall_timeout_s=ctx.settings.stall_timeout_s,
             run_key=f"{task.task_id}:{task.attempts}",
         )
-        options = ChainOptions(
+        options = ChainOptions.from_profile(
+            profile,
             max_retries=run["max_retries"],
-            retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),
             keep_intermediate=run["keep_intermediate"],
             node_overrides=overrides["nodes"],
         )

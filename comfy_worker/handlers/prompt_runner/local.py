@@ -207,10 +207,10 @@ async def _run_one(
             spec,
             profile,
             state,
-            ChainOptions(
-                max_retries=int(opts["max_retries"]),
-                retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),
-                keep_intermediate=bool(opts["keep_intermediate"]),
+            ChainOptions.from_profile(
+                profile,
+                max_retries=opts["max_retries"],
+                keep_intermediate=opts["keep_intermediate"],
                 node_overrides=overrides["nodes"],
             ),
             await client.object_info(),
