@@ -590,20 +590,26 @@ $$;
 -- ---------------------------------------------------------------------------------------------------------
 -- privileges: service_role only (Supabase grants new functions to anon/authenticated by default)
 
-do $$
+-- Every overload of the named public functions: executable by service_role only. 004 uses it too.
+create or replace function _cw_service_role_only(p_functions text[])
+returns void
+language plpgsql volatile security invoker set search_path = public, pg_temp
+as $$
 declare
   f record;
 begin
   for f in
     select p.oid::regprocedure as sig from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-    where n.nspname = 'public' and p.proname in (
-      '_cw_check_lease_seconds', '_cw_check_object', '_cw_held_task', '_cw_refresh_worker', '_cw_end_dependents',
-      'register_worker', 'deregister_worker', 'set_worker_status', 'heartbeat', 'enqueue_task', 'get_task',
-      'claim_tasks', 'update_progress', 'complete_task', 'fail_task', 'release_task', 'cancel_task',
-      'requeue_stale', 'tasks_notify', 'work_ready')
+    where n.nspname = 'public' and p.proname = any(p_functions)
   loop
     execute format('revoke all on function %s from public, anon, authenticated', f.sig);
     execute format('grant execute on function %s to service_role', f.sig);
   end loop;
 end
 $$;
+
+select _cw_service_role_only(array[
+  '_cw_service_role_only', '_cw_check_lease_seconds', '_cw_check_object', '_cw_held_task', '_cw_refresh_worker',
+  '_cw_end_dependents', 'register_worker', 'deregister_worker', 'set_worker_status', 'heartbeat', 'enqueue_task',
+  'get_task', 'claim_tasks', 'update_progress', 'complete_task', 'fail_task', 'release_task', 'cancel_task',
+  'requeue_stale', 'tasks_notify', 'work_ready']);

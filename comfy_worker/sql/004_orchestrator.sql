@@ -96,16 +96,4 @@ as $$
   );
 $$;
 
-do $$
-declare
-  f record;
-begin
-  for f in
-    select p.oid::regprocedure as sig from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-    where n.nspname = 'public' and p.proname in ('record_spawned_worker', 'cancel_spawn', 'orchestrator_fleet')
-  loop
-    execute format('revoke all on function %s from public, anon, authenticated', f.sig);
-    execute format('grant execute on function %s to service_role', f.sig);
-  end loop;
-end
-$$;
+select _cw_service_role_only(array['record_spawned_worker', 'cancel_spawn', 'orchestrator_fleet']);

@@ -106,6 +106,16 @@ async def test_public_api_roles_see_nothing(pg_dsn: str) -> None:
         async with conn.transaction():
             await conn.execute("set local role service_role")
             assert await conn.fetchval("select count(*) from tasks") == 1
+        # every function the migrations define, the orchestrator's included: service_role only
+        executable = (
+            "select coalesce(array_agg(p.proname::text order by p.proname), '{}') from pg_proc p "
+            "join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname = 'public' and has_function_privilege($1, p.oid, 'execute')"
+        )
+        for role in ("anon", "authenticated"):
+            assert await conn.fetchval(executable, role) == [], role
+        mine = set(await conn.fetchval(executable, "service_role"))
+        assert {"claim_tasks", "cancel_spawn", "orchestrator_fleet", "fleet_snapshot", "_cw_service_role_only"} <= mine
     finally:
         await conn.close()
 
