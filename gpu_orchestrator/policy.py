@@ -378,7 +378,9 @@ def decide(state: FleetState, params: PolicyParams, now: float) -> Decision:
     if spawn == 0 and cooled:
         idle = sorted((w for w in live if w.status == "idle"), key=lambda w: (-w.idle_s, w.worker_id))
         surplus = capacity - len(cancel) - keep
-        over_cap = pods - p.max_workers
+        # MAX_WORKERS lowered under a running fleet: shed capacity beyond it (draining pods leave by themselves;
+        # cancelled spawns count first)
+        over_cap = capacity - len(cancel) - p.max_workers
         for w in idle:
             if over_cap > 0:
                 drain.append(Action(w.worker_id, f"over MAX_WORKERS ({p.max_workers})", w.pod_id))
