@@ -112,6 +112,11 @@ class WorkerNotFound(StoreError, Permanent):
     """No worker has that id (register it first)."""
 
 
+class WorkerIdInUse(StoreError, Permanent):
+    """Another live process (on another host) is registered under this worker id: two workers sharing an id
+    would requeue each other's tasks. Give each worker its own id."""
+
+
 class InvalidArgument(StoreError, Permanent):
     """A value the queue functions reject: unknown status, negative lease, params not a JSON object, …"""
 
@@ -122,6 +127,7 @@ SQLSTATE_TO_ERROR: dict[str, type[StoreError]] = {
     "CW002": TaskNotFound,
     "CW003": WorkerNotFound,
     "CW004": InvalidArgument,
+    "CW005": WorkerIdInUse,
     "22023": InvalidArgument,  # invalid_parameter_value
     "23514": InvalidArgument,  # check_violation (e.g. an unknown status)
     "22P02": InvalidArgument,  # invalid_text_representation (e.g. a malformed uuid)

@@ -130,12 +130,28 @@ language plpgsql volatile security invoker set search_path = public, pg_temp set
 as $$
 declare
   v workers;
+  v_old workers;
   v_task record;
 begin
   if p_worker_id is null or length(p_worker_id) = 0 then
     raise exception using errcode = 'CW004', message = 'register_worker: worker_id must be a non-empty string';
   end if;
   perform _cw_check_object('register_worker', 'metadata', p_metadata);
+  -- The same id from the same host is a restart (below: what it held is requeued). From another host while
+  -- the registered process is alive (a heartbeat in the last 30 s, or a task under a live lease) it is a
+  -- second worker sharing the id: refuse, or each would requeue the other's tasks.
+  select * into v_old from workers where id = p_worker_id for update;
+  if found and v_old.host is distinct from p_host and v_old.status in ('idle', 'busy', 'draining')
+     and (v_old.last_heartbeat > now() - interval '30 seconds'
+          or exists (select 1 from tasks t where t.worker_id = p_worker_id and t.status = 'running'
+                     and t.lease_expires_at > now())) then
+    raise exception using errcode = 'CW005', message = format(
+      'register_worker: worker id %L is in use by host %s (pid %s, last heartbeat %s s ago): give every worker its '
+      'own WORKER_ID / --worker-id; if that worker is gone, start again once it has been silent for 30 s and '
+      'its leases have run out',
+      p_worker_id, coalesce(v_old.host, '?'), coalesce(v_old.pid::text, '?'),
+      coalesce(round(extract(epoch from now() - v_old.last_heartbeat)::numeric, 1)::text, '?'));
+  end if;
   insert into workers as w (id, status, host, pid, version, task_types, metadata, started_at, last_heartbeat)
   values (p_worker_id, 'idle', p_host, p_pid, p_version, coalesce(p_task_types, '{}'),
           coalesce(p_metadata, '{}'), now(), now())

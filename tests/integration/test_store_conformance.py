@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from comfy_worker.errors import InvalidArgument, LeaseLost, TaskNotFound, WorkerNotFound
+from comfy_worker.errors import InvalidArgument, LeaseLost, TaskNotFound, WorkerIdInUse, WorkerNotFound
 from comfy_worker.models import NewTask, TaskStatus, WorkerInfo, WorkerStatus
 from comfy_worker.store.base import TaskStore
 
@@ -461,3 +461,21 @@ async def test_wait_for_work_wakes_on_enqueue(store: TaskStore) -> None:
     assert await waiter is True
     assert time.monotonic() - t0 < 5
     assert len(await store.claim(w, None, 1, LEASE)) == 1
+
+
+async def test_a_worker_id_live_on_another_host_is_refused_and_keeps_its_task(store: TaskStore) -> None:
+    w = await worker(store)  # test-host
+    t = await enqueue(store)
+    await store.claim(w, None, 1, LEASE)
+    with pytest.raises(WorkerIdInUse) as err:
+        await store.register_worker(WorkerInfo(w, "other-host", 2, "test", ("comfy",)))
+    assert "in use by host test-host" in str(err.value) and "WORKER_ID" in str(err.value)
+    got = await store.get_task(t)
+    assert got.status is TaskStatus.RUNNING and got.worker_id == w  # nothing requeued under the live worker
+
+    # once that process is silent and its leases ran out, the id may move to another host
+    await store.test_exec(f"update workers set last_heartbeat = '2000-01-01T00:00:00.000000Z' where id = '{w}'")
+    await store.test_exec(f"update tasks set lease_expires_at = '2000-01-01T00:00:00.000000Z' where task_id = '{t}'")
+    await store.register_worker(WorkerInfo(w, "other-host", 2, "test", ("comfy",)))
+    got = await store.get_task(t)
+    assert got.status is TaskStatus.QUEUED and "restarted" in (got.error or "")

@@ -56,6 +56,9 @@ update workers set
   current_task_id = null, started_at = :now, last_heartbeat = :now, updated_at = :now
 where id = :worker_id;
 
+-- name: live_leases_of_worker
+select count(*) from tasks where worker_id = :worker_id and status = 'running' and lease_expires_at > :now;
+
 -- name: running_task_ids_of_worker
 select task_id from tasks where worker_id = :worker_id and status = 'running' order by task_id;
 

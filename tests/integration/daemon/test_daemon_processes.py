@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_worker.models import TaskStatus
+from comfy_worker.models import TaskStatus, WorkerInfo
 from tests.comfy_server import comfy_args, comfy_test_paths, free_port
 from tests.integration.daemon import workflows as wf
 from tests.integration.daemon.conftest import FAST, Harness, wait_task
@@ -105,3 +105,29 @@ async def test_sigterm_mid_task_releases_it_and_another_worker_finishes(harness:
     task = await wait_task(harness.store, tid, timeout=60)
     assert task.status is TaskStatus.COMPLETE and task.attempts == 1
     assert task.worker_id == "comfy-worker-rescuer"
+
+
+async def test_a_second_worker_under_an_id_live_on_another_host_refuses_to_start(harness: Harness) -> None:
+    twin = "comfy-worker-twin"
+    await harness.store.register_worker(WorkerInfo(twin, "another-box", 4242, "test", ("comfy",)))
+    tid = await harness.submit(wf.slow(1))
+    [held] = await harness.store.claim(twin, ["comfy"], 1, 60)
+    env = {
+        **os.environ,
+        **FAST,
+        "DATABASE_URL": harness.dsn,
+        "COMFY_URL": harness.comfy_url,
+        "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+        "PYTHONPATH": str(REPO),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "comfy_worker", "--worker-id", twin,
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 90)
+    last = err.decode().strip().splitlines()[-1]
+    assert proc.returncode == 1, err.decode()[-3000:]
+    assert last.startswith("comfy-worker: error:") and f"worker id '{twin}' is in use by host another-box" in last
+    assert "WORKER_ID" in last
+    task = await harness.store.get_task(tid)
+    assert held.task_id == tid and task.status is TaskStatus.RUNNING and task.worker_id == twin  # untouched
