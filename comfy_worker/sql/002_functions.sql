@@ -238,14 +238,16 @@ begin
   perform _cw_check_object('heartbeat', 'metadata', p_metadata);
   -- a heartbeat lost in a server crash only delays the next one: skip the WAL flush wait
   perform set_config('synchronous_commit', 'off', true);
+  -- Lock order: the worker's tasks before its workers row, as complete/fail/release do (they lock the task,
+  -- then refresh the worker). The other order deadlocked a heartbeat against a completion of the same worker.
+  update tasks set lease_expires_at = now() + make_interval(secs => p_lease_seconds), updated_at = now()
+  where worker_id = p_worker_id and status = 'running';
   update workers set last_heartbeat = now(), metadata = metadata || coalesce(p_metadata, '{}'), updated_at = now()
   where id = p_worker_id returning status into v_status;
   if not found then
     raise exception using errcode = 'CW003',
       message = format('heartbeat: no worker has id %L', p_worker_id), hint = 'call register_worker first';
   end if;
-  update tasks set lease_expires_at = now() + make_interval(secs => p_lease_seconds), updated_at = now()
-  where worker_id = p_worker_id and status = 'running';
   if v_status in ('lost', 'starting', 'stopped') then
     -- it was given up on (or never registered properly) but is alive: it counts again
     update workers set status = 'idle' where id = p_worker_id;

@@ -25,6 +25,7 @@ from comfy_worker.store.migrations import postgres_migrations
 CHANNEL = "comfy_worker_tasks"
 _MIGRATE_LOCK = 0x636F6D6679  # pg_advisory_lock key: "comfy"
 _UNAVAILABLE_CLASSES = ("08", "53", "57")  # connection exception, insufficient resources, operator intervention
+_ROLLBACK_CLASS = "40"  # transaction rollback: serialization failure, deadlock detected
 
 log = get_logger(__name__)
 
@@ -53,6 +54,8 @@ def _map_error(exc: BaseException) -> StoreError:
         state = getattr(exc, "sqlstate", None) or ""
         if state[:2] in _UNAVAILABLE_CLASSES:
             return StoreUnavailable(f"database connection failed: {exc}", details={"sqlstate": state})
+        if state[:2] == _ROLLBACK_CLASS:  # the call was rolled back as a whole: running it again is safe
+            return StoreUnavailable(f"transaction rolled back, retry: {exc}", details={"sqlstate": state})
         message = getattr(exc, "message", None) or str(exc)
         hint = getattr(exc, "hint", None)
         return store_error_for(state, message, hint=hint) if hint else store_error_for(state, message)
@@ -179,6 +182,9 @@ class PostgresStore:
             except asyncpg.PostgresError as exc:
                 err = _map_error(exc)
                 if isinstance(err, StoreUnavailable) and attempt < attempts:
+                    log.warning(
+                        "store_call_retried", sqlstate=err.details.get("sqlstate"), attempt=attempt, error=str(exc)
+                    )
                     continue
                 raise err from exc
             except _CONNECTION_ERRORS as exc:

@@ -44,7 +44,7 @@ from comfy_worker.store.migrations import postgres_migrations
 log = get_logger(__name__)
 
 # connection exception, insufficient resources, operator intervention
-_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57")  # 40: rolled back (deadlock, serialization): retry
 _SCHEMA_CODES = {"PGRST202", "PGRST205", "42883", "42P01"}  # function / table not found
 _TRANSIENT_STATUS = {408, 429}
 _PROBE_TASK_ID = "__comfy_worker_schema_probe__"

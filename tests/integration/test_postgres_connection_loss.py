@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from comfy_worker.models import NewTask, WorkerInfo
 from comfy_worker.store.postgres import PostgresStore
@@ -76,3 +77,46 @@ async def test_pool_connections_killed_calls_recover(pg_dsn: str) -> None:
         assert done.status == "complete"
     finally:
         await store.close()
+
+
+async def test_heartbeats_racing_completions_of_the_same_worker_never_fail(pg_dsn: str) -> None:
+    """A worker with two tasks in flight heartbeats while both complete, on separate connections. Heartbeat
+    once locked the workers row before the tasks and completion the other way round: a deadlock failed the
+    completion (and with it the task). Every round must now succeed."""
+    store = PostgresStore(pg_dsn, listen=False)
+    await store.connect()
+    try:
+        await store.register_worker(WorkerInfo("w", "host", 1, "test", ("comfy",)))
+        with capture_logs() as logs:
+            await _race_rounds(store, 150)
+        retried = [e for e in logs if e["event"] == "store_call_retried"]
+        assert not retried, retried  # no deadlock needed retrying: the lock order is the same everywhere
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            assert await conn.fetchval("select count(*) from tasks where status = 'complete'") == 300
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+
+
+async def _race_rounds(store: PostgresStore, rounds: int) -> None:
+    async def beat(ids: list[str]) -> None:
+        for _ in range(3):
+            await store.heartbeat("w", 30, {}, ids)
+
+    for _ in range(rounds):
+        for _ in range(2):
+            await store.enqueue(NewTask("comfy", {}))
+        tasks = await store.claim("w", ["comfy"], 2, 30)
+        held = [t.task_id for t in tasks]
+        await asyncio.gather(beat(held), *(store.complete(t.task_id, t.lease_token, {}) for t in tasks), beat(held))
+
+
+def test_a_rolled_back_transaction_is_transient() -> None:
+    from comfy_worker.errors import StoreUnavailable
+    from comfy_worker.store.postgres import _map_error
+
+    for exc in (asyncpg.DeadlockDetectedError("deadlock detected"), asyncpg.SerializationError("could not serialize")):
+        err = _map_error(exc)
+        assert isinstance(err, StoreUnavailable) and err.retryable and err.details["sqlstate"][:2] == "40"
