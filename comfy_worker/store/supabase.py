@@ -222,7 +222,7 @@ class SupabaseStore:
                 "Project Settings → API → Exposed schemas, or use the public schema",
                 details={"code": code, **extra},
             )
-        if code[:2] in _UNAVAILABLE_CLASSES or code.startswith("PGRST0"):
+        if (len(code) == 5 and code[:2] in _UNAVAILABLE_CLASSES) or code.startswith("PGRST0"):  # SQLSTATE, not HTTP
             return StoreUnavailable(f"{message} ({fn})", details={"sqlstate": code, **extra})
         # a body that was not PostgREST JSON: supabase-py puts the HTTP status in `code`
         if len(code) == 3 and code.isdigit():

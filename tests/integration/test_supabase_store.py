@@ -7,6 +7,7 @@ tests/standins/postgrest.py, which runs the real SQL functions in a fresh migrat
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import time
@@ -349,6 +350,21 @@ async def test_proxy_errors_are_store_unavailable(store: SupabaseStore, standin:
 
 
 async def test_a_non_postgrest_url_names_supabase_url(store: SupabaseStore, standin: PostgrestStandin) -> None:
+    standin.fail_next(404, "<html>Not Found</html>")
+    with pytest.raises(StoreError, match="SUPABASE_URL") as info:
+        await store.get_task("x")
+    assert not is_retryable(info.value)
+
+
+async def test_a_rolled_back_call_is_transient_but_an_http_404_is_not_mistaken_for_one(
+    store: SupabaseStore, standin: PostgrestStandin
+) -> None:
+    # PostgREST answers a deadlock (SQLSTATE 40P01) with its JSON error; "404" also starts with "40"
+    body = json.dumps({"code": "40P01", "message": "deadlock detected", "details": None, "hint": None})
+    standin.fail_next(409, body, "application/json")
+    with pytest.raises(StoreError) as info:
+        await store.get_task("x")
+    assert is_retryable(info.value) and info.value.details["sqlstate"] == "40P01"
     standin.fail_next(404, "<html>Not Found</html>")
     with pytest.raises(StoreError, match="SUPABASE_URL") as info:
         await store.get_task("x")
