@@ -238,10 +238,12 @@ begin
   perform _cw_check_object('heartbeat', 'metadata', p_metadata);
   -- a heartbeat lost in a server crash only delays the next one: skip the WAL flush wait
   perform set_config('synchronous_commit', 'off', true);
-  -- Lock order: the worker's tasks before its workers row, as complete/fail/release do (they lock the task,
-  -- then refresh the worker). The other order deadlocked a heartbeat against a completion of the same worker.
+  -- Lock order: the worker's tasks (by task_id) before its workers row, as complete/fail/release do (they
+  -- lock the task, then refresh the worker). The other order deadlocked a heartbeat against a completion of
+  -- the same worker; an unordered multi-row update could deadlock two heartbeats of one id.
   update tasks set lease_expires_at = now() + make_interval(secs => p_lease_seconds), updated_at = now()
-  where worker_id = p_worker_id and status = 'running';
+  where task_id in (select t.task_id from tasks t where t.worker_id = p_worker_id and t.status = 'running'
+                    order by t.task_id for update);
   update workers set last_heartbeat = now(), metadata = metadata || coalesce(p_metadata, '{}'), updated_at = now()
   where id = p_worker_id returning status into v_status;
   if not found then

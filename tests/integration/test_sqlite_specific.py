@@ -293,9 +293,12 @@ CLAIMER = textwrap.dedent(
         store = SqliteStore(path, poll_interval=0.02)
         await store.connect()
         done = {}
+        for i in range(n):
+            await store.register_worker(WorkerInfo(f"{prefix}-{i}", "h", 0, "v"))
+        print("ready", flush=True)  # the test starts both processes' claimers together
+        sys.stdin.readline()
         async def claimer(i):
             wid = f"{prefix}-{i}"
-            await store.register_worker(WorkerInfo(wid, "h", 0, "v"))
             mine = done.setdefault(wid, [])
             while True:
                 tasks = await store.claim(wid, None, 3, 60)
@@ -330,12 +333,23 @@ async def test_two_processes_never_claim_the_same_task(store: SqliteStore) -> No
             f"p{p}",
             "4",
             cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         for p in range(2)
     ]
+    # a start barrier: on a loaded machine one process could otherwise drain the queue before the other runs
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        assert line.strip() == b"ready", line
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
     outs = await asyncio.gather(*(asyncio.wait_for(p.communicate(), 300) for p in procs))
     per_worker: dict[str, list[str]] = {}
     for proc, (out, err) in zip(procs, outs, strict=True):
