@@ -13,7 +13,7 @@ import json
 import random
 import sqlite3
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from comfy_worker.errors import TaskNotFound, WorkerIdInUse, WorkerNotFound
@@ -42,14 +42,15 @@ from comfy_worker.store._sqlite_common import (
 # --- workers --------------------------------------------------------------------------------------------
 
 
-def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> None:
+def op_register_worker(conn: sqlite3.Connection, now_dt: datetime, info: WorkerInfo) -> None:
+    now = ts(now_dt)
     wid = info.worker_id
     if not isinstance(wid, str) or not wid:
         raise invalid("register_worker: worker_id must be a non-empty string")
     check_object("register_worker", "metadata", info.metadata)
     existing = conn.execute(q("worker_by_id"), {"worker_id": wid}).fetchone()
     if existing is not None and existing["host"] != info.host and existing["status"] in ("idle", "busy", "draining"):
-        check_id_not_in_use(conn, now, existing)
+        check_id_not_in_use(conn, now_dt, existing)
     args = {
         "worker_id": wid,
         "host": info.host,
@@ -71,17 +72,13 @@ def op_register_worker(conn: sqlite3.Connection, now: str, info: WorkerInfo) -> 
         end_dependents(conn, now, task_id)
 
 
-def check_id_not_in_use(conn: sqlite3.Connection, now: str, row: sqlite3.Row) -> None:
+def check_id_not_in_use(conn: sqlite3.Connection, now_dt: datetime, row: sqlite3.Row) -> None:
     """register_worker's rule for an id registered from another host: refuse while that process is alive (a
     heartbeat in the last 30 s, or a task under a live lease)."""
-    def parse(text: str) -> datetime:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-    recent = ts(parse(now) - timedelta(seconds=30))
-    leased = conn.execute(q("live_leases_of_worker"), {"worker_id": row["id"], "now": now}).fetchone()[0]
+    leased = conn.execute(q("live_leases_of_worker"), {"worker_id": row["id"], "now": ts(now_dt)}).fetchone()[0]
     heartbeat = row["last_heartbeat"]
-    if (heartbeat is not None and heartbeat > recent) or leased:
-        ago = f"{(parse(now) - parse(heartbeat)).total_seconds():.1f}" if heartbeat else "?"
+    if (heartbeat is not None and heartbeat > ts(now_dt - timedelta(seconds=30))) or leased:
+        ago = f"{(now_dt - datetime.fromisoformat(heartbeat)).total_seconds():.1f}" if heartbeat else "?"
         raise WorkerIdInUse(
             f"register_worker: worker id {lit(row['id'])} is in use by host {row['host'] or '?'} (pid "
             f"{row['pid'] if row['pid'] is not None else '?'}, last heartbeat {ago} s ago): give every worker its "

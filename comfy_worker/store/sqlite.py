@@ -266,7 +266,7 @@ class SqliteStore:
     # --- workers --------------------------------------------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        await self._write(ops.op_register_worker, info)
+        await self._write(ops.op_register_worker, info, as_datetime=True)
         self._wake.set()  # anything it held before a restart is claimable again
 
     async def deregister_worker(self, worker_id: str) -> None:
