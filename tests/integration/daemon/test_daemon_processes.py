@@ -31,6 +31,28 @@ async def wait_progress(harness: Harness, task_id: str, timeout: float = 60) -> 
     raise AssertionError("no progress reported")
 
 
+async def worker_process(harness: Harness, worker_id: str, **env: str) -> asyncio.subprocess.Process:
+    """``python -m comfy_worker --worker-id <id>`` as its own process on the harness's queue and ComfyUI."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "comfy_worker",
+        "--worker-id",
+        worker_id,
+        env={
+            **os.environ,
+            **FAST,
+            "DATABASE_URL": harness.dsn,
+            "COMFY_URL": harness.comfy_url,
+            "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+            "PYTHONPATH": str(REPO),
+            **env,
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_comfyui_killed_mid_task_is_restarted_and_the_task_retried(harness: Harness) -> None:
     python, tree = comfy_test_paths()
     workdir = Path(tempfile.mkdtemp(prefix="cw-supervised-"))
@@ -67,25 +89,7 @@ async def test_comfyui_killed_mid_task_is_restarted_and_the_task_retried(harness
 
 
 async def test_sigterm_mid_task_releases_it_and_another_worker_finishes(harness: Harness) -> None:
-    env = {
-        **os.environ,
-        **FAST,
-        "DATABASE_URL": harness.dsn,
-        "COMFY_URL": harness.comfy_url,
-        "LOCAL_STORAGE_DIR": str(harness.storage_dir),
-        "SHUTDOWN_GRACE_S": "1",
-        "PYTHONPATH": str(REPO),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "comfy_worker",
-        "--worker-id",
-        "comfy-worker-doomed",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await worker_process(harness, "comfy-worker-doomed", SHUTDOWN_GRACE_S="1")
     try:
         tid = await harness.submit(wf.slow(6))
         await wait_progress(harness, tid)
@@ -112,18 +116,7 @@ async def test_a_second_worker_under_an_id_live_on_another_host_refuses_to_start
     await harness.store.register_worker(WorkerInfo(twin, "another-box", 4242, "test", ("comfy",)))
     tid = await harness.submit(wf.slow(1))
     [held] = await harness.store.claim(twin, ["comfy"], 1, 60)
-    env = {
-        **os.environ,
-        **FAST,
-        "DATABASE_URL": harness.dsn,
-        "COMFY_URL": harness.comfy_url,
-        "LOCAL_STORAGE_DIR": str(harness.storage_dir),
-        "PYTHONPATH": str(REPO),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfy_worker", "--worker-id", twin,
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await worker_process(harness, twin)
     _out, err = await asyncio.wait_for(proc.communicate(), 90)
     last = err.decode().strip().splitlines()[-1]
     assert proc.returncode == 1, err.decode()[-3000:]

@@ -19,19 +19,16 @@ async def test_dry_run_logs_one_decision_and_writes_nothing(pg_dsn: str, tmp_pat
     try:
         for _ in range(5):
             await conn.execute("select enqueue_task('comfy')")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "SUPABASE_"))}
-        env.update(DATABASE_URL=pg_dsn, LOG_FORMAT="json", PYTHONPATH=str(REPO))
         proc = subprocess.run(
             [sys.executable, "-m", "gpu_orchestrator", "--dry-run", "--once"],
-            env=env,
+            env=_orchestrator_env(DATABASE_URL=pg_dsn),
             cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        lines = [json.loads(x) for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("{")]
-        decisions = [x for x in lines if x["event"] == "orchestrator_decision"]
+        decisions = [x for x in _events(proc.stdout + proc.stderr) if x["event"] == "orchestrator_decision"]
         assert len(decisions) == 1
         d = decisions[0]
         # 5 x 60 s (no durations yet) must clear within one spawn delay (180 s) + 30 s: one new pod each
