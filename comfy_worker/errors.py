@@ -136,6 +136,17 @@ SQLSTATE_TO_ERROR: dict[str, type[StoreError]] = {
 }
 
 
+# SQLSTATE classes after which the same call can simply be made again: connection exception, transaction
+# rolled back (deadlock, serialization failure; nothing was committed), insufficient resources, operator
+# intervention.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+def is_transient_sqlstate(code: str | None) -> bool:
+    """A five-character SQLSTATE in a transient class (an HTTP status such as 404 is not one)."""
+    return code is not None and len(code) == 5 and code[:2] in TRANSIENT_SQLSTATE_CLASSES
+
+
 def store_error_for(sqlstate: str | None, message: str, **details: Any) -> StoreError:
     """Build the StoreError subclass that a SQLSTATE stands for (unknown codes → plain StoreError)."""
     cls = SQLSTATE_TO_ERROR.get(sqlstate or "", StoreError)

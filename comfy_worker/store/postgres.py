@@ -16,7 +16,14 @@ from typing import Any
 
 import asyncpg
 
-from comfy_worker.errors import InvalidArgument, SchemaMissing, StoreError, StoreUnavailable, store_error_for
+from comfy_worker.errors import (
+    InvalidArgument,
+    SchemaMissing,
+    StoreError,
+    StoreUnavailable,
+    is_transient_sqlstate,
+    store_error_for,
+)
 from comfy_worker.logs import get_logger
 from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
@@ -24,8 +31,6 @@ from comfy_worker.store.migrations import postgres_migrations
 
 CHANNEL = "comfy_worker_tasks"
 _MIGRATE_LOCK = 0x636F6D6679  # pg_advisory_lock key: "comfy"
-_UNAVAILABLE_CLASSES = ("08", "53", "57")  # connection exception, insufficient resources, operator intervention
-_ROLLBACK_CLASS = "40"  # transaction rollback: serialization failure, deadlock detected
 
 log = get_logger(__name__)
 
@@ -52,10 +57,9 @@ def _map_error(exc: BaseException) -> StoreError:
         return InvalidArgument(f"invalid argument: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        if state[:2] in _UNAVAILABLE_CLASSES:
-            return StoreUnavailable(f"database connection failed: {exc}", details={"sqlstate": state})
-        if state[:2] == _ROLLBACK_CLASS:  # the call was rolled back as a whole: running it again is safe
-            return StoreUnavailable(f"transaction rolled back, retry: {exc}", details={"sqlstate": state})
+        if is_transient_sqlstate(state):
+            what = "transaction rolled back, retry" if state.startswith("40") else "database connection failed"
+            return StoreUnavailable(f"{what}: {exc}", details={"sqlstate": state})
         message = getattr(exc, "message", None) or str(exc)
         hint = getattr(exc, "hint", None)
         return store_error_for(state, message, hint=hint) if hint else store_error_for(state, message)

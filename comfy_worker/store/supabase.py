@@ -34,6 +34,7 @@ from comfy_worker.errors import (
     StoreError,
     StoreUnavailable,
     TaskNotFound,
+    is_transient_sqlstate,
     store_error_for,
 )
 from comfy_worker.logs import get_logger, register_secret
@@ -44,7 +45,6 @@ from comfy_worker.store.migrations import postgres_migrations
 log = get_logger(__name__)
 
 # connection exception, insufficient resources, operator intervention
-_UNAVAILABLE_CLASSES = ("08", "40", "53", "57")  # 40: rolled back (deadlock, serialization): retry
 _SCHEMA_CODES = {"PGRST202", "PGRST205", "42883", "42P01"}  # function / table not found
 _TRANSIENT_STATUS = {408, 429}
 _PROBE_TASK_ID = "__comfy_worker_schema_probe__"
@@ -222,7 +222,7 @@ class SupabaseStore:
                 "Project Settings → API → Exposed schemas, or use the public schema",
                 details={"code": code, **extra},
             )
-        if (len(code) == 5 and code[:2] in _UNAVAILABLE_CLASSES) or code.startswith("PGRST0"):  # SQLSTATE, not HTTP
+        if is_transient_sqlstate(code) or code.startswith("PGRST0"):
             return StoreUnavailable(f"{message} ({fn})", details={"sqlstate": code, **extra})
         # a body that was not PostgREST JSON: supabase-py puts the HTTP status in `code`
         if len(code) == 3 and code.isdigit():
