@@ -21,6 +21,7 @@ from comfy_worker.config import Settings
 from comfy_worker.engine import ComfyClient
 from comfy_worker.inputs import Fetcher
 from comfy_worker.models import Task
+from comfy_worker.pathsafe import path_key
 from comfy_worker.storage import Storage
 
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
@@ -46,8 +47,14 @@ class TaskContext:
     def attempt(self) -> int:
         return self.task.attempts
 
+    @property
+    def task_key(self) -> str:
+        """The task id as one safe path component (:func:`comfy_worker.pathsafe.path_key`): task ids are
+        user-chosen text, so every folder, subfolder or storage path named after a task uses this."""
+        return path_key(self.task.task_id)
+
     def storage_path(self, filename: str) -> str:
-        return f"{self.task.task_type}/{self.task.task_id}/{filename}"
+        return f"{self.task.task_type}/{self.task_key}/{filename}"
 
 
 @dataclass(frozen=True)
