@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine import ComfyClient, History, events
+from comfy_worker.engine.paths import refuse_unsafe_paths
 from comfy_worker.errors import (
     ComfyWorkerError,
     ExecutionFailed,
@@ -66,6 +67,10 @@ class ChainEnv:
     # ComfyUI's output dir. The daemon gives each task its own, so a chain never picks up another task's file
     # of the same video name (a re-render, or two chains interleaved on one box); default: comfy_root.
     files_root: Path | None = None
+    # Task runs: every file-naming value of a step's workflow must be the profile's own or lie under
+    # artifacts_root (see comfy_worker.engine.paths). Local CLI runs are the operator's and are not confined.
+    confine_paths: bool = True
+    input_dir: Path | None = None  # ComfyUI's input folder, when known: names in it are checked for symlinks
 
     @property
     def artifacts_root(self) -> Path:
@@ -246,6 +251,15 @@ class ChainRunner:
         if job.job_type != COMBINE:
             self._apply_overrides(workflow)
         self._check_node_types(workflow)
+        if self.env.confine_paths:
+            refuse_unsafe_paths(
+                workflow,
+                self.object_info,
+                roots=[self.env.artifacts_root],
+                input_dir=self.env.input_dir,
+                trusted=self.profile.combine_workflow if job.job_type == COMBINE else self.profile.base_workflow,
+                fetched_urls=False,
+            )
         started_at = time.time()
         history = await self._queue_and_wait(job, workflow, attempt)
         if job.job_type == HIGH:
@@ -408,14 +422,14 @@ async def extract_frame(video: Path, index: int, dest: Path) -> Path:
             "error",
             "-y",
             "-i",
-            str(video),
+            join.file_arg(video),
             "-vf",
             f"select=eq(n\\,{index})",
             "-vsync",
             "0",
             "-frames:v",
             "1",
-            str(tmp),
+            join.file_arg(tmp),
         ],
         what=f"extract frame {index} of {video.name}",
     )
