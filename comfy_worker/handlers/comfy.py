@@ -224,7 +224,13 @@ async def upload_outputs(ctx: TaskContext, items: list[OutputItem]) -> list[dict
         if name in used:  # the same filename from two nodes or subfolders: keep both
             name = f"{item.node_id}_{name}"
         used.add(name)
-        stored = await ctx.storage.upload(item.path, ctx.storage_path(name), content_type=item.content_type)
+        stored = await ctx.storage.upload(
+            item.path,
+            ctx.storage_path(name),
+            content_type=item.content_type,
+            sha256=item.sha256,  # hashed while it downloaded from ComfyUI: not read again to hash it
+            journal=ctx.uploads,
+        )
         outputs.append(
             {
                 "node_id": item.node_id,

@@ -41,7 +41,7 @@ from comfy_worker.handlers.prompt_runner.profile import Profile
 from comfy_worker.handlers.prompt_runner.prompt_file import PromptSpec
 from comfy_worker.handlers.prompt_runner.state import ChainState, step_label
 from comfy_worker.logs import get_logger
-from comfy_worker.storage import Storage
+from comfy_worker.storage import Storage, UploadJournal
 
 log = get_logger(__name__)
 StateFn = Callable[[dict[str, Any]], Awaitable[None]]
@@ -71,6 +71,7 @@ class ChainEnv:
     # artifacts_root (see comfy_worker.engine.paths). Local CLI runs are the operator's and are not confined.
     confine_paths: bool = True
     input_dir: Path | None = None  # ComfyUI's input folder, when known: names in it are checked for symlinks
+    uploads: UploadJournal | None = None  # where large uploads keep their resume point (the task's checkpoint)
 
     @property
     def artifacts_root(self) -> Path:
@@ -143,7 +144,7 @@ class ChainRunner:
 
     async def keep(self, local_path: Path, plan_path: str) -> str:
         """Upload an artifact to storage and record it."""
-        stored = await self.env.storage.upload(local_path, self.storage_path(plan_path))
+        stored = await self.env.storage.upload(local_path, self.storage_path(plan_path), journal=self.env.uploads)
         self.state.artifacts[plan_path] = stored.path
         return stored.path
 
@@ -176,7 +177,9 @@ class ChainRunner:
                     await self._step(job)
             out = await self.ensure_local(self.plan.final_output_path)
             frames, mode = await join.count_frames(out), "comfyui"
-        stored = await self.env.storage.upload(out, self.storage_path(self.plan.final_output_path))
+        stored = await self.env.storage.upload(
+            out, self.storage_path(self.plan.final_output_path), journal=self.env.uploads
+        )
         self.state.final = {
             "storage_path": stored.path,
             "url": stored.url,

@@ -146,6 +146,7 @@ class PromptRunnerHandler:
             comfy_root=root,
             files_root=root / "cw_chains" / path_key(task.task_id),
             input_dir=ctx.settings.comfy_input_path,
+            uploads=ctx.uploads,
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
             progress=ctx.progress,
