@@ -291,8 +291,10 @@ class SupabaseStorage:
             return None, 0
         same = (entry.get("bucket"), entry.get("size"), entry.get("sha256")) == (self.bucket, size, sha256)
         url = entry.get("url")
-        if not same or not isinstance(url, str):
-            log.info("storage_resume_skipped", path=dest_path, reason="another file")
+        # the entry comes back from the task row: our key goes only to this project's own upload endpoint
+        ours = isinstance(url, str) and url.startswith(f"{self._base}/upload/resumable/")
+        if not same or not ours:
+            log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not our URL")
             await journal.forget(dest_path)
             return None, 0
         try:

@@ -148,6 +148,24 @@ async def test_an_expired_upload_starts_over(standin: StorageStandin, tmp_path: 
     assert offsets(standin)[-2:] == [0, TUS_CHUNK]
 
 
+async def test_a_journal_entry_pointing_elsewhere_never_gets_the_key(standin: StorageStandin, tmp_path: Path) -> None:
+    # a checkpoint is part of the task row: an entry naming another server is ignored, not contacted
+    other = StorageStandin("another-key", tmp_path / "elsewhere")
+    await other.start()
+    src = tmp_path / "a.mp4"
+    sha = random_file(src, TUS_CHUNK + 5)
+    forged = {"url": f"{other.base_url}/storage/v1/upload/resumable/x", "bucket": "outputs",
+              "size": TUS_CHUNK + 5, "sha256": sha}  # fmt: skip
+    storage = supabase(standin)
+    try:
+        obj = await storage.upload(src, DEST, journal=UploadJournal({DEST: forged}))
+    finally:
+        await storage.aclose()
+        await other.stop()
+    assert obj.sha256 == sha and not other.requests
+    assert len(standin.calls("POST", "/upload/resumable")) == 1
+
+
 # --- through the task checkpoint, in a real queue -----------------------------------------------------------
 
 

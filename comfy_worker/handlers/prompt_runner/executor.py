@@ -41,6 +41,7 @@ from comfy_worker.handlers.prompt_runner.profile import Profile
 from comfy_worker.handlers.prompt_runner.prompt_file import PromptSpec
 from comfy_worker.handlers.prompt_runner.state import ChainState, step_label
 from comfy_worker.logs import get_logger
+from comfy_worker.pathsafe import contained, relative_problem
 from comfy_worker.storage import Storage, UploadJournal
 
 log = get_logger(__name__)
@@ -123,7 +124,21 @@ class ChainRunner:
         return f"{self.env.storage_prefix}/{plan_path}" if self.env.storage_prefix else plan_path
 
     def local(self, plan_path: str) -> Path:
-        return self.env.artifacts_root / plan_path
+        """Where ``plan_path`` lives on this machine. Plan paths come back from the task's checkpoint, which is a
+        column of the task row like its params: one that leaves artifacts_root is refused, never opened."""
+        path = self.env.artifacts_root / plan_path
+        if relative_problem(plan_path) or contained(path, [self.env.artifacts_root]) is None:
+            raise InputRejected(
+                f"chain path {plan_path!r} leads out of {self.env.artifacts_root}; the saved chain state was not "
+                "written by this worker (clear the task's checkpoint to start the video over)",
+                details={"path": plan_path},
+            )
+        return path
+
+    def _own_object(self, stored: str) -> bool:
+        """True for storage paths under this chain's prefix (checkpointed paths elsewhere are not ours)."""
+        prefix = self.env.storage_prefix
+        return not prefix or stored.startswith(f"{prefix}/")
 
     async def ensure_local(self, plan_path: str) -> Path:
         """``comfy_root/plan_path``, fetched from storage when this machine does not have it."""
@@ -131,6 +146,12 @@ class ChainRunner:
         if path.is_file():
             return path
         stored = self.state.artifacts.get(plan_path)
+        if stored is not None and not self._own_object(stored):
+            raise InputRejected(
+                f"{plan_path}: the saved chain state points at {stored!r}, outside this task's storage "
+                f"({self.env.storage_prefix}/); clear the task's checkpoint to start the video over",
+                details={"path": plan_path, "storage_path": stored},
+            )
         if stored is None:
             raise InputRejected(
                 f"{plan_path}: needed by the next step but neither in {self.env.artifacts_root} nor recorded in "
@@ -196,12 +217,12 @@ class ChainRunner:
         if self.options.keep_intermediate:
             return []
         final = self.plan.final_output_path
-        doomed = [p for k, p in self.state.artifacts.items() if k != final]
+        doomed = [p for k, p in self.state.artifacts.items() if k != final and self._own_object(p)]
         if doomed:
             await self.env.storage.delete(doomed)
         for rel in [*self.state.artifacts, *self.state.comfy_files]:
             if rel != final:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, InputRejected):
                     self.local(rel).unlink(missing_ok=True)
         log.info("intermediates_removed", count=len(doomed))
         return doomed
@@ -365,8 +386,13 @@ class ChainRunner:
                 if item.get("type", "output") != "output":
                     continue
                 rel = "/".join(p for p in (item.get("subfolder") or "", item["filename"]) if p)
-                self.state.comfy_files.append(rel)
                 path = self.env.comfy_root / rel
+                if relative_problem(rel) or contained(path, [self.env.comfy_root]) is None:
+                    raise ExecutionFailed(  # never copy (and upload) a file from outside the output folder
+                        f"{job.job_id}: ComfyUI reported output {rel!r}, which is not inside its output folder",
+                        details={"path": rel},
+                    )
+                self.state.comfy_files.append(rel)
                 if not path.is_file():
                     raise ExecutionFailed(
                         f"{job.job_id}: ComfyUI reported {rel} but {path} does not exist; is COMFY_OUTPUT_DIR "

@@ -94,6 +94,7 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
         "COMFY_URL": harness.comfy_url,
         "COMFY_OUTPUT_DIR": str(comfyui_server.output_dir),
         "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+        "PROFILES_DIR": str(CHAIN_PROFILE.parent),
         "PYTHONPATH": str(REPO),
     }
     tid = await enqueue(harness, params)
