@@ -104,7 +104,7 @@ def _input_folder_problem(value: str, input_dir: Path | None, fetched_urls: bool
     if value.strip().lower().startswith(_URL_PREFIXES):
         if fetched_urls:
             return None
-        return "is a URL, which this task type does not fetch; name a file in ComfyUI's input folder"
+        return "is a URL, which the worker does not fetch for this input; name a file in ComfyUI's input folder"
     name, folder = split_annotation(value)
     if folder != "input":
         return (
@@ -173,7 +173,9 @@ def path_problems(
             if kind is None or (name in trusted_inputs and trusted_inputs[name] == value):
                 continue
             if kind == "input_folder":
-                problem = _input_folder_problem(value, in_dir, fetched_urls)
+                # URLs are fetched (and replaced) only where find_media_inputs looks: the KNOWN/flagged loaders
+                fetched = fetched_urls and is_file_input(class_type, name, opts.get(name) or {})
+                problem = _input_folder_problem(value, in_dir, fetched)
             elif kind == "path":
                 problem = _path_problem(value, root_list)
             else:

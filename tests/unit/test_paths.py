@@ -139,6 +139,9 @@ def test_names_inside_the_input_folder_and_fetched_urls_pass(info: dict, value: 
 def test_urls_are_refused_where_the_caller_does_not_fetch_them(info: dict) -> None:
     (p,) = path_problems(one("LoadImage", image="http://10.0.0.1/a.png"), info, fetched_urls=False)
     assert "does not fetch" in p["message"]
+    # Preview3D is not one of the loaders whose URLs the comfy handler fetches: it would get the URL as is
+    (p,) = path_problems(one("Preview3D", model_file="http://10.0.0.1/a.glb"), info)
+    assert "does not fetch" in p["message"]
 
 
 def test_an_upload_flag_in_object_info_marks_a_custom_loader(info: dict) -> None:
