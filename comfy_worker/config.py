@@ -95,6 +95,7 @@ class Settings:
     comfy_startup_timeout: float = 180.0
     comfy_restart_max: int = 5
     comfy_output_dir: str = ""
+    comfy_input_dir: str = ""
     # storage
     storage_bucket: str = "outputs"
     storage_public: bool = False
@@ -113,6 +114,7 @@ class Settings:
     # prompt runner
     dry_run: bool = False
     dry_run_temp_dir: str = ""
+    profiles_dir: str = ""
 
     @property
     def queue_backend(self) -> str:
@@ -143,6 +145,21 @@ class Settings:
         if self.comfy_path and not self.comfy_url:
             return (Path(self.comfy_path).expanduser() / "output").resolve()
         return None
+
+    @property
+    def comfy_input_path(self) -> Path | None:
+        """ComfyUI's input directory as this worker sees it (COMFY_INPUT_DIR, else COMFY_PATH/input when we launch
+        ComfyUI): file names in workflows are checked against it for symlinks out; None when unknown."""
+        if self.comfy_input_dir:
+            return Path(self.comfy_input_dir).expanduser().resolve()
+        if self.comfy_path and not self.comfy_url:
+            return (Path(self.comfy_path).expanduser() / "input").resolve()
+        return None
+
+    @property
+    def profiles_path(self) -> Path | None:
+        """PROFILES_DIR resolved: where prompt_runner tasks may name profiles besides the shipped ones."""
+        return Path(self.profiles_dir).expanduser().resolve() if self.profiles_dir else None
 
     @property
     def storage_backend(self) -> str:

@@ -42,6 +42,7 @@ from comfy_worker.handlers.base import Handler, TaskContext
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.logs import get_logger, task_context
 from comfy_worker.models import Task, WorkerInfo, WorkerStatus
+from comfy_worker.pathsafe import path_key
 from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
@@ -227,7 +228,7 @@ class Daemon:
     # --- one task -------------------------------------------------------------------------------------------
 
     def _start_task(self, task: Task) -> None:
-        work_dir = self.work_root / f"{task.task_id}-{task.attempts}"
+        work_dir = self.work_root / f"{path_key(task.task_id)}-{task.attempts}"  # a task id is user text
         reporter = ProgressReporter(self.store, task, self.settings.progress_interval_s)
 
         async def checkpoint(state: dict[str, Any]) -> None:

@@ -11,6 +11,12 @@ then made to the address that was checked (the original host name goes in the Ho
 a DNS answer that changes between check and connect cannot redirect us. Redirects are followed by hand, at
 most five, and each target is checked the same way. Only http and https are fetched.
 
+A retried download resumes: the bytes so far stay in ``.NAME.part`` and the retry asks for the rest with
+``Range`` + ``If-Range`` (the first response's strong ETag or Last-Modified). Only a 206 whose Content-Range
+starts where we asked and has the same total is appended; a 200 (the server ignores ranges, or the file
+changed) starts over, and an unexpected range starts over on the next try. The finished size must equal the
+Content-Length / Content-Range total, else the download counts as cut short and is retried.
+
 Cloud metadata addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200) stay refused even with
 ``ALLOW_PRIVATE_URLS=true``: only an explicit allow-list entry for the host opens them.
 """
@@ -27,6 +33,7 @@ import posixpath
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -49,6 +56,7 @@ METADATA_ADDRESSES = frozenset(
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_4XX = frozenset({408, 429})
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
 _FIX_HINT = "set ALLOW_PRIVATE_URLS=true or add the host to INPUT_URL_ALLOWLIST"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -187,6 +195,28 @@ async def prepare_request(
 # --- fetching ---
 
 
+@dataclass
+class _Partial:
+    """What earlier tries of one download left: bytes in ``tmp`` and how to ask for the rest."""
+
+    tmp: Path
+    validator: str | None = None  # strong ETag, else Last-Modified, of the response those bytes came from
+    total: int | None = None  # the full size that response declared
+
+    def held(self) -> int:
+        """Bytes a retry may resume after (0 when they cannot be resumed safely)."""
+        if self.validator is None:
+            return 0
+        try:
+            return self.tmp.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def reset(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+        self.validator, self.total = None, None
+
+
 async def fetch_url(
     url: str,
     dest_dir: Path,
@@ -202,13 +232,19 @@ async def fetch_url(
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (as ``filename`` or the URL's last path segment, sanitised).
 
+    A retry after a cut connection resumes with ``Range`` where the server allows it (206 with the
+    Content-Range asked for; a 200 starts over), and the size is checked against Content-Length or the
+    Content-Range total before the file is renamed into place.
+
     Raises InputRejected (permanent: policy, size, 4xx, bad URL) or InputUnavailable (after retries)."""
     dest_dir = Path(dest_dir)
     dest = dest_dir / safe_filename(filename or filename_from_url(url))
+    part = _Partial(dest.with_name(f".{dest.name}.part"))
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
     try:
         await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
+        part.reset()  # bytes of an unknown earlier download are never resumed
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(InputUnavailable),
             stop=stop_after_attempt(retry_attempts),
@@ -219,10 +255,15 @@ async def fetch_url(
                 url=display_url(url),
                 attempt=rs.attempt_number,
                 error=str(rs.outcome.exception()),
+                resume_at=part.held(),
             ),
         ):
             with attempt:
-                size = await _fetch_once(http, url, dest, max_bytes, timeout_s, allowlist, allow_private)
+                size = await _fetch_once(http, url, part, max_bytes, timeout_s, allowlist, allow_private)
+        await asyncio.to_thread(os.replace, part.tmp, dest)
+    except BaseException:
+        part.reset()
+        raise
     finally:
         if own_client:
             await http.aclose()
@@ -233,17 +274,21 @@ async def fetch_url(
 async def _fetch_once(
     http: httpx.AsyncClient,
     url: str,
-    dest: Path,
+    part: _Partial,
     max_bytes: int,
     timeout_s: float,
     allowlist: tuple[str, ...],
     allow_private: bool,
 ) -> int:
     current, origin = url, None
+    offset = part.held()
     for _hop in range(MAX_REDIRECTS + 1):
         target, headers, extensions = await prepare_request(
             current, allowlist=allowlist, allow_private=allow_private, origin=origin
         )
+        headers = {**headers, "Accept-Encoding": "identity"}  # sizes and ranges count the bytes on disk
+        if offset:
+            headers.update({"Range": f"bytes={offset}-", "If-Range": part.validator or ""})
         shown = display_url(current)
         try:
             async with http.stream(
@@ -257,14 +302,23 @@ async def _fetch_once(
                 if resp.status_code in _REDIRECTS and "location" in resp.headers:
                     origin, current = current, urljoin(current, resp.headers["location"])
                     continue
-                _check_status(resp.status_code, shown)
-                declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
+                start, total = _response_range(resp, offset, part, shown)
+                if total is not None and total > max_bytes:
                     raise InputRejected(
-                        f"input URL {shown} is {int(declared)} bytes, over INPUT_MAX_BYTES ({max_bytes})",
-                        details={"url": shown, "bytes": int(declared), "max_bytes": max_bytes},
+                        f"input URL {shown} is {total} bytes, over INPUT_MAX_BYTES ({max_bytes})",
+                        details={"url": shown, "bytes": total, "max_bytes": max_bytes},
                     )
-                return await _stream_to(resp, dest, max_bytes, shown)
+                if start == 0:
+                    part.validator, part.total = _validator(resp), total
+                elif start:
+                    log.info("input_fetch_resumed", url=shown, offset=start, total=total)
+                size = await _stream_to(resp, part.tmp, start, max_bytes, shown)
+                if total is not None and size != total:
+                    raise InputUnavailable(
+                        f"input URL {shown}: the connection ended after {size} of {total} bytes",
+                        details={"url": shown, "bytes": size, "expected_bytes": total},
+                    )
+                return size
         except httpx.TransportError as exc:
             raise InputUnavailable(
                 f"downloading input URL {shown} failed: {type(exc).__name__}: {exc}", details={"url": shown}
@@ -273,6 +327,46 @@ async def _fetch_once(
         f"input URL {display_url(url)} redirected more than {MAX_REDIRECTS} times",
         details={"url": display_url(url)},
     )
+
+
+def _response_range(resp: httpx.Response, offset: int, part: _Partial, shown: str) -> tuple[int, int | None]:
+    """(where this body starts in the file, the file's full size if known) for a final response.
+
+    A 206 must be exactly the range asked for, of the same size as before; anything else starts over."""
+    status = resp.status_code
+    if offset and status == 206:
+        match = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+        start = int(match.group(1)) if match else -1
+        total = int(match.group(3)) if match and match.group(3) != "*" else None
+        if start == offset and total is not None and total == part.total:
+            return offset, total
+        part.reset()
+        raise InputUnavailable(
+            f"input URL {shown} answered the range request with {resp.headers.get('content-range')!r} "
+            f"(asked for bytes {offset}-); starting over",
+            details={"url": shown},
+        )
+    if offset and status == 416:
+        part.reset()
+        raise InputUnavailable(f"input URL {shown} refused to resume at byte {offset}; starting over")
+    _check_status(status, shown)
+    if status == 206:  # a range we did not ask for
+        raise InputRejected(f"input URL {shown} answered 206 to a plain GET", details={"url": shown})
+    if offset:
+        log.info("input_fetch_restarted", url=shown, offset=offset, reason=f"HTTP {status} to a range request")
+    declared = resp.headers.get("content-length", "")
+    return 0, int(declared) if declared.isdigit() else None
+
+
+def _validator(resp: httpx.Response) -> str | None:
+    """What a later range request sends as If-Range: a strong ETag, else Last-Modified; None when the server
+    does not take ranges (then a retry starts over)."""
+    if resp.headers.get("accept-ranges", "").strip().lower() == "none":
+        return None
+    etag = resp.headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("last-modified")
 
 
 def _check_status(status: int, shown: str) -> None:
@@ -286,23 +380,30 @@ def _check_status(status: int, shown: str) -> None:
         )
 
 
-async def _stream_to(resp: httpx.Response, dest: Path, max_bytes: int, shown: str) -> int:
-    tmp = dest.with_name(f".{dest.name}.part")
-    size = 0
-    try:
-        with await asyncio.to_thread(open, tmp, "wb") as out:
-            async for block in resp.aiter_bytes(WRITE_BLOCK):
+async def _stream_to(resp: httpx.Response, tmp: Path, start: int, max_bytes: int, shown: str) -> int:
+    """Write the body to ``tmp`` from byte ``start`` (0: a new file); the file's size afterwards. On a
+    transport error the bytes so far stay, for a retry to resume after."""
+    size = start
+    pending = bytearray()  # written in WRITE_BLOCK batches; what arrived before a cut is written too
+    with await asyncio.to_thread(open, tmp, "r+b" if start else "wb") as out:
+        if start:
+            await asyncio.to_thread(out.truncate, start)
+            await asyncio.to_thread(out.seek, start)
+        try:
+            async for block in resp.aiter_bytes():
                 size += len(block)
                 if size > max_bytes:
                     raise InputRejected(
                         f"input URL {shown} is larger than INPUT_MAX_BYTES ({max_bytes})",
                         details={"url": shown, "max_bytes": max_bytes},
                     )
-                await asyncio.to_thread(out.write, block)
-        await asyncio.to_thread(os.replace, tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                pending += block
+                if len(pending) >= WRITE_BLOCK:
+                    await asyncio.to_thread(out.write, bytes(pending))
+                    pending.clear()
+        finally:
+            if pending:
+                await asyncio.to_thread(out.write, bytes(pending))
     return size
 
 

@@ -19,11 +19,16 @@ from typing import Any, Protocol
 
 from comfy_worker.config import Settings
 from comfy_worker.engine import ComfyClient
+from comfy_worker.errors import StoreUnavailable
 from comfy_worker.inputs import Fetcher
+from comfy_worker.logs import get_logger
 from comfy_worker.models import Task
-from comfy_worker.storage import Storage
+from comfy_worker.pathsafe import path_key
+from comfy_worker.storage import Storage, UploadJournal
 
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
+UPLOADS_KEY = "resumable_uploads"  # the checkpoint key under which TaskContext.uploads is kept
+log = get_logger(__name__)
 
 
 @dataclass
@@ -41,13 +46,45 @@ class TaskContext:
     cancel: asyncio.Event  # set when the task must stop (cancelled, lease lost, shutdown)
     cancel_reason: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set when ComfyUI starts executing it
+    # Resumable uploads in flight, kept in the task's checkpoint beside the handler's own state (see
+    # __post_init__): pass it to storage.upload so an upload cut short by a crash resumes on the next attempt.
+    uploads: UploadJournal = field(init=False)
+
+    def __post_init__(self) -> None:
+        saved = dict(self.task.checkpoint or {})
+        entries = saved.pop(UPLOADS_KEY, None)
+        state: list[dict[str, Any]] = [saved]  # the handler's last saved state (restored until it saves)
+        durable = self.checkpoint
+
+        def merged(handler_state: dict[str, Any]) -> dict[str, Any]:
+            pending = self.uploads.entries
+            return {**handler_state, UPLOADS_KEY: pending} if pending else dict(handler_state)
+
+        async def checkpoint(handler_state: dict[str, Any]) -> None:
+            state[0] = dict(handler_state)
+            await durable(merged(state[0]))
+
+        async def persist(_entries: dict[str, Any]) -> None:
+            try:
+                await durable(merged(state[0]))
+            except StoreUnavailable as exc:  # best effort: the upload goes on, only its resume point is not saved
+                log.warning("upload_journal_not_saved", error=str(exc))
+
+        self.uploads = UploadJournal(entries if isinstance(entries, dict) else None, persist)
+        self.checkpoint = checkpoint
 
     @property
     def attempt(self) -> int:
         return self.task.attempts
 
+    @property
+    def task_key(self) -> str:
+        """The task id as one safe path component (:func:`comfy_worker.pathsafe.path_key`): task ids are
+        user-chosen text, so every folder, subfolder or storage path named after a task uses this."""
+        return path_key(self.task.task_id)
+
     def storage_path(self, filename: str) -> str:
-        return f"{self.task.task_type}/{self.task.task_id}/{filename}"
+        return f"{self.task.task_type}/{self.task_key}/{filename}"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from comfy_worker.engine import (
     ui_to_api,
     validate,
 )
+from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
 from comfy_worker.errors import InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
@@ -132,8 +133,14 @@ class ComfyHandler:
                     f"input for node {spec['node_id']}.{spec['field']}: node {spec['node_id']} is not in the "
                     "workflow; check the node id in params"
                 )
+        refuse_unsafe_paths(
+            workflow,
+            object_info,
+            input_dir=ctx.settings.comfy_input_path,
+            replaced=[(s["node_id"], s["field"]) for s in specs],
+        )
         inputs_dir = ctx.work_dir / "inputs"
-        subfolder = f"comfy_worker/{ctx.task.task_id}"
+        subfolder = f"{UPLOAD_SUBFOLDER}/{ctx.task_key}"
         for spec in specs:
             path = await self._fetch(ctx, spec, inputs_dir)
             name = await ctx.client.upload_file(path, subfolder=subfolder, overwrite=True)
@@ -217,7 +224,13 @@ async def upload_outputs(ctx: TaskContext, items: list[OutputItem]) -> list[dict
         if name in used:  # the same filename from two nodes or subfolders: keep both
             name = f"{item.node_id}_{name}"
         used.add(name)
-        stored = await ctx.storage.upload(item.path, ctx.storage_path(name), content_type=item.content_type)
+        stored = await ctx.storage.upload(
+            item.path,
+            ctx.storage_path(name),
+            content_type=item.content_type,
+            sha256=item.sha256,  # hashed while it downloaded from ComfyUI: not read again to hash it
+            journal=ctx.uploads,
+        )
         outputs.append(
             {
                 "node_id": item.node_id,

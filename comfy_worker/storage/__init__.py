@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from comfy_worker.config import Settings
-from comfy_worker.storage.base import Storage, StoredObject, guess_content_type, validate_path
+from comfy_worker.storage.base import Storage, StoredObject, UploadJournal, guess_content_type, validate_path
 from comfy_worker.storage.local import LocalStorage
 from comfy_worker.storage.supabase import SupabaseStorage
 
@@ -17,6 +17,7 @@ __all__ = [
     "Storage",
     "StoredObject",
     "SupabaseStorage",
+    "UploadJournal",
     "guess_content_type",
     "open_storage",
     "validate_path",

@@ -1,9 +1,10 @@
 """The storage interface every backend implements, and the helpers they share.
 
 A :class:`Storage` keeps task outputs (and may serve task inputs) under paths that callers build as
-``"{task_type}/{task_id}/{filename}"``. Every transfer streams between disk and the backend with bounded
-memory and computes the SHA-256 on the way. Backends raise only :class:`~comfy_worker.errors.StorageRejected`
-(permanent: bad path, bucket missing, forbidden, too large) and
+``"{task_type}/{task_key}/{filename}"``. Every transfer streams between disk and the backend with bounded
+memory and computes the SHA-256 on the way, unless the caller already has it (then the file is read once).
+Backends raise only :class:`~comfy_worker.errors.StorageRejected` (permanent: bad path, bucket missing,
+forbidden, too large) and
 :class:`~comfy_worker.errors.StorageUnavailable` (retryable: network error or 5xx after retries).
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from comfy_worker.errors import StorageRejected
 
@@ -45,6 +47,37 @@ class StoredObject:
     content_type: str
 
 
+class UploadJournal:
+    """Where resumable uploads record how to resume: ``dest_path → {url, size, sha256, …}``.
+
+    A backend saves an entry once an upload exists on the server and forgets it when the upload is done; a
+    later attempt (another process, another machine) that uploads the same file to the same path finds the
+    entry and resumes instead of starting over. Storage does not know where entries are kept: ``persist`` is
+    called with every entry after each change (the daemon keeps them in the task's checkpoint)."""
+
+    def __init__(
+        self,
+        entries: dict[str, dict[str, Any]] | None = None,
+        persist: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.entries: dict[str, dict[str, Any]] = {
+            str(k): dict(v) for k, v in (entries or {}).items() if isinstance(v, dict)
+        }
+        self._persist = persist
+
+    def get(self, dest_path: str) -> dict[str, Any] | None:
+        return self.entries.get(dest_path)
+
+    async def save(self, dest_path: str, entry: dict[str, Any]) -> None:
+        self.entries[dest_path] = dict(entry)
+        if self._persist is not None:
+            await self._persist(dict(self.entries))
+
+    async def forget(self, dest_path: str) -> None:
+        if self.entries.pop(dest_path, None) is not None and self._persist is not None:
+            await self._persist(dict(self.entries))
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Output storage. Implementations: :class:`~comfy_worker.storage.local.LocalStorage`,
@@ -55,9 +88,20 @@ class Storage(Protocol):
         ...
 
     async def upload(
-        self, local_path: Path, dest_path: str, *, content_type: str | None = None
+        self,
+        local_path: Path,
+        dest_path: str,
+        *,
+        content_type: str | None = None,
+        sha256: str | None = None,
+        journal: UploadJournal | None = None,
     ) -> StoredObject:
-        """Stream ``local_path`` to ``dest_path`` (overwriting), returning what was stored."""
+        """Stream ``local_path`` to ``dest_path`` (overwriting), returning what was stored.
+
+        ``sha256``: the file's digest when the caller already has it (outputs are hashed while they download
+        from ComfyUI); the backend then does not hash the file again. ``journal``: where a resumable upload
+        keeps its URL, so an attempt that dies half-way is resumed by the next one (backends without
+        resumable uploads ignore it)."""
         ...
 
     async def download(self, storage_path: str, local_path: Path) -> Path:

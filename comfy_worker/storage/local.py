@@ -18,29 +18,38 @@ from urllib.parse import quote
 
 from comfy_worker.errors import StorageRejected
 from comfy_worker.logs import get_logger
-from comfy_worker.storage.base import READ_BLOCK, StoredObject, guess_content_type, validate_path
+from comfy_worker.pathsafe import contained
+from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
 
 log = get_logger(__name__)
 
 
-def _copy_hashing(src: Path, dest: Path) -> tuple[int, str]:
-    """Copy src to dest atomically (tmp + rename), returning (bytes, sha256). Runs in a thread."""
+def _copy_hashing(src: Path, dest: Path, sha256: str | None = None) -> tuple[int, str]:
+    """Copy src to dest atomically (tmp + rename), returning (bytes, sha256). Runs in a thread.
+
+    With ``sha256`` already known the bytes are not hashed again and the copy is left to the kernel
+    (``shutil.copyfile`` uses ``sendfile`` / ``copy_file_range`` where the platform has them)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            while block := fin.read(READ_BLOCK):
-                digest.update(block)
-                fout.write(block)
-                size += len(block)
+        if sha256 is not None:
+            os.close(fd)
+            shutil.copyfile(src, tmp)
+            size = tmp.stat().st_size
+        else:
+            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                while block := fin.read(READ_BLOCK):
+                    digest.update(block)
+                    fout.write(block)
+                    size += len(block)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return size, digest.hexdigest()
+    return size, sha256 if sha256 is not None else digest.hexdigest()
 
 
 class LocalStorage:
@@ -51,7 +60,12 @@ class LocalStorage:
         self.base_url = base_url.rstrip("/") if base_url else None
 
     def _full(self, path: str) -> Path:
-        return self.root / validate_path(path)
+        full = self.root / validate_path(path)
+        if contained(full, [self.root]) is None:
+            raise StorageRejected(
+                f"storage path {path!r} leads out of LOCAL_STORAGE_DIR through a symlink", details={"path": path}
+            )
+        return full
 
     async def check(self) -> None:
         def probe() -> None:
@@ -70,12 +84,18 @@ class LocalStorage:
             ) from exc
 
     async def upload(
-        self, local_path: Path, dest_path: str, *, content_type: str | None = None
+        self,
+        local_path: Path,
+        dest_path: str,
+        *,
+        content_type: str | None = None,
+        sha256: str | None = None,
+        journal: UploadJournal | None = None,  # a local copy is not resumable: nothing to journal
     ) -> StoredObject:
         dest = self._full(dest_path)
         content_type = content_type or guess_content_type(dest_path)
         try:
-            size, sha = await asyncio.to_thread(_copy_hashing, Path(local_path), dest)
+            size, sha = await asyncio.to_thread(_copy_hashing, Path(local_path), dest, sha256)
         except FileNotFoundError as exc:
             raise StorageRejected(
                 f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}

@@ -9,7 +9,12 @@ disk with bounded memory:
   creates the upload (``Upload-Length``, ``Upload-Metadata`` with base64 bucketName / objectName /
   contentType / cacheControl), then PATCHes of exactly 6 MiB (Supabase's required chunk size; the last may
   be shorter) carry ``Upload-Offset``. After a failed PATCH the offset the server really holds is read with
-  HEAD and the upload resumes from there.
+  HEAD and the upload resumes from there. Given an :class:`~comfy_worker.storage.base.UploadJournal`, the
+  upload URL (with the file's size and SHA-256) is saved there as soon as it exists, and an upload of the
+  same file to the same path by a later attempt (after a crash or a restart) resumes at the server's offset
+  instead of starting over; a different file, an expired upload or a size mismatch starts over.
+
+A digest the caller already has (``sha256=``) is trusted: the file is then streamed without hashing it.
 
 URLs are public (``/object/public/{bucket}/{path}``) or signed (``POST /object/sign/{bucket}/{path}``) per
 ``STORAGE_PUBLIC``. Network errors and 5xx are retried with tenacity and end as StorageUnavailable; 4xx
@@ -32,7 +37,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
-from comfy_worker.storage.base import READ_BLOCK, StoredObject, guess_content_type, validate_path
+from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
 
 log = get_logger(__name__)
 
@@ -178,7 +183,13 @@ class SupabaseStorage:
             )
 
     async def upload(
-        self, local_path: Path, dest_path: str, *, content_type: str | None = None
+        self,
+        local_path: Path,
+        dest_path: str,
+        *,
+        content_type: str | None = None,
+        sha256: str | None = None,
+        journal: UploadJournal | None = None,
     ) -> StoredObject:
         validate_path(dest_path)
         local_path = Path(local_path)
@@ -190,9 +201,9 @@ class SupabaseStorage:
                 f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}
             ) from exc
         if size <= SIMPLE_UPLOAD_MAX:
-            sha = await self._upload_simple(local_path, dest_path, size, content_type)
+            sha = await self._upload_simple(local_path, dest_path, size, content_type, sha256)
         else:
-            sha = await self._upload_resumable(local_path, dest_path, size, content_type)
+            sha = await self._upload_resumable(local_path, dest_path, size, content_type, sha256, journal)
         url = await self.url_for(dest_path)
         log.info(
             "storage_uploaded",
@@ -203,7 +214,9 @@ class SupabaseStorage:
         )
         return StoredObject(path=dest_path, url=url, bytes=size, sha256=sha, content_type=content_type)
 
-    async def _upload_simple(self, local_path: Path, dest_path: str, size: int, content_type: str) -> str:
+    async def _upload_simple(
+        self, local_path: Path, dest_path: str, size: int, content_type: str, sha256: str | None
+    ) -> str:
         url = self._object_url("", dest_path)
         headers = {
             "Content-Type": content_type,
@@ -211,10 +224,10 @@ class SupabaseStorage:
             "x-upsert": "true",
             "cache-control": f"max-age={self.cache_control}",
         }
-        hasher = _RangeHasher()
+        hasher = _RangeHasher(sha256)
         async for attempt in self._retrying():
             with attempt:
-                hasher = _RangeHasher()
+                hasher = _RangeHasher(sha256)
                 with await asyncio.to_thread(open, local_path, "rb") as fh:
                     await self._request(
                         "POST",
@@ -226,7 +239,76 @@ class SupabaseStorage:
                     )
         return hasher.hexdigest()
 
-    async def _upload_resumable(self, local_path: Path, dest_path: str, size: int, content_type: str) -> str:
+    async def _upload_resumable(
+        self,
+        local_path: Path,
+        dest_path: str,
+        size: int,
+        content_type: str,
+        sha256: str | None,
+        journal: UploadJournal | None,
+    ) -> str:
+        location, offset = None, 0
+        if journal is not None:
+            if sha256 is None:  # a resume must know it sends the rest of the same file: one read to hash it
+                sha256 = await asyncio.to_thread(file_sha256, local_path)
+            location, offset = await self._resume_point(journal, dest_path, size, sha256)
+        if location is None:
+            location = await self._tus_create(dest_path, size, content_type)
+            if journal is not None:
+                entry = {"url": location, "bucket": self.bucket, "size": size, "sha256": sha256}
+                await journal.save(dest_path, entry)
+        hasher = _RangeHasher(sha256)
+        hasher.skip_to(offset)  # resumed: an earlier attempt sent these bytes of this same file
+        with await asyncio.to_thread(open, local_path, "rb") as fh:
+            while offset < size:
+                resync = False
+                async for attempt in self._retrying():
+                    with attempt:
+                        if resync:
+                            offset = await self._tus_offset(location, dest_path)
+                            resync = False
+                            if offset >= size:
+                                break
+                        length = min(TUS_CHUNK, size - offset)
+                        resync = True  # if this PATCH fails, ask the server where we are
+                        offset = await self._tus_patch(location, offset, length, fh, hasher, dest_path)
+                        resync = False
+        if hasher.upto != size:  # only possible if the server claimed bytes we never sent
+            raise StorageRejected(
+                f"resumable upload of {dest_path!r} ended out of step", details={"path": dest_path}
+            )
+        if journal is not None:
+            await journal.forget(dest_path)
+        return hasher.hexdigest()
+
+    async def _resume_point(
+        self, journal: UploadJournal, dest_path: str, size: int, sha256: str
+    ) -> tuple[str | None, int]:
+        """(upload URL, offset the server holds) of a journalled upload of this very file, or (None, 0)."""
+        entry = journal.get(dest_path)
+        if not entry:
+            return None, 0
+        same = (entry.get("bucket"), entry.get("size"), entry.get("sha256")) == (self.bucket, size, sha256)
+        url = entry.get("url")
+        # the entry comes back from the task row: our key goes only to this project's own upload endpoint
+        ours = isinstance(url, str) and url.startswith(f"{self._base}/upload/resumable/")
+        if not same or not ours:
+            log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not our URL")
+            await journal.forget(dest_path)
+            return None, 0
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    offset = await self._tus_offset(url, dest_path, expect_length=size)
+        except StorageRejected as exc:  # expired or finished (404/410), or not ours any more: start over
+            log.info("storage_resume_skipped", path=dest_path, reason=str(exc))
+            await journal.forget(dest_path)
+            return None, 0
+        log.info("storage_upload_resumed", path=dest_path, offset=offset, bytes=size)
+        return url, offset
+
+    async def _tus_create(self, dest_path: str, size: int, content_type: str) -> str:
         create_headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Length": str(size),
@@ -254,29 +336,7 @@ class SupabaseStorage:
             raise StorageRejected(
                 f"Supabase Storage gave no Location for {what}", details={"path": dest_path}
             )
-        location = urljoin(endpoint, location)
-
-        hasher = _RangeHasher()
-        offset = 0
-        with await asyncio.to_thread(open, local_path, "rb") as fh:
-            while offset < size:
-                resync = False
-                async for attempt in self._retrying():
-                    with attempt:
-                        if resync:
-                            offset = await self._tus_offset(location, dest_path)
-                            resync = False
-                            if offset >= size:
-                                break
-                        length = min(TUS_CHUNK, size - offset)
-                        resync = True  # if this PATCH fails, ask the server where we are
-                        offset = await self._tus_patch(location, offset, length, fh, hasher, dest_path)
-                        resync = False
-        if hasher.upto != size:  # only possible if the server claimed bytes we never sent
-            raise StorageRejected(
-                f"resumable upload of {dest_path!r} ended out of step", details={"path": dest_path}
-            )
-        return hasher.hexdigest()
+        return urljoin(endpoint, location)
 
     async def _tus_patch(
         self, location: str, offset: int, length: int, fh: BinaryIO, hasher: _RangeHasher, dest_path: str
@@ -302,7 +362,7 @@ class SupabaseStorage:
             raise
         return int(resp.headers.get("Upload-Offset", offset + length))
 
-    async def _tus_offset(self, location: str, dest_path: str) -> int:
+    async def _tus_offset(self, location: str, dest_path: str, *, expect_length: int | None = None) -> int:
         resp = await self._request(
             "HEAD",
             location,
@@ -311,11 +371,19 @@ class SupabaseStorage:
             headers={"Tus-Resumable": TUS_VERSION},
         )
         try:
-            return int(resp.headers["Upload-Offset"])
+            offset = int(resp.headers["Upload-Offset"])
         except (KeyError, ValueError) as exc:
             raise StorageUnavailable(
                 f"Supabase Storage sent no Upload-Offset for {dest_path!r}", details={"path": dest_path}
             ) from exc
+        length = resp.headers.get("Upload-Length")
+        if expect_length is not None and (offset > expect_length or (length and length != str(expect_length))):
+            raise StorageRejected(
+                f"the resumable upload of {dest_path!r} is {length} bytes at offset {offset}, not this file's "
+                f"{expect_length}",
+                details={"path": dest_path},
+            )
+        return offset
 
     async def download(self, storage_path: str, local_path: Path) -> Path:
         validate_path(storage_path)
@@ -394,20 +462,39 @@ class SupabaseStorage:
 
 
 class _RangeHasher:
-    """SHA-256 of a file sent in ranges that may repeat after a resume: each byte is hashed once, in order."""
+    """SHA-256 of a file sent in ranges that may repeat after a resume: each byte is hashed once, in order.
 
-    def __init__(self) -> None:
+    Given the digest already (``known``), it only tracks how far the bytes sent reach and hashes nothing."""
+
+    def __init__(self, known: str | None = None) -> None:
         self._digest = hashlib.sha256()
-        self.upto = 0  # bytes [0, upto) are in the digest
+        self._known = known
+        self.upto = 0  # bytes [0, upto) are in the digest (or, with a known digest, were sent)
 
     def feed(self, pos: int, block: bytes) -> None:
         end = pos + len(block)
-        if pos <= self.upto < end:
+        if self._known is not None:
+            self.upto = max(self.upto, end) if pos <= self.upto else self.upto
+        elif pos <= self.upto < end:
             self._digest.update(memoryview(block)[self.upto - pos :])
             self.upto = end
 
+    def skip_to(self, offset: int) -> None:
+        """Bytes before ``offset`` were sent by an earlier attempt (only meaningful with a known digest)."""
+        if self._known is not None:
+            self.upto = max(self.upto, offset)
+
     def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+        return self._known if self._known is not None else self._digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (run it in a thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:

@@ -23,7 +23,9 @@ termination. Objects are plain files under ``root/<bucket>/<path>``; every body 
 the stand-in's memory stays flat for multi-GB transfers (the transfer benchmark relies on that).
 
 It records every request (:attr:`StorageStandin.requests`) and can inject failures
-(:meth:`StorageStandin.fail`), e.g. the 3rd PATCH answers 500 after storing 1 MiB of its chunk.
+(:meth:`StorageStandin.fail`), e.g. the 3rd PATCH answers 500 after storing 1 MiB of its chunk, or keeps
+1 MiB and drops the connection without answering. TUS uploads live in the stand-in object, so a new client
+(a restarted worker) can resume one with HEAD + PATCH as it would against Supabase.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class _Failure:
     countdown: int
     status: int
     keep_bytes: int
+    cut: bool = False  # drop the connection instead of answering (the client sees a reset socket)
 
 
 _RECORD = web.RequestKey("record", RecordedRequest)
@@ -152,9 +155,11 @@ class StorageStandin:
             await self._runner.cleanup()
             self._runner = None
 
-    def fail(self, method: str, *, nth: int = 1, status: int = 500, keep_bytes: int = 0) -> None:
-        """Answer the ``nth`` next ``method`` request with ``status``; a PATCH first keeps ``keep_bytes``."""
-        self._failures.append(_Failure(method.upper(), nth, status, keep_bytes))
+    def fail(self, method: str, *, nth: int = 1, status: int = 500, keep_bytes: int = 0, cut: bool = False) -> None:
+        """Answer the ``nth`` next ``method`` request with ``status``; a PATCH first keeps ``keep_bytes``.
+        ``cut``: a PATCH reads and keeps ``keep_bytes`` of its body, then the connection is dropped mid-body
+        with no answer at all (a network cut or a proxy timeout)."""
+        self._failures.append(_Failure(method.upper(), nth, status, keep_bytes, cut))
 
     def object_path(self, bucket: str, name: str) -> Path:
         return self.root / bucket / name
@@ -387,6 +392,21 @@ class StorageStandin:
         if declared is not None and declared != self.chunk_size and declared != remaining:
             return _err(400, "InvalidChunkSize", f"chunks must be {self.chunk_size} bytes, except the last")
         failure: _Failure | None = request.get(_FAILURE)
+        if failure is not None and failure.cut:
+            kept = 0
+            with open(upload.part, "r+b") as fh:
+                fh.seek(upload.offset)
+                async for block in request.content.iter_chunked(_BLOCK):
+                    take = block[: failure.keep_bytes - kept]
+                    fh.write(take)
+                    kept += len(take)
+                    request[_RECORD].body_bytes += len(block)
+                    if kept >= failure.keep_bytes:
+                        break
+            upload.offset += kept
+            assert request.transport is not None
+            request.transport.abort()  # mid-body: the client's send fails or its read finds the socket closed
+            return web.Response(status=499)  # never sent: the socket is gone
         with open(upload.part, "r+b") as fh:
             fh.seek(upload.offset)
             n = await self._stream_body(request, fh, remaining)

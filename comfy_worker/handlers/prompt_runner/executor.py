@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine import ComfyClient, History, events
+from comfy_worker.engine.paths import refuse_unsafe_paths
 from comfy_worker.errors import (
     ComfyWorkerError,
     ExecutionFailed,
@@ -40,7 +41,8 @@ from comfy_worker.handlers.prompt_runner.profile import Profile
 from comfy_worker.handlers.prompt_runner.prompt_file import PromptSpec
 from comfy_worker.handlers.prompt_runner.state import ChainState, step_label
 from comfy_worker.logs import get_logger
-from comfy_worker.storage import Storage
+from comfy_worker.pathsafe import contained, relative_problem
+from comfy_worker.storage import Storage, UploadJournal
 
 log = get_logger(__name__)
 StateFn = Callable[[dict[str, Any]], Awaitable[None]]
@@ -66,6 +68,11 @@ class ChainEnv:
     # ComfyUI's output dir. The daemon gives each task its own, so a chain never picks up another task's file
     # of the same video name (a re-render, or two chains interleaved on one box); default: comfy_root.
     files_root: Path | None = None
+    # Task runs: every file-naming value of a step's workflow must be the profile's own or lie under
+    # artifacts_root (see comfy_worker.engine.paths). Local CLI runs are the operator's and are not confined.
+    confine_paths: bool = True
+    input_dir: Path | None = None  # ComfyUI's input folder, when known: names in it are checked for symlinks
+    uploads: UploadJournal | None = None  # where large uploads keep their resume point (the task's checkpoint)
 
     @property
     def artifacts_root(self) -> Path:
@@ -117,7 +124,21 @@ class ChainRunner:
         return f"{self.env.storage_prefix}/{plan_path}" if self.env.storage_prefix else plan_path
 
     def local(self, plan_path: str) -> Path:
-        return self.env.artifacts_root / plan_path
+        """Where ``plan_path`` lives on this machine. Plan paths come back from the task's checkpoint, which is a
+        column of the task row like its params: one that leaves artifacts_root is refused, never opened."""
+        path = self.env.artifacts_root / plan_path
+        if relative_problem(plan_path) or contained(path, [self.env.artifacts_root]) is None:
+            raise InputRejected(
+                f"chain path {plan_path!r} leads out of {self.env.artifacts_root}; the saved chain state was not "
+                "written by this worker (clear the task's checkpoint to start the video over)",
+                details={"path": plan_path},
+            )
+        return path
+
+    def _own_object(self, stored: str) -> bool:
+        """True for storage paths under this chain's prefix (checkpointed paths elsewhere are not ours)."""
+        prefix = self.env.storage_prefix
+        return not prefix or stored.startswith(f"{prefix}/")
 
     async def ensure_local(self, plan_path: str) -> Path:
         """``comfy_root/plan_path``, fetched from storage when this machine does not have it."""
@@ -125,6 +146,12 @@ class ChainRunner:
         if path.is_file():
             return path
         stored = self.state.artifacts.get(plan_path)
+        if stored is not None and not self._own_object(stored):
+            raise InputRejected(
+                f"{plan_path}: the saved chain state points at {stored!r}, outside this task's storage "
+                f"({self.env.storage_prefix}/); clear the task's checkpoint to start the video over",
+                details={"path": plan_path, "storage_path": stored},
+            )
         if stored is None:
             raise InputRejected(
                 f"{plan_path}: needed by the next step but neither in {self.env.artifacts_root} nor recorded in "
@@ -138,7 +165,7 @@ class ChainRunner:
 
     async def keep(self, local_path: Path, plan_path: str) -> str:
         """Upload an artifact to storage and record it."""
-        stored = await self.env.storage.upload(local_path, self.storage_path(plan_path))
+        stored = await self.env.storage.upload(local_path, self.storage_path(plan_path), journal=self.env.uploads)
         self.state.artifacts[plan_path] = stored.path
         return stored.path
 
@@ -171,7 +198,9 @@ class ChainRunner:
                     await self._step(job)
             out = await self.ensure_local(self.plan.final_output_path)
             frames, mode = await join.count_frames(out), "comfyui"
-        stored = await self.env.storage.upload(out, self.storage_path(self.plan.final_output_path))
+        stored = await self.env.storage.upload(
+            out, self.storage_path(self.plan.final_output_path), journal=self.env.uploads
+        )
         self.state.final = {
             "storage_path": stored.path,
             "url": stored.url,
@@ -188,12 +217,12 @@ class ChainRunner:
         if self.options.keep_intermediate:
             return []
         final = self.plan.final_output_path
-        doomed = [p for k, p in self.state.artifacts.items() if k != final]
+        doomed = [p for k, p in self.state.artifacts.items() if k != final and self._own_object(p)]
         if doomed:
             await self.env.storage.delete(doomed)
         for rel in [*self.state.artifacts, *self.state.comfy_files]:
             if rel != final:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, InputRejected):
                     self.local(rel).unlink(missing_ok=True)
         log.info("intermediates_removed", count=len(doomed))
         return doomed
@@ -246,6 +275,15 @@ class ChainRunner:
         if job.job_type != COMBINE:
             self._apply_overrides(workflow)
         self._check_node_types(workflow)
+        if self.env.confine_paths:
+            refuse_unsafe_paths(
+                workflow,
+                self.object_info,
+                roots=[self.env.artifacts_root],
+                input_dir=self.env.input_dir,
+                trusted=self.profile.combine_workflow if job.job_type == COMBINE else self.profile.base_workflow,
+                fetched_urls=False,
+            )
         started_at = time.time()
         history = await self._queue_and_wait(job, workflow, attempt)
         if job.job_type == HIGH:
@@ -348,8 +386,13 @@ class ChainRunner:
                 if item.get("type", "output") != "output":
                     continue
                 rel = "/".join(p for p in (item.get("subfolder") or "", item["filename"]) if p)
-                self.state.comfy_files.append(rel)
                 path = self.env.comfy_root / rel
+                if relative_problem(rel) or contained(path, [self.env.comfy_root]) is None:
+                    raise ExecutionFailed(  # never copy (and upload) a file from outside the output folder
+                        f"{job.job_id}: ComfyUI reported output {rel!r}, which is not inside its output folder",
+                        details={"path": rel},
+                    )
+                self.state.comfy_files.append(rel)
                 if not path.is_file():
                     raise ExecutionFailed(
                         f"{job.job_id}: ComfyUI reported {rel} but {path} does not exist; is COMFY_OUTPUT_DIR "
@@ -408,14 +451,14 @@ async def extract_frame(video: Path, index: int, dest: Path) -> Path:
             "error",
             "-y",
             "-i",
-            str(video),
+            join.file_arg(video),
             "-vf",
             f"select=eq(n\\,{index})",
             "-vsync",
             "0",
             "-frames:v",
             "1",
-            str(tmp),
+            join.file_arg(tmp),
         ],
         what=f"extract frame {index} of {video.name}",
     )

@@ -3,11 +3,13 @@
 Params::
 
     {"video_name": "sunset_beach", "total_frames": 500, "positive_prompt": "…", "negative_prompt": "…",
-     "frames_per_chunk": 101, "input_video": "…", "profile": "wan22_vace_v2v" | "/path/profile.yaml",
+     "frames_per_chunk": 101, "input_video": "source.mp4", "profile": "wan22_vace_v2v",
      "seed": 42, "max_retries": 3, "keep_intermediate": false,
      "overrides": {"overlap": 0, "reference_offset": 10, "nodes": {"54": {"steps": 8}}}}
 
 * prepare: parse (errors name the field; permanent), load the profile, plan, restore the checkpoint.
+  ``profile`` names a shipped profile or one in PROFILES_DIR, never a path; ``input_video`` and overrides
+  of file-naming inputs may not name the worker's files (see :mod:`comfy_worker.engine.paths`).
 * execute: every HIGH/LOW step not yet done; the task's checkpoint is saved after each one.
 * finish: join the segments, upload ``{video}/final/{video}.mp4``, remove intermediates unless
   ``keep_intermediate``; ``output_url`` is the final video.
@@ -20,16 +22,19 @@ write latents and reference frames there by absolute path.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from comfy_worker.engine.paths import kind_of_input, path_problems
 from comfy_worker.errors import ConfigError
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for
 from comfy_worker.handlers.prompt_runner.executor import ChainEnv, ChainOptions, ChainRunner
-from comfy_worker.handlers.prompt_runner.profile import Profile, load_profile
+from comfy_worker.handlers.prompt_runner.profile import Profile, load_profile, load_task_profile
 from comfy_worker.handlers.prompt_runner.prompt_file import PromptFileError, PromptSpec, from_params
 from comfy_worker.handlers.prompt_runner.state import ChainState, summary
 from comfy_worker.logs import get_logger
+from comfy_worker.pathsafe import path_key, relative_problem
 
 log = get_logger(__name__)
 DEFAULT_PROFILE = "wan22_vace_v2v"
@@ -75,11 +80,45 @@ def check_overrides(spec: PromptSpec, profile: Profile) -> dict[str, Any]:
     return ov
 
 
-def prepare_chain(spec: PromptSpec, checkpoint: dict[str, Any] | None) -> tuple[Profile, ChainState, dict[str, Any]]:
+def check_task_paths(spec: PromptSpec, profile: Profile, overrides: dict[str, Any]) -> None:
+    """Refuse task values that would name the worker's files, before anything is queued: ``input_video`` (a
+    file in ComfyUI's input folder) and every override of a file-naming input. Values a chain step sets itself
+    (its own latents and frames) are checked again per step, against the chain's folder, by the executor."""
+    if spec.input_video is not None and (problem := relative_problem(spec.input_video)):
+        raise PromptFileError(
+            "params",
+            f"{problem}: input_video names a file in ComfyUI's input folder (e.g. 'source.mp4')",
+            field="input_video",
+        )
+    touched = {
+        node_id: {"class_type": profile.base_workflow[node_id].get("class_type"), "inputs": inputs}
+        for node_id, inputs in overrides["nodes"].items()
+    }
+    for p in path_problems(touched, fetched_urls=False):
+        if kind_of_input(p["class_type"], p["input"]) == "path":
+            problem = f"{p['value']!r} names a file by path; the chain points these inputs at its own files"
+        else:
+            problem = p["message"].split(": ", 1)[1]
+        raise PromptFileError("params", problem, field=f"overrides.nodes.{p['node_id']}.{p['input']}")
+
+
+def prepare_chain(
+    spec: PromptSpec,
+    checkpoint: dict[str, Any] | None,
+    *,
+    task: bool = False,
+    profiles_dir: Path | None = None,
+) -> tuple[Profile, ChainState, dict[str, Any]]:
     """Profile, restored (or fresh) state and validated overrides for ``spec`` (pure apart from reading the
-    profile)."""
-    profile = load_profile(spec.profile or DEFAULT_PROFILE)
+    profile). ``task``: the spec comes from task params, so its profile must be a name (shipped or in
+    ``profiles_dir``) and its file-naming values are checked; local runs (the operator's own) may name a path."""
+    if task:
+        profile = load_task_profile(spec.profile or DEFAULT_PROFILE, profiles_dir)
+    else:
+        profile = load_profile(spec.profile or DEFAULT_PROFILE)
     overrides = check_overrides(spec, profile)
+    if task:
+        check_task_paths(spec, profile, overrides)
     plan = plan_for(spec, profile, overlap=overrides.get("overlap"), reference_offset=overrides.get("reference_offset"))
     return profile, ChainState.restore(checkpoint, plan), overrides
 
@@ -96,14 +135,18 @@ class PromptRunnerHandler:
                 "prompt_runner tasks need ComfyUI's output directory as this worker sees it (latents and "
                 "reference frames are read there by path); set COMFY_OUTPUT_DIR, or launch ComfyUI with COMFY_PATH",
             )
-        profile, state, overrides = prepare_chain(spec, ctx.task.checkpoint)
+        profile, state, overrides = prepare_chain(
+            spec, ctx.task.checkpoint, task=True, profiles_dir=ctx.settings.profiles_path
+        )
         task = ctx.task
         env = ChainEnv(
             client=ctx.client,
             storage=ctx.storage,
-            storage_prefix=f"{task.task_type}/{task.task_id}",
+            storage_prefix=f"{task.task_type}/{path_key(task.task_id)}",
             comfy_root=root,
-            files_root=root / "cw_chains" / task.task_id,
+            files_root=root / "cw_chains" / path_key(task.task_id),
+            input_dir=ctx.settings.comfy_input_path,
+            uploads=ctx.uploads,
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
             progress=ctx.progress,

@@ -77,10 +77,25 @@ async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
     return out.decode("utf-8", "replace")
 
 
+def file_arg(path: str | Path) -> str:
+    """A file as an ffmpeg/ffprobe argument: absolute, so a name can never read as an option (``-x``) or a
+    protocol (``http:…``, ``concat:…``) whatever directory or name it has."""
+    return str(Path(path).absolute())
+
+
+def _frame_rate(raw: Any) -> str:
+    """ffprobe's r_frame_rate as ``num/den``; it goes into filter graphs, so nothing else gets through."""
+    try:
+        rate = Fraction(str(raw or "0/1"))
+    except (ValueError, ZeroDivisionError):
+        rate = Fraction(0)
+    return f"{rate.numerator}/{rate.denominator}"
+
+
 async def _probe_streams(path: str | Path, count: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     fields = "codec_type,codec_name,width,height,pix_fmt,r_frame_rate,nb_frames,nb_read_frames,nb_read_packets"
     args = ["-v", "error", *([count] if count else []), "-show_entries", f"stream={fields}", "-of", "json"]
-    text = await _run("ffprobe", [*args, str(path)], what=f"probe {path}")
+    text = await _run("ffprobe", [*args, file_arg(path)], what=f"probe {path}")
     streams = json.loads(text).get("streams") or []
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     if video is None:
@@ -101,7 +116,7 @@ async def probe(path: str | Path, *, decode: bool = False) -> StreamInfo:
         width=int(video.get("width") or 0),
         height=int(video.get("height") or 0),
         pix_fmt=str(video.get("pix_fmt")),
-        frame_rate=str(video.get("r_frame_rate") or "0/1"),
+        frame_rate=_frame_rate(video.get("r_frame_rate")),
         frames=int(video.get(field) or 0),
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
     )
@@ -114,6 +129,8 @@ async def count_frames(path: str | Path, *, decode: bool = False) -> int:
 def _concat_list(paths: Sequence[Path]) -> str:
     lines = []
     for p in paths:
+        if "\n" in str(p) or "\r" in str(p):  # a line break would start a directive of its own in the listing
+            raise InputRejected(f"segment {str(p)!r}: a line break in the path", details={"path": str(p)})
         escaped = str(p.resolve()).replace("'", "'\\''")
         lines.append(f"file '{escaped}'")
     return "\n".join(lines) + "\n"
@@ -164,7 +181,7 @@ async def join_segments(
 ) -> JoinResult:
     """Join ``segments`` in order into ``output`` (mp4), dropping the first ``overlap`` frames of every
     segment after the first. Returns the mode used and the frame count (checked when ``verify``)."""
-    paths = [Path(s) for s in segments]
+    paths = [Path(file_arg(s)) for s in segments]
     if not paths:
         raise InputRejected("segments: at least one segment is needed")
     if overlap < 0:
@@ -184,7 +201,7 @@ async def join_segments(
         if overlap and info.frames <= overlap:
             raise InputRejected(f"segment {p}: {info.frames} frames, not more than the overlap ({overlap})")
     expected = sum(i.frames for i in infos) - overlap * (len(infos) - 1)
-    out = Path(output)
+    out = Path(file_arg(output))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.stem}.joining{out.suffix or '.mp4'}")
     compatible = all(infos[0].compatible(i) for i in infos[1:])

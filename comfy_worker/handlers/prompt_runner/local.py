@@ -92,7 +92,8 @@ async def submit_specs(specs: list[PromptSpec], args: argparse.Namespace, settin
         spec_with_profile = PromptSpec(**{**spec.to_dict(), "profile": params.get("profile"),
                                           "overrides": params.get("overrides", {})})  # fmt: skip
         try:
-            prepare_chain(spec_with_profile, None)  # a bad profile or override fails here, not on a worker
+            # a bad profile or override fails here, not on a worker; checked as a worker will (a name, not a path)
+            prepare_chain(spec_with_profile, None, task=True, profiles_dir=settings.profiles_path)
         except ComfyWorkerError as exc:
             print(f"ERROR {spec.source}: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -201,6 +202,7 @@ async def _run_one(
             step_timeout_s=settings.task_timeout_s,
             stall_timeout_s=settings.stall_timeout_s,
             run_key=f"local:{name}:{time.time_ns()}",
+            confine_paths=False,  # the operator's own run: profiles and inputs may name any path
         )
         runner = ChainRunner(
             env,

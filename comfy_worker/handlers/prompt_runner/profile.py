@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 import yaml
 
 from comfy_worker.errors import ConfigError
+from comfy_worker.pathsafe import contained, relative_problem
 
 # role name → the keys (besides "node") it may carry; "input" is the main input to set.
 BASE_ROLES: dict[str, tuple[str, ...]] = {
@@ -62,6 +64,8 @@ COMBINE_ROLES: dict[str, tuple[str, ...]] = {
 REQUIRED_BASE_ROLES = ("positive_prompt", "frames", "video_out")
 # Inputs that must exist on the node (the others are set only when the node has them, e.g. step ranges).
 _MUST_EXIST = {"input", "folder", "subfolder", "filename", "previous_input", "new_input", "skip_input"}
+TASK_PROFILE_SUFFIXES = (".yaml", ".yml")
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class ProfileError(ConfigError):
@@ -134,6 +138,45 @@ def _read_structured(path: Path) -> Any:
         raise ProfileError(str(path), f"is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
 
 
+def profile_names(profiles_dir: Path | None = None) -> list[str]:
+    """The names a task may use: every shipped profile and every ``NAME.yaml`` / ``NAME.yml`` in
+    ``profiles_dir`` (PROFILES_DIR). Read from the folders each time, so a profile added there is usable."""
+    names = set(list_profiles())
+    if profiles_dir is not None and profiles_dir.is_dir():
+        names |= {p.stem for p in profiles_dir.iterdir() if p.suffix in TASK_PROFILE_SUFFIXES and p.is_file()}
+    return sorted(names)
+
+
+def resolve_task_profile(name: str, profiles_dir: Path | None = None) -> Path:
+    """The profile file a task's ``profile`` names: ``profiles_dir/NAME.yaml`` (PROFILES_DIR wins, so an
+    operator can replace a shipped profile), else the shipped ``NAME.yaml``. Never a path: absolute paths,
+    separators, ``..`` and symlinks leading out of the folder are refused, naming the allowed names."""
+    allowed = profile_names(profiles_dir)
+    hint = "" if profiles_dir is not None else " (workers add their own with PROFILES_DIR)"
+
+    def refuse(problem: str) -> ProfileError:
+        return ProfileError("params.profile", f"{problem}; allowed: {', '.join(allowed)}{hint}", allowed=allowed)
+
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in TASK_PROFILE_SUFFIXES else name
+    if not _PROFILE_NAME.match(stem) or ".." in stem:
+        raise refuse(f"{name!r} is not a profile name (a task names a profile, never a path)")
+    folders = [d for d in (profiles_dir, shipped_profiles_dir()) if d is not None]
+    for folder in folders:
+        for suffix in TASK_PROFILE_SUFFIXES:
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                if contained(candidate, [folder]) is None:
+                    raise refuse(f"{name!r} leads out of {folder} through a symlink")
+                return candidate.resolve()
+    raise refuse(f"no profile named {name!r}")
+
+
+def load_task_profile(name: str, profiles_dir: Path | None = None) -> Profile:
+    """A task's profile by name (see :func:`resolve_task_profile`); its workflow files must sit in its folder."""
+    path = resolve_task_profile(name, profiles_dir)
+    return parse_profile(_read_structured(path), source=str(path), base_dir=path.parent, confine=True)
+
+
 def resolve_profile_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
@@ -187,8 +230,9 @@ def _pass(source: str, name: str, raw: Any) -> PassConfig:
     )
 
 
-def parse_profile(data: Any, *, source: str, base_dir: Path | None = None) -> Profile:
-    """Build and validate a profile from parsed YAML/JSON; workflow paths resolve against ``base_dir``."""
+def parse_profile(data: Any, *, source: str, base_dir: Path | None = None, confine: bool = False) -> Profile:
+    """Build and validate a profile from parsed YAML/JSON; workflow paths resolve against ``base_dir``
+    (with ``confine``, they must stay inside it: relative, no ``..``, no symlink out)."""
     if not isinstance(data, dict):
         raise ProfileError(source, "expected a mapping at the top level")
     base_dir = base_dir or Path.cwd()
@@ -199,6 +243,8 @@ def parse_profile(data: Any, *, source: str, base_dir: Path | None = None) -> Pr
             return None
         if isinstance(ref, dict):
             return ref
+        if confine and (relative_problem(str(ref)) or contained(base_dir / str(ref), [base_dir]) is None):
+            raise ProfileError(source, f"{key}: {ref} must be a file next to the profile (relative, no '..')")
         wf = _read_structured((base_dir / str(ref)) if not Path(str(ref)).is_absolute() else Path(str(ref)))
         if not isinstance(wf, dict) or not wf:
             raise ProfileError(source, f"{key}: {ref} is not an API-format workflow object")

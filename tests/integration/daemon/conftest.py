@@ -65,6 +65,7 @@ class Harness:
             "DATABASE_URL": self.dsn,
             "COMFY_URL": self.comfy_url,
             "LOCAL_STORAGE_DIR": str(self.storage_dir),
+            "PROFILES_DIR": str(Path(__file__).parents[1] / "prompt_runner" / "chain"),  # the CPU chain profiles
         }
         return load_settings({**base, **env})
 

@@ -22,7 +22,7 @@ def chain_params(**extra: Any) -> dict[str, Any]:
         "frames_per_chunk": 9,
         "positive_prompt": "a red square drifting over a blue sea",
         "negative_prompt": "blurry",
-        "profile": str(CHAIN_PROFILE),
+        "profile": CHAIN_PROFILE.stem,  # a name: the harness sets PROFILES_DIR to CHAIN_PROFILE's folder
         "seed": 7,
         **extra,
     }

@@ -94,6 +94,7 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
         "COMFY_URL": harness.comfy_url,
         "COMFY_OUTPUT_DIR": str(comfyui_server.output_dir),
         "LOCAL_STORAGE_DIR": str(harness.storage_dir),
+        "PROFILES_DIR": str(CHAIN_PROFILE.parent),
         "PYTHONPATH": str(REPO),
     }
     tid = await enqueue(harness, params)
@@ -168,8 +169,9 @@ async def test_a_node_type_missing_on_the_server_fails_the_task_at_once_before_q
     workflow = json.loads(wf_path.read_text())
     workflow["53"]["class_type"] = "CWTextEncodeFromAMissingPack"
     wf_path.write_text(json.dumps(workflow))
-    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
-    params = chain_params(profile=str(chain / CHAIN_PROFILE.name))
+    settings = harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), PROFILES_DIR=str(chain))
+    await harness.start_daemon(settings=settings)
+    params = chain_params()
     tid = await enqueue(harness, params)
     task = await wait_task(harness.store, tid, timeout=60)
     assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
@@ -198,7 +200,7 @@ async def test_profile_combine_workflow_joins_progressively_in_comfyui(
     harness: Harness, comfyui_server: ComfyServer
 ) -> None:
     await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
-    params = chain_params(profile=str(CHAIN_PROFILE.with_name("cw_test_chain_combine.yaml")))
+    params = chain_params(profile="cw_test_chain_combine")
     name = params["video_name"]
     tid = await enqueue(harness, params)
     task = await wait_task(harness.store, tid, timeout=240)

@@ -65,3 +65,25 @@ async def test_single_segment_and_errors(segments, tmp_path):
         await join_segments([segments[0], junk], tmp_path / "x.mp4")
     assert info.value.details["tool"] == "ffprobe" and not info.value.retryable
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("force_reencode", [False, True])
+async def test_file_names_that_look_like_options_or_protocols_stay_file_names(
+    segments, tmp_path, monkeypatch, force_reencode
+):
+    # relative paths in the current directory whose names ffmpeg would read as an option or a protocol if
+    # they reached it as given: every file argument goes absolute, the concat listing is quoted
+    monkeypatch.chdir(tmp_path)
+    names = ["-y.mp4", "concat:it's here.mp4", "http:x.mp4"]
+    for seg, name in zip(segments, names, strict=True):
+        Path(name).write_bytes(seg.read_bytes())
+    result = await join_segments(names, "-out.mp4", force_reencode=force_reencode)
+    assert result.output == tmp_path / "-out.mp4" and result.frames == 67
+    assert await count_frames("-out.mp4", decode=True) == 67
+
+
+async def test_a_line_break_in_a_segment_path_is_refused(segments, tmp_path):
+    odd = tmp_path / "a\nfile 'x'.mp4"
+    odd.write_bytes(segments[0].read_bytes())
+    with pytest.raises(InputRejected, match="line break"):
+        await join_segments([segments[0], odd], tmp_path / "x.mp4")
