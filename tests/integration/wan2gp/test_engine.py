@@ -48,16 +48,16 @@ def frames(path: Path) -> int:
 
 async def test_generate_routes_progress_and_files_and_keeps_the_model_loaded(engine: WanEngine) -> None:
     seen: list[p.Progress] = []
-    first = await engine.generate("i2v_14B", settings(), on_progress=seen.append)
+    first = await engine.generate("i2v", settings(), on_progress=seen.append)
     assert len(first.files) == 1 and first.files[0].is_file() and frames(first.files[0]) == 9
     assert first.files[0].parent == engine.config.output_dir.resolve()
-    assert first.model == "i2v_14B" and first.switched and first.load_s >= 0.3
+    assert first.model == "i2v" and first.switched and first.load_s >= 0.3
     steps = [e.step for e in seen if e.phase == "inference"]
     assert steps == [1, 2, 3, 4], seen
     assert seen[0].phase == "loading_model" and all(e.id == seen[0].id for e in seen)
-    assert engine.loaded_model == "i2v_14B"
+    assert engine.loaded_model == "i2v"
 
-    again = await engine.generate("i2v_14B", settings("a blue fox"))
+    again = await engine.generate("i2v", settings("a blue fox"))
     assert not again.switched and again.load_s < 0.3  # the model stayed loaded: no load between tasks
     other = await engine.generate("t2v", settings())
     assert other.switched and other.load_s >= 0.3 and engine.loaded_model == "t2v"
@@ -69,7 +69,7 @@ async def test_memory_is_held_between_tasks_and_freed_only_on_request(engine: Wa
     await engine.start()
     baseline = engine.memory.rss_bytes
     assert baseline is not None
-    await engine.generate("i2v_14B", settings())
+    await engine.generate("i2v", settings())
     held = (await engine.status()).memory.rss_bytes
     assert held is not None and held - baseline >= MODEL_MB * MB * 0.9
     await asyncio.sleep(0.3)  # nothing frees it by itself
@@ -77,7 +77,7 @@ async def test_memory_is_held_between_tasks_and_freed_only_on_request(engine: Wa
     freed = await engine.free_memory()
     assert freed.rss_bytes is not None and held - freed.rss_bytes >= MODEL_MB * MB * 0.9
     assert engine.loaded_model is None and (await engine.status()).model is None
-    assert (await engine.generate("i2v_14B", settings())).switched  # loads again after a free
+    assert (await engine.generate("i2v", settings())).switched  # loads again after a free
 
 
 async def test_free_waits_for_the_running_generation(engine: WanEngine) -> None:
@@ -85,7 +85,7 @@ async def test_free_waits_for_the_running_generation(engine: WanEngine) -> None:
     started = asyncio.Event()
 
     async def gen() -> None:
-        await engine.generate("i2v_14B", settings("[standin:step_s=0.1]", num_inference_steps=6),
+        await engine.generate("i2v", settings("[standin:step_s=0.1]", num_inference_steps=6),
                               on_progress=lambda e: started.set() if e.phase == "inference" else None)
         order.append("generated")
 
@@ -108,27 +108,27 @@ async def test_crash_mid_task_fails_it_retryable_and_the_child_restarts(engine: 
     await engine.start()
     first_pid = engine.pid
     with pytest.raises(EngineUnavailable) as info:
-        await engine.generate("i2v_14B", settings("[standin:crash_at=2]"))
+        await engine.generate("i2v", settings("[standin:crash_at=2]"))
     assert is_retryable(info.value) and info.value.details["exit_code"] == 139
     assert "exited with code 139 unexpectedly" in str(info.value)
     await engine.ensure_running()  # the restart (with backoff) runs under the start lock: wait for it
     assert engine.restarts == 1 and engine.pid not in (None, first_pid) and engine.loaded_model is None
-    out = await engine.generate("i2v_14B", settings())
+    out = await engine.generate("i2v", settings())
     assert out.files[0].is_file() and out.switched
 
 
 async def test_crash_once_then_the_retry_completes(engine: WanEngine) -> None:
     with pytest.raises(EngineUnavailable):
-        await engine.generate("i2v_14B", settings("[standin:crash_once=1] a fox"))
-    out = await engine.generate("i2v_14B", settings("[standin:crash_once=1] a fox"))
+        await engine.generate("i2v", settings("[standin:crash_once=1] a fox"))
+    out = await engine.generate("i2v", settings("[standin:crash_once=1] a fox"))
     assert out.files[0].is_file()
 
 
 async def test_out_of_memory_is_retryable_and_releases_the_model(engine: WanEngine) -> None:
-    await engine.generate("i2v_14B", settings())
+    await engine.generate("i2v", settings())
     held = (await engine.status()).memory.rss_bytes or 0
     with pytest.raises(EngineOutOfMemory) as info:
-        await engine.generate("i2v_14B", settings("[standin:oom]"))
+        await engine.generate("i2v", settings("[standin:oom]"))
     assert is_retryable(info.value) and "unsufficient VRAM" in str(info.value)
     assert engine.loaded_model is None
     assert held - ((await engine.status()).memory.rss_bytes or 0) >= MODEL_MB * MB * 0.9
@@ -140,9 +140,9 @@ async def test_out_of_memory_is_retryable_and_releases_the_model(engine: WanEngi
 @pytest.mark.parametrize(
     ("prompt", "model", "error", "retryable"),
     [
-        ("[standin:invalid]", "i2v_14B", EngineRejected, False),
+        ("[standin:invalid]", "i2v", EngineRejected, False),
         ("a fox", "no_such_model", EngineRejected, False),
-        ("[standin:raise]", "i2v_14B", ExecutionFailed, False),
+        ("[standin:raise]", "i2v", ExecutionFailed, False),
         ("[standin:download_error]", "t2v", EngineUnavailable, True),
     ],
 )
@@ -152,7 +152,7 @@ async def test_errors_map_to_the_exception_tree(
     with pytest.raises(error) as info:
         await engine.generate(model, settings(prompt))
     assert is_retryable(info.value) is retryable
-    assert (await engine.generate("i2v_14B", settings())).files  # the child is still fine
+    assert (await engine.generate("i2v", settings())).files  # the child is still fine
 
 
 async def test_cancel_event_interrupts_the_generation(engine: WanEngine) -> None:
@@ -163,17 +163,17 @@ async def test_cancel_event_interrupts_the_generation(engine: WanEngine) -> None
             cancel.set()
 
     with pytest.raises(ExecutionInterrupted):
-        await engine.generate("i2v_14B", settings("[standin:step_s=0.2]", num_inference_steps=100),
+        await engine.generate("i2v", settings("[standin:step_s=0.2]", num_inference_steps=100),
                               on_progress=on_progress, cancel=cancel)
     status = await engine.status()
-    assert not status.busy and status.model == "i2v_14B"  # interrupted, model kept, child alive
-    assert (await engine.generate("i2v_14B", settings())).files
+    assert not status.busy and status.model == "i2v"  # interrupted, model kept, child alive
+    assert (await engine.generate("i2v", settings())).files
 
 
 async def test_a_caller_that_gives_up_stops_the_child_work_too(engine: WanEngine) -> None:
     started = asyncio.Event()
     task = asyncio.create_task(engine.generate(
-        "i2v_14B", settings("[standin:step_s=0.2]", num_inference_steps=100),
+        "i2v", settings("[standin:step_s=0.2]", num_inference_steps=100),
         on_progress=lambda e: started.set() if e.phase == "inference" else None))
     await started.wait()
     task.cancel()
@@ -183,13 +183,13 @@ async def test_a_caller_that_gives_up_stops_the_child_work_too(engine: WanEngine
 
 
 async def test_lora_dir_comes_from_wan2gp(engine: WanEngine, tmp_path: Path) -> None:
-    path = await engine.lora_dir("i2v_14B")
+    path = await engine.lora_dir("i2v")
     assert path == tmp_path / "loras" / "i2v" and path.is_dir()
 
 
 async def test_child_output_goes_to_the_worker_log_and_stop_ends_the_child(engine: WanEngine) -> None:
     with capture_logs() as logs:
-        await engine.generate("i2v_14B", settings())
+        await engine.generate("i2v", settings())
         pid = engine.pid
         await engine.stop(grace_s=5)
     assert pid is not None and engine.pid is None and engine.state == "stopped"
@@ -227,5 +227,5 @@ async def test_a_wan2gp_that_cannot_import_fails_start_with_its_error(
     with pytest.raises(EngineStartupError, match=r"failed 2 times in a row .*torch is not installed"):
         await engine.ensure_running()  # one more start (after backoff), then it gives up
     with pytest.raises(EngineStartupError, match="failed 2 times in a row"):
-        await engine.generate("i2v_14B", settings())
+        await engine.generate("i2v", settings())
     assert engine.state == "failed" and engine.pid is None

@@ -50,10 +50,12 @@ save_path = image_save_path = audio_save_path = os.path.abspath("outputs")
 settings_version = 2.5
 ATTACHMENT_KEYS = ("image_start", "image_end", "image_refs", "video_guide", "video_mask", "video_source")
 
+# model types of upstream's defaults/*.json that the task types use (and one finetune)
 VIDEO_MODELS = {
-    "t2v", "t2v_2_2", "i2v_14B", "i2v_2_2", "vace_14B", "vace_14B_cocktail_2_2", "hunyuan", "ltxv_13B",
+    "t2v", "t2v_2_2", "i2v", "i2v_2_2", "i2v_2_2_Enhanced_Lightning_v2", "vace_14B", "vace_14B_cocktail_2_2",
+    "hunyuan", "ltxv_13B",
 }
-IMAGE_MODELS = {"flux", "qwen_image_edit_20B", "qwen_image_2512_20B", "z_image", "z_image_img2img"}
+IMAGE_MODELS = {"flux", "qwen_image_20B", "qwen_image_edit_20B", "z_image"}
 _DIRECTIVE = re.compile(r"\[standin:([a-z_]+)(?:=([^\]]*))?\]")
 
 
@@ -141,6 +143,7 @@ def generate_media(
     negative_prompt: str = "",
     resolution: str = "832x480",
     video_length: int = 81,
+    batch_size: int = 1,
     seed: int = -1,
     num_inference_steps: int = 30,
     guidance_scale: float = 5.0,
@@ -157,6 +160,8 @@ def generate_media(
     video_mask: Any = None,
     video_prompt_type: str = "",
     image_prompt_type: str = "",
+    control_net_weight: float = 1.0,
+    control_net_weight2: float = 1.0,
     denoising_strength: float = 1.0,
     state: dict[str, Any] | None = None,
     model_type: str = "",
@@ -175,6 +180,8 @@ def generate_media(
         transformer_type = model_type
         reload_needed = False
         send_cmd("status", "Model loaded")
+    if activated_loras:
+        print(f"Loras: {[os.path.basename(lora) for lora in activated_loras]} multipliers: {loras_multipliers!r}")
     if "raise" in d:
         raise RuntimeError("standin: a node raised during denoising")
     step_s = float(d.get("step_s") or os.environ.get("WGP_STANDIN_STEP_S", "0.01"))
