@@ -330,3 +330,30 @@ async def test_a_preference_claim_stays_index_lookups_on_a_large_table(pg_conn: 
     assert seq == [], seq[0][:3000]
     jitted = [p for p in executed if "JIT:" in p]
     assert jitted == [], jitted[0][:3000]
+
+
+async def test_a_reapplied_002_cannot_bring_back_the_old_claim_beside_006(pg_dsn: str) -> None:
+    from comfy_worker.errors import SchemaMissing
+    from comfy_worker.store.migrations import postgres_migrations
+    from comfy_worker.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_dsn, listen=False)
+    await store.connect()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("update comfy_worker_migrations set checksum = 'old' where version = '002_functions'")
+        applied = await store.migrate()
+        later = [m.version for m in postgres_migrations() if m.version >= "002_functions"]
+        assert applied == later and "006_claim_affinity" in applied  # 002 and everything after it
+        overloads = await conn.fetchval("select count(*) from pg_proc where proname = 'claim_tasks'")
+        assert overloads == 1
+        await store.check_schema()
+        # the state a partial re-run would leave (the 4-argument form beside 006's) is reported, not half-used
+        await conn.execute(
+            "create function claim_tasks(text, text[], integer, double precision) returns setof tasks "
+            "language sql as 'select * from tasks where false'")
+        with pytest.raises(SchemaMissing, match="comfy-worker migrate"):
+            await store.check_schema()
+    finally:
+        await conn.close()
+        await store.close()
