@@ -22,19 +22,16 @@ import asyncio
 import contextlib
 import itertools
 import os
-import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from comfy_worker.config import SECRET_FIELDS, Settings
 from comfy_worker.errors import (
     ComfyWorkerError,
-    ConfigError,
     EngineError,
     EngineOutOfMemory,
     EngineRejected,
@@ -45,56 +42,16 @@ from comfy_worker.errors import (
 )
 from comfy_worker.logs import get_logger
 from worker_wgp import protocol as p
+from worker_wgp.process import ChildProcess
+from worker_wgp.settings import WanEngineConfig, check_wan2gp_path
+
+__all__ = ["GenerationOutput", "WanEngine", "WanEngineConfig", "check_wan2gp_path", "engine_from_settings",
+           "error_for"]
 
 log = get_logger(__name__)
 CHILD_PROGRAM = Path(__file__).with_name("child.py")
 TAIL_LINES = 200
 ProgressCallback = Callable[[p.Progress], Awaitable[None] | None]
-
-
-def check_wan2gp_path(raw: str) -> Path:
-    """The Wan2GP checkout WAN2GP_PATH names; ConfigError (one line, naming the variable) when it holds none."""
-    if not raw:
-        raise ConfigError("WAN2GP_PATH", "not set: point it at a Wan2GP checkout (git clone of deepbeepmeep/Wan2GP)")
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise ConfigError("WAN2GP_PATH", f"{path} is not a directory: point it at a Wan2GP checkout")
-    if not (path / "wgp.py").is_file():
-        raise ConfigError("WAN2GP_PATH", f"{path} holds no Wan2GP (no wgp.py): point it at a Wan2GP checkout")
-    if not (path / "shared" / "api.py").is_file():
-        raise ConfigError(
-            "WAN2GP_PATH", f"{path} holds a Wan2GP without its Python API (shared/api.py, March 2026 and later): "
-            "update the checkout (git pull)"
-        )
-    return path.resolve()
-
-
-@dataclass(frozen=True)
-class WanEngineConfig:
-    wan2gp_path: Path
-    output_dir: Path
-    python: str = sys.executable
-    args: str = ""
-    startup_timeout_s: float = 300.0
-    restart_max: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    min_uptime_s: float = 60.0  # a child that ran this long resets the failed-start count
-    cancel_grace_s: float = 30.0
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, output_dir: Path, **overrides: Any) -> WanEngineConfig:
-        python = sys.executable
-        if settings.wan2gp_python:
-            python = os.path.abspath(os.path.expanduser(settings.wan2gp_python))
-        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-            raise ConfigError("WAN2GP_PYTHON", f"{python} is not an executable file: set it to Wan2GP's python")
-        return cls(
-            wan2gp_path=check_wan2gp_path(settings.wan2gp_path), output_dir=Path(output_dir), python=python,
-            args=settings.wan2gp_args, startup_timeout_s=settings.wan2gp_startup_timeout,
-            restart_max=settings.wan2gp_restart_max, **overrides,
-        )
 
 
 @dataclass(frozen=True)
@@ -139,15 +96,14 @@ class WanEngine:
         self.memory = p.Memory()
         self.version: str | None = None
         self.state = "stopped"  # stopped | starting | ready | restarting | failed | stopping
-        self._proc: asyncio.subprocess.Process | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._child: ChildProcess | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[p.Event]] = {}
         self._progress: dict[str, ProgressCallback] = {}
         self._ready: asyncio.Future[p.Ready] | None = None
         self._ids = itertools.count(1)
         self._start_lock = asyncio.Lock()
         self._gen_lock = asyncio.Lock()
-        self._write_lock = asyncio.Lock()
         self._restart_task: asyncio.Task[None] | None = None
         self._failures_in_row = 0
         self._last_error = ""
@@ -158,7 +114,7 @@ class WanEngine:
 
     @property
     def running(self) -> bool:
-        return self.state == "ready" and self._proc is not None and self._proc.returncode is None
+        return self.state == "ready" and self._child is not None and self._child.alive
 
     @property
     def busy(self) -> bool:
@@ -166,7 +122,7 @@ class WanEngine:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+        return self._child.pid if self._child is not None and self._child.alive else None
 
     def log_tail(self, lines: int = 50) -> str:
         return "\n".join(list(self.tail)[-lines:])
@@ -227,37 +183,31 @@ class WanEngine:
         self.loaded_model = None
         log.info("wan2gp_starting", argv=argv, wan2gp_path=str(cfg.wan2gp_path))
         started = time.monotonic()
+        self._ready = asyncio.get_running_loop().create_future()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cfg.wan2gp_path, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=p.MAX_LINE_BYTES,
-            )
+            child = await ChildProcess.launch(argv, cwd=cfg.wan2gp_path, env=env, tail=self.tail,
+                                              on_event=self._dispatch)
         except OSError as exc:
             self._failures_in_row += 1
             raise EngineStartupError(f"cannot launch the Wan2GP child ({argv[0]}): {exc}") from exc
-        self._proc = proc
-        self._ready = asyncio.get_running_loop().create_future()
-        self._tasks = [
-            asyncio.create_task(self._read_events(proc), name="wan2gp-events"),
-            asyncio.create_task(self._read_stderr(proc), name="wan2gp-stderr"),
-            asyncio.create_task(self._watch(proc), name="wan2gp-watch"),
-        ]
+        self._child = child
+        self._watcher = asyncio.create_task(self._watch(child), name="wan2gp-watch")
         try:
             ready = await asyncio.wait_for(asyncio.shield(self._ready), cfg.startup_timeout_s)
         except TimeoutError:
             self._failures_in_row += 1
-            await self._terminate(proc, 5.0)
+            await child.terminate(5.0)
             raise EngineStartupError(
                 f"Wan2GP did not report ready within {cfg.startup_timeout_s:.0f} s (WAN2GP_STARTUP_TIMEOUT)",
                 details={"log_tail": self.log_tail()}) from None
         except EngineStartupError:
             self._failures_in_row += 1
-            await self._terminate(proc, 5.0)  # it said why and is exiting: reap it
+            await child.terminate(5.0)  # it said why and is exiting: reap it
             raise
         self.version, self.loaded_model, self.memory = ready.wan2gp_version, ready.model, ready.memory
         self._ready_at = time.monotonic()
         self.state = "ready"
-        log.info("wan2gp_ready", pid=proc.pid, version=ready.wan2gp_version,
+        log.info("wan2gp_ready", pid=child.pid, version=ready.wan2gp_version,
                  startup_s=round(self._ready_at - started, 2))
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -267,17 +217,17 @@ class WanEngine:
             self._restart_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restart_task
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
+        child = self._child
+        if child is not None and child.alive:
             self.state = "stopping"
             with contextlib.suppress(ComfyWorkerError, TimeoutError, ConnectionError):
                 await asyncio.wait_for(self._request(p.Shutdown(self._new_id("shutdown"))), grace_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), grace_s)
-            await self._terminate(proc, grace_s)
-        for task in self._tasks:
+                await asyncio.wait_for(child.exited(), grace_s)
+            await child.terminate(grace_s)
+        if self._watcher is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(task, 2.0)
+                await asyncio.wait_for(self._watcher, 5.0)
         self.state = "stopped"
         self.loaded_model = None
 
@@ -329,8 +279,8 @@ class WanEngine:
             await asyncio.wait_for(asyncio.shield(future), self.config.cancel_grace_s)
         except TimeoutError:
             log.error("wan2gp_cancel_ignored", request=target, grace_s=self.config.cancel_grace_s)
-            if self._proc is not None:
-                await self._terminate(self._proc, 5.0)  # _watch fails the future and restarts the child
+            if self._child is not None:
+                await self._child.terminate(5.0)  # _watch fails the future and restarts the child
         except ComfyWorkerError:
             pass
 
@@ -384,34 +334,9 @@ class WanEngine:
         return future
 
     async def _write(self, request: p.Request) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None or proc.stdin is None:
+        if self._child is None:
             raise EngineUnavailable("the Wan2GP child is not running")
-        async with self._write_lock:
-            try:
-                proc.stdin.write(p.encode(request).encode())
-                await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise EngineUnavailable(f"the Wan2GP child closed its input: {exc}") from exc
-
-    async def _read_events(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                raw = await proc.stdout.readline()
-            except ValueError:
-                log.error("wan2gp_protocol_error", error="line over the size limit")
-                await self._terminate(proc, 5.0)
-                return
-            if not raw:
-                return
-            try:
-                event = p.parse_event(raw)
-            except p.ProtocolError as exc:
-                log.error("wan2gp_protocol_error", error=str(exc), line=raw[:300].decode(errors="replace"))
-                await self._terminate(proc, 5.0)  # a desynchronised channel cannot be trusted: restart
-                return
-            await self._dispatch(event)
+        await self._child.write(request)
 
     async def _dispatch(self, event: p.Event) -> None:
         if isinstance(event, p.Ready):
@@ -447,24 +372,8 @@ class WanEngine:
         if future is not None and not future.done():
             future.set_result(event)
 
-    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while True:
-            try:
-                raw = await proc.stderr.readline()
-            except ValueError:
-                raw = await proc.stderr.read(65536)
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip()
-            self.tail.append(line)
-            log.info("wan2gp_output", line=line)
-
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        for task in self._tasks[:2]:  # let the readers drain what the child wrote before dying
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), 2.0)
+    async def _watch(self, child: ChildProcess) -> None:
+        code = await child.exited()
         expected = self._stopping or self.state == "stopping"
         last = self.tail[-1] if self.tail else "(no output)"
         error = EngineUnavailable(
@@ -480,7 +389,7 @@ class WanEngine:
             if not future.done():
                 future.set_exception(error)
         self.loaded_model = None
-        if proc is not self._proc or expected or self.state != "ready":
+        if child is not self._child or expected or self.state != "ready":
             return
         uptime = time.monotonic() - self._ready_at
         log.error("wan2gp_exited", exit_code=code, uptime_s=round(uptime, 1), log_tail=self.log_tail(20))
@@ -496,25 +405,6 @@ class WanEngine:
     async def _restart(self) -> None:
         with contextlib.suppress(EngineStartupError, EngineUnavailable):
             await self.ensure_running()
-
-    async def _terminate(self, proc: asyncio.subprocess.Process, grace_s: float) -> None:
-        if proc.returncode is not None:
-            return
-        self._signal(proc, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace_s)
-        except TimeoutError:
-            self._signal(proc, signal.SIGKILL)
-            await proc.wait()
-            log.warning("wan2gp_killed", pid=proc.pid, grace_s=grace_s)
-
-    @staticmethod
-    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)  # start_new_session=True: the group is the child and what it spawned
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
 
 
 def engine_from_settings(settings: Settings, output_dir: Path) -> WanEngine:

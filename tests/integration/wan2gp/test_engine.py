@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,3 +230,15 @@ async def test_a_wan2gp_that_cannot_import_fails_start_with_its_error(
     with pytest.raises(EngineStartupError, match="failed 2 times in a row"):
         await engine.generate("i2v", settings())
     assert engine.state == "failed" and engine.pid is None
+
+
+async def test_the_child_needs_nothing_but_the_standard_library(
+    make_engine: Callable[..., WanEngine], tmp_path: Path
+) -> None:
+    """Wan2GP's python has no comfy_worker, structlog or httpx: run the child with site-packages switched off."""
+    python = tmp_path / "bare-python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    engine = make_engine(python=str(python))
+    out = await engine.generate("t2v", settings())
+    assert out.files[0].is_file()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker_wgp import child
+from worker_wgp import backend, child
 from worker_wgp import protocol as p
 
 
@@ -30,16 +30,16 @@ class ScriptedBackend:
         return self.model
 
     def generate(self, request_id: str, model: str, settings: dict[str, Any], on_progress: Any,
-                 cancel: threading.Event) -> child.Outcome:
+                 cancel: threading.Event) -> backend.Outcome:
         self.entered.set()
         on_progress(p.Progress(request_id, "inference", 1, 2, 50.0, "step 1"))
         while not self.release.wait(0.01):
             if cancel.is_set():
-                raise child.GenerationFailure("cancelled", "generation cancelled")
+                raise backend.GenerationFailure("cancelled", "generation cancelled")
         if self.fail_with is not None:
             raise self.fail_with
         switched, self.model = self.model != model, model
-        return child.Outcome([f"/out/{settings['prompt']}.mp4"], switched, 0.5 if switched else 0.0)
+        return backend.Outcome([f"/out/{settings['prompt']}.mp4"], switched, 0.5 if switched else 0.0)
 
     def free(self) -> str | None:
         self.freed += 1
@@ -168,9 +168,9 @@ def test_classify_by_type_not_message() -> None:
     class OutOfMemoryError(RuntimeError):
         pass
 
-    assert child.classify(OutOfMemoryError("whatever")) == "oom"
-    assert child.classify(RuntimeError("CUDA out of memory")) == "failed"  # text alone is not a type
-    assert child.classify(TimeoutError()) == "unavailable"
-    assert child.api_phase("inference_stage_2") == "inference"
-    assert child.api_phase("downloading_output") == "saving"
-    assert child.api_phase("mystery") == "other"
+    assert backend.classify(OutOfMemoryError("whatever")) == "oom"
+    assert backend.classify(RuntimeError("CUDA out of memory")) == "failed"  # text alone is not a type
+    assert backend.classify(TimeoutError()) == "unavailable"
+    assert backend.api_phase("inference_stage_2") == "inference"
+    assert backend.api_phase("downloading_output") == "saving"
+    assert backend.api_phase("mystery") == "other"
