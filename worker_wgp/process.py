@@ -72,6 +72,8 @@ class ChildProcess:
         for task in self._readers:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), 2.0)
+        if self._proc.stdin is not None:  # release our end of its input pipe with the process
+            self._proc.stdin.close()
         return code
 
     async def terminate(self, grace_s: float) -> None:
