@@ -95,14 +95,6 @@ class Settings:
     comfy_startup_timeout: float = 180.0
     comfy_restart_max: int = 5
     comfy_output_dir: str = ""
-    # Wan2GP (worker_wgp)
-    wan2gp_path: str = ""
-    wan2gp_python: str = ""
-    wan2gp_args: str = ""
-    wan2gp_startup_timeout: float = 300.0
-    wan2gp_restart_max: int = 5
-    wan2gp_lora_max_bytes: int = 2 * 1024**3
-    engine_switch_max_wait_s: float = 300.0
     # storage
     storage_bucket: str = "outputs"
     storage_public: bool = False
@@ -114,6 +106,14 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     allow_private_urls: bool = False
     work_dir: str = ""
+    # Wan2GP (worker_wgp)
+    wan2gp_path: str = ""
+    wan2gp_python: str = ""
+    wan2gp_args: str = ""
+    wan2gp_startup_timeout: float = 300.0
+    wan2gp_restart_max: int = 5
+    wan2gp_lora_max_bytes: int = 2 * 1024**3
+    engine_switch_max_wait_s: float = 300.0
     # orchestrator / RunPod
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
