@@ -14,6 +14,7 @@ the task context (engine registry), ``WanHandler`` reads it from there instead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ class WanHandler:
                                       details={"engine": "wan2gp", "file": str(source)})
             dest = out_dir / source.name
             await asyncio.to_thread(shutil.move, source, dest)  # out of Wan2GP's folder: nothing accumulates there
-            items.append(_item(dest))
+            items.append(await asyncio.to_thread(_item, dest))
         outputs = await upload_outputs(ctx, items)
         out = executed.output
         return HandlerResult(
@@ -103,9 +104,17 @@ class WanHandler:
 
 
 def _item(path: Path) -> OutputItem:
-    size = path.stat().st_size
+    """An output file as the comfy handler's upload_outputs takes it (with its size and SHA-256, which storage
+    may trust instead of reading the file again)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
     return OutputItem(node_id="wan2gp", kind=kind_of("", path.name), filename=path.name, subfolder="",
-                      type="output", path=path, bytes=size, sha256="", content_type=content_type_of(path.name))
+                      type="output", path=path, bytes=size, sha256=digest.hexdigest(),
+                      content_type=content_type_of(path.name))
 
 
 def handlers(engine: WanEngine, task_types: list[str] | None = None) -> dict[str, Any]:
