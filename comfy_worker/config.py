@@ -107,6 +107,14 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     allow_private_urls: bool = False
     work_dir: str = ""
+    # Wan2GP (worker_wgp)
+    wan2gp_path: str = ""
+    wan2gp_python: str = ""
+    wan2gp_args: str = ""
+    wan2gp_startup_timeout: float = 300.0
+    wan2gp_restart_max: int = 5
+    wan2gp_lora_max_bytes: int = 2 * 1024**3
+    engine_switch_max_wait_s: float = 300.0
     # orchestrator / RunPod
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
@@ -204,6 +212,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "comfy_port": _number(int, 1),
     "comfy_startup_timeout": _number(float, 1),
     "comfy_restart_max": _number(int, 0),
+    "wan2gp_startup_timeout": _number(float, 1),
+    "wan2gp_restart_max": _number(int, 0),
+    "wan2gp_lora_max_bytes": _number(int, 1),
+    "engine_switch_max_wait_s": _number(float, 0),
     "storage_public": _bool,
     "signed_url_ttl_s": _number(int, 1),
     "input_max_bytes": _number(int, 1),

@@ -22,13 +22,15 @@ what the daemon does with one, and the tree answers both:
     │   ├── TaskNotFound
     │   ├── WorkerNotFound
     │   └── InvalidArgument              a caller passed something the SQL functions reject
-    ├── EngineError                      ComfyUI
+    ├── EngineError                      an engine (ComfyUI, Wan2GP)
     │   ├── EngineUnavailable (Retryable)   not reachable / restarting / died mid-task
     │   ├── EngineStartupError             could not be started; carries the log tail
     │   ├── WorkflowInvalid (Permanent)    rejected before or by /prompt; carries node_errors
     │   ├── ExecutionFailed                a node raised at run time (Permanent unless marked otherwise)
     │   ├── ExecutionInterrupted           we interrupted it (cancel, deadline, shutdown)
-    │   └── ExecutionTimeout (Retryable)   deadline or stall timer expired
+    │   ├── ExecutionTimeout (Retryable)   deadline or stall timer expired
+    │   ├── EngineOutOfMemory (Retryable)  the GPU (or host) ran out of memory mid-task; memory was freed
+    │   └── EngineRejected (Permanent)     the engine refused the request's settings (Wan2GP validation)
     ├── StorageError                     output/input object storage
     │   ├── StorageUnavailable (Retryable)
     │   └── StorageRejected (Permanent)    bucket missing, forbidden, object too large
@@ -189,6 +191,18 @@ class ExecutionInterrupted(EngineError):
 
 class ExecutionTimeout(EngineError, Retryable):
     """The per-task deadline or the no-progress stall timer expired."""
+
+
+class EngineOutOfMemory(EngineError, Retryable):
+    """The engine ran out of GPU (or host) memory during the task; it released its model before reporting.
+
+    Retryable, with the attempt budget as the bound: an OOM often comes from memory another engine had not
+    yet handed back, from fragmentation, or from a smaller GPU than the next worker's (a retry may land on a
+    bigger card); Headless-Wan2GP likewise treats OOMs as recoverable. ``details`` carry the memory figures."""
+
+
+class EngineRejected(EngineError, Permanent):
+    """The engine refused the settings as invalid before running them (Wan2GP's validation stage)."""
 
 
 # --- storage ---------------------------------------------------------------------------------------------

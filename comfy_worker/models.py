@@ -199,3 +199,16 @@ class OutputFile:
             "sha256": self.sha256,
             "content_type": self.content_type,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPreference:
+    """Engine / model affinity for a claim (sql/006_claim_affinity.sql): among tasks of equal priority, types
+    with a higher weight go first (the ones this worker runs without an engine or model switch), except that a
+    task waiting ``max_wait_s`` or longer since its run_at gives way to no preferred task."""
+
+    weights: dict[str, float]
+    max_wait_s: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"weights": dict(self.weights), "max_wait_s": self.max_wait_s}

@@ -235,16 +235,20 @@ def op_claim(
     task_types: list[str] | None,
     n: Any,
     lease_seconds: Any,
+    preference: Any = None,
 ) -> list[sqlite3.Row]:
     now = ts(now_dt)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
         raise invalid(f"claim_tasks: n must be between 1 and 1000 (got {n})")
     seconds = check_seconds("claim_tasks", lease_seconds)
+    max_wait = preference_max_wait(preference) if preference is not None else None
     status = worker_row(conn, "claim_tasks", worker_id, hint=REGISTER_HINT)["status"]
     if status in ("draining", "stopped"):
         return []
     types = json.dumps([str(t) for t in task_types]) if task_types else None
     picked = [r[0] for r in conn.execute(q("claimable_task_ids"), {"now": now, "types": types, "n": n})]
+    if max_wait is not None:
+        picked = preferred_order(conn, now_dt, picked, task_types, n, preference["weights"], max_wait)
     if not picked:
         return []
     expires = ts(now_dt + timedelta(seconds=seconds))
@@ -265,6 +269,45 @@ def op_claim(
     if claimed:
         conn.execute(q("worker_claimed"), {"worker_id": worker_id, "task_id": claimed[0]["task_id"], "now": now})
     return claimed
+
+
+def preference_max_wait(preference: Any) -> float:
+    """sql/006's _cw_preference_max_wait: check a claim preference, return its max_wait_s."""
+    if not isinstance(preference, dict):
+        raise invalid(f"claim_tasks: preference must be a JSON object, got a JSON {json_type(preference)}")
+    unknown = sorted(set(preference) - {"weights", "max_wait_s"})
+    if unknown:
+        raise invalid(f"claim_tasks: preference has an unknown key {lit(unknown[0])} (accepted: weights, max_wait_s)")
+    weights = preference.get("weights")
+    if not isinstance(weights, dict):
+        raise invalid("claim_tasks: preference.weights must be an object of task type -> weight > 0")
+    for key, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise invalid(f"claim_tasks: preference.weights.{key} must be a number > 0, got {json.dumps(value)}")
+    wait = preference.get("max_wait_s")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 604800:
+        shown = "nothing" if wait is None else json.dumps(wait)
+        raise invalid(f"claim_tasks: preference.max_wait_s must be a number of seconds from 0 to 604800, got {shown}")
+    return float(wait)
+
+
+def preferred_order(
+    conn: sqlite3.Connection, now_dt: datetime, plain: list[str], task_types: list[str] | None, n: int,
+    weights: dict[str, float], max_wait: float,
+) -> list[str]:
+    """sql/006's claim order with a preference: the first n in plain order plus the first n of each preferred
+    type are the candidates; priority, then overdue (waited max_wait since run_at) first, then weight, then
+    the plain order. The write lock is held, so no candidate can be taken meanwhile."""
+    now = ts(now_dt)
+    candidates = list(plain)
+    for task_type in sorted(weights):
+        if task_types and task_type not in task_types:
+            continue
+        candidates += [r[0] for r in conn.execute(q("claimable_task_ids_of_type"),
+                                                  {"now": now, "task_type": task_type, "n": n})]
+    cutoff = ts(now_dt - timedelta(seconds=max_wait))
+    return [r[0] for r in conn.execute(q("preferred_claim_order"), {
+        "ids": json.dumps(candidates), "cutoff": cutoff, "weights": json.dumps(weights), "n": n})]
 
 
 def op_update_progress(

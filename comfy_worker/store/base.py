@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
 
 DEFAULT_BACKOFF_BASE_S = 5.0
 DEFAULT_BACKOFF_CAP_S = 300.0
@@ -52,8 +52,12 @@ class TaskStore(Protocol):
     async def enqueue(self, task: NewTask) -> Task: ...
     async def get_task(self, task_id: str) -> Task: ...
     async def claim(
-        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float
-    ) -> list[Task]: ...
+        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float,
+        preference: ClaimPreference | None = None,
+    ) -> list[Task]:
+        """Up to ``n`` claimable tasks in claim order; ``preference`` (optional) applies engine/model affinity
+        within a bounded wait (sql/006_claim_affinity.sql)."""
+        ...
     async def update_progress(
         self, task_id: str, lease_token: str, progress: dict[str, Any] | None,
         checkpoint: dict[str, Any] | None = None,

@@ -25,7 +25,7 @@ from comfy_worker.errors import (
     store_error_for,
 )
 from comfy_worker.logs import get_logger
-from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
 from comfy_worker.store.migrations import postgres_migrations
 
@@ -127,7 +127,8 @@ class PostgresStore:
             self._pool = None
 
     async def check_schema(self) -> None:
-        present = await self._call("val", "select to_regprocedure('claim_tasks(text,text[],integer,double precision)')")
+        # to_regproc is null when claim_tasks is missing or ambiguous (an old form beside the new one)
+        present = await self._call("val", "select to_regproc('claim_tasks')")
         if present is None:
             raise SchemaMissing("the queue schema is not installed in this database: run `comfy-worker migrate`")
 
@@ -149,7 +150,9 @@ class PostgresStore:
                     done = {r["version"]: r["checksum"] for r in await conn.fetch(
                         "select version, checksum from comfy_worker_migrations")}
                     for m in postgres_migrations():
-                        if done.get(m.version) == m.checksum:
+                        # once a file is (re)applied, apply every later one too: a changed 002 re-creates
+                        # functions that a later file replaced (006 replaces claim_tasks), and they must win
+                        if done.get(m.version) == m.checksum and not applied:
                             continue
                         async with conn.transaction():
                             await conn.execute(m.sql)
@@ -244,11 +247,16 @@ class PostgresStore:
     async def get_task(self, task_id: str) -> Task:
         return Task.from_row(await self._call("row", "select * from get_task($1)", task_id))
 
-    async def claim(self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float) -> list[Task]:
-        rows = await self._call(
-            "rows", "select * from claim_tasks($1, $2, $3, $4)",
-            worker_id, list(task_types) if task_types else None, n, float(lease_seconds),
-        )
+    async def claim(
+        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float,
+        preference: ClaimPreference | None = None,
+    ) -> list[Task]:
+        args: list[Any] = [worker_id, list(task_types) if task_types else None, n, float(lease_seconds)]
+        if preference is None:  # four arguments: also works on a schema from before 006
+            rows = await self._call("rows", "select * from claim_tasks($1, $2, $3, $4)", *args)
+        else:
+            rows = await self._call("rows", "select * from claim_tasks($1, $2, $3, $4, $5)", *args,
+                                    preference.as_json())
         return [Task.from_row(r) for r in rows]
 
     async def update_progress(

@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 
 from comfy_worker.errors import InvalidArgument, SchemaMissing, StoreError, StoreUnavailable
 from comfy_worker.logs import get_logger
-from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, TaskStatus, WorkerInfo
+from comfy_worker.models import (
+    ClaimPreference,
+    HeartbeatReply,
+    NewTask,
+    StaleReport,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+)
 from comfy_worker.store import _sqlite_common as common
 from comfy_worker.store import _sqlite_ops as ops
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
@@ -298,9 +306,13 @@ class SqliteStore:
     async def get_task(self, task_id: str) -> Task:
         return Task.from_row(await self._run(self._read, ops.op_get_task, task_id))
 
-    async def claim(self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float) -> list[Task]:
+    async def claim(
+        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float,
+        preference: ClaimPreference | None = None,
+    ) -> list[Task]:
         types = list(task_types) if task_types else None
-        rows = await self._write(ops.op_claim, worker_id, types, n, lease_seconds, as_datetime=True)
+        pref = preference.as_json() if preference is not None else None
+        rows = await self._write(ops.op_claim, worker_id, types, n, lease_seconds, pref, as_datetime=True)
         return [Task.from_row(r) for r in rows]
 
     async def update_progress(

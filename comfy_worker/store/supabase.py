@@ -38,7 +38,7 @@ from comfy_worker.errors import (
     store_error_for,
 )
 from comfy_worker.logs import get_logger, register_secret
-from comfy_worker.models import HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
 from comfy_worker.store.migrations import postgres_migrations
 
@@ -301,16 +301,19 @@ class SupabaseStore:
     async def get_task(self, task_id: str) -> Task:
         return self._task("get_task", await self._rpc("get_task", {"p_task_id": task_id}))
 
-    async def claim(self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float) -> list[Task]:
-        rows = await self._rpc(
-            "claim_tasks",
-            {
-                "p_worker_id": worker_id,
-                "p_task_types": list(task_types) if task_types else None,
-                "p_n": n,
-                "p_lease_seconds": float(lease_seconds),
-            },
-        )
+    async def claim(
+        self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float,
+        preference: ClaimPreference | None = None,
+    ) -> list[Task]:
+        args: dict[str, Any] = {
+            "p_worker_id": worker_id,
+            "p_task_types": list(task_types) if task_types else None,
+            "p_n": n,
+            "p_lease_seconds": float(lease_seconds),
+        }
+        if preference is not None:  # only when given: a schema from before 006 has no p_preference
+            args["p_preference"] = preference.as_json()
+        rows = await self._rpc("claim_tasks", args)
         if not isinstance(rows, list):
             raise StoreError(
                 f"claim_tasks returned {str(rows)[:200]!r}, not a JSON array", details={"function": "claim_tasks"}

@@ -137,6 +137,8 @@ async def test_bodies_name_exactly_the_sql_parameters(
             " where n.nspname = 'public' and proname not like '\\_cw%' and prokind = 'f'"
         )
     }
+    # claim_tasks' p_preference (sql/006) is sent only with a preference, so a schema from before 006 still works
+    params["claim_tasks"] -= {"p_preference"}
     for r in standin.requests:
         fn = r.path.rsplit("/", 1)[1]
         # every parameter is sent (an explicit null means null, as in the asyncpg store): no hidden defaults

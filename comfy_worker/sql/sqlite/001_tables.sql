@@ -47,6 +47,9 @@ create table if not exists tasks (
 
 -- The claim query walks this index in claim order.
 create index if not exists tasks_claim_idx on tasks (priority desc, run_at, created_at) where status = 'queued';
+-- a preferred type's claim candidates (claim preference, sql/006_claim_affinity.sql) without walking the queue
+create index if not exists tasks_claim_type_idx on tasks (task_type, priority desc, run_at, created_at)
+  where status = 'queued';
 create index if not exists tasks_type_created_idx on tasks (task_type, created_at desc);
 create index if not exists tasks_running_lease_idx on tasks (lease_expires_at) where status = 'running';
 create index if not exists tasks_worker_running_idx on tasks (worker_id) where status = 'running';

@@ -30,6 +30,28 @@ where t.status = 'queued' and t.run_at <= :now
 order by t.priority desc, t.run_at, t.created_at, t.rowid  -- rowid: insertion order breaks exact ties
 limit :n;
 
+-- name: claimable_task_ids_of_type
+-- claimable_task_ids for one task type (sql/006: a preferred type's candidates); the planner would rather walk
+-- tasks_claim_idx past every queued task of other types
+select t.task_id from tasks t indexed by tasks_claim_type_idx
+where t.status = 'queued' and t.run_at <= :now and t.task_type = :task_type
+  and (t.depends_on = '[]' or not exists (
+        select 1 from json_each(t.depends_on) d left join tasks dt on dt.task_id = d.value
+        where dt.status is not 'complete'))
+order by t.priority desc, t.run_at, t.created_at, t.rowid
+limit :n;
+
+-- name: preferred_claim_order
+-- sql/006's order among the candidate :ids: priority, overdue (run_at <= :cutoff) first, then the weight of
+-- the type (:weights, a JSON object; 0 when absent, and for overdue tasks), then the plain order
+select t.task_id from tasks t
+where t.task_id in (select value from json_each(:ids))
+order by t.priority desc, (t.run_at <= :cutoff) desc,
+         case when t.run_at <= :cutoff then 0
+              else coalesce((select w.value from json_each(:weights) w where w.key = t.task_type), 0) end desc,
+         t.run_at, t.created_at, t.rowid
+limit :n;
+
 -- name: claim_task
 update tasks set status = 'running', worker_id = :worker_id, lease_token = :lease_token,
   lease_expires_at = :lease_expires_at, attempts = attempts + 1, started_at = :now, completed_at = null,

@@ -1,0 +1,153 @@
+"""WanHandler's stages with a real HTTP source (aiohttp on 127.0.0.1), local storage, and the engine on the fake
+Wan2GP: inputs fetched through comfy_worker.inputs, LoRAs into Wan2GP's LoRA folder under the cap, outputs
+stored like every other task; bad params refused before anything starts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from comfy_worker.config import load_settings
+from comfy_worker.errors import ExecutionInterrupted, ExecutionTimeout, InputRejected
+from comfy_worker.handlers.base import TaskContext
+from comfy_worker.inputs import settings_fetcher
+from comfy_worker.models import Task, TaskStatus
+from comfy_worker.storage import LocalStorage
+from worker_wgp.engine import WanEngine
+from worker_wgp.handler import WanHandler, handlers
+from worker_wgp.tasks import lora_filename
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+LORA = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + b"\x00" * 4096  # shaped like a tiny safetensors file
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        name = request.match_info["name"]
+        if name.endswith(".png"):
+            return web.Response(body=PNG, content_type="image/png")
+        size = int(request.query.get("size", len(LORA)))
+        return web.Response(body=(LORA * (size // len(LORA) + 1))[:size], content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/f/{name}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", hits
+    await runner.cleanup()
+
+
+@pytest.fixture
+def make_ctx(tmp_path: Path) -> Callable[..., TaskContext]:
+    settings = load_settings({"ALLOW_PRIVATE_URLS": "true", "WAN2GP_LORA_MAX_BYTES": "100000",
+                              "LOCAL_STORAGE_DIR": str(tmp_path / "stored")})
+    storage = LocalStorage(tmp_path / "stored")
+    progress: list[dict[str, Any]] = []
+
+    def make(task_type: str, params: dict[str, Any], task_id: str = "t1") -> TaskContext:
+        async def record(update: dict[str, Any]) -> None:
+            progress.append(update)
+
+        task = Task(task_id, task_type, params, TaskStatus.RUNNING, attempts=1)
+        ctx = TaskContext(task=task, settings=settings, client=None, storage=storage,  # type: ignore[arg-type]
+                          fetch=settings_fetcher(settings), work_dir=tmp_path / "work" / task_id,
+                          progress=record, checkpoint=record, cancel=asyncio.Event())
+        ctx.recorded = progress  # type: ignore[attr-defined]
+        return ctx
+
+    return make
+
+
+async def run(handler: WanHandler, ctx: TaskContext) -> Any:
+    prepared = await handler.prepare(ctx)
+    executed = await handler.execute(ctx, prepared)
+    return await handler.finish(ctx, executed)
+
+
+async def test_i2v_task_fetches_inputs_and_loras_and_stores_the_video(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], source: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    base, hits = source
+    lora_url = f"{base}/f/motion.safetensors"
+    params = {"prompt": "a cat walks", "image_start": f"{base}/f/start.png", "resolution": "64x48",
+              "video_length": 9, "num_inference_steps": 3, "loras": [{"url": lora_url, "multiplier": 0.7}]}
+    ctx = make_ctx("i2v", params)
+    with capture_logs() as logs:
+        result = await run(WanHandler("i2v", engine), ctx)
+    [out] = result.result["outputs"]
+    stored = tmp_path / "stored" / out["storage_path"]
+    assert out["kind"] == "video" and out["content_type"] == "video/mp4" and out["storage_path"].startswith("i2v/t1/")
+    assert stored.read_bytes()[4:8] == b"ftyp" and out["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert result.output_url == out["url"]
+    assert result.result["model"] == "i2v" and result.result["model_switched"] is True
+    lora = tmp_path / "loras" / "i2v" / lora_filename(lora_url)
+    assert lora.read_bytes() == LORA  # in Wan2GP's LoRA folder, under the name the URL maps to
+    assert any("multipliers: '0.7'" in e.get("line", "") and lora.name in e.get("line", "") for e in logs)
+    assert (ctx.work_dir / "inputs" / "image_start.png").read_bytes() == PNG
+    assert not list((tmp_path / "wan2gp-out").glob("*.mp4"))  # moved out of Wan2GP's folder
+    steps = [u["step"] for u in ctx.recorded if u["phase"] == "inference"]  # type: ignore[attr-defined]
+    assert steps == [1, 2, 3] and ctx.started.is_set()
+
+    # the same LoRA again: served from Wan2GP's folder, not downloaded twice
+    await run(WanHandler("i2v", engine), make_ctx("i2v", params, task_id="t2"))
+    assert hits.count("/f/motion.safetensors") == 1 and hits.count("/f/start.png") == 2
+
+
+async def test_image_task_and_the_handler_table(engine: WanEngine, make_ctx: Callable[..., TaskContext]) -> None:
+    table = handlers(engine)
+    assert set(table) >= {"i2v", "t2v", "vace", "flux", "qwen_image_edit"} and "comfy" not in table
+    result = await run(table["flux"], make_ctx("flux", {"prompt": "a cat", "resolution": "32x32"}))
+    assert [o["kind"] for o in result.result["outputs"]] == ["image"] and result.output_url
+
+
+async def test_bad_params_fail_in_prepare_before_wan2gp_starts(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext]
+) -> None:
+    with pytest.raises(InputRejected, match=r"params\.strength is not a parameter of t2v tasks"):
+        await WanHandler("t2v", engine).prepare(make_ctx("t2v", {"prompt": "a", "strength": 0.5}))
+    assert engine.pid is None
+
+
+async def test_an_oversize_lora_is_refused_and_leaves_nothing_behind(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], source: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    base, _ = source
+    ctx = make_ctx("t2v", {"prompt": "a", "loras": [{"url": f"{base}/f/huge.safetensors?size=200000"}]})
+    with pytest.raises(InputRejected, match="WAN2GP_LORA_MAX_BYTES") as info:
+        await WanHandler("t2v", engine).prepare(ctx)
+    assert not info.value.retryable and info.value.details["field"] == "loras"
+    assert list((tmp_path / "loras" / "t2v").iterdir()) == []
+
+
+async def test_cancel_and_deadline_interrupt_the_generation(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext]
+) -> None:
+    handler = WanHandler("t2v", engine)
+    slow = {"prompt": "[standin:step_s=0.2]", "num_inference_steps": 100, "resolution": "32x32"}
+    ctx = make_ctx("t2v", slow)
+    prepared = await handler.prepare(ctx)
+    execution = asyncio.create_task(handler.execute(ctx, prepared))
+    await asyncio.wait_for(ctx.started.wait(), 30)
+    ctx.cancel.set()
+    with pytest.raises(ExecutionInterrupted):
+        await execution
+    ctx = make_ctx("t2v", {**slow, "timeout_s": 1}, task_id="t3")
+    with pytest.raises(ExecutionTimeout, match="within 1 s"):
+        await handler.execute(ctx, await handler.prepare(ctx))
+    assert not (await engine.status()).busy  # the child stopped working on it

@@ -1,0 +1,237 @@
+"""The Wan2GP side of the child: :class:`WanApiBackend` is the only code that touches Wan2GP, through its
+documented Python API (``shared/api.py``; docs/API.md in the Wan2GP repository). The rest (:class:`Backend`,
+measuring memory, classifying exceptions) is what :mod:`worker_wgp.child` needs from any backend.
+
+Stdlib only at import time (Wan2GP is imported when a WanApiBackend is built): it runs inside Wan2GP's
+environment, where comfy_worker is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from worker_wgp import protocol as p
+
+
+class GenerationFailure(Exception):
+    """A generation that did not produce files, with its protocol error kind."""
+
+    def __init__(self, kind: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass
+class Outcome:
+    files: list[str]
+    switched: bool
+    load_s: float
+
+
+ProgressFn = Callable[[p.Progress], None]
+
+
+class Backend(Protocol):
+    version: str | None
+
+    def loaded_model(self) -> str | None: ...
+
+    def generate(
+        self, request_id: str, model: str, settings: dict[str, Any], on_progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> Outcome: ...
+
+    def free(self) -> str | None: ...
+
+    def lora_dir(self, model: str) -> str: ...
+
+    def memory(self) -> p.Memory: ...
+
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc), None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def gpu_memory() -> dict[str, int | None]:
+    """torch's view of GPU 0 when torch is already imported (by Wan2GP) and sees a GPU; empty otherwise."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    try:
+        if not torch.cuda.is_available():
+            return {}
+        free, total = torch.cuda.mem_get_info()
+        return {
+            "gpu_allocated_bytes": int(torch.cuda.memory_allocated()),
+            "gpu_reserved_bytes": int(torch.cuda.memory_reserved()),
+            "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()),
+            "gpu_free_bytes": int(free),
+            "gpu_total_bytes": int(total),
+        }
+    except Exception:  # a broken driver must not break a status report
+        return {}
+
+
+def measure() -> p.Memory:
+    return p.Memory(rss_bytes=rss_bytes(), **gpu_memory())
+
+
+def reset_peak() -> None:
+    torch = sys.modules.get("torch")
+    with contextlib.suppress(Exception):
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+
+def api_phase(phase: str) -> str:
+    """Wan2GP API phase (loading_model, inference_stage_2, downloading_output, …) → protocol phase."""
+    if phase.startswith("inference"):
+        return "inference"
+    if phase == "downloading_output":
+        return "saving"
+    return phase if phase in p.PHASES else "other"
+
+
+def classify(exc: BaseException) -> str:
+    """Protocol error kind for an exception raised by Wan2GP (by type, never by message)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "OutOfMemoryError" in names or isinstance(exc, MemoryError):
+        return "oom"
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, requests/huggingface_hub errors, disk full
+        return "unavailable"
+    return "failed"
+
+
+# Wan2GP's generate_media catches a CUDA OOM itself and reports only a message; these are its words
+# (wgp.py: "it is likely that you have unsufficient VRAM" / "... unsufficient RAM"), plus torch's own.
+_OOM_WORDS = ("unsufficient vram", "unsufficient ram", "insufficient vram", "cuda out of memory", "out of memory")
+
+
+# --- the Wan2GP adapter (the only code that touches Wan2GP) ---------------------------------------------------
+
+
+class WanApiBackend:
+    """Wan2GP through its documented Python API (``shared/api.py``; docs/API.md in the Wan2GP repository)."""
+
+    def __init__(self, root: Path, output_dir: Path, cli_args: list[str]) -> None:
+        root = root.resolve()
+        if not (root / "wgp.py").is_file() or not (root / "shared" / "api.py").is_file():
+            raise RuntimeError(f"{root} holds no Wan2GP with shared/api.py")
+        os.chdir(root)  # Wan2GP resolves defaults/, finetunes/, loras/ … against the working directory
+        sys.path.insert(0, str(root))
+        from shared import api  # type: ignore[import-not-found]
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self._api = api
+        self.session = api.init(
+            root=root, output_dir=output_dir, cli_args=cli_args, console_output=True, console_isatty=False
+        )
+        import wgp  # type: ignore[import-not-found]  # the module init() imported
+
+        self.wgp = wgp
+        self.version = str(getattr(wgp, "WanGP_version", "") or "") or None
+        self._last_exc: BaseException | None = None
+        self._wrap_generate_media()
+
+    def _wrap_generate_media(self) -> None:
+        """Keep the exception object an uncaught failure carried (the API keeps only its text), so it can be
+        classified by type. functools.wraps keeps the signature the API reads with inspect.signature."""
+        import functools
+
+        original = self.wgp.generate_media
+
+        @functools.wraps(original)
+        def generate_media(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            except BaseException as exc:
+                self._last_exc = exc
+                raise
+
+        self.wgp.generate_media = generate_media
+
+    def loaded_model(self) -> str | None:
+        if getattr(self.wgp, "wan_model", None) is None:
+            return None
+        return getattr(self.wgp, "transformer_type", None)
+
+    def generate(
+        self, request_id: str, model: str, settings: dict[str, Any], on_progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> Outcome:
+        switched = self.loaded_model() != model
+        self._last_exc = None
+        reset_peak()
+        t0 = time.monotonic()
+        load_s = 0.0
+        job = self.session.submit_task({**settings, "model_type": model})
+        cancel_sent = False
+        for event in job.events.iter(timeout=0.2):
+            if cancel.is_set() and not cancel_sent:
+                job.cancel()
+                cancel_sent = True
+            if event is None:
+                continue
+            if event.kind == "status" and "model loaded" in str(event.data).lower():
+                load_s = time.monotonic() - t0
+            elif event.kind == "progress":
+                u = event.data
+                phase = api_phase(str(u.phase))
+                if phase != "loading_model" and switched and not load_s:
+                    load_s = time.monotonic() - t0
+                on_progress(p.Progress(request_id, phase, u.current_step, u.total_steps, float(u.progress), u.status))
+        if cancel.is_set() and not cancel_sent:
+            job.cancel()
+        result = job.result()
+        if result.success and result.generated_files:
+            return Outcome([str(Path(f).resolve()) for f in result.generated_files], switched, load_s)
+        raise self._failure(result, cancel.is_set())
+
+    def _failure(self, result: Any, cancelled: bool) -> GenerationFailure:
+        errors = list(result.errors)
+        messages = "; ".join(str(e.message) for e in errors) or "Wan2GP produced no file"
+        stages = {str(getattr(e, "stage", "") or "") for e in errors}
+        details = {"errors": [{"message": str(e.message), "stage": getattr(e, "stage", None)} for e in errors]}
+        if cancelled or "cancelled" in stages:
+            return GenerationFailure("cancelled", "generation cancelled", details)
+        if "validation" in stages:
+            return GenerationFailure("invalid", f"Wan2GP refused the settings: {messages}", details)
+        if self._last_exc is not None:
+            kind = classify(self._last_exc)
+            details["exception"] = type(self._last_exc).__name__
+        elif any(word in messages.lower() for word in _OOM_WORDS):
+            kind = "oom"
+        else:
+            kind = "failed"
+        if kind == "oom":
+            self.free()  # the retry (here or on another worker) starts from clean memory
+        return GenerationFailure(kind, messages, details)
+
+    def free(self) -> str | None:
+        model = self.loaded_model()
+        self.session.close()  # wgp.release_model(): drop the model, offload hooks, caches; empty the CUDA cache
+        return model
+
+    def lora_dir(self, model: str) -> str:
+        return os.path.abspath(self.wgp.get_lora_dir(model))
+
+    def memory(self) -> p.Memory:
+        return measure()
