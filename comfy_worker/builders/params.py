@@ -60,6 +60,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lighting, clean background, cinematic slow-motion portrait.",
         "width": 640, "height": 640, "num_frames": 81, "fps": 16.0, "steps": 20, "cfg_scale": 3.5,
         "boundary_step": 10, "shift": 5.0, "sampler": "euler", "scheduler": "simple", "use_lora": False,
+        "negative_prompt": NEGATIVE_PROMPT + "，裸露，NSFW",  # the t2v template's own
         "high_noise_model": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
         "low_noise_model": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
         "high_noise_lora": "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
@@ -132,7 +133,7 @@ def accepted_keys(task_type: str) -> list[str]:
     """Every key ``task_type`` accepts, in a stable order (the media keys and their seed-style aliases first)."""
     media = list(MEDIA[task_type])
     aliases = ["image_url", "image_base64"] if "image" in media else []
-    own = [k for k in DEFAULTS[task_type] if k not in _INTERNAL]
+    own = [k for k in DEFAULTS[task_type] if k not in _INTERNAL and k not in COMMON_KEYS]
     return [*media, *aliases, *own, *COMMON_KEYS]
 
 
@@ -239,8 +240,7 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
             raise _refuse(task_type, key, "is required: give {url | storage_path | base64} of the input file")
         raw.pop(key, None)
 
-    values = dict(DEFAULTS[task_type])
-    values["negative_prompt"] = NEGATIVE_PROMPT
+    values = {"negative_prompt": NEGATIVE_PROMPT, **DEFAULTS[task_type]}
     use_lora = raw.get("use_lora", values.get("use_lora", False))
     if not isinstance(use_lora, bool):
         raise _refuse(task_type, "use_lora", f"must be true or false, got {use_lora!r}")
