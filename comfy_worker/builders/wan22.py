@@ -87,28 +87,30 @@ def _model(g: Graph, v: Mapping[str, Any], name: str, label: str, which: str, li
     return g.add("ModelSamplingSD3", f"Shift ({label})", shift=v["shift"], model=out(node))
 
 
+def _sampler(
+    g: Graph, v: Mapping[str, Any], which: str, model: str, conditioning: tuple[Link, Link], latent: Link
+) -> str:
+    """One pass of the 14B pair: HIGH samples steps 0..boundary_step with fresh noise and returns the leftover
+    noise; LOW continues from boundary_step to the end without adding noise."""
+    b, steps, high = v["boundary_step"], v["steps"], which == "high"
+    first, last = (0, b) if high else (b, steps)
+    return g.add(
+        "KSamplerAdvanced",
+        f"Sampler {which.upper()} noise (steps {first}-{last} of {steps})",
+        f"{which}_sampler",
+        model=out(model), add_noise="enable" if high else "disable", noise_seed=v["seed"] if high else 0,
+        steps=steps, cfg=v["cfg_scale"], sampler_name=v["sampler"], scheduler=v["scheduler"],
+        positive=conditioning[0], negative=conditioning[1], latent_image=latent, start_at_step=first,
+        end_at_step=last, return_with_leftover_noise="enable" if high else "disable",
+    )  # fmt: skip
+
+
 def _samplers(g: Graph, v: Mapping[str, Any], conditioning: tuple[Link, Link], latent: Link) -> str:
     """The HIGH/LOW pair of the 14B models; returns the LOW sampler (its output is the final latent)."""
     high = _model(g, v, v["high_noise_model"], "HIGH noise", "high", v.get("high_noise_lora"))
     low = _model(g, v, v["low_noise_model"], "LOW noise", "low", v.get("low_noise_lora"))
-    pos, neg = conditioning
-    b, steps = v["boundary_step"], v["steps"]
-    first = g.add(
-        "KSamplerAdvanced",
-        f"Sampler HIGH noise (steps 0-{b} of {steps})",
-        "high_sampler",
-        model=out(high), add_noise="enable", noise_seed=v["seed"], steps=steps, cfg=v["cfg_scale"],
-        sampler_name=v["sampler"], scheduler=v["scheduler"], positive=pos, negative=neg, latent_image=latent,
-        start_at_step=0, end_at_step=b, return_with_leftover_noise="enable",
-    )  # fmt: skip
-    return g.add(
-        "KSamplerAdvanced",
-        f"Sampler LOW noise (steps {b}-{steps} of {steps})",
-        "low_sampler",
-        model=out(low), add_noise="disable", noise_seed=0, steps=steps, cfg=v["cfg_scale"],
-        sampler_name=v["sampler"], scheduler=v["scheduler"], positive=pos, negative=neg, latent_image=out(first),
-        start_at_step=b, end_at_step=steps, return_with_leftover_noise="disable",
-    )  # fmt: skip
+    first = _sampler(g, v, "high", high, conditioning, latent)
+    return _sampler(g, v, "low", low, conditioning, out(first))
 
 
 def _video(g: Graph, v: Mapping[str, Any], vae: str, latent: Link, *, audio: Link | None = None, skip: int = 0) -> str:
@@ -296,4 +298,56 @@ def build_flf2v(image: str, last_image: str, prompt: str | None = None, **params
     return build(FLF2V, _kwargs(prompt=prompt, **params), {"image": image, "last_image": last_image})
 
 
+def build_i2v_chain(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``wan22_i2v_chain`` prompt-runner profile, generated: one base graph holding both passes of a chunk,
+    and which of its nodes each pass keeps (profile format: ``base_workflow``, ``roles``, ``passes``,
+    ``first_chunk``, ``optional_inputs``; see handlers/prompt_runner/profile.py).
+
+    HIGH pass: the reference frame (the previous chunk's last frame; none for chunk 1) → ``WanImageToVideo`` →
+    HIGH sampler → ``SaveLatent`` (to the path the plan gives). LOW pass: the same conditioning, ``LoadLatent`` →
+    LOW sampler → decode → ``CreateVideo`` → ``SaveVideo``. Core nodes only. ``params`` are comfyui_i2v's
+    (models, steps, cfg_scale, boundary_step, shift, use_lora, loras, width, height, fps, …)."""
+    raw = {"image": {"storage_path": "chain-reference"}, **dict(params or {})}
+    v = resolve(I2V, raw).values
+    g = Graph()
+    ref = out(g.add("LoadImage", "Reference frame (previous chunk)", "reference", image=""))
+    pos, neg = _text(g, v)
+    vae = g.add("VAELoader", "VAE (Wan 2.1)", vae_name=v["vae_model"])
+    cond = g.add(
+        "WanImageToVideo", "Image to video", "frames",
+        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"],
+        length=v["num_frames"], batch_size=1, start_image=ref,
+    )  # fmt: skip
+    conditioning = (out(cond, 0), out(cond, 1))
+    mark = len(g.nodes)
+    high = _model(g, v, v["high_noise_model"], "HIGH noise", "high", v.get("high_noise_lora"))
+    sampled = _sampler(g, v, "high", high, conditioning, out(cond, 2))
+    g.add("SaveLatent", "Save the HIGH-noise latent", "latent_save", samples=out(sampled), filename_prefix="latents/x")
+    high_only = list(g.nodes)[mark:]
+    mark = len(g.nodes)
+    low = _model(g, v, v["low_noise_model"], "LOW noise", "low", v.get("low_noise_lora"))
+    latent = g.add("LoadLatent", "Load the HIGH-noise latent", "latent_load", latent="")
+    _video(g, v, vae, out(_sampler(g, v, "low", low, conditioning, out(latent))))
+    low_only = list(g.nodes)[mark:]
+    r = g.roles
+    return {
+        "base_workflow": g.nodes,
+        "roles": {
+            "positive_prompt": {"node": r["positive_prompt"], "input": "text"},
+            "negative_prompt": {"node": r["negative_prompt"], "input": "text"},
+            "frames": {"node": r["frames"], "input": "length"},
+            "seed": {"node": r["high_sampler"], "input": "noise_seed"},
+            "reference": {"node": r["reference"], "input": "image"},
+            "latent_save": {"node": r["latent_save"], "prefix": "filename_prefix"},
+            "latent_load": {"node": r["latent_load"], "input": "latent", "path": "file"},
+            "decode": {"node": r["decode"]},
+            "video_out": {"node": r["video_out"], "input": "filename_prefix"},
+        },
+        "passes": {"high": {"remove": low_only}, "low": {"remove": high_only}},
+        "first_chunk": {"remove": [r["reference"]]},
+        "optional_inputs": {"WanImageToVideo": ["clip_vision_output", "start_image"]},
+    }
+
+
+CHAIN_BUILDERS = {"wan22_i2v_chain": build_i2v_chain}
 BUILDERS = {I2V: build_i2v, T2V: build_t2v, TI2V: build_ti2v, S2V: build_s2v, FLF2V: build_flf2v}

@@ -181,13 +181,15 @@ def _check_value(
     if allowed is not None:
         if is_file_input(class_type, name, opts) or value in allowed:
             return None
-        if not allowed:
-            # An empty list: on the live server, no file of that kind is installed; in an offline fixture
-            # (no models anywhere) it says nothing.
+        files = [a for a in allowed if str(a).lower().endswith(MODEL_EXTENSIONS)]
+        if not files and (not allowed or model_folder(class_type, name)):
+            # No model file listed (VAELoader still lists built-ins such as "pixel_space"): on the live server none
+            # of that kind is installed; in an offline fixture (no models anywhere) it says nothing.
             is_model = model_folder(class_type, name) is not None or _looks_like_model(name, value, [])
             if empty_model_lists == "missing" and is_model:
                 return f"{where}: model {value} is not installed (none is); {_where_models_go(class_type, name)}"
-            return None
+            if empty_model_lists != "missing":
+                return None
         if _looks_like_model(name, value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.4)
             hint = ", ".join(close) if close else "none"
