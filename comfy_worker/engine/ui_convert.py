@@ -23,17 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfy_worker.engine.workflow import API_FORMAT_ADVICE, input_specs, is_widget
 from comfy_worker.errors import WorkflowInvalid
 
 MUTED, BYPASSED = 2, 4
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 VIRTUAL_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-API_FORMAT_ADVICE = (
-    "export the workflow with 'Save (API Format)' in ComfyUI (enable Dev mode options in the settings "
-    "on older versions) and submit that JSON"
-)
 
 
 @dataclass
@@ -305,8 +301,6 @@ class _Converter:
         return f"{where}: node type {node.get('type')} is not on {self.server}: {hint}"
 
     def convert_node(self, scope: _Scope, node: Mapping[str, Any]) -> dict[str, Any] | None:
-        from comfy_worker.engine.workflow import input_specs, is_widget
-
         kind = str(node.get("type"))
         spec = self.object_info.get(kind)
         if not isinstance(spec, dict):
