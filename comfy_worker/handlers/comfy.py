@@ -30,7 +30,7 @@ from comfy_worker.engine import (
     validate,
 )
 from comfy_worker.engine.workflow import set_input
-from comfy_worker.errors import InputRejected, WorkflowInvalid
+from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.inputs import decode_base64_input, fetch_storage_input, safe_filename
 from comfy_worker.logs import get_logger
@@ -120,7 +120,7 @@ class ComfyHandler:
     async def prepare(self, ctx: TaskContext) -> Prepared:
         params = ctx.task.params
         object_info = await ctx.client.object_info()
-        workflow = to_api_format(parse_workflow(params.get("workflow")), object_info)
+        workflow = await to_api_format(ctx, parse_workflow(params.get("workflow")), object_info)
         specs = collect_input_specs(workflow, params, object_info)
         await upload_inputs(ctx, workflow, specs)
         return await queue_validated(ctx, workflow, object_info)
@@ -138,12 +138,23 @@ class ComfyHandler:
 # --- the stages every ComfyUI task shares (the comfyui_* handlers in wan.py use them too) ------------------
 
 
-def to_api_format(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
-    """The workflow in API format: a UI export is converted (see engine.ui_convert)."""
+async def to_api_format(ctx: TaskContext, workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """The workflow in API format: a UI export is converted (see engine.ui_convert); what cannot be converted is
+    named against the server's version ("node type X is not on ComfyUI 0.3.64: update ComfyUI")."""
     if is_ui_format(workflow):
-        workflow = ui_to_api(workflow, object_info)
+        workflow = ui_to_api(workflow, object_info, server=await server_name(ctx))
         log.info("workflow_converted_from_ui_format", nodes=len(workflow))
     return workflow
+
+
+async def server_name(ctx: TaskContext) -> str:
+    """ "ComfyUI <version>" from /system_stats, or "this ComfyUI" when the server does not say."""
+    try:
+        stats = await ctx.client.system_stats()
+    except ComfyWorkerError:
+        return "this ComfyUI"
+    version = (stats.get("system") or {}).get("comfyui_version") if isinstance(stats, dict) else None
+    return f"ComfyUI {version}" if version else "this ComfyUI"
 
 
 def collect_input_specs(

@@ -26,6 +26,7 @@ from comfy_worker.storage import LocalStorage
 from comfy_worker.store.postgres import PostgresStore
 from tests.integration.daemon.conftest import Harness, wait_task
 from tests.integration.wan.conftest import Comfy0364, ffmpeg_media
+from tests.template_parity import template
 
 pytestmark = pytest.mark.comfyui
 
@@ -120,6 +121,7 @@ async def test_daemon_runs_comfyui_tasks_and_fails_missing_models_without_retryi
             NewTask("comfyui_t2v", {"high_noise_model": "nowhere_high.safetensors", "seed": 1}, max_attempts=3)
         )
         refused = await store.enqueue(NewTask("comfyui_i2v", {"prompt": "no image"}, max_attempts=3))
+        newer = await store.enqueue(NewTask("comfy", {"workflow": template("video_wan2_2_14B_i2v")}, max_attempts=3))
         task = await wait_task(store, bad.task_id)
         assert task.status is TaskStatus.FAILED and task.attempts == 1
         assert "nowhere_high.safetensors is not installed" in (task.error or "")
@@ -127,6 +129,12 @@ async def test_daemon_runs_comfyui_tasks_and_fails_missing_models_without_retryi
         task = await wait_task(store, refused.task_id)
         assert task.status is TaskStatus.FAILED and task.attempts == 1
         assert "comfyui_i2v: params.image is required" in (task.error or "")
+        task = await wait_task(store, newer.task_id)  # a current UI export with nodes newer than the server
+        assert task.status is TaskStatus.FAILED and task.attempts == 1
+        assert "node 129:163 (ComfyMathExpression): node type ComfyMathExpression is not on ComfyUI 0.3.64" in (
+            task.error or ""
+        )
+        assert "update ComfyUI" in (task.error or "")
     finally:
         await h.stop_all()
         await store.close()
