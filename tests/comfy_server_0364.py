@@ -12,7 +12,6 @@ is accepted, then fails as soon as a loader reads the empty file, so tests inter
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine.workflow import model_folder
-from tests.comfy_server import comfy_test_home, stop_test_comfyui, wait_ready
+from tests.comfy_server import comfy_test_home, launch_comfyui
 
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "audio_encoders", "checkpoints", "clip_vision")
 
@@ -89,17 +88,4 @@ def start_comfyui_0364(
         raise RuntimeError(f"no ComfyUI 0.3.64 in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-comfy-0364-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "comfyui.log"
-    cmd = [str(python), "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
-    cmd += _args(workdir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, proc, timeout_s, log)
-    except BaseException:
-        stop_test_comfyui(proc)
-        raise
-    proc.workdir = workdir  # type: ignore[attr-defined]
-    return proc, base_url
+    return launch_comfyui(python, tree, port, _args(workdir), workdir, timeout_s)

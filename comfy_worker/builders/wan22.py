@@ -129,6 +129,14 @@ def _image(g: Graph, name: str | None, title: str, role: str) -> Link | None:
     return out(g.add("LoadImage", title, role, image=name)) if name else None
 
 
+def _image_to_video(g: Graph, v: Mapping[str, Any], pos: str, neg: str, vae: str, start: Link | None) -> str:
+    return g.add(
+        "WanImageToVideo", "Image to video", "frames",
+        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"],
+        length=v["num_frames"], batch_size=1, start_image=start,
+    )  # fmt: skip
+
+
 # --- the five task types -------------------------------------------------------------------------------------
 
 
@@ -137,11 +145,7 @@ def _i2v(v: Mapping[str, Any], image: str | None) -> Graph:
     start = _image(g, image, "Start image", "start_image")
     pos, neg = _text(g, v)
     vae = g.add("VAELoader", "VAE (Wan 2.1)", vae_name=v["vae_model"])
-    cond = g.add(
-        "WanImageToVideo", "Image to video", "frames",
-        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"],
-        length=v["num_frames"], batch_size=1, start_image=start,
-    )  # fmt: skip
+    cond = _image_to_video(g, v, pos, neg, vae, start)
     low = _samplers(g, v, (out(cond, 0), out(cond, 1)), out(cond, 2))
     _video(g, v, vae, out(low))
     return g
@@ -313,11 +317,7 @@ def build_i2v_chain(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     ref = out(g.add("LoadImage", "Reference frame (previous chunk)", "reference", image=""))
     pos, neg = _text(g, v)
     vae = g.add("VAELoader", "VAE (Wan 2.1)", vae_name=v["vae_model"])
-    cond = g.add(
-        "WanImageToVideo", "Image to video", "frames",
-        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"],
-        length=v["num_frames"], batch_size=1, start_image=ref,
-    )  # fmt: skip
+    cond = _image_to_video(g, v, pos, neg, vae, ref)
     conditioning = (out(cond, 0), out(cond, 1))
     mark = len(g.nodes)
     high = _model(g, v, v["high_noise_model"], "HIGH noise", "high", v.get("high_noise_lora"))

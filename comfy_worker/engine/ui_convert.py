@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy_worker.engine.workflow import API_FORMAT_ADVICE, input_specs, is_widget
+from comfy_worker.engine.nodespec import API_FORMAT_ADVICE, input_specs, is_widget
 from comfy_worker.errors import WorkflowInvalid
 
 MUTED, BYPASSED = 2, 4

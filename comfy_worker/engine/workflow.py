@@ -12,13 +12,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from comfy_worker.engine.nodespec import (  # noqa: F401 - re-exported: the public names of engine.workflow
+    API_FORMAT_ADVICE,
+    PRIMITIVE_TYPES,
+    enum_values,
+    input_specs,
+    is_widget,
+)
+from comfy_worker.engine.ui_convert import convert
 from comfy_worker.errors import WorkflowInvalid
 
-API_FORMAT_ADVICE = (
-    "export the workflow with 'Save (API Format)' in ComfyUI (enable Dev mode options in the settings "
-    "on older versions) and submit that JSON"
-)
-PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx", ".sft", ".pt2")
 # Loader inputs that name a file in ComfyUI's input directory, for graphs on servers whose object_info
@@ -75,41 +78,6 @@ def _spec(object_info: Mapping[str, Any], class_type: str) -> dict[str, Any] | N
     return spec if isinstance(spec, dict) else None
 
 
-def input_specs(node_spec: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
-    """(name, type, options, required) for every declared input, in the server's order."""
-    inputs = node_spec.get("input") or {}
-    order = node_spec.get("input_order") or {}
-    out: list[tuple[str, Any, dict[str, Any], bool]] = []
-    for section in ("required", "optional"):
-        declared = inputs.get(section) or {}
-        names = list(order.get(section) or declared.keys())
-        names += [n for n in declared if n not in names]
-        for name in names:
-            if name not in declared:
-                continue
-            raw = declared[name]
-            kind = raw[0] if isinstance(raw, list | tuple) and raw else raw
-            opts = raw[1] if isinstance(raw, list | tuple) and len(raw) > 1 and isinstance(raw[1], dict) else {}
-            out.append((name, kind, opts, section == "required"))
-    return out
-
-
-def enum_values(kind: Any, opts: Mapping[str, Any]) -> list[Any] | None:
-    """The allowed values of an enum input, or None when the input is not an enum."""
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return list(opts.get("options") or [])
-    return None
-
-
-def is_widget(kind: Any, opts: Mapping[str, Any]) -> bool:
-    """True for inputs the UI shows as a widget (their value sits in ``widgets_values``)."""
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in PRIMITIVE_TYPES
-
-
 def is_file_input(class_type: str, name: str, opts: Mapping[str, Any]) -> bool:
     return (class_type, name) in KNOWN_FILE_INPUTS or any(opts.get(flag) for flag in UPLOAD_FLAGS)
 
@@ -140,8 +108,6 @@ def ui_to_api(
     Subgraphs are flattened, primitives and reroutes resolved, muted nodes dropped, bypassed nodes passed
     through; what cannot be converted raises WorkflowInvalid naming each node and the reason (``server`` names
     the target in those messages, e.g. "ComfyUI 0.3.64"). See :mod:`comfy_worker.engine.ui_convert`."""
-    from comfy_worker.engine.ui_convert import convert
-
     return convert(wf, object_info, server=server)
 
 
