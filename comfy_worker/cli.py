@@ -19,7 +19,7 @@ from comfy_worker.models import NewTask, Task, TaskStatus
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
-COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner")
+COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "build")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="print the queue and worker summary")
     c = sub.add_parser("cancel", help="cancel a queued or running task")
     c.add_argument("task_id")
+
+    from comfy_worker.cli_build import add_arguments as add_build_arguments
+
+    add_build_arguments(
+        sub.add_parser("build", help="print a Wan 2.2 graph built from parameters, or --submit it as a task")
+    )
 
     pr = sub.add_parser("prompt-runner", help="render long videos as Wan 2.2 HIGH/LOW chunk chains")
     try:
@@ -104,6 +110,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from comfy_worker.handlers.prompt_runner.cli import run_cli
 
         return int(await run_cli(args, settings))
+    if args.command == "build":
+        from comfy_worker.cli_build import run_build
+
+        return await run_build(args, settings, lambda: open_store(settings, pool_max=2), wait_for)
     store = open_store(settings, pool_max=2)
     try:
         await store.connect()
@@ -128,6 +138,10 @@ def build_handlers() -> dict[str, Any]:
     from comfy_worker.handlers.comfy import ComfyHandler
 
     handlers: dict[str, Any] = {"comfy": ComfyHandler()}
+    from comfy_worker.builders.params import TASK_TYPES
+    from comfy_worker.handlers.wan import WanHandler
+
+    handlers.update({task_type: WanHandler(task_type) for task_type in TASK_TYPES})
     try:
         from comfy_worker.handlers.prompt_runner.handler import PromptRunnerHandler
     except ImportError:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything comfy-worker and its tests need, on a fresh Debian machine or a developer's box:
 #   ffmpeg and sqlite3 (apt, when root and missing), .venv with the package and its dev extras,
-#   and the CPU test ComfyUI under .test-env (scripts/setup_test_comfyui.sh; skip with --no-comfyui).
+#   and the CPU test ComfyUIs under .test-env (scripts/setup_test_comfyui.sh, then ComfyUI 0.3.64 for the Wan 2.2
+#   graph tests: scripts/setup_test_comfyui_0364.sh; skip both with --no-comfyui).
 # Idempotent: re-running only does what is missing.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,4 +34,5 @@ echo "install: comfy-worker $(.venv/bin/python -c 'import comfy_worker; print(co
 
 if ((with_comfyui)); then
     bash scripts/setup_test_comfyui.sh
+    bash scripts/setup_test_comfyui_0364.sh
 fi

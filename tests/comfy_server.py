@@ -91,17 +91,15 @@ def start_test_comfyui(
         raise RuntimeError(f"no test ComfyUI in {comfy_test_home()}: run scripts/setup_test_comfyui.sh")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-comfy-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    return launch_comfyui(python, tree, port, comfy_args(workdir), workdir, timeout_s)
+
+
+def launch_comfyui(
+    python: Path, tree: Path, port: int, args: list[str], workdir: Path, timeout_s: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run ``tree/main.py`` with ``python`` on 127.0.0.1:port (log in ``workdir/comfyui.log``) until ready."""
     log = workdir / "comfyui.log"
-    cmd = [
-        str(python),
-        "main.py",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--disable-auto-launch",
-        *comfy_args(workdir),
-    ]
+    cmd = [str(python), "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"

@@ -12,17 +12,18 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from comfy_worker.engine.nodespec import (  # noqa: F401 - re-exported: the public names of engine.workflow
+    API_FORMAT_ADVICE,
+    PRIMITIVE_TYPES,
+    enum_values,
+    input_specs,
+    is_widget,
+)
+from comfy_worker.engine.ui_convert import convert
 from comfy_worker.errors import WorkflowInvalid
 
-API_FORMAT_ADVICE = (
-    "export the workflow with 'Save (API Format)' in ComfyUI (enable Dev mode options in the settings "
-    "on older versions) and submit that JSON"
-)
-PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx", ".sft", ".pt2")
-CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-UI_ONLY_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 # Loader inputs that name a file in ComfyUI's input directory, for graphs on servers whose object_info
 # does not flag them (or when the node is unknown to the given object_info).
 KNOWN_FILE_INPUTS: frozenset[tuple[str, str]] = frozenset(
@@ -41,6 +42,26 @@ KNOWN_FILE_INPUTS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 _URL = re.compile(r"^https?://", re.I)
+# Loader inputs that name a model file → the folder under ComfyUI's models/ where that file belongs.
+MODEL_FOLDERS: dict[tuple[str, str], str] = {
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("AudioEncoderLoader", "audio_encoder_name"): "audio_encoders",
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("StyleModelLoader", "style_model_name"): "style_models",
+}
 
 
 class MediaInput(NamedTuple):
@@ -55,41 +76,6 @@ class MediaInput(NamedTuple):
 def _spec(object_info: Mapping[str, Any], class_type: str) -> dict[str, Any] | None:
     spec = object_info.get(class_type)
     return spec if isinstance(spec, dict) else None
-
-
-def input_specs(node_spec: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
-    """(name, type, options, required) for every declared input, in the server's order."""
-    inputs = node_spec.get("input") or {}
-    order = node_spec.get("input_order") or {}
-    out: list[tuple[str, Any, dict[str, Any], bool]] = []
-    for section in ("required", "optional"):
-        declared = inputs.get(section) or {}
-        names = list(order.get(section) or declared.keys())
-        names += [n for n in declared if n not in names]
-        for name in names:
-            if name not in declared:
-                continue
-            raw = declared[name]
-            kind = raw[0] if isinstance(raw, list | tuple) and raw else raw
-            opts = raw[1] if isinstance(raw, list | tuple) and len(raw) > 1 and isinstance(raw[1], dict) else {}
-            out.append((name, kind, opts, section == "required"))
-    return out
-
-
-def enum_values(kind: Any, opts: Mapping[str, Any]) -> list[Any] | None:
-    """The allowed values of an enum input, or None when the input is not an enum."""
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return list(opts.get("options") or [])
-    return None
-
-
-def is_widget(kind: Any, opts: Mapping[str, Any]) -> bool:
-    """True for inputs the UI shows as a widget (their value sits in ``widgets_values``)."""
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in PRIMITIVE_TYPES
 
 
 def is_file_input(class_type: str, name: str, opts: Mapping[str, Any]) -> bool:
@@ -114,93 +100,15 @@ def is_ui_format(wf: Any) -> bool:
     return isinstance(wf, dict) and isinstance(wf.get("nodes"), list) and isinstance(wf.get("links"), list)
 
 
-def ui_to_api(wf: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert a UI export to the API format, using ``object_info`` to map ``widgets_values`` to names.
+def ui_to_api(
+    wf: Mapping[str, Any], object_info: Mapping[str, Any], *, server: str = "this ComfyUI"
+) -> dict[str, Any]:
+    """Convert a UI export to the API format, using ``object_info`` to map ``widgets_values`` to input names.
 
-    Supports Reroute and PrimitiveNode (resolved away), Note nodes (dropped) and muted nodes (dropped).
-    Raises WorkflowInvalid with export advice for what cannot be converted safely (unknown node types,
-    bypassed nodes, subgraphs)."""
-    if wf.get("definitions", {}).get("subgraphs") if isinstance(wf.get("definitions"), dict) else False:
-        raise WorkflowInvalid(f"workflow uses subgraphs, which cannot be converted here: {API_FORMAT_ADVICE}")
-    nodes = {str(n["id"]): n for n in wf["nodes"] if isinstance(n, dict) and "id" in n}
-    links: dict[int, tuple[str, int]] = {}
-    for link in wf["links"]:
-        if isinstance(link, list) and len(link) >= 5:
-            links[int(link[0])] = (str(link[1]), int(link[2]))
-        elif isinstance(link, dict) and "id" in link:
-            links[int(link["id"])] = (str(link["origin_id"]), int(link["origin_slot"]))
-    problems: list[str] = []
-
-    def resolve(link_id: int | None) -> Any:
-        """Follow a link through Reroutes; a PrimitiveNode source yields its value; None if unconnected."""
-        seen: set[int] = set()
-        while link_id is not None and link_id in links and link_id not in seen:
-            seen.add(link_id)
-            src_id, slot = links[link_id]
-            src = nodes.get(src_id)
-            if src is None:
-                return None
-            if src.get("type") == "Reroute":
-                ins = src.get("inputs") or [{}]
-                link_id = ins[0].get("link")
-                continue
-            if src.get("type") == "PrimitiveNode":
-                values = src.get("widgets_values") or [None]
-                return ("value", values[0])
-            if src.get("mode") in (2, 4):
-                return None
-            return ("link", [src_id, slot])
-        return None
-
-    out: dict[str, Any] = {}
-    for node_id, node in nodes.items():
-        class_type = node.get("type")
-        if class_type in UI_ONLY_NODES or node.get("mode") == 2:
-            continue
-        if node.get("mode") == 4:
-            problems.append(f"node {node_id} ({class_type}) is bypassed, which cannot be converted")
-            continue
-        spec = _spec(object_info, str(class_type))
-        if spec is None:
-            problems.append(f"node {node_id}: node type {class_type} is not installed")
-            continue
-        connected = {i.get("name"): i.get("link") for i in node.get("inputs") or [] if isinstance(i, dict)}
-        widgets = node.get("widgets_values")
-        inputs: dict[str, Any] = {}
-        queue = list(widgets) if isinstance(widgets, list) else []
-        for name, kind, opts, _required in input_specs(spec):
-            value_set = False
-            if is_widget(kind, opts):
-                if isinstance(widgets, dict):
-                    if name in widgets:
-                        inputs[name], value_set = widgets[name], True
-                elif queue:
-                    inputs[name], value_set = queue.pop(0), True
-                    if (
-                        kind == "INT"
-                        and queue
-                        and (opts.get("control_after_generate") or name in ("seed", "noise_seed"))
-                        and queue[0] in CONTROL_VALUES
-                    ):
-                        queue.pop(0)
-                    if opts.get("image_upload") and queue and queue[0] == "image":
-                        queue.pop(0)
-            resolved = resolve(connected.get(name)) if connected.get(name) is not None else None
-            if resolved is not None:
-                inputs[name] = resolved[1]
-            elif not value_set:
-                inputs.pop(name, None)
-        out[node_id] = {
-            "class_type": class_type,
-            "inputs": inputs,
-            "_meta": {"title": node.get("title") or class_type},
-        }
-    if problems:
-        raise WorkflowInvalid(
-            "cannot convert this UI-format workflow: " + "; ".join(problems) + f". {API_FORMAT_ADVICE}",
-            details={"problems": problems},
-        )
-    return out
+    Subgraphs are flattened, primitives and reroutes resolved, muted nodes dropped, bypassed nodes passed
+    through; what cannot be converted raises WorkflowInvalid naming each node and the reason (``server`` names
+    the target in those messages, e.g. "ComfyUI 0.3.64"). See :mod:`comfy_worker.engine.ui_convert`."""
+    return convert(wf, object_info, server=server)
 
 
 # --- validation ------------------------------------------------------------------------------------------
@@ -215,16 +123,46 @@ def _looks_like_model(name: str, value: Any, allowed: list[Any]) -> bool:
     return name.endswith(("_name", "ckpt", "model"))
 
 
-def _check_value(node_id: str, class_type: str, name: str, kind: Any, opts: dict[str, Any], value: Any) -> str | None:
+def model_folder(class_type: str, name: str) -> str | None:
+    """The folder under ComfyUI's ``models/`` where the file a loader input names belongs (None if unknown)."""
+    return MODEL_FOLDERS.get((class_type, name))
+
+
+def _where_models_go(class_type: str, name: str) -> str:
+    folder = model_folder(class_type, name)
+    return f"put it in ComfyUI's models/{folder}/" if folder else "install it in ComfyUI's models folder"
+
+
+def _check_value(
+    node_id: str,
+    class_type: str,
+    name: str,
+    kind: Any,
+    opts: dict[str, Any],
+    value: Any,
+    empty_model_lists: str = "unknown",
+) -> str | None:
     where = f"node {node_id} ({class_type}) input '{name}'"
     allowed = enum_values(kind, opts)
     if allowed is not None:
-        if not allowed or is_file_input(class_type, name, opts) or value in allowed:
+        if is_file_input(class_type, name, opts) or value in allowed:
             return None
+        files = [a for a in allowed if str(a).lower().endswith(MODEL_EXTENSIONS)]
+        if not files and (not allowed or model_folder(class_type, name)):
+            # No model file listed (VAELoader still lists built-ins such as "pixel_space"): on the live server none
+            # of that kind is installed; in an offline fixture (no models anywhere) it says nothing.
+            is_model = model_folder(class_type, name) is not None or _looks_like_model(name, value, [])
+            if empty_model_lists == "missing" and is_model:
+                return f"{where}: model {value} is not installed (none is); {_where_models_go(class_type, name)}"
+            if empty_model_lists != "missing":
+                return None
         if _looks_like_model(name, value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.4)
             hint = ", ".join(close) if close else "none"
-            return f"{where}: model {value} is not installed; close matches: {hint}"
+            return (
+                f"{where}: model {value} is not installed; close matches: {hint}; "
+                f"{_where_models_go(class_type, name)}"
+            )
         shown = ", ".join(str(a) for a in allowed[:12]) + (", …" if len(allowed) > 12 else "")
         return f"{where}: value {value!r} is not allowed; allowed: {shown}"
     if kind in ("INT", "FLOAT"):
@@ -246,11 +184,20 @@ def _check_value(node_id: str, class_type: str, name: str, kind: Any, opts: dict
     return None
 
 
-def problems(workflow: Any, object_info: Mapping[str, Any], *, unknown_nodes: str = "error") -> list[dict[str, Any]]:
+def problems(
+    workflow: Any,
+    object_info: Mapping[str, Any],
+    *,
+    unknown_nodes: str = "error",
+    empty_model_lists: str = "unknown",
+) -> list[dict[str, Any]]:
     """Every problem of an API-format workflow, as ``{"node_id", "class_type", "input", "message"}``.
 
     ``unknown_nodes="skip"`` is for offline checks against an object_info that only knows core nodes (e.g. the
-    shared 0.3.64 fixture): node types it does not list are taken on trust instead of reported."""
+    shared 0.3.64 fixture): node types it does not list are taken on trust instead of reported.
+    ``empty_model_lists="missing"`` is for the live server's object_info: a model input whose list of files is
+    empty means nothing of that kind is installed, so the model named is missing (offline, "unknown": the fixture
+    has no models at all). Model problems name the ``models/`` folder the file belongs in."""
     if not isinstance(workflow, dict) or not workflow:
         return [
             {
@@ -328,15 +275,18 @@ def problems(workflow: Any, object_info: Mapping[str, Any], *, unknown_nodes: st
                 continue
             if name in declared:
                 kind, opts, _ = declared[name]
-                msg = _check_value(node_id, class_type, name, kind, opts, value)
+                msg = _check_value(node_id, class_type, name, kind, opts, value, empty_model_lists)
                 if msg:
                     add(node_id, class_type, name, msg)
     return found
 
 
-def validate(workflow: Any, object_info: Mapping[str, Any]) -> None:
-    """Raise WorkflowInvalid listing every problem (see :func:`problems`); return None when it can run."""
-    found = problems(workflow, object_info)
+def validate(workflow: Any, object_info: Mapping[str, Any], *, empty_model_lists: str = "unknown") -> None:
+    """Raise WorkflowInvalid listing every problem (see :func:`problems`); return None when it can run.
+
+    Against a live server pass ``empty_model_lists="missing"``: a model no file of its kind is installed for then
+    fails at once instead of in ComfyUI."""
+    found = problems(workflow, object_info, empty_model_lists=empty_model_lists)
     if found:
         listed = "; ".join(p["message"] for p in found)
         raise WorkflowInvalid(f"workflow is invalid ({len(found)} problem(s)): {listed}", details={"problems": found})

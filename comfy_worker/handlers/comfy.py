@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from comfy_worker.engine import (
 )
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
-from comfy_worker.errors import InputRejected, WorkflowInvalid
+from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.inputs import decode_base64_input, fetch_storage_input, safe_filename
 from comfy_worker.logs import get_logger
@@ -45,6 +45,7 @@ class Prepared:
     prompt_id: str
     workflow: dict[str, Any]
     queued_at: float
+    info: dict[str, Any] = field(default_factory=dict)  # extra keys for the task's result
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Executed:
     history: History
     prompt_id: str
     run_s: float
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def prompt_id_for(task_id: str, attempt: int) -> str:
@@ -118,101 +120,159 @@ class ComfyHandler:
 
     async def prepare(self, ctx: TaskContext) -> Prepared:
         params = ctx.task.params
-        workflow = parse_workflow(params.get("workflow"))
         object_info = await ctx.client.object_info()
-        if is_ui_format(workflow):
-            workflow = ui_to_api(workflow, object_info)
-            log.info("workflow_converted_from_ui_format", nodes=len(workflow))
-        specs = input_specs(params)
-        for node_id, field_name, url in find_media_inputs(workflow, object_info):
-            if not any(s["node_id"] == node_id and s["field"] == field_name for s in specs):
-                specs.append({"url": url, "node_id": node_id, "field": field_name})
-        for spec in specs:
-            if spec["node_id"] not in workflow:
-                raise WorkflowInvalid(
-                    f"input for node {spec['node_id']}.{spec['field']}: node {spec['node_id']} is not in the "
-                    "workflow; check the node id in params"
-                )
-        refuse_unsafe_paths(
+        workflow = await to_api_format(ctx, parse_workflow(params.get("workflow")), object_info)
+        specs = collect_input_specs(workflow, params, object_info)
+        refuse_unsafe_paths(  # before anything is fetched or queued: no task param names the worker's files
             workflow,
             object_info,
             input_dir=ctx.settings.comfy_input_path,
             replaced=[(s["node_id"], s["field"]) for s in specs],
         )
-        inputs_dir = ctx.work_dir / "inputs"
-        subfolder = f"{UPLOAD_SUBFOLDER}/{ctx.task_key}"
-        for spec in specs:
-            path = await self._fetch(ctx, spec, inputs_dir)
-            name = await ctx.client.upload_file(path, subfolder=subfolder, overwrite=True)
-            set_input(workflow, spec["node_id"], spec["field"], name)
-            log.info(
-                "input_uploaded",
-                node_id=spec["node_id"],
-                field=spec["field"],
-                name=name,
-                bytes=path.stat().st_size,
-            )
-        validate(workflow, object_info)
-        prompt_id = await ctx.client.queue_prompt(
-            workflow, prompt_id=prompt_id_for(ctx.task.task_id, ctx.attempt)
-        )
-        return Prepared(prompt_id, workflow, time.monotonic())
+        await upload_inputs(ctx, workflow, specs)
+        return await queue_validated(ctx, workflow, object_info)
 
     async def _fetch(self, ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
-        filename = spec.get("filename")
-        if spec.get("url"):
-            return await ctx.fetch(spec["url"], dest, filename=filename)
-        if spec.get("storage_path"):
-            return await fetch_storage_input(ctx.storage, spec["storage_path"], dest)
-        return decode_base64_input(
-            spec["base64"], dest, safe_filename(filename, "input.bin"), ctx.settings.input_max_bytes
-        )
+        return await fetch_input(ctx, spec, dest)
 
     async def execute(self, ctx: TaskContext, prepared: Prepared) -> Executed:
-        params = ctx.task.params
-        t0 = time.monotonic()
-
-        async def on_event(event: events.Event) -> None:
-            if isinstance(event, (events.ExecutionStart, events.Executing, events.ExecutionCached)):
-                ctx.started.set()
-            if isinstance(event, events.Progress):
-                ctx.started.set()
-                pct = round(100.0 * event.value / event.max, 1) if event.max else None
-                await ctx.progress(
-                    {
-                        "node": event.node,
-                        "value": event.value,
-                        "max": event.max,
-                        "percent": pct,
-                        "prompt_id": prepared.prompt_id,
-                    }
-                )
-            elif isinstance(event, events.Executing) and event.node is not None:
-                await ctx.progress({"node": event.node, "prompt_id": prepared.prompt_id})
-
-        history = await ctx.client.wait(
-            prepared.prompt_id,
-            on_event=on_event,
-            deadline_s=float(params.get("timeout_s") or ctx.settings.task_timeout_s),
-            stall_s=float(params.get("stall_timeout_s") or ctx.settings.stall_timeout_s),
-            cancel=ctx.cancel,
-        )
-        return Executed(history, prepared.prompt_id, time.monotonic() - t0)
+        return await run_prompt(ctx, prepared)
 
     async def finish(self, ctx: TaskContext, executed: Executed) -> HandlerResult:
-        include_temp = bool(ctx.task.params.get("include_temp"))
-        items = await ctx.client.download_outputs(
-            executed.history, ctx.work_dir / "outputs", include_temp=include_temp
-        )
-        outputs = await upload_outputs(ctx, items)
-        return HandlerResult(
-            result={
-                "outputs": outputs,
-                "prompt_id": executed.prompt_id,
-                "execution_s": round(executed.run_s, 3),
-            },
-            output_url=pick_output_url(outputs),
-        )
+        return await store_outputs(ctx, executed)
+
+
+# --- the stages every ComfyUI task shares (the comfyui_* handlers in wan.py use them too) ------------------
+
+
+async def to_api_format(ctx: TaskContext, workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """The workflow in API format: a UI export is converted (see engine.ui_convert); what cannot be converted is
+    named against the server's version ("node type X is not on ComfyUI 0.3.64: update ComfyUI")."""
+    if is_ui_format(workflow):
+        workflow = ui_to_api(workflow, object_info, server=await server_name(ctx))
+        log.info("workflow_converted_from_ui_format", nodes=len(workflow))
+    return workflow
+
+
+async def server_name(ctx: TaskContext) -> str:
+    """ "ComfyUI <version>" from /system_stats, or "this ComfyUI" when the server does not say."""
+    try:
+        stats = await ctx.client.system_stats()
+    except ComfyWorkerError:
+        return "this ComfyUI"
+    version = (stats.get("system") or {}).get("comfyui_version") if isinstance(stats, dict) else None
+    return f"ComfyUI {version}" if version else "this ComfyUI"
+
+
+def collect_input_specs(
+    workflow: dict[str, Any], params: dict[str, Any], object_info: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every input to fetch: the explicit ones (params) plus URLs written into loader nodes; each must target a
+    node of the workflow."""
+    specs = input_specs(params)
+    for node_id, field_name, url in find_media_inputs(workflow, object_info):
+        if not any(s["node_id"] == node_id and s["field"] == field_name for s in specs):
+            specs.append({"url": url, "node_id": node_id, "field": field_name})
+    for spec in specs:
+        if spec["node_id"] not in workflow:
+            raise WorkflowInvalid(
+                f"input for node {spec['node_id']}.{spec['field']}: node {spec['node_id']} is not in the "
+                "workflow; check the node id in params"
+            )
+    return specs
+
+
+async def fetch_input(ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
+    """One input ({url | storage_path | base64}, optional filename) as a local file under ``dest``."""
+    filename = spec.get("filename")
+    if spec.get("url"):
+        return await ctx.fetch(spec["url"], dest, filename=filename)
+    if spec.get("storage_path"):
+        return await fetch_storage_input(ctx.storage, spec["storage_path"], dest)
+    return decode_base64_input(
+        spec["base64"], dest, safe_filename(filename, "input.bin"), ctx.settings.input_max_bytes
+    )
+
+
+def input_subfolder(ctx: TaskContext) -> str:
+    """Where a task's inputs go in ComfyUI's input folder."""
+    return f"{UPLOAD_SUBFOLDER}/{ctx.task_key}"
+
+
+async def upload_input(ctx: TaskContext, path: Path) -> str:
+    """Upload a local file to ComfyUI's input folder; the name loader nodes take."""
+    return await ctx.client.upload_file(path, subfolder=input_subfolder(ctx), overwrite=True)
+
+
+async def upload_inputs(ctx: TaskContext, workflow: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+    """Fetch every input, upload it to ComfyUI and point its node's input at the uploaded file."""
+    for spec in specs:
+        path = await fetch_input(ctx, spec, ctx.work_dir / "inputs")
+        name = await upload_input(ctx, path)
+        set_input(workflow, spec["node_id"], spec["field"], name)
+        log.info("input_uploaded", node_id=spec["node_id"], field=spec["field"], name=name, bytes=path.stat().st_size)
+
+
+async def queue_validated(
+    ctx: TaskContext,
+    workflow: dict[str, Any],
+    object_info: dict[str, Any],
+    info: dict[str, Any] | None = None,
+) -> Prepared:
+    """Validate against the live server (a model nothing of its kind is installed for counts as missing) and
+    queue the prompt under this attempt's prompt id."""
+    validate(workflow, object_info, empty_model_lists="missing")
+    prompt_id = await ctx.client.queue_prompt(workflow, prompt_id=prompt_id_for(ctx.task.task_id, ctx.attempt))
+    return Prepared(prompt_id, workflow, time.monotonic(), dict(info or {}))
+
+
+async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
+    """Wait for the prompt, reporting progress; deadlines from params (timeout_s, stall_timeout_s) or settings."""
+    params = ctx.task.params
+    t0 = time.monotonic()
+
+    async def on_event(event: events.Event) -> None:
+        if isinstance(event, (events.ExecutionStart, events.Executing, events.ExecutionCached)):
+            ctx.started.set()
+        if isinstance(event, events.Progress):
+            ctx.started.set()
+            pct = round(100.0 * event.value / event.max, 1) if event.max else None
+            await ctx.progress(
+                {
+                    "node": event.node,
+                    "value": event.value,
+                    "max": event.max,
+                    "percent": pct,
+                    "prompt_id": prepared.prompt_id,
+                }
+            )
+        elif isinstance(event, events.Executing) and event.node is not None:
+            await ctx.progress({"node": event.node, "prompt_id": prepared.prompt_id})
+
+    history = await ctx.client.wait(
+        prepared.prompt_id,
+        on_event=on_event,
+        deadline_s=float(params.get("timeout_s") or ctx.settings.task_timeout_s),
+        stall_s=float(params.get("stall_timeout_s") or ctx.settings.stall_timeout_s),
+        cancel=ctx.cancel,
+    )
+    return Executed(history, prepared.prompt_id, time.monotonic() - t0, prepared.info)
+
+
+async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
+    """Download the prompt's outputs and upload them to storage; the task's result."""
+    include_temp = bool(ctx.task.params.get("include_temp"))
+    items = await ctx.client.download_outputs(executed.history, ctx.work_dir / "outputs", include_temp=include_temp)
+    outputs = await upload_outputs(ctx, items)
+    return HandlerResult(
+        result={
+            **executed.info,
+            "outputs": outputs,
+            "prompt_id": executed.prompt_id,
+            "execution_s": round(executed.run_s, 3),
+        },
+        output_url=pick_output_url(outputs),
+    )
 
 
 async def upload_outputs(ctx: TaskContext, items: list[OutputItem]) -> list[dict[str, Any]]:

@@ -225,6 +225,7 @@ def test_ui_to_api_unknown_node_gives_export_advice(info: dict) -> None:
     ui["nodes"].append({"id": 21, "type": "ImageInvert", "mode": 4, "widgets_values": []})
     with pytest.raises(WorkflowInvalid) as exc:
         ui_to_api(ui, info)
-    assert "node 20: node type WanVideoSampler is not installed" in str(exc.value)
-    assert "node 21 (ImageInvert) is bypassed" in str(exc.value)
+    assert "node 20 (WanVideoSampler): node type WanVideoSampler is not on this ComfyUI" in str(exc.value)
+    assert "install the custom node pack that provides it" in str(exc.value)
+    assert "node 21" not in str(exc.value)  # bypassed nodes pass through (tests/unit/test_ui_convert.py)
     assert "Save (API Format)" in str(exc.value)

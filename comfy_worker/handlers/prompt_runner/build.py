@@ -124,20 +124,20 @@ def _render(
     if job.job_type == HIGH and job.latent_output_path:
         save = ed.role("latent_save")
         chunk_dir = posixpath.dirname(job.latent_output_path)
-        if save is not None and save.input("subfolder"):
+        if save is not None and save.input("prefix"):  # core SaveLatent: {prefix}_00001_.latent, collected by path
+            ed.set("latent_save", save, "prefix", f"{root}/{_strip_ext(job.latent_output_path)}")
+        elif save is not None and save.input("subfolder"):
             ed.set("latent_save", save, "folder", f"{root}/{posixpath.dirname(chunk_dir)}")
             ed.set("latent_save", save, "subfolder", posixpath.basename(chunk_dir))
         else:
             ed.set("latent_save", save, "folder", f"{root}/{chunk_dir}")
         ed.set("latent_save", save, "filename", _strip_ext(posixpath.basename(job.latent_output_path)))
     if job.job_type == LOW:
-        if job.latent_input_path:
-            ed.set(
-                "latent_load",
-                ed.role("latent_load"),
-                "input",
-                f"{root}/{posixpath.dirname(job.latent_input_path)}",
-            )
+        load = ed.role("latent_load")
+        if job.latent_input_path and load is not None:
+            as_file = load.input("path") == "file"  # core LoadLatent takes the file; folder loaders its folder
+            path = job.latent_input_path if as_file else posixpath.dirname(job.latent_input_path)
+            ed.set("latent_load", load, "input", f"{root}/{path}")
         if job.video_output_path:
             prefix = _strip_ext(job.video_output_path)
             ed.set("video_out", ed.role("video_out"), "input", prefix)

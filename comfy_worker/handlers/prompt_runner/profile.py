@@ -18,6 +18,10 @@ A profile is YAML or JSON (shipped in ``comfy_worker/profiles/`` or loaded from 
     combine_roles: {new_segment: {node: "25", input: video}, ...}
 
 Node ids are strings; group sub-nodes keep ComfyUI's ``group:sub`` form (``"309:298"``).
+
+A profile may instead name a graph builder (``builder: {name: wan22_i2v_chain, params: {...}}``): the builder
+generates ``base_workflow``, ``roles``, ``passes``, ``first_chunk`` and ``optional_inputs`` (see
+:data:`comfy_worker.builders.wan22.CHAIN_BUILDERS`); the YAML adds name, description, defaults and paths.
 :func:`load_profile` validates the profile against its workflows: every error names the role, node id and
 input, so a profile that does not match its workflow fails before anything is queued.
 """
@@ -49,8 +53,8 @@ BASE_ROLES: dict[str, tuple[str, ...]] = {
     "seed": ("input",),
     "reference": ("input",),
     "sampler": ("start_step", "end_step"),
-    "latent_save": ("folder", "subfolder", "filename"),
-    "latent_load": ("input",),
+    "latent_save": ("folder", "subfolder", "filename", "prefix"),  # prefix: one filename_prefix (core SaveLatent)
+    "latent_load": ("input", "path"),  # path: "folder" (default) or "file" (core LoadLatent takes the file)
     "decode": (),
     "video_out": ("input",),
     "last_frame": ("input",),
@@ -63,7 +67,7 @@ COMBINE_ROLES: dict[str, tuple[str, ...]] = {
 }
 REQUIRED_BASE_ROLES = ("positive_prompt", "frames", "video_out")
 # Inputs that must exist on the node (the others are set only when the node has them, e.g. step ranges).
-_MUST_EXIST = {"input", "folder", "subfolder", "filename", "previous_input", "new_input", "skip_input"}
+_MUST_EXIST = {"input", "folder", "subfolder", "filename", "prefix", "previous_input", "new_input", "skip_input"}
 TASK_PROFILE_SUFFIXES = (".yaml", ".yml")
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -236,6 +240,8 @@ def parse_profile(data: Any, *, source: str, base_dir: Path | None = None, confi
     if not isinstance(data, dict):
         raise ProfileError(source, "expected a mapping at the top level")
     base_dir = base_dir or Path.cwd()
+    if "builder" in data:
+        data = {**_from_builder(source, data["builder"]), **{k: v for k, v in data.items() if k != "builder"}}
 
     def workflow(key: str) -> dict[str, Any] | None:
         ref = data.get(key)
@@ -274,6 +280,18 @@ def parse_profile(data: Any, *, source: str, base_dir: Path | None = None, confi
     )
     validate_profile(profile)
     return profile
+
+
+def _from_builder(source: str, spec: Any) -> dict[str, Any]:
+    from comfy_worker.builders.wan22 import CHAIN_BUILDERS
+    from comfy_worker.errors import InputRejected
+
+    if not isinstance(spec, dict) or spec.get("name") not in CHAIN_BUILDERS:
+        raise ProfileError(source, f"builder: expected {{name: one of {', '.join(CHAIN_BUILDERS)}, params: {{...}}}}")
+    try:
+        return CHAIN_BUILDERS[spec["name"]](spec.get("params") or {})
+    except InputRejected as exc:
+        raise ProfileError(source, f"builder.params: {exc}") from None
 
 
 def load_profile(name_or_path: str | Path = "wan22_vace_v2v") -> Profile:

@@ -1,0 +1,75 @@
+"""A session-scoped real ComfyUI 0.3.64 (CPU, placeholder model files) for the Wan 2.2 builder and handler tests.
+
+Without the installation (scripts/setup_test_comfyui_0364.sh) the tests are skipped with a hint locally, and
+fail in CI (CI=true), where scripts/install.sh must have installed it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_worker.engine import ComfyClient
+from tests.comfy_server import comfy_test_home, free_port, remove_workdir, stop_test_comfyui
+from tests.comfy_server_0364 import comfy_0364_available, place_models, start_comfyui_0364
+
+
+@dataclass
+class Comfy0364:
+    base_url: str
+    workdir: Path
+
+    @property
+    def input_dir(self) -> Path:
+        return self.workdir / "input"
+
+    def place_models(self, graph: dict[str, Any]) -> list[Path]:
+        return place_models(self.workdir, graph)
+
+    def remove_models(self) -> None:
+        for folder in (self.workdir / "models").iterdir():
+            for f in folder.iterdir():
+                f.unlink()
+
+
+@pytest.fixture(scope="session")
+def comfyui_0364() -> Iterator[Comfy0364]:
+    if not comfy_0364_available():
+        msg = f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    proc, base_url = start_comfyui_0364(free_port())
+    try:
+        yield Comfy0364(base_url, proc.workdir)  # type: ignore[attr-defined]
+    finally:
+        stop_test_comfyui(proc)
+        remove_workdir(proc)
+
+
+@pytest.fixture
+async def comfy64(comfyui_0364: Comfy0364) -> AsyncIterator[ComfyClient]:
+    client = ComfyClient(comfyui_0364.base_url)
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def ffmpeg_media(dest: Path, kind: str, seconds: float = 1.0) -> Path:
+    """A real small file made with ffmpeg: a 64x64 PNG ("image") or a sine tone WAV ("audio")."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src = ["-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1"] if kind == "image" else [
+        "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"
+    ]  # fmt: skip
+    assert shutil.which("ffmpeg"), "ffmpeg is required (scripts/install.sh installs it)"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *src, str(dest)], check=True)
+    return dest
