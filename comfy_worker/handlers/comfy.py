@@ -29,6 +29,7 @@ from comfy_worker.engine import (
     ui_to_api,
     validate,
 )
+from comfy_worker.engine.node_timing import NodeClock
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
 from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
@@ -37,6 +38,7 @@ from comfy_worker.inputs import decode_base64_input, fetch_storage_input, safe_f
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
+NODE_TIMING_MIN_S = 0.05  # result.node_timings lists the nodes that took at least this long
 PROMPT_NAMESPACE = uuid.UUID("6f2b7c1e-4a53-4d8e-9a35-2f1f3c5b8e11")
 
 
@@ -54,6 +56,7 @@ class Executed:
     prompt_id: str
     run_s: float
     info: dict[str, Any] = field(default_factory=dict)
+    node_timings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prompt_id_for(task_id: str, attempt: int) -> str:
@@ -230,8 +233,10 @@ async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
     """Wait for the prompt, reporting progress; deadlines from params (timeout_s, stall_timeout_s) or settings."""
     params = ctx.task.params
     t0 = time.monotonic()
+    clock = NodeClock()
 
     async def on_event(event: events.Event) -> None:
+        clock.feed(event)
         if isinstance(event, (events.ExecutionStart, events.Executing, events.ExecutionCached)):
             ctx.started.set()
         if isinstance(event, events.Progress):
@@ -256,7 +261,8 @@ async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
         stall_s=float(params.get("stall_timeout_s") or ctx.settings.stall_timeout_s),
         cancel=ctx.cancel,
     )
-    return Executed(history, prepared.prompt_id, time.monotonic() - t0, prepared.info)
+    timings = clock.report(prepared.workflow, min_seconds=NODE_TIMING_MIN_S)
+    return Executed(history, prepared.prompt_id, time.monotonic() - t0, prepared.info, timings)
 
 
 async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
@@ -270,6 +276,7 @@ async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
             "outputs": outputs,
             "prompt_id": executed.prompt_id,
             "execution_s": round(executed.run_s, 3),
+            "node_timings": executed.node_timings,
         },
         output_url=pick_output_url(outputs),
     )

@@ -61,6 +61,18 @@ async def test_outputs_of_every_kind_are_stored_and_listed(harness: Harness) -> 
     assert worker["tasks_completed"] == 1
 
 
+async def test_result_says_where_the_time_went_node_by_node(harness: Harness) -> None:
+    await harness.start_daemon()
+    tid = await harness.submit(wf.slow(0.6))  # CWSlow: 6 progress steps of 0.1 s, then SaveImage
+    task = await wait_task(harness.store, tid)
+    assert task.status is TaskStatus.COMPLETE, task.error
+    timings = {t["node"]: t for t in task.result["node_timings"]}
+    slow = timings["1"]
+    assert slow["class_type"] == "CWSlow" and slow["steps"] == 6
+    assert 0.55 <= slow["seconds"] <= task.result["execution_s"]
+    assert 0.05 <= slow["first_step_s"] < slow["seconds"]
+
+
 async def test_video_url_contract_fetches_uploads_and_sets_the_input(
     harness: Harness, http_files, tmp_path: Path
 ) -> None:
