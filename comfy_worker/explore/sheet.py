@@ -20,6 +20,7 @@ from comfy_worker.explore import media
 from comfy_worker.explore.fs import write_atomic
 
 SHEET_NAME = "contact_sheet.html"
+REFRESH_S = 10.0
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -33,7 +34,8 @@ def read_state(directory: Path) -> dict[str, Any]:
         raise InputRejected(f"{path} is not valid JSON ({exc})") from exc
 
 
-def sheet_data(directory: Path, state: dict[str, Any], *, inline: bool = False) -> dict[str, Any]:
+def sheet_data(directory: Path, state: dict[str, Any], *, inline: bool = False,
+               refresh_s: float = REFRESH_S) -> dict[str, Any]:
     runs = []
     for run_id, entry in sorted(state.get("runs", {}).items(), key=lambda kv: int(kv[0])):
         thumb = entry.get("thumbnail")
@@ -57,6 +59,7 @@ def sheet_data(directory: Path, state: dict[str, Any], *, inline: bool = False) 
         "mode": state.get("mode"),
         "state": state.get("state"),
         "parameters": state.get("parameters") or [],
+        "refresh_s": refresh_s,
         "runs": runs,
     }
 
@@ -68,10 +71,11 @@ def render(data: dict[str, Any]) -> str:
     return template.replace("__TITLE__", title).replace("__DATA__", payload)
 
 
-def write_sheet(directory: Path, *, inline: bool = False, state: dict[str, Any] | None = None) -> Path:
+def write_sheet(directory: Path, *, inline: bool = False, state: dict[str, Any] | None = None,
+                refresh_s: float = REFRESH_S) -> Path:
     state = state if state is not None else read_state(directory)
     path = directory / SHEET_NAME
-    write_atomic(path, render(sheet_data(directory, state, inline=inline)))
+    write_atomic(path, render(sheet_data(directory, state, inline=inline, refresh_s=refresh_s)))
     return path
 
 
