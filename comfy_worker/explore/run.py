@@ -50,7 +50,7 @@ async def run_local(workflow_file: Path, server: str, out_root: Path, *, timeout
             history = await client.wait(prompt_id, on_event=on_event, deadline_s=timeout_s)
         finally:
             bar.close()
-        dest = out_root / prompt_id
+        dest = out_root.resolve() / prompt_id
         items = await client.download_outputs(history, dest / ".download")
         files = move_into([i.path for i in items], dest)
         shutil.rmtree(dest / ".download", ignore_errors=True)
@@ -95,7 +95,7 @@ async def wait_and_fetch(store: TaskStore, storage: Storage, task_id: str, out_r
     if task.status is not TaskStatus.COMPLETE:
         print(f"{task.status}: {task.error}", file=out)
         return 1
-    dest = out_root / task_id
+    dest = out_root.resolve() / task_id
     for o in (task.result or {}).get("outputs") or []:
         path = await storage.download(o["storage_path"], dest / Path(o["filename"]).name)
         print(path, flush=True)

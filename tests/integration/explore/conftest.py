@@ -15,8 +15,6 @@ from tests.conftest import run_sync
 from tests.integration.engine.conftest import ComfyServer, comfyui_server  # noqa: F401 - fixture re-export
 from tests.integration.explore.workflows import write_batch
 
-pytestmark = pytest.mark.comfyui
-
 
 def sheet_config(tmp: Path) -> Path:
     """Eight runs over denoise, colour and a string parameter (the output prefix), with seeds."""
