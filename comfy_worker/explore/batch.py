@@ -224,17 +224,18 @@ async def run_batch(cfg: BatchConfig, runner: Runner, *, out: TextIO | None = No
           f"{already} already done, {len(jobs)} to run {'on the fleet' if runner.mode == 'fleet' else 'here'}",
           file=out, flush=True)
     bar = Bar(len(plan.runs), "runs", done=already, stream=out)
+    recorder = Recorder(directory, journal, make_sheet=make_sheet)
     ran = 0
     try:
         async for outcome in runner.execute(jobs, journal, bar):
             job = next(j for j in jobs if j.run.run_id == outcome.run_id)
-            await record(directory, journal, job, outcome)
+            recorder.record(job, outcome)
             ran += 1
             bar.advance(ok=outcome.status == DONE)
-            if make_sheet:
-                _sheet(directory)
+        await recorder.drain()
         journal.set_state("finished")
     except (asyncio.CancelledError, KeyboardInterrupt):
+        recorder.cancel()
         journal.set_state("interrupted")
         bar.close()
         note = runner.in_flight_note(journal)
@@ -243,8 +244,7 @@ async def run_batch(cfg: BatchConfig, runner: Runner, *, out: TextIO | None = No
         raise
     finally:
         bar.close()
-    if make_sheet:
-        _sheet(directory)
+    recorder.sheet(force=True)
     runs = journal.state["runs"].values()
     complete = sum(1 for r in runs if r["status"] == DONE)
     failed = sum(1 for r in runs if r["status"] == FAILED)
@@ -254,29 +254,58 @@ async def run_batch(cfg: BatchConfig, runner: Runner, *, out: TextIO | None = No
     return BatchResult(directory, len(plan.runs), complete, failed, ran)
 
 
-def _sheet(directory: Path) -> None:
-    from comfy_worker.explore.sheet import write_sheet
+class Recorder:
+    """Writes what a finished run leaves: params.json, the journal entry, metadata.csv, the contact sheet, and a
+    thumbnail. Thumbnails are made in the background, one ffmpeg at a time, so noticing the next finished run
+    never waits for ffmpeg; the sheet is rewritten at most once a second (and at the end)."""
 
-    write_sheet(directory)
+    def __init__(self, directory: Path, journal: Journal, *, make_sheet: bool = True) -> None:
+        self.directory = directory
+        self.journal = journal
+        self.make_sheet = make_sheet
+        self._thumbs: set[asyncio.Task[None]] = set()
+        self._one_ffmpeg = asyncio.Semaphore(1)
+        self._sheet_at = 0.0
 
-
-async def record(directory: Path, journal: Journal, job: RunJob, outcome: RunOutcome) -> None:
-    """params.json, a thumbnail, the journal entry and metadata.csv for one finished run."""
-    job.dest.mkdir(parents=True, exist_ok=True)
-    rel = [str(p.relative_to(directory)) for p in outcome.outputs]
-    entry = journal.run(job.run.run_id)
-    params = {"run_id": job.run.run_id, "name": job.run.name, "sample_id": job.run.sample_id,
-              "values": job.run.values, "status": outcome.status, "attempt": entry.get("attempt"),
-              "seconds": outcome.seconds, "outputs": [Path(r).name for r in rel], "error": outcome.error,
-              **outcome.handle}
-    write_atomic(job.dest / "params.json", json.dumps(params, indent=1, default=str))
-    thumb = None
-    for kinds in (media.VIDEO_EXT, media.IMAGE_EXT):
-        src = next((p for p in outcome.outputs if p.suffix.lower() in kinds), None)
+    def record(self, job: RunJob, outcome: RunOutcome) -> None:
+        job.dest.mkdir(parents=True, exist_ok=True)
+        rel = [str(p.relative_to(self.directory)) for p in outcome.outputs]
+        entry = self.journal.run(job.run.run_id)
+        params = {"run_id": job.run.run_id, "name": job.run.name, "sample_id": job.run.sample_id,
+                  "values": job.run.values, "status": outcome.status, "attempt": entry.get("attempt"),
+                  "seconds": outcome.seconds, "outputs": [Path(r).name for r in rel], "error": outcome.error,
+                  **outcome.handle}
+        write_atomic(job.dest / "params.json", json.dumps(params, indent=1, default=str))
+        self.journal.update(job.run.run_id, status=outcome.status, seconds=outcome.seconds, outputs=rel,
+                            error=outcome.error, thumbnail=None, finished_at=_now(), **outcome.handle)
+        write_metadata(self.directory, self.journal)
+        src = next((p for p in outcome.outputs if p.suffix.lower() in media.VIDEO_EXT), None) or next(
+            (p for p in outcome.outputs if p.suffix.lower() in media.IMAGE_EXT), None)
         if src is not None:
-            made = await media.thumbnail(src, directory / "thumbnails" / f"{job.run.name}.jpg")
-            thumb = str(made.relative_to(directory)) if made else None
-            break
-    journal.update(job.run.run_id, status=outcome.status, seconds=outcome.seconds, outputs=rel,
-                   error=outcome.error, thumbnail=thumb, finished_at=_now(), **outcome.handle)
-    write_metadata(directory, journal)
+            task = asyncio.create_task(self._thumbnail(job, src))
+            self._thumbs.add(task)
+            task.add_done_callback(self._thumbs.discard)
+        self.sheet()
+
+    async def _thumbnail(self, job: RunJob, src: Path) -> None:
+        async with self._one_ffmpeg:
+            made = await media.thumbnail(src, self.directory / "thumbnails" / f"{job.run.name}.jpg")
+        if made is not None:
+            self.journal.update(job.run.run_id, thumbnail=str(made.relative_to(self.directory)))
+            self.sheet()
+
+    def sheet(self, *, force: bool = False) -> None:
+        if self.make_sheet and (force or time.monotonic() - self._sheet_at >= 1.0):
+            from comfy_worker.explore.sheet import write_sheet
+
+            write_sheet(self.directory, state=self.journal.state)
+            self._sheet_at = time.monotonic()
+
+    async def drain(self) -> None:
+        """Wait for the thumbnails still being made."""
+        while self._thumbs:
+            await asyncio.gather(*list(self._thumbs))
+
+    def cancel(self) -> None:
+        for task in self._thumbs:
+            task.cancel()

@@ -1,10 +1,11 @@
 """The two runners of a batch (see :class:`~comfy_worker.explore.batch.Runner`).
 
-* :class:`LocalRunner` — one ComfyUI (``--server URL``), one run at a time, outputs streamed from ``/view``.
-  Before a prompt is queued the journal records the prompt id it asks for; after, the id ComfyUI gave. A
-  resumed batch asks ComfyUI about a run in flight (history, then queue) and waits for it instead of queueing
-  it again. (A server older than client-chosen prompt ids leaves one gap: a kill between ComfyUI accepting
-  the prompt and the journal write, about a millisecond, would queue that run again.)
+* :class:`LocalRunner` — one ComfyUI (``--server URL``), runs in order, the next prompt queued behind the one
+  rendering; outputs streamed from ``/view``. Before a prompt is queued the journal records the prompt id it
+  asks for, and the prompt carries a tag in its first node's ``_meta``; after, the journal records the id
+  ComfyUI gave. A resumed batch asks ComfyUI about a run in flight (history, then queue; by the tag when the
+  process died while queueing, for servers that ignore client-chosen ids) and waits for it instead of
+  queueing it again.
 * :class:`FleetRunner` — every run a ``comfy`` task with a task id and ``dedupe_key`` derived from the batch
   and the run, so submitting again (a resumed batch) returns the same task instead of a second one. The batch
   waits on the tasks' rows and downloads each result's outputs from storage.
@@ -19,6 +20,7 @@ import json
 import shutil
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,15 +43,17 @@ from comfy_worker.storage import Storage
 from comfy_worker.store import TaskStore
 
 T = TypeVar("T")
+MARKER_KEY = "explore_run"
 PROMPT_NAMESPACE = uuid.UUID("1c0f4f53-6a51-4f0e-8a8e-7b4e2a1f9d27")
 RUN_FAILURES = (WorkflowInvalid, ExecutionFailed, ExecutionInterrupted, ExecutionTimeout)
 
 
-def with_marker(workflow: dict[str, Any], marker: str) -> dict[str, Any]:
-    """A copy of the workflow whose first node's ``_meta`` names the run (ComfyUI keeps it in history)."""
+def with_marker(workflow: dict[str, Any], tag: str) -> dict[str, Any]:
+    """A copy of the workflow whose first node's ``_meta`` names the run and attempt (``<batch>:<run>:<attempt>``;
+    ComfyUI keeps ``_meta`` in its queue and history and otherwise ignores it)."""
     wf = copy.deepcopy(workflow)
     first = next(iter(wf.values()))
-    first["_meta"] = {**(first.get("_meta") or {}), "explore_run": marker}
+    first["_meta"] = {**(first.get("_meta") or {}), MARKER_KEY: tag}
     return wf
 
 
@@ -69,72 +73,108 @@ def in_flight(journal: Journal, *statuses: str) -> list[dict[str, Any]]:
 
 
 class LocalRunner:
+    """One ComfyUI, runs in order. The next run's prompt is queued behind the one rendering (``depth`` prompts
+    in ComfyUI at most), so ComfyUI does not sit idle while outputs download and the batch records them."""
+
     mode = "local"
 
-    def __init__(self, server: str, *, timeout_s: float = 3600.0, stall_s: float = 600.0) -> None:
+    def __init__(self, server: str, *, timeout_s: float = 3600.0, stall_s: float = 600.0, depth: int = 2) -> None:
         self.server = server
         self.timeout_s = timeout_s
         self.stall_s = stall_s
+        self.depth = max(1, depth)
 
     def in_flight_note(self, journal: Journal) -> str | None:
         busy = in_flight(journal, "submitting", "running")
         if not busy:
             return None
         names = ", ".join(f"{r['name']} (prompt {r.get('prompt_id') or r.get('requested_prompt_id')})" for r in busy)
-        return f"still rendering in ComfyUI: {names}; resuming collects it without queueing it again"
+        return f"still in ComfyUI's queue: {names}; resuming collects them without queueing them again"
 
     async def execute(self, jobs: list[RunJob], journal: Journal, bar: Bar) -> AsyncIterator[RunOutcome]:
-        async with ComfyClient(self.server) as client:
-            for job in jobs:
-                run_id = job.run.run_id
-                t0 = time.monotonic()
-                bar.note(job.run.name)
-                try:
-                    history = await self._run_one(client, job, journal, bar)
-                    tmp = job.dest / ".download"
-                    items = await client.download_outputs(history, tmp)
-                    files = move_into([i.path for i in items], job.dest)
-                    shutil.rmtree(tmp, ignore_errors=True)
-                except RUN_FAILURES as exc:
-                    yield RunOutcome(run_id, FAILED, time.monotonic() - t0, error=str(exc),
-                                     handle={"prompt_id": journal.run(run_id).get("prompt_id")})
-                    continue
-                yield RunOutcome(run_id, DONE, time.monotonic() - t0, files, handle={"prompt_id": history.prompt_id})
+        if not jobs:
+            return
+        # one client id per batch: a resumed batch gets the websocket events of prompts its predecessor queued
+        async with ComfyClient(self.server, client_id=f"explore-{jobs[0].batch_id}") as client:
+            todo = iter(jobs)
+            queued: deque[tuple[RunJob, Any]] = deque()  # (job, History | prompt id | exception), in order
 
-    async def _run_one(self, client: ComfyClient, job: RunJob, journal: Journal, bar: Bar) -> Any:
+            async def queue_next() -> bool:
+                job = next(todo, None)
+                if job is None:
+                    return False
+                try:
+                    handle: Any = await self._start(client, job, journal)
+                except RUN_FAILURES as exc:
+                    handle = exc
+                queued.append((job, handle))
+                return True
+
+            while queued or await queue_next():
+                while len(queued) < self.depth and await queue_next():
+                    pass
+                job, handle = queued.popleft()
+                yield await self._finish(client, job, handle, journal, bar)
+
+    async def _start(self, client: ComfyClient, job: RunJob, journal: Journal) -> Any:
+        """The run's prompt in ComfyUI: reattached if the journal says it is there already, else queued.
+        Returns its History when it already ended, else its prompt id."""
         run_id = job.run.run_id
         entry = journal.run(run_id)
-        pid = None
+        tag = f"{job.marker}:{entry.get('attempt', 1)}"
         if entry.get("status") in ("submitting", "running"):
-            for candidate in (entry.get("prompt_id"), entry.get("requested_prompt_id")):
-                if candidate:
-                    hist = await client.history(candidate)
-                    if hist is not None and finished(hist):
-                        return outcome(hist)
-                    running, pending = await client.queue()
-                    if candidate in running or candidate in pending:
-                        pid = candidate
-                        journal.update(run_id, status="running", prompt_id=pid)
-                        break
-        if pid is None:
-            requested = str(uuid.uuid5(PROMPT_NAMESPACE, f"{job.marker}:{entry.get('attempt', 1)}"))
-            workflow = with_marker(job.workflow, job.marker)
+            candidates = [c for c in (entry.get("prompt_id"), entry.get("requested_prompt_id")) if c]
+            if not entry.get("prompt_id"):  # killed while queueing: ask ComfyUI for the tagged prompt
+                candidates += await client.find_tagged(MARKER_KEY, tag)
+            for candidate in candidates:
+                hist = await client.history(candidate)
+                if hist is not None and finished(hist):
+                    journal.update(run_id, status="running", prompt_id=candidate)
+                    return outcome(hist)
+                running, pending = await client.queue()
+                if candidate in running or candidate in pending:
+                    journal.update(run_id, status="running", prompt_id=candidate)
+                    return candidate
+        requested = str(uuid.uuid5(PROMPT_NAMESPACE, tag))
+        workflow = with_marker(job.workflow, tag)
 
-            async def submit() -> str:
-                journal.update(run_id, status="submitting", requested_prompt_id=requested, prompt_id=None)
-                got = await client.queue_prompt(workflow, prompt_id=requested)
-                journal.update(run_id, status="running", prompt_id=got)
-                return got
+        async def submit() -> str:
+            journal.update(run_id, status="submitting", requested_prompt_id=requested, prompt_id=None)
+            got = await client.queue_prompt(workflow, prompt_id=requested)
+            journal.update(run_id, status="running", prompt_id=got)
+            return got
 
-            pid = await durably(submit())
+        return await durably(submit())
+
+    async def _finish(self, client: ComfyClient, job: RunJob, handle: Any, journal: Journal,
+                      bar: Bar) -> RunOutcome:
+        run_id = job.run.run_id
+        t0 = time.monotonic()
+        started: list[float] = []
 
         def on_event(event: events.Event) -> None:
+            if not started and isinstance(event, events.ExecutionStart | events.Executing | events.Progress):
+                started.append(time.monotonic())
             if isinstance(event, events.Progress) and event.max:
                 bar.note(f"{job.run.name}: node {event.node} {event.value}/{event.max}")
             elif isinstance(event, events.Executing) and event.node is not None:
                 bar.note(f"{job.run.name}: node {event.node}")
 
-        return await client.wait(pid, on_event=on_event, deadline_s=self.timeout_s, stall_s=self.stall_s)
+        bar.note(job.run.name)
+        try:
+            if isinstance(handle, BaseException):
+                raise handle
+            history = handle if not isinstance(handle, str) else await client.wait(
+                handle, on_event=on_event, deadline_s=self.timeout_s, stall_s=self.stall_s)
+            seconds = time.monotonic() - (started[0] if started else t0)
+            tmp = job.dest / ".download"
+            items = await client.download_outputs(history, tmp)
+            files = move_into([i.path for i in items], job.dest)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except RUN_FAILURES as exc:
+            return RunOutcome(run_id, FAILED, time.monotonic() - t0, error=str(exc),
+                              handle={"prompt_id": journal.run(run_id).get("prompt_id")})
+        return RunOutcome(run_id, DONE, round(seconds, 3), files, handle={"prompt_id": history.prompt_id})
 
 
 def _seconds(task: Task) -> float | None:
@@ -176,14 +216,17 @@ class FleetRunner:
         for i, job in enumerate(jobs):
             run_id = job.run.run_id
             entry = journal.run(run_id)
-            task_id = entry.get("task_id") or self.task_id(job, int(entry.get("attempt", 1)))
+            attempt = int(entry.get("attempt", 1))
+            task_id = entry.get("task_id") or self.task_id(job, attempt)
+            workflow = with_marker(job.workflow, f"{job.marker}:{attempt}")
 
-            async def submit(job: RunJob = job, run_id: int = run_id, task_id: str = task_id) -> Task:
+            async def submit(job: RunJob = job, run_id: int = run_id, task_id: str = task_id,
+                             workflow: dict[str, Any] = workflow) -> Task:
                 journal.update(run_id, status="submitted", task_id=task_id,
                                submitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
                 task = await self.store.enqueue(NewTask(
-                    "comfy", {"workflow": with_marker(job.workflow, job.marker)}, task_id=task_id,
-                    priority=self.priority, max_attempts=self.max_attempts, dedupe_key=self.dedupe_key(job)))
+                    "comfy", {"workflow": workflow}, task_id=task_id, priority=self.priority,
+                    max_attempts=self.max_attempts, dedupe_key=self.dedupe_key(job)))
                 if task.task_id != task_id:  # the dedupe key found this run's task under another id
                     journal.update(run_id, task_id=task.task_id)
                 return task

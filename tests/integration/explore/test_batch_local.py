@@ -34,9 +34,9 @@ def history_markers(base_url: str, batch_id: str) -> Counter[str]:
     for entry in hist.values():
         graph = entry["prompt"][2]
         for node in graph.values():
-            marker = (node.get("_meta") or {}).get("explore_run", "")
+            marker = (node.get("_meta") or {}).get("explore_run", "")  # <batch_id>:<run_id>:<attempt>
             if marker.startswith(f"{batch_id}:"):
-                seen[marker] += 1
+                seen[marker.rsplit(":", 1)[0]] += 1
     return seen
 
 
@@ -107,7 +107,7 @@ async def test_ctrl_c_then_kill_then_resume_runs_each_exactly_once(comfyui_serve
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert "interrupted; run the same command again to resume" in err.decode()
-    assert "still rendering in ComfyUI" in err.decode() and interrupted["prompt_id"] in err.decode()
+    assert "still in ComfyUI's queue" in err.decode() and interrupted["prompt_id"] in err.decode()
     assert journal(output)["state"] == "interrupted"
 
     proc = await batch_process(config, "--server", url)
@@ -138,3 +138,30 @@ async def test_ctrl_c_then_kill_then_resume_runs_each_exactly_once(comfyui_serve
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0 and "6 already done, 0 to run" in err.decode()
     assert history_markers(url, final["batch_id"]) == executed
+
+
+async def test_a_run_killed_while_being_queued_is_found_by_its_tag(comfyui_server: ComfyServer,
+                                                                  tmp_path: Path) -> None:
+    """The journal says 'submitting' and holds no prompt id (the process died between ComfyUI accepting the
+    prompt and the journal write); this older server ignored the requested id. The resumed batch finds the
+    prompt by the tag in its _meta and waits for it instead of queueing the run again."""
+    import io
+
+    from comfy_worker.engine import ComfyClient
+    from comfy_worker.explore.batch import Journal, new_batch_dir, run_batch
+    from comfy_worker.explore.batch_config import load_config
+    from comfy_worker.explore.runners import LocalRunner, with_marker
+
+    cfg = load_config(write_batch(tmp_path, workflow=tiny_video(seconds=0.5), num_samples=2))
+    plan = cfg.plan()
+    journal = Journal.open(new_batch_dir(cfg), cfg, plan, "local")
+    workflow = with_marker(cfg.workflow_for(plan.runs[0].values), f"{journal.batch_id}:0:1")
+    journal.update(0, status="submitting", requested_prompt_id="00000000-0000-5000-8000-000000000000")
+    async with ComfyClient(comfyui_server.base_url) as client:
+        queued = await client.queue_prompt(workflow)
+    result = await run_batch(cfg, LocalRunner(comfyui_server.base_url), out=io.StringIO())
+    assert result.complete == 2 and result.directory == journal.path.parent
+    state = json.loads(journal.path.read_text())
+    assert state["runs"]["0"]["prompt_id"] == queued
+    assert history_markers(comfyui_server.base_url, journal.batch_id) == Counter(
+        {f"{journal.batch_id}:0": 1, f"{journal.batch_id}:1": 1})
