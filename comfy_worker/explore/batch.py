@@ -256,7 +256,7 @@ async def run_batch(cfg: BatchConfig, runner: Runner, *, out: TextIO | None = No
 
 class Recorder:
     """Writes what a finished run leaves: params.json, the journal entry, metadata.csv, the contact sheet, and a
-    thumbnail. Thumbnails are made in the background, one ffmpeg at a time, so noticing the next finished run
+    thumbnail. Thumbnails are made in the background, two ffmpeg at a time, so noticing the next finished run
     never waits for ffmpeg; the sheet is rewritten at most once a second (and at the end)."""
 
     def __init__(self, directory: Path, journal: Journal, *, make_sheet: bool = True) -> None:
@@ -264,7 +264,7 @@ class Recorder:
         self.journal = journal
         self.make_sheet = make_sheet
         self._thumbs: set[asyncio.Task[None]] = set()
-        self._one_ffmpeg = asyncio.Semaphore(1)
+        self._ffmpeg = asyncio.Semaphore(2)
         self._sheet_at = 0.0
 
     def record(self, job: RunJob, outcome: RunOutcome) -> None:
@@ -281,14 +281,16 @@ class Recorder:
         write_metadata(self.directory, self.journal)
         src = next((p for p in outcome.outputs if p.suffix.lower() in media.VIDEO_EXT), None) or next(
             (p for p in outcome.outputs if p.suffix.lower() in media.IMAGE_EXT), None)
-        if src is not None:
+        if src is not None and media.shows_as_is(src):  # a small web image is its own thumbnail
+            self.journal.update(job.run.run_id, thumbnail=str(src.relative_to(self.directory)))
+        elif src is not None:
             task = asyncio.create_task(self._thumbnail(job, src))
             self._thumbs.add(task)
             task.add_done_callback(self._thumbs.discard)
         self.sheet()
 
     async def _thumbnail(self, job: RunJob, src: Path) -> None:
-        async with self._one_ffmpeg:
+        async with self._ffmpeg:
             made = await media.thumbnail(src, self.directory / "thumbnails" / f"{job.run.name}.jpg")
         if made is not None:
             self.journal.update(job.run.run_id, thumbnail=str(made.relative_to(self.directory)))

@@ -14,6 +14,14 @@ from comfy_worker.errors import InputRejected
 VIDEO_EXT = frozenset({".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif"})
 IMAGE_EXT = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 THUMB_WIDTH = 320
+WEB_IMAGE_EXT = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+AS_IS_MAX_BYTES = 2 * 1024 * 1024
+
+
+def shows_as_is(path: Path) -> bool:
+    """A still image every browser shows, small enough to serve as its own thumbnail (no ffmpeg needed)."""
+    return path.suffix.lower() in WEB_IMAGE_EXT and path.suffix.lower() != ".gif" and path.is_file() and (
+        path.stat().st_size <= AS_IS_MAX_BYTES)
 
 
 def _tool(name: str) -> str:

@@ -45,6 +45,7 @@ from comfy_worker.store import TaskStore
 T = TypeVar("T")
 MARKER_KEY = "explore_run"
 PROMPT_NAMESPACE = uuid.UUID("1c0f4f53-6a51-4f0e-8a8e-7b4e2a1f9d27")
+SWEEP_S = 5.0
 RUN_FAILURES = (WorkflowInvalid, ExecutionFailed, ExecutionInterrupted, ExecutionTimeout)
 
 
@@ -234,18 +235,27 @@ class FleetRunner:
             task = await durably(submit())
             pending[task.task_id] = job
             bar.note(f"submitted {i + 1}/{len(jobs)}")
+        status = dict.fromkeys(pending, "queued")
+        swept = time.monotonic()
         while pending:
-            counts = {"queued": 0, "running": 0}
-            for task_id, job in list(pending.items()):
+            # The fleet claims our tasks in the order we queued them, so only the running ones and the next few
+            # queued ones can have moved; everything is looked at every SWEEP_S (retries, other priorities).
+            running = [t for t in pending if status[t] == "running"]
+            queued = [t for t in pending if status[t] != "running"]
+            look = running + queued[: len(running) + 2]
+            if time.monotonic() - swept >= SWEEP_S:
+                look, swept = list(pending), time.monotonic()
+            for task_id in look:
                 task = await self.store.get_task(task_id)
                 if not task.status.terminal:
-                    counts[str(task.status)] = counts.get(str(task.status), 0) + 1
+                    status[task_id] = str(task.status)
                     continue
-                del pending[task_id]
+                job = pending.pop(task_id)
                 yield await self._outcome(task, job)
-            bar.note(f"{counts['running']} running, {counts['queued']} queued on the fleet")
+            n_running = sum(1 for t in pending if status[t] == "running")
+            bar.note(f"{n_running} running, {len(pending) - n_running} queued on the fleet")
             if pending:
-                await asyncio.sleep(self.poll_s or min(2.0, 0.2 + 0.005 * len(pending)))
+                await asyncio.sleep(self.poll_s or 0.1)
 
     async def _outcome(self, task: Task, job: RunJob) -> RunOutcome:
         handle: dict[str, Any] = {"task_id": task.task_id, "worker_id": task.worker_id}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mimetypes
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def sheet_data(directory: Path, state: dict[str, Any], *, inline: bool = False,
         }
         if inline and thumb and (directory / thumb).is_file():
             encoded = base64.b64encode((directory / thumb).read_bytes()).decode()
-            row["thumbnail_data"] = f"data:image/jpeg;base64,{encoded}"
+            ctype = mimetypes.guess_type(thumb)[0] or "image/jpeg"
+            row["thumbnail_data"] = f"data:{ctype};base64,{encoded}"
         runs.append(row)
     return {
         "title": directory.name,
@@ -80,11 +82,12 @@ def write_sheet(directory: Path, *, inline: bool = False, state: dict[str, Any] 
 
 
 async def make_sheet(directory: Path, *, inline: bool = False) -> Path:
-    """``comfy-worker contact-sheet``: make thumbnails a batch lacks (ffmpeg), then write the sheet."""
+    """``comfy-worker contact-sheet``: make thumbnails a batch lacks (ffmpeg), then write the sheet. ``inline``
+    makes small JPEG thumbnails for images that were their own thumbnails, so the HTML stays small."""
     state = read_state(directory)
     for entry in state.get("runs", {}).values():
         thumb = entry.get("thumbnail")
-        if thumb and (directory / thumb).is_file():
+        if thumb and (directory / thumb).is_file() and (not inline or thumb.startswith("thumbnails/")):
             continue
         outputs = [directory / o for o in entry.get("outputs") or []]
         src = next((p for p in outputs if p.suffix.lower() in media.VIDEO_EXT), None) or next(

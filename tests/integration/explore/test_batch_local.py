@@ -165,3 +165,38 @@ async def test_a_run_killed_while_being_queued_is_found_by_its_tag(comfyui_serve
     assert state["runs"]["0"]["prompt_id"] == queued
     assert history_markers(comfyui_server.base_url, journal.batch_id) == Counter(
         {f"{journal.batch_id}:0": 1, f"{journal.batch_id}:1": 1})
+
+
+async def test_a_failing_run_is_recorded_and_tried_again_on_resume(comfyui_server: ComfyServer,
+                                                                  tmp_path: Path) -> None:
+    """A value ComfyUI refuses (seconds -1 < its minimum 0; no /object_info was given to catch it first) fails
+    that run only: the others complete, metadata.csv and the sheet carry the error, and the next invocation
+    tries the failed run again (attempt 2) without re-rendering the finished ones."""
+    import io
+
+    from comfy_worker.explore.batch import run_batch
+    from comfy_worker.explore.batch_config import load_config
+    from comfy_worker.explore.runners import LocalRunner
+
+    config = write_batch(tmp_path, workflow=tiny_video(seconds=0.2), sampling_strategy="grid", parameters={
+        "seconds": {"path": "nodes.4.inputs.seconds", "type": "values", "values": [0.2, -1.0, 0.3]}},
+        output={"run_name_pattern": "{run_id:04d}"})
+    cfg = load_config(config)
+    first = await run_batch(cfg, LocalRunner(comfyui_server.base_url), out=io.StringIO())
+    assert (first.complete, first.failed, first.exit_code) == (2, 1, 1)
+    rows = read_csv(first.directory / "metadata.csv")
+    assert [r["status"] for r in rows] == ["complete", "failed", "complete"]
+    assert "smaller than min" in rows[1]["error"] and rows[1]["outputs"] == ""
+    assert "ComfyUI rejected the workflow" in rows[1]["error"]
+    assert "rejected the workflow" in (first.directory / "contact_sheet.html").read_text()
+    batch_id = json.loads((first.directory / "progress.json").read_text())["batch_id"]
+    before = history_markers(comfyui_server.base_url, batch_id)
+    assert before == Counter({f"{batch_id}:0": 1, f"{batch_id}:2": 1})  # the refused prompt never ran
+
+    out = io.StringIO()
+    second = await run_batch(load_config(config), LocalRunner(comfyui_server.base_url), out=out)
+    assert second.directory == first.directory and second.ran == 1
+    assert "2 already done, 1 to run" in out.getvalue()
+    rows = read_csv(second.directory / "metadata.csv")
+    assert rows[1]["status"] == "failed" and rows[1]["attempt"] == "2"
+    assert history_markers(comfyui_server.base_url, batch_id) == before

@@ -36,7 +36,8 @@ def write_batch(tmp: Path, *, workflow: dict[str, Any] | None = None, **override
         },
         "output": {"directory": str(tmp / "output"), "run_name_pattern": "{run_id:04d}_dn{denoise:.2f}"},
     }
-    config.update(overrides)
+    output = {**config["output"], **overrides.pop("output", {})}  # keep the directory under tmp
+    config.update(overrides, output=output)
     path = tmp / "batch.yaml"
     import yaml
 
