@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -65,7 +66,8 @@ async def durably(coro: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await task
+        with contextlib.suppress(Exception):  # whatever it did is in the journal; the cancellation wins
+            await task
         raise
 
 
