@@ -75,6 +75,12 @@ class Journal:
         self.run(run_id).update(fields)
         self.save()
 
+    def update_many(self, changes: dict[int, dict[str, Any]]) -> None:
+        """Several runs' entries in one write (the whole file is rewritten per write)."""
+        for run_id, fields in changes.items():
+            self.run(run_id).update(fields)
+        self.save()
+
     def set_state(self, value: str) -> None:
         self.state["state"] = value
         self.save()

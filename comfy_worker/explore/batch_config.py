@@ -40,7 +40,7 @@ TOP_KEYS = ("workflow_file", "sampling_strategy", "num_samples", "seeds_per_samp
 PARAM_KEYS = ("path", "type", "min", "max", "step", "values", "description")
 OUTPUT_KEYS = ("directory", "run_name_pattern")
 RESUME_KEYS = ("enabled", "skip_existing")
-MAX_RUNS = 100_000
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -78,7 +78,8 @@ class BatchConfig:
         p = plan(self.strategy, self.parameters, num_samples=self.num_samples,
                  seeds_per_sample=self.seeds_per_sample, seed=self.seed)
         if len(p.runs) > MAX_RUNS:
-            raise BatchConfigInvalid("parameters", f"the plan has {len(p.runs)} runs (more than {MAX_RUNS})")
+            raise BatchConfigInvalid("parameters", f"the plan has {len(p.runs)} runs, more than {MAX_RUNS}; "
+                                     "split it into several batches (fewer samples, or fewer grid values)")
         if not p.runs:
             raise BatchConfigInvalid("parameters", "the plan has no runs (an empty grid?)")
         p.runs = name_runs(p.runs, self.run_name_pattern)

@@ -215,26 +215,25 @@ class FleetRunner:
         return f"explore:{job.batch_id}:{job.run.run_id}:{digest}"
 
     async def execute(self, jobs: list[RunJob], journal: Journal, bar: Bar) -> AsyncIterator[RunOutcome]:
+        # Task ids are derived from the batch, the run and its attempt, and enqueue returns the existing task for
+        # a known id: so the journal can record every submission in one write before any of them is made, and a
+        # batch killed half-way through submitting submits the rest (and only the rest) when resumed.
+        ids: dict[int, str] = {}
+        for job in jobs:
+            entry = journal.run(job.run.run_id)
+            ids[job.run.run_id] = entry.get("task_id") or self.task_id(job, int(entry.get("attempt", 1)))
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        journal.update_many({run_id: {"status": "submitted", "task_id": task_id, "submitted_at": now}
+                             for run_id, task_id in ids.items()})
         pending: dict[str, RunJob] = {}
         for i, job in enumerate(jobs):
             run_id = job.run.run_id
-            entry = journal.run(run_id)
-            attempt = int(entry.get("attempt", 1))
-            task_id = entry.get("task_id") or self.task_id(job, attempt)
-            workflow = with_marker(job.workflow, f"{job.marker}:{attempt}")
-
-            async def submit(job: RunJob = job, run_id: int = run_id, task_id: str = task_id,
-                             workflow: dict[str, Any] = workflow) -> Task:
-                journal.update(run_id, status="submitted", task_id=task_id,
-                               submitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
-                task = await self.store.enqueue(NewTask(
-                    "comfy", {"workflow": workflow}, task_id=task_id, priority=self.priority,
-                    max_attempts=self.max_attempts, dedupe_key=self.dedupe_key(job)))
-                if task.task_id != task_id:  # the dedupe key found this run's task under another id
-                    journal.update(run_id, task_id=task.task_id)
-                return task
-
-            task = await durably(submit())
+            attempt = int(journal.run(run_id).get("attempt", 1))
+            task = await self.store.enqueue(NewTask(
+                "comfy", {"workflow": with_marker(job.workflow, f"{job.marker}:{attempt}")}, task_id=ids[run_id],
+                priority=self.priority, max_attempts=self.max_attempts, dedupe_key=self.dedupe_key(job)))
+            if task.task_id != ids[run_id]:  # the dedupe key found this run's task under another id
+                journal.update(run_id, task_id=task.task_id)
             pending[task.task_id] = job
             bar.note(f"submitted {i + 1}/{len(jobs)}")
         status = dict.fromkeys(pending, "queued")
