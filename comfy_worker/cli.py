@@ -1,10 +1,12 @@
 """``comfy-worker`` / ``python -m comfy_worker``: the daemon (default), migrate, submit, status, cancel,
-prompt-runner. The only module that picks concrete backends; start-up errors end here as one clear line."""
+prompt-runner, and the exploration suite (run, analyze, batch, contact-sheet, video-analyze).
+The only module that picks concrete backends; start-up errors end here as one clear line."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import uuid
@@ -14,12 +16,14 @@ from typing import Any
 from comfy_worker import __version__
 from comfy_worker.config import Settings, default_worker_id, load_settings
 from comfy_worker.errors import ComfyWorkerError, ConfigError, InputRejected, StoreError
+from comfy_worker.explore.cli import EXPLORE_COMMANDS, add_explore_parsers
 from comfy_worker.logs import configure_logging, get_logger, register_secret
 from comfy_worker.models import NewTask, Task, TaskStatus
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
 COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "build")
+COMMANDS += EXPLORE_COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments = None
     if add_arguments is not None:
         add_arguments(pr)
+    add_explore_parsers(sub)
     return p
 
 
@@ -98,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
+def _alias(command: str) -> int:
+    """The ``cr-*`` console scripts: ``cr-run ARGS`` is ``comfy-worker run ARGS``."""
+    return main([command, *sys.argv[1:]])
+
+
+cr_run = functools.partial(_alias, "run")
+cr_analyze = functools.partial(_alias, "analyze")
+cr_batch = functools.partial(_alias, "batch")
+cr_contact_sheet = functools.partial(_alias, "contact-sheet")
+cr_video_analyze = functools.partial(_alias, "video-analyze")
+
+
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         return await run_worker(
@@ -114,6 +131,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from comfy_worker.cli_build import run_build
 
         return await run_build(args, settings, lambda: open_store(settings, pool_max=2), wait_for)
+    if args.command in EXPLORE_COMMANDS:
+        from comfy_worker.explore.cli import run_explore
+
+        return await run_explore(args, settings)
     store = open_store(settings, pool_max=2)
     try:
         await store.connect()

@@ -37,7 +37,10 @@ what the daemon does with one, and the tree answers both:
     ├── InputError                       task inputs
     │   ├── InputRejected (Permanent)      bad params, private URL, oversize file, 4xx
     │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
-    └── TaskCancelled                    the task was cancelled by a user while we ran it
+    ├── TaskCancelled                    the task was cancelled by a user while we ran it
+    └── ExploreError                     the exploration suite (run / analyze / batch / contact-sheet / video-analyze)
+        ├── BatchConfigInvalid (Permanent) a batch config key is wrong; names the key and the fix
+        └── ProviderFailed                 a video-analyze provider failed (Retryable unless it said 4xx)
 
 Low-level exceptions (asyncpg, httpx, websockets, sqlite3) are mapped to these at the module boundary that
 uses the library; nothing above that boundary catches a library exception. Classification never matches on
@@ -237,6 +240,30 @@ class InputUnavailable(InputError, Retryable):
 
 class TaskCancelled(ComfyWorkerError):
     """A user cancelled the task while it ran; nothing more is reported for it."""
+
+
+# --- exploration suite -----------------------------------------------------------------------------------
+
+
+class ExploreError(ComfyWorkerError):
+    """The exploration suite (``comfy-worker run | analyze | batch | contact-sheet | video-analyze``) failed."""
+
+
+class BatchConfigInvalid(ExploreError, Permanent):
+    """A batch config (or workflow file) is wrong, found before anything is submitted. ``key`` names the
+    config key (``parameters.cfg.max``); the message says what to change."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}", details={"key": key})
+        self.key = key
+
+
+class ProviderFailed(ExploreError):
+    """A video-analyze provider failed. Retryable for network errors and 5xx, permanent for a 4xx answer."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, retryable: bool = True) -> None:
+        super().__init__(message, details=details)
+        self.retryable = retryable
 
 
 def is_retryable(exc: BaseException) -> bool:

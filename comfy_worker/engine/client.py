@@ -190,6 +190,25 @@ class ComfyClient:
 
         return ids(body.get("queue_running")), ids(body.get("queue_pending"))
 
+    async def find_tagged(self, key: str, value: str, *, history_items: int = 1000) -> list[str]:
+        """Ids of prompts (running, pending, or among the last ``history_items`` in history) whose graph has a node
+        with ``_meta[key] == value``. ComfyUI keeps ``_meta`` and ignores it, so a client can tag a prompt before
+        queueing it and find it again after a crash, also on servers that ignore client-chosen prompt ids."""
+        queue = await self._json("GET", "/queue")
+        history = await self._json("GET", "/history", params={"max_items": history_items})
+        entries = [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]
+        if isinstance(history, dict):
+            entries += [e.get("prompt") for e in history.values() if isinstance(e, dict)]
+        found: list[str] = []
+        for entry in entries:
+            if not (isinstance(entry, list | tuple) and len(entry) > 2 and isinstance(entry[2], dict)):
+                continue
+            for node in entry[2].values():
+                if isinstance(node, dict) and (node.get("_meta") or {}).get(key) == value:
+                    found.append(str(entry[1]))
+                    break
+        return found
+
     async def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop a prompt: delete it from the queue if pending, interrupt it if running (only it: the
         older server's /interrupt stops whatever runs, so we check first). No id: interrupt what runs."""
