@@ -157,6 +157,10 @@ class StaleReport:
     requeued: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     lost_workers: tuple[str, ...] = ()
+    # workers whose presence lock was found free but are still within their grace to reconnect (Postgres),
+    # and when the first of those is due for another look
+    presence_pending: tuple[str, ...] = ()
+    recheck_in_s: float | None = None
 
     def __bool__(self) -> bool:
         """True when anything was recovered."""
@@ -172,6 +176,8 @@ class StaleReport:
             requeued=tuple(v.get("requeued") or ()),
             failed=tuple(v.get("failed") or ()),
             lost_workers=tuple(v.get("lost_workers") or ()),
+            presence_pending=tuple(v.get("presence_pending") or ()),
+            recheck_in_s=None if v.get("recheck_in_s") is None else float(v["recheck_in_s"]),
         )
 
 
