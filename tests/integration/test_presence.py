@@ -6,7 +6,8 @@
 * A presence connection killed under a live worker is re-taken within the grace: nothing is requeued. One that
   stays away past the grace loses its task, and the next heartbeat says so.
 * A worker claims nothing until it holds its lock (a previous session of its id may still hold it).
-* Every connection asks the server (and our socket) for TCP keepalives, so a vanished host's session ends.
+* Every connection asks the server (and our socket) for TCP keepalives, so a vanished host's session ends:
+  with every packet of a worker's connections dropped (iptables), its task comes back in ~27 s.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from comfy_worker.errors import LeaseLost, StoreUnavailable
 from comfy_worker.models import NewTask, StaleReport, TaskStatus, WorkerInfo
 from comfy_worker.store import postgres as pg_module
 from comfy_worker.store.postgres import PostgresStore
+from tests.comfy_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GRACE_S = 2.0  # _cw_presence_grace() in sql/002
@@ -229,3 +233,54 @@ async def test_every_connection_asks_for_tcp_keepalives(store: PostgresStore) ->
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, name
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10, name
         assert await presence._conn.fetchval("show idle_session_timeout") == "0"  # type: ignore[union-attr]
+
+
+def _iptables(*args: str) -> None:
+    subprocess.run(["iptables", "-w", *args], check=True, capture_output=True)
+
+
+def _can_drop_packets() -> bool:
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        return False
+    return subprocess.run(["iptables", "-w", "-S", "OUTPUT"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_drop_packets(), reason="dropping a connection's packets needs root and iptables")
+async def test_a_vanished_host_s_session_ends_by_keepalive_and_its_task_is_recovered(
+    pg_dsn: str, pg_conn: asyncpg.Connection
+) -> None:
+    """The worker's connections go through a port of their own (redirected to PostgreSQL's), and then every
+    packet of them is dropped: the server hears nothing more, no FIN, as when a pod vanishes. Its keepalive
+    probes go unanswered, it ends the session ~25 s after the last packet, and the task comes back, though
+    the lease is five minutes."""
+    host, port = pg_dsn.split("@", 1)[1].split("/", 1)[0].split(":")
+    via = free_port()
+    redirect = ("OUTPUT", "-o", "lo", "-p", "tcp", "-d", host, "--dport", str(via), "-j", "REDIRECT",
+                "--to-ports", port)
+    drop = ("OUTPUT", "-o", "lo", "-p", "tcp", "-m", "conntrack", "--ctorigdstport", str(via), "-j", "DROP")
+    _iptables("-t", "nat", "-A", *redirect)
+    worker = PostgresStore(pg_dsn.replace(f":{port}/", f":{via}/"), listen=False, presence=True,
+                           connect_timeout=2)
+    checker = PostgresStore(pg_dsn, listen=False)
+    dropped = False
+    try:
+        await worker.connect()
+        await checker.connect()
+        tid = (await checker.enqueue(NewTask("comfy", {}))).task_id
+        await worker.register_worker(WorkerInfo("far", "test", 0, "test"))
+        [task] = await worker.claim("far", None, 1, 300)
+        assert task.task_id == tid and await _holder_pid(pg_conn, "far") is not None
+        _iptables("-I", *drop)
+        dropped = True
+        report, took = await _recover(checker, timeout=60)
+        assert report.requeued == (tid,) and report.lost_workers == ("far",)
+        assert 15 < took < 45, f"recovered {took:.1f} s after the host vanished (keepalive ends it at ~25 s)"
+        assert (await checker.get_task(tid)).error_details == {"reason": "worker_gone", "worker_id": "far",
+                                                                 "attempt": 1}
+    finally:
+        if dropped:
+            _iptables("-D", *drop)
+        _iptables("-t", "nat", "-D", *redirect)
+        await checker.close()
+        await worker.close()
