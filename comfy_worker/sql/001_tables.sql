@@ -49,7 +49,10 @@ create table if not exists tasks (
 -- The claim query walks this index in claim order, skipping locked rows.
 create index if not exists tasks_claim_idx on tasks (priority desc, run_at, created_at) where status = 'queued';
 create index if not exists tasks_type_created_idx on tasks (task_type, created_at desc);
-create index if not exists tasks_running_lease_idx on tasks (lease_expires_at) where status = 'running';
+-- no index on lease_expires_at: requeue_stale() reads the running tasks (a few per worker) through
+-- tasks_worker_running_idx, and without one every heartbeat can be a HOT update and a claim writes one index
+-- entry fewer
+drop index if exists tasks_running_lease_idx;
 create index if not exists tasks_worker_running_idx on tasks (worker_id) where status = 'running';
 create index if not exists tasks_depends_on_idx on tasks using gin (depends_on) where cardinality(depends_on) > 0;
 -- requeue_stale()'s dependency backstop (every worker, every few seconds) walks only queued tasks that wait on others
