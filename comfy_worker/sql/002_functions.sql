@@ -592,8 +592,9 @@ $$;
 --    its connection, so its lock, and is recovered by lease expiry as before);
 --  * queued tasks whose dependency failed or was cancelled end with the reason;
 --  * workers silent for longer than p_worker_timeout_s are marked lost.
--- Returns {"requeued": [...], "failed": [...], "lost_workers": [...], "presence_pending": [...],
--- "recheck_in_s": seconds until the first pending worker's grace ends, or null}.
+-- Returns {"requeued": [...], "failed": [...], "lost_workers": [...], "gone_workers": [...] (whose tasks went back
+-- because their presence lock was free), "presence_pending": [...] (free, within the grace), "recheck_in_s":
+-- seconds until the first pending worker's grace ends, or null}.
 create or replace function requeue_stale(p_worker_timeout_s double precision default 90)
 returns jsonb
 language plpgsql volatile security invoker set search_path = public, pg_temp set jit = off
@@ -681,8 +682,9 @@ begin
           perform _cw_end_dependents(v.task_id);
         end if;
       end loop;
-      update workers set status = 'lost', current_task_id = null, updated_at = now()
-      where id = v_w.id and status in ('idle', 'busy', 'draining');
+      -- not marked lost here: that stays the silence rule below (the orchestrator terminates the pods of lost
+      -- workers, and a process that is alive after all heartbeats on and claims again)
+      perform _cw_refresh_worker(v_w.id);
       v_gone := v_gone || v_w.id;
     end if;
   end loop;
@@ -704,7 +706,7 @@ begin
   )
   select coalesce(array_agg(id order by id), '{}') into v_lost from lost;
   return jsonb_build_object('requeued', to_jsonb(v_requeued), 'failed', to_jsonb(v_failed),
-                            'lost_workers', to_jsonb(v_gone || v_lost),
+                            'lost_workers', to_jsonb(v_lost), 'gone_workers', to_jsonb(v_gone),
                             'presence_pending', to_jsonb(v_pending),
                             'recheck_in_s', case when v_first_lost is not null then round(greatest(0.05,
                               extract(epoch from v_first_lost + _cw_presence_grace() - now()))::numeric, 3) end);

@@ -95,7 +95,7 @@ async def test_sigkilled_worker_is_recovered_in_seconds_not_at_lease_expiry(
     await proc.wait()
 
     report, took = await _recover(store, timeout=30)
-    assert report.requeued == (victim,) and "doomed" in report.lost_workers
+    assert report.requeued == (victim,) and report.gone_workers == ("doomed",)
     assert GRACE_S - 0.5 <= took < 10, f"recovered after {took:.1f} s (grace {GRACE_S} s, lease 60 s)"
     task = await store.get_task(victim)
     assert task.status is TaskStatus.QUEUED and task.attempts == 1
@@ -188,7 +188,7 @@ async def test_presence_away_past_the_grace_loses_the_task_and_the_heartbeat_say
     assert first.recheck_in_s is not None and 0 < first.recheck_in_s <= GRACE_S
     await asyncio.sleep(first.recheck_in_s + 0.1)
     second = await store.requeue_stale(90)
-    assert second.requeued == (tid,) and second.lost_workers == ("w1",)
+    assert second.requeued == (tid,) and second.gone_workers == ("w1",) and second.lost_workers == ()
     reply = await store.heartbeat("w1", 60, {}, [tid])
     assert reply.lost == (tid,)
     with pytest.raises(LeaseLost):
@@ -274,7 +274,7 @@ async def test_a_vanished_host_s_session_ends_by_keepalive_and_its_task_is_recov
         _iptables("-I", *drop)
         dropped = True
         report, took = await _recover(checker, timeout=60)
-        assert report.requeued == (tid,) and report.lost_workers == ("far",)
+        assert report.requeued == (tid,) and report.gone_workers == ("far",)
         assert 15 < took < 45, f"recovered {took:.1f} s after the host vanished (keepalive ends it at ~25 s)"
         assert (await checker.get_task(tid)).error_details == {"reason": "worker_gone", "worker_id": "far",
                                                                  "attempt": 1}
