@@ -17,7 +17,8 @@ marking it done, until the queue is empty; one database per system, on the same 
 Besides jobs/s, what each job costs the server, from its database's counters around the run (workers'
 connections closed first, so every backend has flushed its statistics): transactions (commits), rows
 inserted / updated (how many of them HOT) / deleted, and WAL bytes of records on that database's relations
-(pg_walinspect; the server is shared, so the raw WAL position would count other databases' writes).
+(pg_walinspect; the server is shared, so the raw WAL position would count other databases' writes), less
+full-page images, which depend on when the last checkpoint happened rather than on the queue.
 
 Then idle pickup latency: one idle worker (K = 1) listening as each system does by default, jobs enqueued one
 at a time through each system's own API at random gaps; latency = job handler entered - enqueue returned.
@@ -110,7 +111,8 @@ async def _cost(admin_dsn: str, db: str, before: dict[str, Any], n: int) -> Cost
     try:
         await conn.execute("create extension if not exists pg_walinspect")
         wal = await conn.fetchval(
-            "select coalesce(sum(record_length), 0) from pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
+            "select coalesce(sum(record_length - fpi_length), 0)"
+            " from pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
             " where block_ref like $3", before["lsn"], after["lsn"], f"%rel %/{after['oid']}/%")
     finally:
         await conn.close()
@@ -119,6 +121,12 @@ async def _cost(admin_dsn: str, db: str, before: dict[str, Any], n: int) -> Cost
         ins=(after["ins"] - before["ins"]) / n, upd=(after["upd"] - before["upd"]) / n,
         hot=(after["hot"] - before["hot"]) / n, dele=(after["dele"] - before["dele"]) / n, wal=wal / n,
     )
+
+
+def latencies(queued: dict[Any, float], seen: dict[Any, float]) -> list[float]:
+    """Job entered - enqueue call returned; 0 when the worker had it before the producer heard its commit."""
+    assert set(seen) == set(queued), "jobs lost or seen twice"
+    return [max(0.0, seen[k] - queued[k]) for k in queued]
 
 
 def _dsn(admin_dsn: str, db: str) -> str:
@@ -161,12 +169,12 @@ class Ours:
         await store.register_worker(WorkerInfo("pickup", "bench", 0, "bench"))
         assert await store.wait_listening(10)
         inserted: dict[str, float] = {}
-        lat: list[float] = []
+        seen: dict[str, float] = {}
 
         async def worker() -> None:
-            while len(lat) < n:
+            while len(seen) < n:
                 for t in await store.claim("pickup", None, 1, 60):
-                    lat.append(time.perf_counter() - inserted[t.task_id])
+                    seen[t.task_id] = time.perf_counter()
                     await store.complete(t.task_id, t.lease_token or "", {}, None)
                 else:
                     await store.wait_for_work(2.0)
@@ -181,7 +189,7 @@ class Ours:
         await asyncio.wait_for(w, 60)
         await producer.close()
         await store.close()
-        return lat
+        return latencies(inserted, seen)
 
 
 class Procrastinate:
@@ -239,16 +247,16 @@ class Procrastinate:
     async def pickup(self, n: int, rng: random.Random) -> list[float]:
         await self.fill(0)
         app = self.app(3)
-        lat: list[float] = []
+        seen: dict[int, float] = {}
         deferred: dict[int, float] = {}
         all_in = asyncio.Event()
 
-        def seen(i: int) -> None:
-            lat.append(time.perf_counter() - deferred[i])
-            if len(lat) == n:
+        def record(i: int) -> None:
+            seen[i] = time.perf_counter()
+            if len(seen) == n:
                 all_in.set()
 
-        self.on_job = seen
+        self.on_job = record
         async with app.open_async():
             worker = asyncio.create_task(app.run_worker_async(queues=["bench"], concurrency=1, wait=True,
                                                               install_signal_handlers=False))
@@ -261,7 +269,7 @@ class Procrastinate:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
-        return lat
+        return latencies(deferred, seen)
 
 
 class PgQueuer:
@@ -314,13 +322,13 @@ class PgQueuer:
 
     async def pickup(self, n: int, rng: random.Random) -> list[float]:
         await self.fill(0)
-        lat: list[float] = []
+        seen: dict[int, float] = {}
         queued: dict[int, float] = {}
         all_in = asyncio.Event()
 
         async def job(j: Job) -> None:
-            lat.append(time.perf_counter() - queued[int(j.payload or b"0")])
-            if len(lat) == n:
+            seen[int(j.payload or b"0")] = time.perf_counter()
+            if len(seen) == n:
                 all_in.set()
 
         qm, conn = await self._manager(job)
@@ -337,7 +345,7 @@ class PgQueuer:
         await asyncio.wait_for(runner, 30)
         await conn.close()
         await producer.close()
-        return lat
+        return latencies(queued, seen)
 
 
 async def main() -> None:
