@@ -650,12 +650,15 @@ begin
       if v_w.presence_lost_at is not null then  -- back within the grace
         update workers set presence_lost_at = null where id = v_w.id;
       end if;
-    elsif v_w.presence_lost_at is null or v_w.presence_lost_at > now() - _cw_presence_grace() then
-      if v_w.presence_lost_at is null then
-        update workers set presence_lost_at = now() where id = v_w.id;
-      end if;
+    elsif v_w.presence_lost_at is null
+          -- a sighting from before a server restart, or too long ago to vouch for the time since, is no sighting
+          or v_w.presence_lost_at < greatest(pg_postmaster_start_time(), now() - interval '60 seconds') then
+      update workers set presence_lost_at = now() where id = v_w.id;
       v_pending := v_pending || v_w.id;
-      v_first_lost := least(v_first_lost, coalesce(v_w.presence_lost_at, now()));
+      v_first_lost := least(v_first_lost, now());
+    elsif v_w.presence_lost_at > now() - _cw_presence_grace() then
+      v_pending := v_pending || v_w.id;
+      v_first_lost := least(v_first_lost, v_w.presence_lost_at);
     else
       for v in
         select t.task_id, t.attempts, t.max_attempts from tasks t

@@ -195,6 +195,24 @@ async def test_presence_away_past_the_grace_loses_the_task_and_the_heartbeat_say
         await store.complete(tid, task.lease_token or "", {}, None)
 
 
+async def test_a_free_lock_seen_long_ago_is_seen_again_before_anything_is_requeued(
+    store: PostgresStore, pg_conn: asyncpg.Connection
+) -> None:
+    """A sighting too old to vouch for the time since (or from before a server restart, which the SQL also
+    checks) starts a new grace: the workers reconnecting after an outage must get theirs."""
+    tid = (await store.enqueue(NewTask("comfy", {}))).task_id
+    await store.register_worker(WorkerInfo("w1", "test", 0, "test"))
+    await store.claim("w1", None, 1, 60)
+    presence = store.presence("w1")
+    assert presence is not None
+    await presence.stop()
+    await pg_conn.execute("update workers set presence_lost_at = now() - interval '5 minutes' where id = 'w1'")
+    report = await store.requeue_stale(90)
+    assert report.requeued == () and report.presence_pending == ("w1",)
+    assert report.recheck_in_s is not None and report.recheck_in_s > GRACE_S - 0.5
+    assert (await store.get_task(tid)).status is TaskStatus.RUNNING
+
+
 async def test_claims_wait_until_the_worker_holds_its_lock(
     store: PostgresStore, pg_conn: asyncpg.Connection, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
