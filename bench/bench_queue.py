@@ -48,6 +48,12 @@ async def fill(dsn: str, n: int) -> None:
 
 async def throughput(dsn: str, claimers: int, n_tasks: int) -> float:
     await fill(dsn, n_tasks)
+    return await drain_filled(dsn, claimers, n_tasks)
+
+
+async def drain_filled(dsn: str, claimers: int, n_tasks: int, batch: int = 1) -> float:
+    """Cycles/s of ``claimers`` claimers draining a queue of ``n_tasks`` filled beforehand, each claiming
+    ``batch`` tasks a call and completing them one by one."""
     stores = [PostgresStore(dsn, pool_min=1, pool_max=1, listen=False) for _ in range(claimers)]
     for i, s in enumerate(stores):
         await s.connect()
@@ -56,11 +62,12 @@ async def throughput(dsn: str, claimers: int, n_tasks: int) -> float:
     async def run(i: int, s: PostgresStore) -> int:
         done = 0
         while True:
-            tasks = await s.claim(f"bench-{i}", None, 1, 60)
+            tasks = await s.claim(f"bench-{i}", None, batch, 60)
             if not tasks:
                 return done
-            await s.complete(tasks[0].task_id, tasks[0].lease_token or "", {}, None)
-            done += 1
+            for t in tasks:
+                await s.complete(t.task_id, t.lease_token or "", {}, None)
+                done += 1
 
     t0 = time.perf_counter()
     counts = await asyncio.gather(*(run(i, s) for i, s in enumerate(stores)))

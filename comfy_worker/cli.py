@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import functools
 import json
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -95,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     for secret in (settings.supabase_service_role_key, settings.runpod_api_key, settings.database_url):
         register_secret(secret)
     try:
-        return asyncio.run(_dispatch(args, settings))
+        code = asyncio.run(_dispatch(args, settings))
+        # The work is over (a worker has stopped in order and deregistered) and the event loop, with its signal
+        # handlers, is gone: a SIGTERM now (its pod being terminated) must not turn exit 0 into death by signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except KeyboardInterrupt:
         return 130
     except ComfyWorkerError as exc:

@@ -75,10 +75,14 @@ class Settings:
     supabase_service_role_key: str = ""
     auto_migrate: bool = True
     task_types: tuple[str, ...] = ()
-    lease_seconds: float = 60.0
-    heartbeat_interval: float = 10.0
+    # Recovery of a dead worker's task: on Postgres its presence lock frees at once, found by the next
+    # requeue_stale (every STALE_CHECK_INTERVAL, on every worker) plus a 2 s grace: ~2-4 s. On Supabase and
+    # SQLite its lease runs out: at most LEASE_SECONDS after its last heartbeat + STALE_CHECK_INTERVAL +
+    # POLL_INTERVAL, ~34 s. A heartbeat every 5 s lets a lease survive 5 missed ones (a database blip).
+    lease_seconds: float = 30.0
+    heartbeat_interval: float = 5.0
     poll_interval: float = 2.0
-    stale_check_interval: float = 5.0
+    stale_check_interval: float = 2.0
     worker_timeout_s: float = 90.0
     prefetch: int = 1
     shutdown_grace_s: float = 30.0

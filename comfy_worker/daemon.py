@@ -376,8 +376,10 @@ class Daemon:
                     self.request_stop("drained")
 
     async def _stale_loop(self) -> None:
+        delay = self.settings.stale_check_interval
         while True:
-            await asyncio.sleep(self.settings.stale_check_interval)
+            await asyncio.sleep(delay)
+            delay = self.settings.stale_check_interval
             try:
                 report = await self.store.requeue_stale(self.settings.worker_timeout_s)
             except StoreError as exc:
@@ -385,6 +387,8 @@ class Daemon:
                 continue
             if report:
                 log.info("stale_recovered", **report.log_fields())
+            if report.recheck_in_s is not None:  # a presence lock was found free: look again when its grace ends
+                delay = min(delay, report.recheck_in_s + 0.05)
 
     # --- shutdown -------------------------------------------------------------------------------------------
 

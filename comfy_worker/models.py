@@ -157,13 +157,21 @@ class StaleReport:
     requeued: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     lost_workers: tuple[str, ...] = ()
+    gone_workers: tuple[str, ...] = ()  # whose tasks went back because their presence lock was free (Postgres)
+    # workers whose presence lock was found free but are still within their grace to reconnect (Postgres),
+    # and when the first of those is due for another look
+    presence_pending: tuple[str, ...] = ()
+    recheck_in_s: float | None = None
 
     def __bool__(self) -> bool:
         """True when anything was recovered."""
         return bool(self.requeued or self.failed or self.lost_workers)
 
     def log_fields(self) -> dict[str, list[str]]:
-        return {"requeued": list(self.requeued), "failed": list(self.failed), "lost_workers": list(self.lost_workers)}
+        fields = {"requeued": list(self.requeued), "failed": list(self.failed), "lost_workers": list(self.lost_workers)}
+        if self.gone_workers:
+            fields["gone_workers"] = list(self.gone_workers)
+        return fields
 
     @classmethod
     def from_json(cls, value: Any) -> StaleReport:
@@ -172,6 +180,9 @@ class StaleReport:
             requeued=tuple(v.get("requeued") or ()),
             failed=tuple(v.get("failed") or ()),
             lost_workers=tuple(v.get("lost_workers") or ()),
+            gone_workers=tuple(v.get("gone_workers") or ()),
+            presence_pending=tuple(v.get("presence_pending") or ()),
+            recheck_in_s=None if v.get("recheck_in_s") is None else float(v["recheck_in_s"]),
         )
 
 

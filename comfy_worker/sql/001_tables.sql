@@ -49,9 +49,14 @@ create table if not exists tasks (
 -- The claim query walks this index in claim order, skipping locked rows.
 create index if not exists tasks_claim_idx on tasks (priority desc, run_at, created_at) where status = 'queued';
 create index if not exists tasks_type_created_idx on tasks (task_type, created_at desc);
-create index if not exists tasks_running_lease_idx on tasks (lease_expires_at) where status = 'running';
+-- no index on lease_expires_at: requeue_stale() reads the running tasks (a few per worker) through
+-- tasks_worker_running_idx, and without one every heartbeat can be a HOT update and a claim writes one index
+-- entry fewer
+drop index if exists tasks_running_lease_idx;
 create index if not exists tasks_worker_running_idx on tasks (worker_id) where status = 'running';
 create index if not exists tasks_depends_on_idx on tasks using gin (depends_on) where cardinality(depends_on) > 0;
+-- requeue_stale()'s dependency backstop (every worker, every few seconds) walks only queued tasks that wait on others
+create index if not exists tasks_queued_deps_idx on tasks (task_id) where status = 'queued' and cardinality(depends_on) > 0;
 create index if not exists tasks_completed_idx on tasks (completed_at desc) where completed_at is not null;
 create unique index if not exists tasks_dedupe_active_idx on tasks (dedupe_key)
   where dedupe_key is not null and status in ('queued', 'running');
@@ -75,6 +80,11 @@ create table if not exists workers (
   created_at      timestamptz not null default now(),
   updated_at      timestamptz not null default now()
 );
+-- Presence (the asyncpg store): a live worker process holds a session-level advisory lock named by its id
+-- (_cw_presence_key) on one dedicated connection. presence_lock says it does; requeue_stale() reads a lock it
+-- can take itself as a process that is gone, and stamps presence_lost_at to give a reconnect time.
+alter table workers add column if not exists presence_lock boolean not null default false;
+alter table workers add column if not exists presence_lost_at timestamptz;
 -- no index on workers.status: the row is updated on every claim and completion, and an indexed column would
 -- make each of those updates non-HOT on a table of a few dozen rows
 drop index if exists workers_status_idx;

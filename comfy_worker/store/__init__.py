@@ -20,7 +20,8 @@ def open_store(settings: Settings, *, pool_max: int = 4) -> TaskStore:
     if backend == "postgres":
         from comfy_worker.store.postgres import PostgresStore
 
-        return PostgresStore(settings.database_url, pool_max=pool_max, task_types=task_types)
+        # presence: a worker registered through this store holds its presence lock (inert for other callers)
+        return PostgresStore(settings.database_url, pool_max=pool_max, task_types=task_types, presence=True)
     if backend == "supabase":
         from comfy_worker.store.supabase import SupabaseStore
 

@@ -2,9 +2,11 @@
 
 The pool serves calls; one extra connection LISTENs on ``comfy_worker_tasks``. If that connection drops,
 :meth:`wait_for_work` falls back to polling while a background task reconnects with backoff, so claiming
-never stops. Pooled connections that died are replaced by the pool; a call that hit a dead connection is
-retried on the next one, up to pool size + 1 times (the server rolled back whatever a killed connection had
-in flight).
+never stops. With ``presence=True`` (the daemon's store) each registered worker also holds its presence lock
+on a connection of its own (:mod:`._pg_presence`), and claims wait until it is held; every connection asks
+for TCP keepalives on both ends. Pooled connections that died are replaced by the pool; a call that hit a dead
+connection is retried on the next one, up to pool size + 1 times (the server rolled back whatever a killed
+connection had in flight).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from comfy_worker.errors import (
 )
 from comfy_worker.logs import get_logger
 from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.store._pg_presence import CONNECTION_ERRORS, Presence, prepare_connection, set_client_keepalive
 from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
 from comfy_worker.store.migrations import postgres_migrations
 
@@ -40,6 +43,7 @@ def _jsonb_default(value: Any) -> Any:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    await prepare_connection(conn)
     for typ in ("jsonb", "json"):
         await conn.set_type_codec(
             typ, encoder=lambda v: json.dumps(v, default=_jsonb_default), decoder=json.loads, schema="pg_catalog"
@@ -66,9 +70,7 @@ def _map_error(exc: BaseException) -> StoreError:
     return StoreUnavailable(f"database unreachable: {type(exc).__name__}: {exc}")
 
 
-_CONNECTION_ERRORS = (
-    OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError, ConnectionError,
-)
+PRESENCE_WAIT_S = 5.0  # how long a claim waits for a (re)connecting presence connection before giving up
 
 
 class PostgresStore:
@@ -85,6 +87,7 @@ class PostgresStore:
         listen: bool = True,
         task_types: list[str] | None = None,
         connect_timeout: float = 10.0,
+        presence: bool = False,
     ) -> None:
         self._dsn = dsn
         self._pool_min, self._pool_max = pool_min, pool_max
@@ -97,6 +100,8 @@ class PostgresStore:
         self._listener_conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
         self._closed = False
+        self._presence_enabled = presence
+        self._presences: dict[str, Presence] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -107,13 +112,16 @@ class PostgresStore:
                 reset=_keep_session,
                 timeout=self._connect_timeout, command_timeout=60,
             )
-        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
             raise _map_error(exc) from exc
         if self._listen_enabled:
             self._listener_task = asyncio.create_task(self._listen_loop(), name="pg-listen")
 
     async def close(self) -> None:
         self._closed = True
+        for presence in list(self._presences.values()):
+            await presence.stop()
+        self._presences.clear()
         if self._listener_task:
             self._listener_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -164,7 +172,7 @@ class PostgresStore:
                 finally:
                     await conn.execute("select pg_advisory_unlock($1)", _MIGRATE_LOCK)
                     await conn.execute("reset client_min_messages")
-        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
             raise _map_error(exc) from exc
         return applied
 
@@ -194,7 +202,7 @@ class PostgresStore:
                     )
                     continue
                 raise err from exc
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if attempt < attempts:
                     continue
                 raise _map_error(exc) from exc
@@ -207,9 +215,23 @@ class PostgresStore:
             "val", "select (register_worker($1, $2, $3, $4, $5, $6)).id",
             info.worker_id, info.host, info.pid, info.version, list(info.task_types), info.metadata,
         )
+        if self._presence_enabled:
+            old = self._presences.pop(info.worker_id, None)
+            if old is not None:
+                await old.stop()
+            presence = Presence(self._dsn, info.worker_id, self._connect_timeout)
+            self._presences[info.worker_id] = presence
+            presence.start()
 
     async def deregister_worker(self, worker_id: str) -> None:
         await self._call("val", "select (deregister_worker($1)).id", worker_id)
+        presence = self._presences.pop(worker_id, None)
+        if presence is not None:
+            await presence.stop()
+
+    def presence(self, worker_id: str) -> Presence | None:
+        """The presence keeper of a worker registered through this store (None without ``presence=True``)."""
+        return self._presences.get(worker_id)
 
     async def set_worker_status(self, worker_id: str, status: str, metadata: dict[str, Any] | None = None) -> None:
         await self._call("val", "select (set_worker_status($1, $2, $3)).id", worker_id, status, metadata)
@@ -251,6 +273,13 @@ class PostgresStore:
         self, worker_id: str, task_types: list[str] | None, n: int, lease_seconds: float,
         preference: ClaimPreference | None = None,
     ) -> list[Task]:
+        presence = self._presences.get(worker_id)
+        if presence is not None and not await presence.ready(PRESENCE_WAIT_S):
+            # a task claimed now could not be told from one of a dead process (requeued after the grace)
+            raise StoreUnavailable(
+                f"worker {worker_id} does not hold its presence lock yet (its presence connection is reconnecting); "
+                "claiming resumes once it does"
+            )
         args: list[Any] = [worker_id, list(task_types) if task_types else None, n, float(lease_seconds)]
         if preference is None:  # four arguments: also works on a schema from before 006
             rows = await self._call("rows", "select * from claim_tasks($1, $2, $3, $4)", *args)
@@ -335,6 +364,7 @@ class PostgresStore:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
+                set_client_keepalive(conn)
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self._listener_conn = conn
                 self._listening.set()
@@ -348,11 +378,11 @@ class PostgresStore:
                     if not lost.is_set():
                         try:
                             await conn.execute("select 1", timeout=5)
-                        except (asyncpg.PostgresError, *_CONNECTION_ERRORS):
+                        except (asyncpg.PostgresError, *CONNECTION_ERRORS):
                             lost.set()
             except asyncio.CancelledError:
                 raise
-            except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
                 log.warning("listen_connection_failed", error=str(exc), retry_in_s=backoff)
             finally:
                 self._listening.clear()

@@ -2,7 +2,10 @@
 
 ``drain``: run N claimers (each its own registered worker) until the queue is empty; print one JSON line
 with every task id each claimer completed. ``hold``: claim one task, print its id and lease token, then
-sit on it forever (the test kills the process with SIGKILL).
+sit on it forever (the test kills the process with SIGKILL). ``work``: a worker as the daemon is to the queue
+(Postgres presence lock, heartbeats) that claims one task and "runs" it for ``--run-s`` seconds, then
+completes it; it prints a JSON line per event (claimed, heartbeat lost, completed or rejected), so a test can
+stop and continue it and see what it did.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from comfy_worker.models import WorkerInfo
 from comfy_worker.store.base import TaskStore
 
 
-def build_store(kind: str, target: str, key: str | None) -> TaskStore:
+def build_store(kind: str, target: str, key: str | None, presence: bool = False) -> TaskStore:
     if kind == "postgres":
         from comfy_worker.store.postgres import PostgresStore
 
-        return PostgresStore(target, pool_max=2, listen=False)
+        return PostgresStore(target, pool_max=2, listen=False, presence=presence)
     if kind == "sqlite":
         from comfy_worker.store.sqlite import SqliteStore
 
@@ -61,21 +64,57 @@ async def hold(store: TaskStore, worker_id: str) -> None:
     await asyncio.Event().wait()
 
 
+def emit(**event: Any) -> None:
+    print(json.dumps(event), flush=True)
+
+
+async def work(store: TaskStore, worker_id: str, lease_s: float, heartbeat_s: float, run_s: float) -> None:
+    from comfy_worker.errors import LeaseLost
+
+    await store.register_worker(WorkerInfo(worker_id, "test", 0, "test"))
+    tasks: list[Any] = []
+    while not tasks:
+        tasks = await store.claim(worker_id, None, 1, lease_s)
+        if not tasks:
+            await asyncio.sleep(0.05)
+    task = tasks[0]
+    emit(event="claimed", task_id=task.task_id, lease_token=task.lease_token)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + run_s
+    while loop.time() < deadline:  # the "work", with heartbeats; a lost lease stops it at once
+        await asyncio.sleep(min(heartbeat_s, max(0.0, deadline - loop.time())))
+        reply = await store.heartbeat(worker_id, lease_s, {}, [task.task_id])
+        if task.task_id in reply.lost:
+            emit(event="lost", task_id=task.task_id)
+            return
+    try:
+        await store.complete(task.task_id, task.lease_token or "", {"by": worker_id}, None)
+        emit(event="completed", task_id=task.task_id)
+    except LeaseLost as exc:
+        emit(event="rejected", task_id=task.task_id, error=str(exc))
+
+
 async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["drain", "hold"])
+    p.add_argument("mode", choices=["drain", "hold", "work"])
     p.add_argument("--store", required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--key")
     p.add_argument("--prefix", default="w")
     p.add_argument("--claimers", type=int, default=8)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--presence", action="store_true", help="hold the Postgres presence lock, as the daemon does")
+    p.add_argument("--lease-s", type=float, default=60.0)
+    p.add_argument("--heartbeat-s", type=float, default=0.5)
+    p.add_argument("--run-s", type=float, default=5.0)
     a = p.parse_args(argv)
-    store = build_store(a.store, a.target, a.key)
+    store = build_store(a.store, a.target, a.key, presence=a.presence)
     await store.connect()
     try:
         if a.mode == "drain":
             print(json.dumps(await drain(store, a.prefix, a.claimers, a.batch)), flush=True)
+        elif a.mode == "work":
+            await work(store, a.prefix, a.lease_s, a.heartbeat_s, a.run_s)
         else:
             await hold(store, a.prefix)
     finally:
