@@ -28,13 +28,16 @@ what the daemon does with one, and the tree answers both:
     │   ├── WorkflowInvalid (Permanent)    rejected before or by /prompt; carries node_errors
     │   ├── ExecutionFailed                a node raised at run time (Permanent unless marked otherwise)
     │   ├── ExecutionInterrupted           we interrupted it (cancel, deadline, shutdown)
-    │   └── ExecutionTimeout (Retryable)   deadline or stall timer expired
+    │   ├── ExecutionTimeout (Retryable)   deadline or stall timer expired
+    │   └── OutputMissing (Retryable)      an output file ComfyUI listed is gone (cleaned up, cached prompt)
     ├── StorageError                     output/input object storage
     │   ├── StorageUnavailable (Retryable)
     │   └── StorageRejected (Permanent)    bucket missing, forbidden, object too large
     ├── InputError                       task inputs
     │   ├── InputRejected (Permanent)      bad params, private URL, oversize file, 4xx
     │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
+    ├── DiskFull (Retryable)             a filesystem this worker writes is full or would cross
+    │                                    MIN_FREE_DISK_GB: the task is released to run elsewhere
     └── TaskCancelled                    the task was cancelled by a user while we ran it
 
 Low-level exceptions (asyncpg, httpx, websockets, sqlite3) are mapped to these at the module boundary that
@@ -191,6 +194,11 @@ class ExecutionTimeout(EngineError, Retryable):
     """The per-task deadline or the no-progress stall timer expired."""
 
 
+class OutputMissing(EngineError, Retryable):
+    """ComfyUI listed an output file that is not there (``/view`` answers 404): deleted behind our back, or a
+    cached prompt listing an earlier prompt's files. The prompt is re-run once with fresh output names."""
+
+
 # --- storage ---------------------------------------------------------------------------------------------
 
 
@@ -219,6 +227,11 @@ class InputRejected(InputError, Permanent):
 
 class InputUnavailable(InputError, Retryable):
     """Network error or 5xx while fetching an input."""
+
+
+class DiskFull(Retryable):
+    """No room: a write failed with ENOSPC, or an input's declared size would take a filesystem below
+    MIN_FREE_DISK_GB. Not the task's fault: the daemon releases it (the attempt is not spent) to run elsewhere."""
 
 
 class TaskCancelled(ComfyWorkerError):
