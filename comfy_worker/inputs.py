@@ -53,6 +53,7 @@ _FIX_HINT = "set ALLOW_PRIVATE_URLS=true or add the host to INPUT_URL_ALLOWLIST"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Fetcher = Callable[..., Awaitable[Path]]
+RoomCheck = Callable[[int, str], None]  # (declared bytes, what) -> None, or raises DiskFull before the download
 
 
 # --- policy (pure) ---
@@ -199,6 +200,7 @@ async def fetch_url(
     client: httpx.AsyncClient | None = None,
     retry_attempts: int = 4,
     retry_wait_s: float = 1.0,
+    room: RoomCheck | None = None,
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (as ``filename`` or the URL's last path segment, sanitised).
 
@@ -222,7 +224,7 @@ async def fetch_url(
             ),
         ):
             with attempt:
-                size = await _fetch_once(http, url, dest, max_bytes, timeout_s, allowlist, allow_private)
+                size = await _fetch_once(http, url, dest, max_bytes, timeout_s, allowlist, allow_private, room)
     finally:
         if own_client:
             await http.aclose()
@@ -238,6 +240,7 @@ async def _fetch_once(
     timeout_s: float,
     allowlist: tuple[str, ...],
     allow_private: bool,
+    room: RoomCheck | None = None,
 ) -> int:
     current, origin = url, None
     for _hop in range(MAX_REDIRECTS + 1):
@@ -264,6 +267,8 @@ async def _fetch_once(
                         f"input URL {shown} is {int(declared)} bytes, over INPUT_MAX_BYTES ({max_bytes})",
                         details={"url": shown, "bytes": int(declared), "max_bytes": max_bytes},
                     )
+                if room is not None and declared and declared.isdigit():
+                    room(int(declared), f"input URL {shown}")  # the disk floor: refused before a byte is written
                 return await _stream_to(resp, dest, max_bytes, shown)
         except httpx.TransportError as exc:
             raise InputUnavailable(
@@ -343,8 +348,11 @@ async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Pat
         raise InputUnavailable(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
 
 
-def settings_fetcher(settings: Settings, client: httpx.AsyncClient | None = None) -> Fetcher:
-    """``fetch_url`` with the INPUT_* and ALLOW_PRIVATE_URLS settings bound: ``await fetch(url, dest)``."""
+def settings_fetcher(
+    settings: Settings, client: httpx.AsyncClient | None = None, room: RoomCheck | None = None
+) -> Fetcher:
+    """``fetch_url`` with the INPUT_* and ALLOW_PRIVATE_URLS settings bound: ``await fetch(url, dest)``;
+    ``room`` checks a declared size against the disk floor."""
     return functools.partial(
         fetch_url,
         max_bytes=settings.input_max_bytes,
@@ -352,4 +360,5 @@ def settings_fetcher(settings: Settings, client: httpx.AsyncClient | None = None
         allowlist=settings.input_url_allowlist,
         allow_private=settings.allow_private_urls,
         client=client,
+        room=room,
     )

@@ -79,7 +79,8 @@ def comfy_folders(settings: Settings) -> ComfyFolders:
     for name, (variable, raw) in explicit.items():
         if raw:
             path = Path(raw).expanduser().absolute()
-            if not path.is_dir():
+            # ComfyUI removes its temp folder at start and exit and makes it again on first use
+            if not (path.is_dir() or (name == "temp" and path.parent.is_dir() and not path.exists())):
                 raise ConfigError(
                     variable, f"{raw} is not a directory: give ComfyUI's {name} folder as this worker sees it"
                 )

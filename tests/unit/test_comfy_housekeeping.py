@@ -38,8 +38,14 @@ def test_attached_comfyui_knows_only_the_folders_it_is_given(tmp_path: Path) -> 
 @pytest.mark.parametrize("variable", ["COMFY_INPUT_DIR", "COMFY_OUTPUT_DIR", "COMFY_TEMP_DIR"])
 def test_a_folder_that_does_not_exist_names_the_variable(tmp_path: Path, variable: str) -> None:
     with pytest.raises(ConfigError) as info:
-        comfy_folders(load_settings({"COMFY_URL": "http://127.0.0.1:8188", variable: str(tmp_path / "nope")}))
-    assert info.value.variable == variable and str(tmp_path / "nope") in str(info.value)
+        comfy_folders(load_settings({"COMFY_URL": "http://127.0.0.1:8188", variable: str(tmp_path / "no" / "pe")}))
+    assert info.value.variable == variable and str(tmp_path / "no" / "pe") in str(info.value)
+
+
+def test_a_temp_folder_comfyui_has_not_made_yet_is_accepted(tmp_path: Path) -> None:
+    # ComfyUI removes its temp folder at start and exit, and makes it again when a node first writes there
+    env = {"COMFY_URL": "http://127.0.0.1:8188", "COMFY_TEMP_DIR": str(tmp_path / "temp")}
+    assert comfy_folders(load_settings(env)).temp == tmp_path / "temp"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from comfy_worker.engine.scoped import task_subfolder
 from comfy_worker.errors import ConfigError
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for
@@ -103,7 +104,7 @@ class PromptRunnerHandler:
             storage=ctx.storage,
             storage_prefix=f"{task.task_type}/{task.task_id}",
             comfy_root=root,
-            files_root=root / "cw_chains" / task.task_id,
+            files_root=root / task_subfolder(task.task_id) / "chain",  # removed with the task's other files
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
             progress=ctx.progress,
