@@ -78,7 +78,8 @@ class Daemon:
         self.task_types = list(settings.task_types) or sorted(handlers)
         # "comfy-worker", not "comfy_worker": a directory named like the package would shadow it for scripts run in /tmp
         self.work_root = Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy-worker") / worker_id
-        self.upkeep = Upkeep(settings, client=client, work_root=self.work_root)  # disk floor, cleanup, sweeps
+        # the disk floor, each task's cleanup, orphan sweeps (never of what runs here)
+        self.upkeep = Upkeep(settings, client=client, work_root=self.work_root, active=lambda: set(self._inflight))
         self.fetch = settings_fetcher(settings, room=self.upkeep.room_for_input)
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
@@ -130,7 +131,7 @@ class Daemon:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._stale_loop(), name="stale"),
-            asyncio.create_task(self.upkeep.sweep_loop(lambda: set(self._inflight)), name="sweep"),
+            asyncio.create_task(self.upkeep.sweep_loop(), name="sweep"),
         ]
         try:
             await self._claim_loop()

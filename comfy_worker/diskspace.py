@@ -145,15 +145,19 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
 
 def disk_fault(exc: BaseException, report: DiskReport | None = None) -> bool:
     """True when ``exc`` was the disk's doing: DiskFull or an OSError with ENOSPC / EDQUOT anywhere in its chain,
-    a ComfyUI node that failed with one (it reports ``exception_type`` OSError and the ``[Errno 28]`` text of
-    Python's OSError), or any transient failure (or node failure) while ``report`` shows a filesystem below
-    the floor. Permanent input and workflow errors stay what they are."""
+    a ComfyUI node that failed with one (it reports the ``[Errno 28]`` text of Python's OSError), a tool (ffmpeg
+    joining segments) whose stderr carries the C library's text for it, or any transient failure (or node
+    failure) while ``report`` shows a filesystem below the floor. Permanent input and workflow errors stay what
+    they are."""
     for e in _chain(exc):
         if isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in DISK_ERRNOS):
             return True
         if isinstance(e, ComfyWorkerError):
             message = str(e.details.get("exception_message") or "")
             if any(message.startswith(f"[Errno {n}]") for n in DISK_ERRNOS):
+                return True
+            stderr = str(e.details.get("stderr_tail") or "")  # a tool such as ffmpeg prints strerror(ENOSPC)
+            if any(os.strerror(n) in stderr for n in DISK_ERRNOS):
                 return True
     if report is not None and not report.ok:
         return isinstance(exc, ExecutionFailed) or not isinstance(exc, Permanent)

@@ -55,9 +55,12 @@ class Upkeep:
         *,
         client: ComfyClient,
         work_root: Path,
+        active: Callable[[], set[str]] = set,
         free_fn: FreeFn | None = None,
     ) -> None:
+        """``active()``: the ids of the tasks this worker runs now (their files are never swept)."""
         self.settings = settings
+        self.active = active
         self.work_root = work_root
         self.client = client
         self.keep = settings.keep_comfy_files
@@ -65,6 +68,7 @@ class Upkeep:
         self.disk = DiskFloor([work_root], int(settings.min_free_disk_gb * GB), free_fn)
         self.claiming = True
         self.reason: str | None = None
+        self._paused_for: str | None = None  # "floor" | "disk_fault": log and sweep once per pause, not per poll
         self._hold_until = 0.0
         self._hold_reason = ""
         self._hold_s = DISK_FAULT_PAUSE_S
@@ -99,7 +103,7 @@ class Upkeep:
             min_free_disk_gb=self.settings.min_free_disk_gb,
             disk_paths=[str(p) for p in self.disk.paths],
         )
-        await self.sweep(set())
+        await self.sweep()
 
     # --- claiming -------------------------------------------------------------------------------------------
 
@@ -107,21 +111,19 @@ class Upkeep:
         """True when the worker may claim now; otherwise pauses one poll interval and returns False."""
         report = await asyncio.to_thread(self.disk.check)
         if not report.ok:
-            reason: str | None = f"disk below MIN_FREE_DISK_GB: {report.describe()}"
+            why, reason = "floor", f"disk below MIN_FREE_DISK_GB: {report.describe()}"
         elif time.monotonic() < self._hold_until:
-            reason = self._hold_reason
+            why, reason = "disk_fault", self._hold_reason
         else:
-            reason = None
-        if reason is None:
             if not self.claiming:
                 log.info("claiming_resumed", free_gb=round(report.free_bytes / GB, 2))
-            self.claiming, self.reason = True, None
+            self.claiming, self.reason, self._paused_for = True, None, None
             return True
-        if reason != self.reason:
+        if why != self._paused_for:
             log.warning("claiming_paused", reason=reason, free_gb=round(report.free_bytes / GB, 2))
-            if not report.ok:
-                await self.sweep(set())  # orphans may be what filled it (running tasks' files are recent)
-        self.claiming, self.reason = False, reason
+            if why == "floor":
+                await self.sweep()  # orphans may be what filled it
+        self.claiming, self.reason, self._paused_for = False, reason, why
         await asyncio.sleep(self.settings.poll_interval)
         return False
 
@@ -166,6 +168,7 @@ class Upkeep:
         """Remove the task's work dir and what it left in ComfyUI (nothing with KEEP_COMFY_FILES)."""
         if self.keep:
             return
+        t0 = time.monotonic()
         try:
             removed = await asyncio.to_thread(remove_path, work_dir)
             history = 0
@@ -177,14 +180,21 @@ class Upkeep:
         except OSError as exc:  # what stays behind is swept later
             log.warning("task_cleanup_failed", error=str(exc))
             return
-        log.info("task_files_removed", files=removed.files, bytes=removed.bytes, history_entries=history)
+        log.info(
+            "task_files_removed",
+            files=removed.files,
+            bytes=removed.bytes,
+            history_entries=history,
+            seconds=round(time.monotonic() - t0, 4),
+        )
 
     # --- sweeping -------------------------------------------------------------------------------------------
 
-    async def sweep(self, active: set[str]) -> Removed:
+    async def sweep(self) -> Removed:
         """Files no running task owns, untouched for TASK_TIMEOUT_S, in ComfyUI's folders and the work root."""
         if self.keep:
             return Removed()
+        active = self.active()
         older = self.settings.task_timeout_s
         now = time.time()
 
@@ -199,11 +209,11 @@ class Upkeep:
             log.info("orphans_swept", files=removed.files, bytes=removed.bytes, paths=removed.paths[:20])
         return removed
 
-    async def sweep_loop(self, active: Callable[[], set[str]]) -> None:
+    async def sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.orphan_sweep_interval_s)
             try:
-                await self.sweep(active())
+                await self.sweep()
             except OSError as exc:
                 log.warning("orphan_sweep_failed", error=str(exc))
 

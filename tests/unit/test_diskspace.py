@@ -87,6 +87,11 @@ def test_disk_faults_are_told_from_other_failures() -> None:
         details={"exception_type": "OSError", "exception_message": "[Errno 28] No space left on device: '/o/x.png'"},
     )
     assert disk_fault(node)
+    join = ExecutionFailed(
+        "join segments: ffmpeg exited with status 1",
+        details={"stderr_tail": "[out#0/mp4] Error writing trailer: No space left on device"},
+    )
+    assert disk_fault(join)
     assert not disk_fault(OSError(errno.EACCES, "Permission denied"))
     assert not disk_fault(ExecutionFailed("node 9 failed", details={"exception_message": "CUDA out of memory"}))
     assert not disk_fault(EngineUnavailable("ComfyUI restarting"))
