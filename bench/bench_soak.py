@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_soak.py [--tasks 1000] [--every 50] [--modes cleanup,keep]
                                         [--png docs/benchmarks-soak.png] [--md docs/benchmarks-soak.md]
 
-For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all) one fresh run:
+For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all) one fresh run,
+the modes side by side (at the same time, so both see the same load from whatever else runs on the machine):
 
 * a fresh PostgreSQL database (migrated, dropped at the end), an HTTP server serving a small PNG input,
   and ``python -m comfy_worker`` as a subprocess that launches the test ComfyUI as its own child (COMFY_PATH,
@@ -14,9 +15,9 @@ For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. 
   files there that belong to a finished task, the daemon's RSS and ComfyUI's RSS (psutil), and the number of
   entries in ComfyUI's history (GET /history).
 
-Prints the table as it goes (a live progress line in between), then per mode the growth of every series from
-task 100 to the last sample and the throughput over the same tasks (completed_at of task 100 to the last),
-and the cleanup / keep throughput ratio. Writes a plot (PNG) and the tables (markdown).
+Prints the table as it goes, then per mode the growth of every series from task 100 on and the throughput, and
+the cleanup / keep throughput ratio over the window in which both ran (from the later run's task 100 to the
+earlier run's last task). Writes a plot (PNG) and the tables (markdown).
 Goals (issue 16): growth <= 10 % from task 100 on, 0 files of finished tasks, cleanup/keep throughput >= 0.97.
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL on 127.0.0.1:5432.
 """
@@ -186,9 +187,6 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
         next_mark = every
         while True:
             done = await conn.fetchval("select count(*) from tasks where status in ('complete', 'failed')")
-            line = f"\r  {mode}: {done}/{tasks} tasks, {done / max(time.monotonic() - t0, 1e-9):.2f}/s"
-            if sys.stdout.isatty():
-                print(line, end="", flush=True)
             if done >= next_mark:
                 # finished: ended over 2 s ago (cleanup runs right after the end is recorded)
                 rows = await conn.fetch(
@@ -211,7 +209,7 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
                     history=len(hist),
                 )
                 run.samples.append(s)
-                print("\r" + row_text(s) if sys.stdout.isatty() else row_text(s), flush=True)
+                print(f"{mode:>8} {row_text(s)}", flush=True)
                 next_mark = (done // every + 1) * every
             if done >= tasks:
                 break
@@ -242,7 +240,6 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
         await admin.execute(f'drop database if exists "{db}" with (force)')
         await admin.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    print()
     return run
 
 
@@ -351,14 +348,28 @@ def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int) -> st
                       f"{sum(c) / len(c) * 1000:.1f} ms, p95 {c[int(0.95 * (len(c) - 1))] * 1000:.1f} ms, "
                       f"max {c[-1] * 1000:.1f} ms over {len(c)} tasks"]  # fmt: skip
         lines.append("")
-    rates = {m: [throughput(r, start) for r in all_runs if r.mode == m] for m in ("cleanup", "keep")}
-    if rates["cleanup"] and rates["keep"]:
-        order = ", ".join(f"{r.mode} {throughput(r, start):.3f}/s" for r in all_runs)
-        mean = {m: sum(v) / len(v) for m, v in rates.items()}
-        lines += [f"Throughput from task {start}, runs in the order made: {order}.", "",
-                  f"**cleanup / keep throughput: {mean['cleanup'] / mean['keep']:.3f}** (mean of "
-                  f"{len(rates['cleanup'])} + {len(rates['keep'])} runs; goal >= 0.97)", ""]  # fmt: skip
+    ratios = []
+    for i in range(0, len(all_runs), 2):
+        pair = {r.mode: r for r in all_runs[i : i + 2]}
+        if {"cleanup", "keep"} <= pair.keys():
+            rates, window = side_by_side(pair["cleanup"], pair["keep"], start)
+            ratios.append(rates[0] / rates[1])
+            lines.append(f"- round {i // 2 + 1}: over the {window:.0f} s both ran (from the later one's task {start} "
+                         f"to the earlier one's last), cleanup {rates[0]:.3f} tasks/s, keep {rates[1]:.3f} tasks/s, "
+                         f"ratio {ratios[-1]:.3f}")  # fmt: skip
+    if ratios:
+        lines += ["", f"**cleanup / keep throughput, side by side: {sum(ratios) / len(ratios):.3f}** "
+                  f"(mean of {len(ratios)} round(s); goal >= 0.97)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def side_by_side(a: Run, b: Run, start: int) -> tuple[tuple[float, float], float]:
+    """Both runs' completion rates over the window in which both ran in their steady state: from the later of
+    their ``start``-th completions to the earlier of their last ones (the same machine load for both)."""
+    lo = max(a.completed_at[start - 1], b.completed_at[start - 1])
+    hi = min(a.completed_at[-1], b.completed_at[-1])
+    rate = tuple(sum(1 for t in r.completed_at if lo < t <= hi) / (hi - lo) for r in (a, b))
+    return (rate[0], rate[1]), hi - lo
 
 
 async def main() -> None:
@@ -366,8 +377,8 @@ async def main() -> None:
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--modes", default="cleanup,keep")
-    ap.add_argument("--repeat", type=int, default=1, help="run the modes this many times, alternating the order "
-                    "(cleanup,keep,keep,cleanup,...), for a steadier throughput ratio; tables are from the first")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (each runs every mode side by side); tables and "
+                    "plot are from the first, the throughput ratio is the mean over rounds")
     ap.add_argument("--from-task", type=int, default=100, help="growth and throughput are measured from here")
     ap.add_argument("--png", type=Path, default=REPO / "docs" / "benchmarks-soak.png")
     ap.add_argument("--md", type=Path, default=REPO / "docs" / "benchmarks-soak.md")
@@ -378,10 +389,11 @@ async def main() -> None:
     all_runs: list[Run] = []
     try:
         for i in range(args.repeat):
-            for mode in modes if i % 2 == 0 else modes[::-1]:
-                print(f"--- {mode} (round {i + 1}): {args.tasks} tasks (worker log: {logs_dir}/worker-{mode}.log)")
-                print(HEADER)
-                all_runs.append(await one_run(mode, args.tasks, args.every, url, logs_dir))
+            # side by side: both modes see the same load from whatever else runs on the machine
+            print(f"--- round {i + 1}: {', '.join(modes)} side by side, {args.tasks} tasks each "
+                  f"(worker logs in {logs_dir})")  # fmt: skip
+            print(f"{'mode':>8} {HEADER}")
+            all_runs += await asyncio.gather(*(one_run(m, args.tasks, args.every, url, logs_dir) for m in modes))
     finally:
         await runner.cleanup()
     runs = [next(r for r in all_runs if r.mode == m) for m in modes]

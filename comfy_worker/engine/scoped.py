@@ -133,10 +133,10 @@ class TaskClient:
         self, history: History, dest_dir: str | Path, *, include_temp: bool = False
     ) -> list[OutputItem]:
         """Every output of ``history``; a missing one re-runs the prompt once with fresh output names."""
+        workflow = self._workflows.get(history.prompt_id)
         try:
             return await self.client.download_outputs(history, dest_dir, include_temp=include_temp)
         except OutputMissing as exc:
-            workflow = self._workflows.get(history.prompt_id)
             if workflow is None or history.prompt_id in self._reruns:
                 raise
             log.warning("output_missing_rerun", prompt_id=history.prompt_id, error=str(exc))
