@@ -99,7 +99,12 @@ class Settings:
     comfy_startup_timeout: float = 180.0
     comfy_restart_max: int = 5
     comfy_output_dir: str = ""
+    # long runs: cleanup of what tasks leave in ComfyUI, orphan sweeps, the disk floor (README "Running for weeks")
     comfy_input_dir: str = ""
+    comfy_temp_dir: str = ""
+    keep_comfy_files: bool = False
+    min_free_disk_gb: float = 2.0
+    orphan_sweep_interval_s: float = 600.0
     # storage
     storage_bucket: str = "outputs"
     storage_public: bool = False
@@ -220,6 +225,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "wan2gp_restart_max": _number(int, 0),
     "wan2gp_lora_max_bytes": _number(int, 1),
     "engine_switch_max_wait_s": _number(float, 0),
+    "keep_comfy_files": _bool,
+    "min_free_disk_gb": _number(float, 0),
+    "orphan_sweep_interval_s": _number(float, 1),
     "storage_public": _bool,
     "signed_url_ttl_s": _number(int, 1),
     "input_max_bytes": _number(int, 1),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -46,6 +45,7 @@ from comfy_worker.pathsafe import path_key
 from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
+from comfy_worker.upkeep import Upkeep
 
 log = get_logger(__name__)
 
@@ -77,9 +77,11 @@ class Daemon:
         self.worker_id = worker_id
         self.exit_when_idle = exit_when_idle
         self.task_types = list(settings.task_types) or sorted(handlers)
-        self.fetch = settings_fetcher(settings)
         # "comfy-worker", not "comfy_worker": a directory named like the package would shadow it for scripts run in /tmp
         self.work_root = Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy-worker") / worker_id
+        # the disk floor, each task's cleanup, orphan sweeps (never of what runs here)
+        self.upkeep = Upkeep(settings, client=client, work_root=self.work_root, active=lambda: set(self._inflight))
+        self.fetch = settings_fetcher(settings, room=self.upkeep.room_for_input)
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()
@@ -92,6 +94,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
+        self.upkeep.configure()
         await self.store.connect()
         if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
             applied = await self.store.migrate()
@@ -104,6 +107,7 @@ class Daemon:
         await self.supervisor.start()
         await self.client.connect()
         self._engine_meta = await self._engine_metadata()
+        await self.upkeep.start()
         await self.store.register_worker(
             WorkerInfo(
                 self.worker_id,
@@ -111,7 +115,7 @@ class Daemon:
                 os.getpid(),
                 __version__,
                 tuple(self.task_types),
-                {**self._engine_meta, "healthy": True},
+                {**self._engine_meta, "healthy": True, **await self.upkeep.metadata()},
             )
         )
         log.info(
@@ -128,6 +132,7 @@ class Daemon:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._stale_loop(), name="stale"),
+            asyncio.create_task(self.upkeep.sweep_loop(), name="sweep"),
         ]
         try:
             await self._claim_loop()
@@ -171,7 +176,12 @@ class Daemon:
                 if not await self._engine_ready():
                     continue
                 try:
-                    tasks = await self.store.claim(self.worker_id, self.task_types, 1, self.settings.lease_seconds)
+                    claimable = await self._until_stop(self.upkeep.may_claim())  # the disk floor
+                    tasks = (
+                        await self.store.claim(self.worker_id, self.task_types, 1, self.settings.lease_seconds)
+                        if claimable
+                        else []
+                    )
                 except StoreUnavailable as exc:
                     log.warning("claim_failed", error=str(exc), retry_in_s=round(backoff, 2))
                     await self._until_stop(asyncio.sleep(backoff))
@@ -234,16 +244,17 @@ class Daemon:
         async def checkpoint(state: dict[str, Any]) -> None:
             await self.store.update_progress(task.task_id, task.lease_token or "", None, state)
 
+        cancel = asyncio.Event()
         ctx = TaskContext(
             task=task,
             settings=self.settings,
-            client=self.client,
+            client=self.upkeep.task_client(task, cancel),  # the shared client, scoped to this task's files
             storage=self.storage,
             fetch=self.fetch,
             work_dir=work_dir,
             progress=reporter,
             checkpoint=checkpoint,
-            cancel=asyncio.Event(),
+            cancel=cancel,
         )
         entry = Inflight(task, ctx)
         self._inflight[task.task_id] = entry
@@ -270,6 +281,7 @@ class Daemon:
                 outcome = await handler.finish(ctx, executed)
                 await reporter.close()
                 await self.store.complete(task.task_id, task.lease_token or "", outcome.result, outcome.output_url)
+                self.upkeep.note_success()
                 log.info("task_complete", output_url=outcome.output_url, duration_s=round(time.monotonic() - t0, 3))
             except BaseException as exc:
                 await reporter.close()
@@ -279,7 +291,7 @@ class Daemon:
             finally:
                 self._give_back_slot(entry)
                 self._inflight.pop(task.task_id, None)
-                await asyncio.to_thread(shutil.rmtree, ctx.work_dir, True)
+                await self.upkeep.task_ended(ctx.client, ctx.work_dir)
 
     async def _settle_failure(self, entry: Inflight, exc: BaseException, elapsed: float) -> None:
         task, ctx = entry.task, entry.ctx
@@ -290,6 +302,11 @@ class Daemon:
         if reason == "shutdown" or isinstance(exc, asyncio.CancelledError):
             await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
             log.info("task_released", reason="shutdown")
+            return
+        if reason is None and self.upkeep.disk_fault(exc):  # not the task's fault: let a worker with room run it
+            self.upkeep.note_disk_fault(str(exc))
+            await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
+            log.warning("task_released", reason="disk_full", error=str(exc))
             return
         if reason == "engine_died":
             message = "ComfyUI died while running this task; it is being restarted and the task retried"
@@ -357,6 +374,7 @@ class Daemon:
                 "healthy": self.supervisor.healthy,
                 "comfy_restarts": self.supervisor.restarts,
                 "inflight": len(self._inflight),
+                **await self.upkeep.metadata(),
             }
             try:
                 reply = await self.store.heartbeat(

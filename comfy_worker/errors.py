@@ -30,13 +30,16 @@ what the daemon does with one, and the tree answers both:
     │   ├── ExecutionInterrupted           we interrupted it (cancel, deadline, shutdown)
     │   ├── ExecutionTimeout (Retryable)   deadline or stall timer expired
     │   ├── EngineOutOfMemory (Retryable)  the GPU (or host) ran out of memory mid-task; memory was freed
-    │   └── EngineRejected (Permanent)     the engine refused the request's settings (Wan2GP validation)
+    │   ├── EngineRejected (Permanent)     the engine refused the request's settings (Wan2GP validation)
+    │   └── OutputMissing (Retryable)      an output file ComfyUI listed is gone (cleaned up, cached prompt)
     ├── StorageError                     output/input object storage
     │   ├── StorageUnavailable (Retryable)
     │   └── StorageRejected (Permanent)    bucket missing, forbidden, object too large
     ├── InputError                       task inputs
     │   ├── InputRejected (Permanent)      bad params, private URL, oversize file, 4xx
     │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
+    ├── DiskFull (Retryable)             a filesystem this worker writes is full or would cross
+    │                                    MIN_FREE_DISK_GB: the task is released to run elsewhere
     ├── TaskCancelled                    the task was cancelled by a user while we ran it
     └── ExploreError                     the exploration suite (run / analyze / batch / contact-sheet / video-analyze)
         ├── BatchConfigInvalid (Permanent) a batch config key is wrong; names the key and the fix
@@ -208,6 +211,11 @@ class EngineRejected(EngineError, Permanent):
     """The engine refused the settings as invalid before running them (Wan2GP's validation stage)."""
 
 
+class OutputMissing(EngineError, Retryable):
+    """ComfyUI listed an output file that is not there (``/view`` answers 404): deleted behind our back, or a
+    cached prompt listing an earlier prompt's files. The prompt is re-run once with fresh output names."""
+
+
 # --- storage ---------------------------------------------------------------------------------------------
 
 
@@ -236,6 +244,11 @@ class InputRejected(InputError, Permanent):
 
 class InputUnavailable(InputError, Retryable):
     """Network error or 5xx while fetching an input."""
+
+
+class DiskFull(Retryable):
+    """No room: a write failed with ENOSPC, or an input's declared size would take a filesystem below
+    MIN_FREE_DISK_GB. Not the task's fault: the daemon releases it (the attempt is not spent) to run elsewhere."""
 
 
 class TaskCancelled(ComfyWorkerError):

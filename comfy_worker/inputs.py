@@ -61,6 +61,7 @@ _FIX_HINT = "set ALLOW_PRIVATE_URLS=true or add the host to INPUT_URL_ALLOWLIST"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Fetcher = Callable[..., Awaitable[Path]]
+RoomCheck = Callable[[int, str], None]  # (declared bytes, what) -> None, or raises DiskFull before the download
 
 
 # --- policy (pure) ---
@@ -229,6 +230,7 @@ async def fetch_url(
     client: httpx.AsyncClient | None = None,
     retry_attempts: int = 4,
     retry_wait_s: float = 1.0,
+    room: RoomCheck | None = None,
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (as ``filename`` or the URL's last path segment, sanitised).
 
@@ -259,7 +261,7 @@ async def fetch_url(
             ),
         ):
             with attempt:
-                size = await _fetch_once(http, url, part, max_bytes, timeout_s, allowlist, allow_private)
+                size = await _fetch_once(http, url, part, max_bytes, timeout_s, allowlist, allow_private, room)
         await asyncio.to_thread(os.replace, part.tmp, dest)
     except BaseException:
         part.reset()
@@ -279,6 +281,7 @@ async def _fetch_once(
     timeout_s: float,
     allowlist: tuple[str, ...],
     allow_private: bool,
+    room: RoomCheck | None = None,
 ) -> int:
     current, origin = url, None
     offset = part.held()
@@ -308,6 +311,9 @@ async def _fetch_once(
                         f"input URL {shown} is {total} bytes, over INPUT_MAX_BYTES ({max_bytes})",
                         details={"url": shown, "bytes": total, "max_bytes": max_bytes},
                     )
+                if room is not None and total is not None and total > start:
+                    # the disk floor: refused before a byte is written
+                    room(total - start, f"input URL {shown}")
                 if start == 0:
                     part.validator, part.total = _validator(resp), total
                 elif start:
@@ -444,8 +450,11 @@ async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Pat
         raise InputUnavailable(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
 
 
-def settings_fetcher(settings: Settings, client: httpx.AsyncClient | None = None) -> Fetcher:
-    """``fetch_url`` with the INPUT_* and ALLOW_PRIVATE_URLS settings bound: ``await fetch(url, dest)``."""
+def settings_fetcher(
+    settings: Settings, client: httpx.AsyncClient | None = None, room: RoomCheck | None = None
+) -> Fetcher:
+    """``fetch_url`` with the INPUT_* and ALLOW_PRIVATE_URLS settings bound: ``await fetch(url, dest)``;
+    ``room`` checks a declared size against the disk floor."""
     return functools.partial(
         fetch_url,
         max_bytes=settings.input_max_bytes,
@@ -453,4 +462,5 @@ def settings_fetcher(settings: Settings, client: httpx.AsyncClient | None = None
         allowlist=settings.input_url_allowlist,
         allow_private=settings.allow_private_urls,
         client=client,
+        room=room,
     )

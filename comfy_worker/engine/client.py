@@ -181,6 +181,11 @@ class ComfyClient:
             return None
         return History(prompt_id, dict(entry.get("outputs") or {}), dict(entry.get("status") or {}), entry)
 
+    async def delete_history(self, prompt_ids: list[str]) -> None:
+        """Forget finished prompts (``POST /history {"delete": [...]}``): ComfyUI keeps every entry in memory."""
+        if prompt_ids:
+            await self._request("POST", "/history", json={"delete": list(prompt_ids)})
+
     async def queue(self) -> tuple[list[str], list[str]]:
         """(running prompt ids, pending prompt ids)."""
         body = await self._json("GET", "/queue")

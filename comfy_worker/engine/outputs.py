@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from comfy_worker.errors import EngineUnavailable
+from comfy_worker.errors import EngineUnavailable, OutputMissing
 
 VIDEO_EXT = frozenset({".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"})
 IMAGE_EXT = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -132,6 +132,11 @@ async def download_outputs(
         digest, size = hashlib.sha256(), 0
         try:
             async with http.stream("GET", f"{base_url}/view", params=params) as resp:
+                if resp.status_code == 404:
+                    raise OutputMissing(
+                        f"ComfyUI listed output {ref.subfolder}/{ref.filename} but no longer has it",
+                        details={"status": 404, "node_id": ref.node_id, **params},
+                    )
                 if resp.status_code != 200:
                     raise EngineUnavailable(
                         f"ComfyUI answered {resp.status_code} for output {ref.subfolder}/{ref.filename}",

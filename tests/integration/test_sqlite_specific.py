@@ -224,7 +224,7 @@ async def test_migrate_twice_is_harmless_and_a_changed_file_is_reapplied(store: 
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
         versions = [r[0] for r in conn.execute("select version from comfy_worker_migrations order by 1")]
-    assert versions == ["001_tables", "002_views"]
+    assert versions == ["001_tables", "002_views", "003_worker_disk"]
 
 
 async def test_unmigrated_file_says_schema_missing(tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ async def test_unmigrated_file_says_schema_missing(tmp_path: Path) -> None:
             await s.check_schema()
         with pytest.raises(SchemaMissing, match="comfy-worker migrate"):
             await s.claim("w", None, 1, 30)
-        assert await s.migrate() == ["001_tables", "002_views"]
+        assert await s.migrate() == ["001_tables", "002_views", "003_worker_disk"]
         await s.check_schema()
     finally:
         await s.close()

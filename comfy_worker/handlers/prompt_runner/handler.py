@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine.paths import kind_of_input, path_problems
+from comfy_worker.engine.scoped import task_subfolder
 from comfy_worker.errors import ConfigError
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for
@@ -144,7 +145,7 @@ class PromptRunnerHandler:
             storage=ctx.storage,
             storage_prefix=f"{task.task_type}/{path_key(task.task_id)}",
             comfy_root=root,
-            files_root=root / "cw_chains" / path_key(task.task_id),
+            files_root=root / task_subfolder(task.task_id) / "chain",  # removed with the task's other files
             input_dir=ctx.settings.comfy_input_path,
             uploads=ctx.uploads,
             work_dir=ctx.work_dir,

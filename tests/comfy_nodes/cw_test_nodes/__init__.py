@@ -13,6 +13,8 @@ Nodes (all prefixed ``CW``):
   Chain stand-ins for the Wan 2.2 HIGH/LOW custom nodes (prompt_runner tests; read/write by absolute path):
   CWInt (INTConstant), CWTextEncode, CWChunkSampler (HIGH: noise -> latent; LOW: refines ``samples``),
   CWChunkDecode (latent -> 32x32 frames), CWSaveLatentWithPath, CWLoadLastLatent, CWLoadImageFromPath
+  CWLoadImage      an image in ComfyUI's input dir, subfolders included (per-task uploads) -> IMAGE
+  CWNoiseImage     IMAGE -> seeded noise of width x height tinted by it (a ~1 MB PNG at 600 x 600: bench_soak)
 Latents to/from files: core SaveLatent and LoadLatent.
 """
 

@@ -510,6 +510,66 @@ class CWLoadVideoFromPath:
         return float("nan")
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class CWLoadImage:
+    """LoadImage that also lists files in subfolders of the input dir (the old server's LoadImage lists only the
+    top level, so it refuses the per-task upload subfolders the worker uses)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        base = folder_paths.get_input_directory()
+        found = []
+        for root, _dirs, files in os.walk(base):
+            for f in files:
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/"))
+        return {"required": {"image": (sorted(found), {"image_upload": True})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "load"
+    CATEGORY = "cw_test"
+
+    def load(self, image):
+        from PIL import Image
+
+        with Image.open(folder_paths.get_annotated_filepath(image)) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return (torch.from_numpy(arr)[None, ...],)
+
+    @classmethod
+    def IS_CHANGED(cls, image):
+        path = folder_paths.get_annotated_filepath(image)
+        return os.path.getmtime(path) if os.path.exists(path) else ""
+
+
+class CWNoiseImage:
+    """IMAGE -> seeded uniform noise of width x height, tinted by the input's mean: incompressible, so a
+    600 x 600 SaveImage PNG is about 1 MB."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "width": ("INT", {"default": 600, "min": 8, "max": 4096}),
+                "height": ("INT", {"default": 600, "min": 8, "max": 4096}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "cw_test"
+
+    def run(self, images, width, height, seed):
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.rand((1, height, width, 3), generator=gen)
+        tint = float(images.float().mean())
+        return (((noise + tint) % 1.0).contiguous(),)
+
+
 NODE_CLASS_MAPPINGS = {
     "CWSaveVideoMP4": CWSaveVideoMP4,
     "CWLoadVideo": CWLoadVideo,
@@ -525,5 +585,7 @@ NODE_CLASS_MAPPINGS = {
     "CWLoadLastLatent": CWLoadLastLatent,
     "CWLoadImageFromPath": CWLoadImageFromPath,
     "CWLoadVideoFromPath": CWLoadVideoFromPath,
+    "CWLoadImage": CWLoadImage,
+    "CWNoiseImage": CWNoiseImage,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: k.replace("CW", "CW ", 1) for k in NODE_CLASS_MAPPINGS}

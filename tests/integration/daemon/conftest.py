@@ -70,7 +70,11 @@ class Harness:
         return load_settings({**base, **env})
 
     async def start_daemon(
-        self, worker_id: str = "comfy-worker-t1", settings: Settings | None = None, **kw: Any
+        self,
+        worker_id: str = "comfy-worker-t1",
+        settings: Settings | None = None,
+        before_start: Callable[[Daemon], None] | None = None,
+        **kw: Any,
     ) -> Daemon:
         settings = settings or self.settings()
         store = PostgresStore(self.dsn)
@@ -86,6 +90,8 @@ class Harness:
             worker_id=worker_id,
             **kw,
         )
+        if before_start is not None:
+            before_start(daemon)
         await daemon.start()
         self.daemons.append((daemon, asyncio.create_task(daemon.run())))
         return daemon

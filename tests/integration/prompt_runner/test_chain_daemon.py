@@ -51,13 +51,14 @@ async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, c
     video_root = harness.storage_dir / "prompt_runner" / tid / name
     left = sorted(str(p.relative_to(video_root)) for p in video_root.rglob("*") if p.is_file())
     assert left == [f"final/{name}.mp4", f"state/{name}.json"]
-    # each step ran exactly once in ComfyUI
-    saves = latent_saves(await comfy_history(comfyui_server.base_url), name)
-    assert {k: len(v) for k, v in saves.items()} == {"chunk_001": 1, "chunk_002": 1, "chunk_003": 1}
-    # files ComfyUI reads by path live under this task's own root: another task of the same video name (a
-    # re-render, or a chain interleaved on this box) can never hand it a stale latent or reference frame
-    own = comfyui_server.output_dir / "cw_chains" / tid / name
-    assert (own / "references").is_dir() and (own / "latents").is_dir()  # emptied after the join
+    # each step ran exactly once in ComfyUI, and ComfyUI's history forgot them once the chain ended
+    assert {job: len(pids) for job, pids in task.result["prompts"].items()} == dict.fromkeys(cp["completed"], 1)
+    await harness.stop_all()
+    assert latent_saves(await comfy_history(comfyui_server.base_url), name) == {}
+    # files ComfyUI reads by path lived under this task's own root (another task of the same video name, a
+    # re-render or a chain interleaved on this box, can never hand it a stale latent or reference frame),
+    # removed with the task's other files once it ended
+    assert not (comfyui_server.output_dir / "comfy_worker" / tid).exists()
     assert not (comfyui_server.output_dir / name / "references").exists()
     assert not (comfyui_server.output_dir / name / "latents").exists()
 
@@ -126,10 +127,11 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
     assert task.worker_id == "comfy-worker-doomed"
     # the next worker is "another machine": nothing of this video is left in ComfyUI's output dir
     shutil.rmtree(comfyui_server.output_dir / name, ignore_errors=True)
-    shutil.rmtree(comfyui_server.output_dir / "cw_chains", ignore_errors=True)
+    shutil.rmtree(comfyui_server.output_dir / "comfy_worker" / tid, ignore_errors=True)
 
+    # KEEP_COMFY_FILES: ComfyUI's history stays, to count what ran
     await harness.start_daemon("comfy-worker-rescuer", settings=harness.settings(
-        COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), **lease))  # fmt: skip
+        COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), KEEP_COMFY_FILES="true", **lease))  # fmt: skip
     task = await wait_task(harness.store, tid, timeout=240)
     assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
     assert task.worker_id == "comfy-worker-rescuer" and task.attempts == 2
