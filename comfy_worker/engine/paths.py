@@ -14,6 +14,10 @@ path they are given. Three kinds of inputs are checked, before anything is uploa
   prompt_runner chain passes its own folder; a ``comfy`` task passes none, so it may not use them.
 * **output names**: ``filename_prefix`` (every save node) and the like: relative, no ``..``.
 
+With ``roots`` (the chain's own folder), an absolute input-folder name or output name is allowed under them
+too: the stock-node chain saves its latent with an absolute ``SaveLatent`` prefix and loads it and the next
+chunk's reference frame by absolute path (ComfyUI joins an absolute name as is).
+
 ``trusted`` is a workflow whose values came from the operator (a chain profile): an input still holding its
 value from there is not checked. ``replaced`` lists (node, input) pairs the caller overwrites with its own
 value (the upload of a task input). Pure apart from resolving symlinks under the given folders.
@@ -172,7 +176,11 @@ def path_problems(
             kind = kind_of_input(class_type, name, opts.get(name))
             if kind is None or (name in trusted_inputs and trusted_inputs[name] == value):
                 continue
-            if kind == "input_folder":
+            if kind == "input_folder" and root_list and Path(value).is_absolute():
+                # a chain loads its own latents and reference frames by absolute path (ComfyUI's loaders join
+                # an absolute name as is): allowed only under the chain's folder
+                problem = _path_problem(value, root_list)
+            elif kind == "input_folder":
                 # URLs are fetched (and replaced) only where find_media_inputs looks: the KNOWN/flagged loaders
                 fetched = fetched_urls and is_file_input(class_type, name, opts.get(name) or {})
                 problem = _input_folder_problem(value, in_dir, fetched)
@@ -180,7 +188,11 @@ def path_problems(
                 problem = _path_problem(value, root_list)
             else:
                 problem = relative_problem(value)
-                if problem:
+                if problem and root_list and Path(value).is_absolute():
+                    # a chain names its own outputs by absolute path under its folder (SaveLatent's prefix):
+                    # ComfyUI accepts an absolute prefix inside its output folder, and the root confines it
+                    problem = _path_problem(value, root_list)
+                elif problem:
                     problem += ": output names are relative to ComfyUI's output folder (e.g. 'video/clip')"
             if problem:
                 found.append(

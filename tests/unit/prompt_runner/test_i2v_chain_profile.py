@@ -91,3 +91,29 @@ def test_builder_params_are_checked_as_comfyui_i2v_params() -> None:
         parse_profile({"builder": {"name": "wan22_i2v_chain", "params": {"stepz": 4}}}, source="p.yaml")
     with pytest.raises(ProfileError, match="builder: expected"):
         parse_profile({"builder": {"name": "nope"}}, source="p.yaml")
+
+
+def test_every_step_passes_the_executors_path_checks(jobs: dict, object_info: dict) -> None:
+    """What the executor checks before it queues a step (engine.paths, confined to the chain's folder): the
+    chain's own latents, reference frames and prefixes pass. Found on the GPU: SaveLatent's absolute prefix was
+    refused as "an output name", so no chain ever reached ComfyUI."""
+    from comfy_worker.engine.paths import path_problems
+
+    profile = load_profile("wan22_i2v_chain")
+    for job_id, (wf, _mods) in jobs.items():
+        found = path_problems(
+            wf, object_info, roots=[ROOT], input_dir="/in", trusted=profile.base_workflow, fetched_urls=False
+        )
+        assert found == [], (job_id, found)
+    wf, _ = jobs["sunset_beach-001-high"]
+    outside = {k: {**n, "inputs": dict(n["inputs"])} for k, n in wf.items()}
+    save = next(n for n in outside.values() if n["class_type"] == "SaveLatent")
+    save["inputs"]["filename_prefix"] = "/out/cw_chains/other-task/x"
+    [problem] = path_problems(outside, object_info, roots=[ROOT], input_dir="/in", trusted=profile.base_workflow)
+    assert problem["input"] == "filename_prefix" and "outside the folders this task may use" in problem["message"]
+    low, _ = jobs["sunset_beach-002-low"]
+    elsewhere = {k: {**n, "inputs": dict(n["inputs"])} for k, n in low.items()}
+    load = next(n for n in elsewhere.values() if n["class_type"] == "LoadLatent")
+    load["inputs"]["latent"] = "/etc/passwd"
+    [problem] = path_problems(elsewhere, object_info, roots=[ROOT], input_dir="/in", trusted=profile.base_workflow)
+    assert problem["input"] == "latent" and "outside the folders this task may use" in problem["message"]
