@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -25,6 +26,15 @@ from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
 TAIL_LINES = 200
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM the child when the worker dies, so a worker killed with
+    ``kill -9`` does not leave its ComfyUI holding the GPU memory and the port (its log pipe gone)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ComfySupervisor:
@@ -143,10 +153,32 @@ class ComfySupervisor:
         except httpx.HTTPError:
             return False
 
+    async def _port_taken(self) -> bool:
+        """True when something already answers on COMFY_LISTEN:COMFY_PORT (checked before each launch)."""
+        host = self.settings.comfy_listen
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, self.settings.comfy_port), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
     async def _launch(self) -> None:
         argv, cwd = self.command()
         self.died.clear()
         self._healthy = False
+        if await self._port_taken():
+            # otherwise our child fails to bind only after its imports (seconds), and meanwhile /system_stats
+            # answers from the other server: the worker would adopt it and run tasks on someone else's ComfyUI
+            # (seen on the GPU machine: an orphaned ComfyUI whose log pipe was gone failed every prompt)
+            raise EngineStartupError(
+                f"COMFY_PORT={self.settings.comfy_port}: something already listens on "
+                f"{self.settings.comfy_listen}:{self.settings.comfy_port} (another ComfyUI, or one left by a worker "
+                "that was killed); stop it, choose another COMFY_PORT, or attach to it with COMFY_URL"
+            )
         log.info("comfyui_starting", argv=argv, cwd=str(cwd))
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -156,6 +188,7 @@ class ComfySupervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise EngineStartupError(f"cannot launch ComfyUI ({argv[0]}): {exc}") from exc

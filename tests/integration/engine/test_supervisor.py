@@ -183,3 +183,58 @@ async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> No
     finally:
         await sup.stop(grace_s=10)
     assert sup.pid is None
+
+
+async def test_a_port_already_in_use_is_refused_naming_comfy_port(tmp_path: Path) -> None:
+    """Found on the GPU machine: a ComfyUI left by a killed worker still answered on the port, and the new
+    worker adopted it (its own child failed to bind seconds later) and ran every task there."""
+    async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'HTTP/1.0 200 OK\r\n\r\n{"system": {}}')
+        await writer.drain()
+        writer.close()
+
+    other = await asyncio.start_server(answer, "127.0.0.1", 0)  # bound before the supervisor looks
+    port = other.sockets[0].getsockname()[1]
+    try:
+        path = fake_comfy(tmp_path, SERVES)
+        sup = ComfySupervisor(settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable, COMFY_PORT=str(port)))
+        with pytest.raises(EngineStartupError, match=f"COMFY_PORT={port}: something already listens"):
+            await sup.start()
+        assert sup.pid is None  # nothing was launched
+    finally:
+        other.close()
+        await other.wait_closed()
+
+
+async def test_the_child_dies_with_a_killed_worker(tmp_path: Path) -> None:
+    path = fake_comfy(tmp_path, SERVES)
+    worker = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from comfy_worker.config import load_settings
+        from comfy_worker.engine import ComfySupervisor
+        async def main():
+            s = load_settings({{"COMFY_PATH": {str(path)!r}, "COMFY_PYTHON": sys.executable,
+                               "COMFY_PORT": "{free_port()}", "COMFY_STARTUP_TIMEOUT": "20"}}, dotenv=None)
+            sup = ComfySupervisor(s)
+            await sup.start()
+            print(sup.pid, flush=True)
+            await asyncio.sleep(3600)
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", worker, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    child = int((await asyncio.wait_for(proc.stdout.readline(), 30)).decode())
+    os.kill(child, 0)  # alive
+    proc.kill()  # kill -9: no chance to stop ComfyUI
+    await proc.wait()
+    for _ in range(100):  # the kernel's parent-death signal arrives at once; allow a loaded machine 10 s
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker's ComfyUI outlived it")
