@@ -44,11 +44,18 @@ def task_subfolder(task_id: str) -> str:
 
 def prefix_outputs(workflow: dict[str, Any], prefix: str) -> int:
     """Put every literal ``filename_prefix`` of ``workflow`` under ``prefix/`` (in place); the number changed.
-    A prefix fed by a link is left alone (its files are still cleaned up from the history listing)."""
+    A prefix fed by a link is left alone (its files are still cleaned up from the history listing), and so is
+    an absolute one: only a prompt_runner chain may use those (engine.paths refuses them in task workflows), to
+    save a latent exactly where its next step loads it, inside the task's own folder.
+
+    Found on the GPU: prefixing the stock-node chain's absolute SaveLatent prefix moved every HIGH latent to
+    ``comfy_worker/<task>/<attempt>-<n>/root/...``, and the chain failed with "wrote no latent"."""
     changed = 0
     for node in workflow.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if isinstance(inputs, dict) and isinstance(inputs.get(PREFIX_INPUT), str):
+            if inputs[PREFIX_INPUT].startswith("/"):
+                continue
             original = inputs[PREFIX_INPUT].replace("\\", "/").lstrip("/") or "ComfyUI"
             inputs[PREFIX_INPUT] = f"{prefix}/{original}"
             changed += 1

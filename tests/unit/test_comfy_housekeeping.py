@@ -65,13 +65,17 @@ def test_every_literal_filename_prefix_goes_under_the_task_prefix() -> None:
         "3": {"class_type": "SaveLatent", "inputs": {"filename_prefix": "latents/lat"}},
         "4": {"class_type": "VHS_VideoCombine", "inputs": {"filename_prefix": ["9", 0]}},  # a link: left alone
         "5": {"class_type": "SaveAnimatedWEBP", "inputs": {"filename_prefix": ""}},
+        # a chain's own latent, saved exactly where its LOW step loads it (inside the task's folder)
+        "6": {"class_type": "SaveLatent", "inputs": {"filename_prefix": "/out/comfy_worker/t1/chain/latents/c1"}},
     }
     assert prefix_outputs(workflow, "comfy_worker/t1/1-0") == 3
     assert workflow["2"]["inputs"]["filename_prefix"] == "comfy_worker/t1/1-0/img"
     assert workflow["3"]["inputs"]["filename_prefix"] == "comfy_worker/t1/1-0/latents/lat"
     assert workflow["4"]["inputs"]["filename_prefix"] == ["9", 0]
     assert workflow["5"]["inputs"]["filename_prefix"] == "comfy_worker/t1/1-0/ComfyUI"
+    assert workflow["6"]["inputs"]["filename_prefix"] == "/out/comfy_worker/t1/chain/latents/c1"
     assert task_subfolder("t1") == "comfy_worker/t1"
+    assert task_subfolder("../x").count("/") == 1 and ".." not in task_subfolder("../x")  # a task id is user text
 
 
 def test_sweep_removes_orphans_of_any_folder_but_nothing_outside_the_task_folders(tmp_path: Path) -> None:

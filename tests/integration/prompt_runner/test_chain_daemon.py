@@ -63,6 +63,23 @@ async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, c
     assert not (comfyui_server.output_dir / name / "latents").exists()
 
 
+async def test_a_chain_handing_files_over_through_core_nodes_completes(
+    harness: Harness, comfyui_server: ComfyServer
+) -> None:
+    """The stock-node chain's way (core SaveLatent with an absolute prefix, LoadLatent and LoadImage by absolute
+    path) through the daemon: on the GPU the path checks first refused these names, then the per-task output
+    prefix moved the latent away from where the LOW step loads it."""
+    params = chain_params(profile="cw_core_chain")
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=240)
+    assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
+    assert task.result["frames"] == 25 and task.checkpoint["completed_chunks"] == 3
+    name = params["video_name"]
+    final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
+    assert await count_frames(final, decode=True) == 25
+
+
 async def test_bad_params_fail_permanently_naming_the_field(harness: Harness, comfyui_server: ComfyServer) -> None:
     await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
     tid = await enqueue(harness, chain_params(total_frames="many"))
