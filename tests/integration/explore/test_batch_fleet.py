@@ -47,8 +47,9 @@ async def wait_fleet(output: Path, done: int, timeout: float = 120) -> dict[str,
 
 
 async def test_fleet_batch_killed_and_resumed_submits_each_run_once(harness: Harness, tmp_path: Path) -> None:  # noqa: F811
-    await harness.start_daemon("explore-w1")
-    await harness.start_daemon("explore-w2")
+    keep = harness.settings(KEEP_COMFY_FILES="true")  # ComfyUI's history stays: it proves each run ran once
+    await harness.start_daemon("explore-w1", settings=keep)
+    await harness.start_daemon("explore-w2", settings=keep)
     config = write_batch(tmp_path, workflow=tiny_video(seconds=1.0), num_samples=6, seeds_per_sample=1)
     output = tmp_path / "output"
 
