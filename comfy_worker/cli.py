@@ -1,5 +1,5 @@
 """``comfy-worker`` / ``python -m comfy_worker``: the daemon (default), migrate, submit, status, cancel,
-prompt-runner. The only module that picks concrete backends; start-up errors end here as one clear line."""
+prompt-runner, models. The only module that picks concrete backends; start-up errors end here as one clear line."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from comfy_worker.models import NewTask, Task, TaskStatus
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
-COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner")
+COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments = None
     if add_arguments is not None:
         add_arguments(pr)
+    from comfy_worker.models_manifest.cli import add_arguments as add_models_arguments
+
+    add_models_arguments(sub)
     return p
 
 
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for secret in (settings.supabase_service_role_key, settings.runpod_api_key, settings.database_url):
         register_secret(secret)
+    if args.command == "models":  # blocking downloads: no event loop, so Ctrl-C / SIGTERM stop them at once
+        from comfy_worker.models_manifest.cli import run as run_models
+
+        return run_models(args, settings)
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:

@@ -110,6 +110,10 @@ class Settings:
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
     runpod_api_url: str = "https://api.runpod.io/v2"
+    # model files (comfy-worker models check | sync; start-up report in the heartbeat)
+    models_dir: str = ""
+    models_manifest: str = ""
+    models_groups: tuple[str, ...] = ()
     # prompt runner
     dry_run: bool = False
     dry_run_temp_dir: str = ""
@@ -142,6 +146,15 @@ class Settings:
             return Path(self.comfy_output_dir).expanduser().resolve()
         if self.comfy_path and not self.comfy_url:
             return (Path(self.comfy_path).expanduser() / "output").resolve()
+        return None
+
+    @property
+    def models_path(self) -> Path | None:
+        """Where the model folders (diffusion_models/, vae/, …) are: MODELS_DIR, else COMFY_PATH/models."""
+        if self.models_dir:
+            return Path(self.models_dir).expanduser()
+        if self.comfy_path:
+            return Path(self.comfy_path).expanduser() / "models"
         return None
 
     @property
@@ -193,6 +206,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "input_timeout_s": _number(float, 0.1),
     "input_url_allowlist": _csv,
     "allow_private_urls": _bool,
+    "models_groups": _csv,
     "dry_run": _bool,
 }
 

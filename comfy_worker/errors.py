@@ -35,6 +35,10 @@ what the daemon does with one, and the tree answers both:
     ├── InputError                       task inputs
     │   ├── InputRejected (Permanent)      bad params, private URL, oversize file, 4xx
     │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
+    ├── ModelsError                      model files and docker/models.yaml (`comfy-worker models`)
+    │   ├── ManifestInvalid (Permanent)    the manifest cannot be used; names the entry and the field
+    │   ├── ModelDownloadFailed (Retryable) network error, 5xx or a cut mid-file (the next try resumes)
+    │   └── ModelRejected (Permanent)      sha256 or size mismatch, or the source refused (4xx)
     └── TaskCancelled                    the task was cancelled by a user while we ran it
 
 Low-level exceptions (asyncpg, httpx, websockets, sqlite3) are mapped to these at the module boundary that
@@ -219,6 +223,25 @@ class InputRejected(InputError, Permanent):
 
 class InputUnavailable(InputError, Retryable):
     """Network error or 5xx while fetching an input."""
+
+
+# --- model files (comfy_worker.models_manifest) -----------------------------------------------------------
+
+
+class ModelsError(ComfyWorkerError):
+    """A model file could not be checked or fetched."""
+
+
+class ManifestInvalid(ModelsError, Permanent):
+    """The model manifest cannot be read or has a bad entry; the message names the entry and the field."""
+
+
+class ModelDownloadFailed(ModelsError, Retryable):
+    """Network error, 5xx or a connection cut mid-file; the partial file is kept and the next try resumes."""
+
+
+class ModelRejected(ModelsError, Permanent):
+    """The source refused (4xx), or the file does not match its sha256 / size: it is not installed."""
 
 
 class TaskCancelled(ComfyWorkerError):
