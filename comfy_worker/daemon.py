@@ -42,6 +42,7 @@ from comfy_worker.handlers.base import Handler, TaskContext
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.logs import get_logger, task_context
 from comfy_worker.models import Task, WorkerInfo, WorkerStatus
+from comfy_worker.models_manifest import startup_report
 from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
@@ -103,6 +104,9 @@ class Daemon:
         await self.supervisor.start()
         await self.client.connect()
         self._engine_meta = await self._engine_metadata()
+        self._engine_meta.update(await asyncio.to_thread(startup_report, self.settings))  # models_missing, …
+        if self._engine_meta.get("models_missing"):
+            log.warning("models_missing", files=self._engine_meta["models_missing"], fix="comfy-worker models sync")
         await self.store.register_worker(
             WorkerInfo(
                 self.worker_id,

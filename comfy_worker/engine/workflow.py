@@ -224,7 +224,7 @@ def _check_value(node_id: str, class_type: str, name: str, kind: Any, opts: dict
         if _looks_like_model(name, value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.4)
             hint = ", ".join(close) if close else "none"
-            return f"{where}: model {value} is not installed; close matches: {hint}"
+            return f"{where}: model {value} is not installed; close matches: {hint}; fetch it: comfy-worker models sync"
         shown = ", ".join(str(a) for a in allowed[:12]) + (", …" if len(allowed) > 12 else "")
         return f"{where}: value {value!r} is not allowed; allowed: {shown}"
     if kind in ("INT", "FLOAT"):

@@ -8,9 +8,10 @@ number of bytes, or holds the response after the first chunk until the test rele
 
 **Stand-in for huggingface.co** (no network here): ``HEAD|GET /<owner>/<repo>/resolve/<revision>/<path>``
 answers like the hub does for an LFS/Xet-stored file — ``302`` to the file's storage location on another
-origin (here a second port, ``/cdn/blob-<sha256>``, served like a plain file), with ``X-Repo-Commit``, ``X-Linked-Etag`` (the file's sha256),
-``X-Linked-Size`` and ``ETag``; ``404`` with ``X-Error-Code: EntryNotFound`` / ``RepoNotFound``; ``401`` with
-``X-Error-Code: GatedRepo`` for a gated repository requested without the right ``Authorization: Bearer``.
+origin (here a second port, ``/cdn/blob-<sha256>``, served like a plain file), with ``X-Repo-Commit``,
+``X-Linked-Etag`` (the file's sha256), ``X-Linked-Size`` and ``ETag``; ``404`` with ``X-Error-Code:
+EntryNotFound`` / ``RepoNotFound``; ``401`` with ``X-Error-Code: GatedRepo`` for a gated repository
+requested without the right ``Authorization: Bearer``.
 That is the surface huggingface-hub's ``hf_hub_url`` + ``get_hf_file_metadata`` read (documented in
 huggingface_hub's file_download.py and the hub's HTTP API). Simplified: no Xet reconstruction API (the
 ``X-Xet-Hash`` header is never sent, so clients take the plain-HTTP path), no ``/api`` endpoints, no

@@ -151,3 +151,20 @@ def test_startup_report_lists_missing_and_wrong_size_files_by_path(tmp_path: Pat
     assert startup_report(load_settings({}, dotenv=None)) == {}
     bad = startup_report(load_settings({**env, "MODELS_MANIFEST": str(tmp_path / "nope.yaml")}, dotenv=None))
     assert "cannot read model manifest" in bad["models_error"]
+
+
+def test_a_task_naming_a_missing_model_says_how_to_fetch_it() -> None:
+    from comfy_worker.engine.workflow import problems
+
+    info = {
+        "UNETLoader": {
+            "input": {"required": {"unet_name": [["wan2.2_ti2v_5B_fp16.safetensors"], {}]}},
+            "output": ["MODEL"],
+        }
+    }
+    wf = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"}}
+    }
+    [found] = problems(wf, info)
+    assert "model wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors is not installed" in found["message"]
+    assert found["message"].endswith("comfy-worker models sync")
