@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything comfy-worker and its tests need, on a fresh Debian machine or a developer's box:
-#   ffmpeg and sqlite3 (apt, when root and missing), .venv with the package and its dev extras,
+#   ffmpeg and sqlite3 (apt, when root and missing; as root also buildah and debootstrap for the image test),
+#   .venv with the package and its dev extras,
 #   and the CPU test ComfyUI under .test-env (scripts/setup_test_comfyui.sh; skip with --no-comfyui).
 # Idempotent: re-running only does what is missing.
 set -euo pipefail
@@ -13,6 +14,10 @@ with_comfyui=1
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+if [[ $(id -u) -eq 0 ]]; then  # the image test (scripts/test_image.sh) builds docker/Dockerfile as root
+    command -v buildah >/dev/null || need+=(buildah)
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 if ((${#need[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         echo "install: apt-get install ${need[*]}"
