@@ -62,8 +62,10 @@ run_as=()
 if [[ "$(id -u)" == 0 && "${RUN_AS_ROOT:-false}" != "true" ]] && id worker >/dev/null 2>&1; then
     # the volume is root-owned on RunPod: give the worker user the folders it writes, then drop to it
     mkdir -p "$MODELS_DIR/.comfy-worker" 2>/dev/null
+    # (the folder and its model folders, not the files: those stay readable; state and partial downloads too)
     drop=(setpriv --reuid=worker --regid=worker --init-groups --)
-    if chown worker:worker "$MODELS_DIR" "$MODELS_DIR/.comfy-worker" 2>/dev/null \
+    if find "$MODELS_DIR" -maxdepth 1 -type d -exec chown worker:worker {} + 2>/dev/null \
+        && chown -R worker:worker "$MODELS_DIR/.comfy-worker" 2>/dev/null \
         && "${drop[@]}" test -w "$MODELS_DIR"; then
         run_as=("${drop[@]}")
     else
