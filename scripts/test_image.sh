@@ -172,6 +172,17 @@ check_refusals() {
     grep -q "starting runpod-pod123" <<<"$out" || fail "the worker id did not come from RUNPOD_POD_ID: $out"
 }
 
+check_volume() {
+    # a volume a root container used before: root-owned model folders and partial downloads
+    "${B[@]}" run --isolation chroot --user root "$ctr" -- \
+        sh -c 'mkdir -p /home/worker/models/loras /home/worker/models/.comfy-worker/downloads && touch /home/worker/models/.comfy-worker/downloads/x.partial' \
+        || fail "could not prepare the root-owned volume"
+    local out
+    out=$(run "${GOOD[@]}" sh -c 'touch /home/worker/models/loras/new.safetensors && echo more >>/home/worker/models/.comfy-worker/downloads/x.partial && id -un' 2>/dev/null) \
+        || fail "the worker user cannot write the volume's model folders: $out"
+    [[ "$out" == worker ]] || fail "the command ran as '$out', not as worker"
+}
+
 check_version() {
     local out
     out=$(run "${GOOD[@]}" comfy-worker --version 2>/dev/null) || fail "comfy-worker --version failed"
@@ -235,6 +246,7 @@ check_sigterm() {
 }
 
 timed refusals check_refusals
+timed volume check_volume
 timed version check_version
 timed task check_task
 timed sigterm check_sigterm
