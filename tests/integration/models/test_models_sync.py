@@ -286,6 +286,7 @@ def test_two_syncs_on_one_volume_never_download_a_file_twice(server: ModelFileSe
     models = tmp_path / "models"
     started, release = server.hold("big.safetensors")
     first = _sync_process(manifest, models)
+    second: subprocess.Popen[str] | None = None
     try:
         assert started.wait(60), "the first sync never started downloading"
         second = _sync_process(manifest, models)
@@ -301,9 +302,10 @@ def test_two_syncs_on_one_volume_never_download_a_file_twice(server: ModelFileSe
         out2, err2 = second.communicate(timeout=120)
     finally:
         release.set()
-        for p in (first,):
-            if p.poll() is None:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
                 p.kill()
+                p.wait()
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert len(server.gets("/files/big.safetensors")) == 1, "the big file was downloaded once"
