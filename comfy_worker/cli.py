@@ -1,5 +1,5 @@
 """``comfy-worker`` / ``python -m comfy_worker``: the daemon (default), migrate, submit, status, cancel,
-prompt-runner, and the exploration suite (run, analyze, batch, contact-sheet, video-analyze).
+prompt-runner, models, and the exploration suite (run, analyze, batch, contact-sheet, video-analyze).
 The only module that picks concrete backends; start-up errors end here as one clear line."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from comfy_worker.models import NewTask, Task, TaskStatus
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
-COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "build")
+COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "build", "models")
 COMMANDS += EXPLORE_COMMANDS
 
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     if add_arguments is not None:
         add_arguments(pr)
     add_explore_parsers(sub)
+    from comfy_worker.models_manifest.cli import add_arguments as add_models_arguments
+
+    add_models_arguments(sub)
     return p
 
 
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for secret in (settings.supabase_service_role_key, settings.runpod_api_key, settings.database_url):
         register_secret(secret)
+    if args.command == "models":  # blocking downloads: no event loop, so Ctrl-C / SIGTERM stop them at once
+        from comfy_worker.models_manifest.cli import run as run_models
+
+        return run_models(args, settings)
     try:
         code = asyncio.run(_dispatch(args, settings))
         # The work is over (a worker has stopped in order and deregistered) and the event loop, with its signal

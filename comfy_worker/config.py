@@ -128,6 +128,10 @@ class Settings:
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
     runpod_api_url: str = "https://api.runpod.io/v2"
+    # model files (comfy-worker models check | sync; start-up report in the heartbeat)
+    models_dir: str = ""
+    models_manifest: str = ""
+    models_groups: tuple[str, ...] = ()
     # prompt runner
     dry_run: bool = False
     dry_run_temp_dir: str = ""
@@ -177,6 +181,15 @@ class Settings:
     def profiles_path(self) -> Path | None:
         """PROFILES_DIR resolved: where prompt_runner tasks may name profiles besides the shipped ones."""
         return Path(self.profiles_dir).expanduser().resolve() if self.profiles_dir else None
+
+    @property
+    def models_path(self) -> Path | None:
+        """Where the model folders (diffusion_models/, vae/, …) are: MODELS_DIR, else COMFY_PATH/models."""
+        if self.models_dir:
+            return Path(self.models_dir).expanduser()
+        if self.comfy_path:
+            return Path(self.comfy_path).expanduser() / "models"
+        return None
 
     @property
     def storage_backend(self) -> str:
@@ -234,6 +247,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "input_timeout_s": _number(float, 0.1),
     "input_url_allowlist": _csv,
     "allow_private_urls": _bool,
+    "models_groups": _csv,
     "dry_run": _bool,
 }
 

@@ -41,6 +41,7 @@ from comfy_worker.handlers.base import Handler, TaskContext
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.logs import get_logger, task_context
 from comfy_worker.models import Task, WorkerInfo, WorkerStatus
+from comfy_worker.models_manifest import startup_report
 from comfy_worker.pathsafe import path_key
 from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
@@ -108,6 +109,9 @@ class Daemon:
         await self.client.connect()
         self._engine_meta = await self._engine_metadata()
         await self.upkeep.start()
+        self._engine_meta.update(await asyncio.to_thread(startup_report, self.settings))  # models_missing, …
+        if self._engine_meta.get("models_missing"):
+            log.warning("models_missing", files=self._engine_meta["models_missing"], fix="comfy-worker models sync")
         await self.store.register_worker(
             WorkerInfo(
                 self.worker_id,

@@ -40,6 +40,10 @@ what the daemon does with one, and the tree answers both:
     │   └── InputUnavailable (Retryable)   network error or 5xx while downloading
     ├── DiskFull (Retryable)             a filesystem this worker writes is full or would cross
     │                                    MIN_FREE_DISK_GB: the task is released to run elsewhere
+    ├── ModelsError                      model files and docker/models.yaml (`comfy-worker models`)
+    │   ├── ManifestInvalid (Permanent)    the manifest cannot be read; names the entry and the field
+    │   ├── ModelDownloadFailed (Retryable) network error, 5xx or a cut mid-file (the next try resumes)
+    │   └── ModelRejected (Permanent)      sha256 or size mismatch, or the source refused (4xx)
     ├── TaskCancelled                    the task was cancelled by a user while we ran it
     └── ExploreError                     the exploration suite (run / analyze / batch / contact-sheet / video-analyze)
         ├── BatchConfigInvalid (Permanent) a batch config key is wrong; names the key and the fix
@@ -249,6 +253,25 @@ class InputUnavailable(InputError, Retryable):
 class DiskFull(Retryable):
     """No room: a write failed with ENOSPC, or an input's declared size would take a filesystem below
     MIN_FREE_DISK_GB. Not the task's fault: the daemon releases it (the attempt is not spent) to run elsewhere."""
+
+
+# --- model files (comfy_worker.models_manifest) -----------------------------------------------------------
+
+
+class ModelsError(ComfyWorkerError):
+    """A model file could not be checked or fetched."""
+
+
+class ManifestInvalid(ModelsError, Permanent):
+    """The model manifest cannot be read or has a bad entry; the message names the entry and the field."""
+
+
+class ModelDownloadFailed(ModelsError, Retryable):
+    """Network error, 5xx or a connection cut mid-file; the partial file is kept and the next try resumes."""
+
+
+class ModelRejected(ModelsError, Permanent):
+    """The source refused (4xx), or the file does not match its sha256 / size: it is not installed."""
 
 
 class TaskCancelled(ComfyWorkerError):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything comfy-worker and its tests need, on a fresh Debian machine or a developer's box:
 #   ffmpeg, sqlite3 and chromium (apt, when root and missing; chromium is the headless browser the contact-sheet
-#   tests drive), .venv with the package and its dev extras, and the CPU test ComfyUIs under .test-env
-#   (scripts/setup_test_comfyui.sh, then ComfyUI 0.3.64 for the Wan 2.2 graph tests:
-#   scripts/setup_test_comfyui_0364.sh; skip both with --no-comfyui).
+#   tests drive; as root also buildah and debootstrap for the image test), .venv with the package and its dev
+#   extras, and the CPU test ComfyUIs under .test-env (scripts/setup_test_comfyui.sh, then ComfyUI 0.3.64 for the
+#   Wan 2.2 graph tests: scripts/setup_test_comfyui_0364.sh; skip both with --no-comfyui).
 # Idempotent: re-running only does what is missing.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +16,10 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v chromium >/dev/null || need+=(chromium)
+if [[ $(id -u) -eq 0 ]]; then  # the image test (scripts/test_image.sh) builds docker/Dockerfile as root
+    command -v buildah >/dev/null || need+=(buildah)
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 if ((${#need[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         echo "install: apt-get install ${need[*]}"

@@ -161,7 +161,7 @@ def _check_value(
             hint = ", ".join(close) if close else "none"
             return (
                 f"{where}: model {value} is not installed; close matches: {hint}; "
-                f"{_where_models_go(class_type, name)}"
+                f"{_where_models_go(class_type, name)}; fetch it: comfy-worker models sync"
             )
         shown = ", ".join(str(a) for a in allowed[:12]) + (", …" if len(allowed) > 12 else "")
         return f"{where}: value {value!r} is not allowed; allowed: {shown}"

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Build docker/Dockerfile without a registry, GPU or GitHub, and run the image:
+#   1. a Debian bookworm base from debootstrap (cached under $IMAGE_TEST_DIR), imported with buildah;
+#   2. the image, built with buildah (chroot isolation) from that base with CUDA=0 CUSTOM_NODES=0, CPU torch
+#      (TORCH_SPEC) and ComfyUI 0.3.64 from ../shared/vendor/comfyui-0.3.64.tar.gz (no GitHub here);
+#   3. checks on the image, each through its real ENTRYPOINT: refusals for a bad environment (exit 2, one line
+#      per variable), `comfy-worker --version`, `comfy-worker migrate` + a `comfy` task on the embedded SQLite
+#      queue run by the worker against the image's own CPU ComfyUI, and SIGTERM → exit 0 after draining.
+# Needs root, buildah and debootstrap (scripts/install.sh installs them when root). Prints the time of every
+# phase; docs/benchmarks.md has the figures. Options: --keep (keep the image and storage for another run),
+# --only-checks (reuse the image built by a previous --keep run).
+# Env: IMAGE_TEST_DIR (default <repo>/.image-test), IMAGE_TEST_STORAGE_DRIVER (overlay, else vfs),
+#      TORCH_SPEC (default torch==2.14.1 torchvision==0.29.1), DEBIAN_MIRROR.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${IMAGE_TEST_DIR:-$REPO/.image-test}"
+VENDOR="${COMFYUI_TARBALL:-$REPO/../shared/vendor/comfyui-0.3.64.tar.gz}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+BASE=localhost/comfy-worker-test-base
+IMAGE=localhost/comfy-worker:image-test
+keep=0 only_checks=0
+for arg in "$@"; do
+    case "$arg" in
+        --keep) keep=1 ;;
+        --only-checks) only_checks=1 keep=1 ;;
+        *) echo "test_image: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+fail() { echo "test_image: FAIL: $*" >&2; exit 1; }
+step() { echo "test_image: $*"; }
+t0=$(date +%s)
+declare -A took
+timed() { # timed NAME command...
+    local name="$1" start; shift; start=$(date +%s)
+    "$@"
+    took[$name]=$(( $(date +%s) - start ))
+    step "$name: ${took[$name]} s"
+}
+
+[[ $(id -u) -eq 0 ]] || fail "needs root (buildah chroot builds and debootstrap); run it as root or in CI"
+for c in buildah debootstrap; do
+    command -v "$c" >/dev/null || fail "$c is not installed: apt-get install -y buildah debootstrap (scripts/install.sh does)"
+done
+[[ -f "$VENDOR" ]] || fail "no ComfyUI tarball at $VENDOR (set COMFYUI_TARBALL)"
+mkdir -p "$WORK"
+
+driver="${IMAGE_TEST_STORAGE_DRIVER:-}"
+if [[ -z "$driver" ]]; then
+    driver=vfs
+    probe="$WORK/overlay-probe"
+    mkdir -p "$probe"/{l,u,w,m}
+    if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" "$probe/m" 2>/dev/null; then
+        umount "$probe/m"; driver=overlay
+    fi
+    rm -rf "$probe"
+fi
+B=(buildah --root "$WORK/storage-$driver" --runroot "$WORK/run-$driver" --storage-driver "$driver")
+step "storage driver: $driver (vfs copies every layer in full; overlay does not)"
+
+ctr=""
+ctx=""
+cleanup() {
+    [[ -n "$ctr" ]] && "${B[@]}" rm "$ctr" >/dev/null 2>&1
+    [[ -n "$ctx" ]] && rm -rf "$ctx"
+    if ((keep == 0)); then
+        "${B[@]}" rmi -a -f >/dev/null 2>&1
+        rm -rf "$WORK/storage-$driver" "$WORK/run-$driver" 2>/dev/null
+    fi
+    return 0
+}
+trap cleanup EXIT
+
+# --- the pip configuration of this machine, carried into the build -----------------------------------------
+# (local wheel indexes, find-links, a TLS-intercepting proxy's CA): mounted read-only during RUN steps and set
+# as PIP_* variables of the test base image only.
+pip_env=() mounts=()
+while IFS='=' read -r key value; do
+    value="${value%\'}"; value="${value#\'}"
+    case "$key" in
+        global.extra-index-url|:env:.extra-index-url) pip_env+=("PIP_EXTRA_INDEX_URL=$value") ;;
+        global.find-links|:env:.find-links) pip_env+=("PIP_FIND_LINKS=$value") ;;
+        global.constraint) pip_env+=("PIP_CONSTRAINT=$value") ;;
+        global.cert|:env:.cert) pip_env+=("PIP_CERT=/etc/ssl/certs/ca-certificates.crt") ;;
+    esac
+    for word in $value; do
+        word="${word#file://}"
+        [[ "$word" == /* && -e "$word" && "$word" != /etc/ssl/* ]] || continue
+        dir="$word"; [[ -d "$dir" ]] || dir="$(dirname "$word")"
+        [[ "$dir" =~ ^(/opt/[^/]+) ]] && dir="${BASH_REMATCH[1]}"  # an index's pages link to ../files
+        [[ "$dir" == /opt/* || "$dir" == /etc/xdg/pip ]] && [[ " ${mounts[*]} " != *" $dir:$dir:ro "* ]] \
+            && mounts+=(-v "$dir:$dir:ro")
+    done
+done < <(python3 -m pip config list 2>/dev/null | sort -u)
+
+# --- 1. base image -------------------------------------------------------------------------------------------
+make_base() {
+    local root="$WORK/rootfs"
+    rm -rf "$root"
+    debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || fail "debootstrap failed (see $WORK/debootstrap.log)"
+    # this machine's extra CAs (a TLS-intercepting proxy), so pip in RUN steps can reach PyPI
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        mkdir -p "$root/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+    fi
+    local c; c=$("${B[@]}" from scratch)
+    "${B[@]}" copy "$c" "$root" / >/dev/null
+    for kv in "${pip_env[@]}"; do "${B[@]}" config --env "$kv" "$c"; done
+    "${B[@]}" commit -q "$c" "$BASE" >/dev/null
+    "${B[@]}" rm "$c" >/dev/null
+    rm -rf "$root"
+}
+
+# --- 2. the image --------------------------------------------------------------------------------------------
+build_image() {
+    ctx="$(mktemp -d)"
+    cp -r "$REPO"/{pyproject.toml,README.md,.dockerignore,comfy_worker,gpu_orchestrator,docker} "$ctx/"
+    cp "$VENDOR" "$ctx/docker/vendor/comfyui.tar.gz"
+    # overlay: keep each step as a layer (a rebuild after a code change reuses the rest); vfs would copy the
+    # whole root for every step, so there one working container is committed once
+    local layers=--layers=false
+    [[ "$driver" == overlay ]] && layers=--layers
+    "${B[@]}" bud --isolation chroot --format docker "$layers" -q \
+        --build-arg BASE_IMAGE="$BASE" --build-arg CUDA=0 --build-arg CUSTOM_NODES=0 \
+        --build-arg TORCH_SPEC="$TORCH_SPEC" "${mounts[@]}" \
+        -f "$ctx/docker/Dockerfile" -t "$IMAGE" "$ctx" >"$WORK/build.log" 2>&1 \
+        || { tail -40 "$WORK/build.log" >&2; fail "the image did not build (log: $WORK/build.log)"; }
+}
+
+if ((only_checks)); then
+    "${B[@]}" inspect "$IMAGE" >/dev/null 2>&1 || fail "no image from a previous --keep run; run without --only-checks"
+else
+    if "${B[@]}" inspect "$BASE" >/dev/null 2>&1; then step "base image: cached"; else timed base make_base; fi
+    timed build build_image
+    step "image size: $("${B[@]}" images --format '{{.Size}}' "$IMAGE")"
+fi
+
+# --- 3. run it -----------------------------------------------------------------------------------------------
+mapfile -t entry < <("${B[@]}" inspect --type image --format '{{range .OCIv1.Config.Entrypoint}}{{println .}}{{end}}' "$IMAGE" | sed '/^$/d')
+mapfile -t cmd < <("${B[@]}" inspect --type image --format '{{range .OCIv1.Config.Cmd}}{{println .}}{{end}}' "$IMAGE" | sed '/^$/d')
+[[ "${entry[*]}" == "/usr/bin/tini -g -- /opt/comfy-worker/entrypoint.sh" ]] || fail "unexpected ENTRYPOINT: ${entry[*]}"
+[[ "${cmd[*]}" == "python -m comfy_worker" ]] || fail "unexpected CMD: ${cmd[*]}"
+ctr=$("${B[@]}" from "$IMAGE")
+"${B[@]}" copy "$ctr" "$REPO/examples/hello_comfy.json" /home/worker/hello_comfy.json >/dev/null
+# runs the image's ENTRYPOINT with the given env (KEY=VALUE ...) and command (default: the CMD)
+run() {
+    local envs=() arg
+    while [[ $# -gt 0 && "$1" == *=* ]]; do envs+=(--env "$1"); shift; done
+    (($#)) || set -- "${cmd[@]}"
+    "${B[@]}" run --isolation chroot "${envs[@]}" "$ctr" -- "${entry[@]}" "$@"
+}
+# buildah's chroot isolation shares this machine's network: ComfyUI gets a free port, not 8188
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# (TINI_SUBREAPER: under buildah tini is not PID 1, as it is under docker and RunPod)
+GOOD=(TINI_SUBREAPER=1 WORKER_ID=image-test DATABASE_URL=sqlite:////home/worker/queue.db COMFY_ARGS=--cpu COMFY_PORT="$port"
+      MODELS_DIR=/home/worker/models LOG_FORMAT=json HEARTBEAT_INTERVAL=1 POLL_INTERVAL=0.5 SHUTDOWN_GRACE_S=10)
+
+check_refusals() {
+    local out code=0
+    out=$(run TINI_SUBREAPER=1 WORKER_ID= RUNPOD_POD_ID= DATABASE_URL=mysql://x MODELS_SYNC=maybe 2>&1) || code=$?
+    [[ $code -eq 2 ]] || fail "bad environment: expected exit 2, got $code: $out"
+    for var in WORKER_ID DATABASE_URL MODELS_SYNC; do
+        grep -q "entrypoint: ERROR: $var: " <<<"$out" || fail "no line for $var in: $out"
+    done
+    grep -q "3 problem(s)" <<<"$out" || fail "expected 3 problems in: $out"
+    out=$(run TINI_SUBREAPER=1 WORKER_ID=x SUPABASE_URL=https://p.supabase.co 2>&1) && fail "SUPABASE_URL without a key was accepted"
+    grep -q "SUPABASE_SERVICE_ROLE_KEY: not set, but SUPABASE_URL is" <<<"$out" || fail "unexpected: $out"
+    out=$(run TINI_SUBREAPER=1 RUNPOD_POD_ID=pod123 DATABASE_URL=sqlite:////tmp/q.db comfy-worker --version 2>&1) \
+        || fail "RUNPOD_POD_ID alone was refused: $out"
+    grep -q "starting runpod-pod123" <<<"$out" || fail "the worker id did not come from RUNPOD_POD_ID: $out"
+}
+
+check_volume() {
+    # a volume a root container used before: root-owned model folders and partial downloads
+    "${B[@]}" run --isolation chroot --user root "$ctr" -- \
+        sh -c 'mkdir -p /home/worker/models/loras /home/worker/models/.comfy-worker/downloads && touch /home/worker/models/.comfy-worker/downloads/x.partial' \
+        || fail "could not prepare the root-owned volume"
+    local out
+    out=$(run "${GOOD[@]}" sh -c 'touch /home/worker/models/loras/new.safetensors && echo more >>/home/worker/models/.comfy-worker/downloads/x.partial && id -un' 2>/dev/null) \
+        || fail "the worker user cannot write the volume's model folders: $out"
+    [[ "$out" == worker ]] || fail "the command ran as '$out', not as worker"
+}
+
+check_version() {
+    local out
+    out=$(run "${GOOD[@]}" comfy-worker --version 2>/dev/null) || fail "comfy-worker --version failed"
+    [[ "$out" == "$(cd "$REPO" && python3 -c 'import re; print(re.search(r"^__version__ = \"(.+)\"", open("comfy_worker/__init__.py").read(), re.M)[1])')" ]] \
+        || fail "comfy-worker --version printed '$out'"
+    step "comfy-worker --version: $out"
+}
+
+check_task() {
+    local out tid
+    run "${GOOD[@]}" comfy-worker migrate >/dev/null 2>&1 || fail "comfy-worker migrate failed"
+    tid=$(run "${GOOD[@]}" comfy-worker submit /home/worker/hello_comfy.json 2>/dev/null) || fail "submit failed"
+    run "${GOOD[@]}" python -m comfy_worker --exit-when-idle >"$WORK/worker.log" 2>&1 \
+        || { tail -30 "$WORK/worker.log" >&2; fail "the worker exited non-zero"; }
+    out=$(run "${GOOD[@]}" python -c "
+import json, sqlite3, sys
+row = sqlite3.connect('/home/worker/queue.db').execute(
+    'select status, error, result from tasks where task_id = ?', (sys.argv[1],)).fetchone()
+print(row[0], row[1] or '', json.loads(row[2] or '{}').get('outputs', [{}])[0].get('storage_path', ''))
+" "$tid" 2>/dev/null)
+    [[ "$out" == complete*"comfy/$tid/hello_comfy_"*.png ]] || { tail -30 "$WORK/worker.log" >&2; fail "task $tid: $out"; }
+    step "comfy task on the image's ComfyUI 0.3.64 (CPU): $out"
+}
+
+# the first process under $1 (by parent links in /proc) whose command is $2
+descendant_running() {
+    local todo=("$1") p c
+    while ((${#todo[@]})); do
+        p="${todo[0]}"; todo=("${todo[@]:1}")
+        while read -r -d ' ' c; do
+            if [[ "$(tr '\0' ' ' </proc/"$c"/cmdline 2>/dev/null)" == "$2 "* ]]; then echo "$c"; return 0; fi
+            todo+=("$c")
+        done < <(cat /proc/"$p"/task/*/children 2>/dev/null)
+    done
+    return 1
+}
+
+check_sigterm() {
+    local pid code=0 log="$WORK/sigterm.log" tini
+    run "${GOOD[@]}" python -c "import pathlib; p = pathlib.Path('/home/worker/models/vae'); p.mkdir(parents=True, exist_ok=True); (p / 'volume_test_vae.safetensors').write_bytes(b'')" \
+        || fail "could not place a model file on the test volume"
+    run "${GOOD[@]}" >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 240); do
+        grep -q '"worker_registered"' "$log" && break
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; fail "the worker died before registering"; }
+        sleep 0.5
+    done
+    grep -q '"worker_registered"' "$log" || fail "the worker did not register within 120 s"
+    # ComfyUI lists the model placed on the "volume" (the entrypoint's extra_model_paths.yaml)
+    curl -fsS "http://127.0.0.1:$port/object_info/VAELoader" | grep -q '"volume_test_vae.safetensors"' \
+        || fail "ComfyUI does not list MODELS_DIR/vae/volume_test_vae.safetensors"
+    # the worker's heartbeat metadata lists the manifest's files that are not on the volume
+    grep -q '"models_missing"' "$log" || fail "no models_missing warning at start"
+    tini=$(descendant_running "$pid" /usr/bin/tini) || fail "no tini process under the buildah run ($pid)"
+    kill -TERM "$tini"  # what `docker stop` / RunPod do: SIGTERM to PID 1 of the container
+    wait "$pid" || code=$?
+    [[ $code -eq 0 ]] || { tail -20 "$log" >&2; fail "SIGTERM: exit code $code, expected 0"; }
+    grep -q '"worker_stopped"' "$log" || fail "no worker_stopped after SIGTERM"
+    step "SIGTERM: the worker drained and exited 0"
+}
+
+timed refusals check_refusals
+timed volume check_volume
+timed version check_version
+timed task check_task
+timed sigterm check_sigterm
+step "all checks passed in $(( $(date +%s) - t0 )) s (base ${took[base]:-cached} s, build ${took[build]:-reused} s)"
