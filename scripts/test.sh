@@ -23,4 +23,14 @@ if [[ $code -eq 5 ]]; then
     echo "test: pytest collected no tests; that is a failure" >&2
     exit 1
 fi
-exit $code
+[[ $code -eq 0 ]] || exit $code
+
+# A whole run (no pytest arguments) as root also builds docker/Dockerfile on a debootstrapped Debian base and
+# runs the image (no registry, GPU or GitHub; 4-11 min, figures in docs/benchmarks.md). buildah's chroot builds
+# need root. SKIP_IMAGE_TEST=1 leaves it out.
+if [[ $# -eq 0 && $(id -u) -eq 0 && "${SKIP_IMAGE_TEST:-0}" != 1 ]]; then
+    bash scripts/test_image.sh || exit $?
+elif [[ $# -eq 0 ]]; then
+    echo "test: image test skipped (needs root, and SKIP_IMAGE_TEST unset)"
+fi
+exit 0
