@@ -20,6 +20,7 @@ from comfy_worker.errors import ComfyWorkerError, ConfigError, InputRejected, St
 from comfy_worker.explore.cli import EXPLORE_COMMANDS, add_explore_parsers
 from comfy_worker.logs import configure_logging, get_logger, register_secret
 from comfy_worker.models import NewTask, Task, TaskStatus
+from comfy_worker.pod import stop_own_pod
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
@@ -222,24 +223,8 @@ async def run_worker(
         raise
     code = await daemon.run()
     if terminate_pod and daemon.exit_reason in ("drained", "idle") and settings.runpod_pod_id:
-        await _stop_own_pod(settings)
+        await stop_own_pod(settings)
     return code
-
-
-async def _stop_own_pod(settings: Settings) -> None:
-    """Stop (not terminate, not restart) this pod once the worker drained: RunPod would otherwise restart
-    the container's CMD and the pod would keep billing."""
-    from gpu_orchestrator.errors import ProviderError
-    from gpu_orchestrator.runpod import RunPodClient
-
-    client = RunPodClient(settings.runpod_api_key, settings.runpod_api_url)
-    try:
-        await client.stop_pod(settings.runpod_pod_id)
-        log.info("pod_stopped", pod_id=settings.runpod_pod_id)
-    except ProviderError as exc:
-        log.error("pod_stop_failed", pod_id=settings.runpod_pod_id, error=str(exc))
-    finally:
-        await client.close()
 
 
 def parse_input_flag(flag: str) -> tuple[str, str, str]:

@@ -250,9 +250,9 @@ async def maybe_stop_pod(args: argparse.Namespace, settings: Any, ok: bool) -> N
     mode = getattr(args, "shutdown", None)
     if not settings.runpod_pod_id or mode == "never" or (mode is None and not ok):
         return
-    from comfy_worker.cli import _stop_own_pod
+    from comfy_worker.pod import stop_own_pod
 
-    await _stop_own_pod(settings)
+    await stop_own_pod(settings)
 
 
 def default_profile(spec: PromptSpec, args: argparse.Namespace) -> PromptSpec:
