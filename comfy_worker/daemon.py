@@ -76,6 +76,7 @@ class Inflight:
     engine: str
     runner: asyncio.Task[None] | None = None
     holds_slot: bool = True
+    on_gpu: bool = False  # granted the GPU: its job is (or is about to be) in the engine
 
 
 class Daemon:
@@ -340,7 +341,7 @@ class Daemon:
                     await engine.ensure_running()  # started on its first task; waits while it restarts
                     prepared = await handler.prepare(ctx)
                     log.info("task_prepared", prepare_s=round(time.monotonic() - t0, 3))
-                    executed = await self._on_gpu(handler, engine, ctx, prepared)
+                    executed = await self._on_gpu(entry, handler, engine, prepared)
                 finally:
                     self._give_back_slot(entry)
                 outcome = await handler.finish(ctx, executed)
@@ -361,13 +362,16 @@ class Daemon:
                     self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop
                 await self.upkeep.task_ended(ctx.engine, ctx.work_dir)
 
-    async def _on_gpu(self, handler: Any, engine: Engine, ctx: TaskContext, prepared: Any) -> Any:
+    async def _on_gpu(self, entry: Inflight, handler: Any, engine: Engine, prepared: Any) -> Any:
         """``submit`` + ``execute`` under the GPU grant of the task's engine (after a hand-over if needed)."""
+        ctx = entry.ctx
         waited = time.monotonic()
         async with self.host.arbiter.use(engine.name, model=self.host.model_for(ctx.task), cancel=ctx.cancel):
             waited = time.monotonic() - waited
             if waited >= 0.05:
                 log.info("gpu_granted", engine=engine.name, waited_s=round(waited, 3))
+            await engine.ensure_running()  # it may have died (and restarted) while this task waited
+            entry.on_gpu = True
             submit = getattr(handler, "submit", None)
             if submit is not None:
                 prepared = await submit(ctx, prepared)
@@ -443,10 +447,12 @@ class Daemon:
         entry.ctx.cancel.set()
 
     def _on_engine_exit(self, engine: str, returncode: int | None) -> None:
-        """An engine whose process died under its tasks (ComfyUI): interrupt every task of that engine."""
+        """An engine whose process died under its tasks (ComfyUI): interrupt the tasks whose job was in it. Tasks
+        still preparing or waiting for the GPU go on once it is back (their inputs are on disk, nothing of theirs
+        was in the engine)."""
         if self._stop.is_set():
             return
-        mine = [tid for tid, e in self._inflight.items() if e.engine == engine]
+        mine = [tid for tid, e in self._inflight.items() if e.engine == engine and e.on_gpu]
         log.error("engine_died", engine=engine, returncode=returncode, inflight=len(mine))
         for task_id in mine:
             self._abandon(task_id, "engine_died")

@@ -4,9 +4,10 @@ The daemon wraps each task's GPU stages (``submit`` + ``execute``) in ``async wi
 
 * **Same engine, many holders.** Tasks of the engine that holds the grant are granted at once, so ComfyUI's
   pipelining (task N+1 queued in ComfyUI while N runs) is unchanged.
-* **First come, first served.** Requests wait in arrival (claim) order; a request for the engine that holds the
-  grant does not jump a request for another engine that came first, so no task starves behind a stream of
-  tasks for the resident engine (the claim preference already bounds how long that stream can be).
+* **First come, first served.** Requests wait in the order they are made (a task asks once it is prepared, so
+  a task whose inputs are still downloading does not hold up one that is ready); a request for the engine that
+  holds the grant does not jump a request for another engine that came first, so no task starves behind a
+  stream of tasks for the resident engine (the claim preference already bounds how long that stream can be).
 * **The hand-over.** When the head request wants engine B and engine A is *resident* (it was granted since its
   last free, so it may hold models), the arbiter waits until A has no holder, then calls ``A.free_memory()``
   and waits until the memory is back before granting B. "Back" is read, in order of preference, from the

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from comfy_worker.daemon import Daemon
 from comfy_worker.models import NewTask, TaskStatus
 from comfy_worker.storage import LocalStorage
 from comfy_worker.store.postgres import PostgresStore
+from tests.comfy_server import comfy_args, comfy_test_paths, free_port
 from tests.integration.daemon import workflows as wf
 from tests.integration.daemon.conftest import FAST, Harness, wait_task
 from tests.integration.wan2gp.conftest import STANDIN
@@ -65,7 +68,9 @@ class RecordedHandler:
 
     async def prepare(self, ctx: Any) -> Any:
         self._rec.add("prepare", self.engine, ctx.task.task_id)
-        return await self._inner.prepare(ctx)
+        prepared = await self._inner.prepare(ctx)
+        self._rec.add("prepared", self.engine, ctx.task.task_id)
+        return prepared
 
     async def submit(self, ctx: Any, prepared: Any) -> Any:
         self._rec.add("gpu_start", self.engine, ctx.task.task_id)
@@ -286,3 +291,42 @@ def test_a_wan2gp_path_without_wan2gp_stops_the_worker_with_one_line(harness: Ha
     assert r.stderr.strip().splitlines()[-1] == (
         f"comfy-worker: error: WAN2GP_PATH: {empty} holds no Wan2GP (no wgp.py): point it at a Wan2GP checkout"
     )
+
+
+@pytest.mark.slow
+async def test_comfyui_dying_while_wan2gp_runs_costs_the_waiting_comfy_task_no_attempt(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A ComfyUI task prepared and waiting for the GPU had nothing in ComfyUI: when ComfyUI dies meanwhile it is
+    not failed; once granted it waits for the restarted ComfyUI and runs (one attempt)."""
+    python, tree = comfy_test_paths()
+    workdir = tmp_path / "comfy"
+    workdir.mkdir()
+    rec = Recorder()
+    daemon = await start(
+        harness, rec, tmp_path, "cw-launch", COMFY_URL="", COMFY_PATH=str(tree), COMFY_PYTHON=str(python),
+        COMFY_PORT=str(free_port()), COMFY_ARGS=shlex.join(comfy_args(workdir)), ENGINE_SWITCH_MAX_WAIT_S="0",
+    )
+    warm = await enqueue(harness, "comfy", {"workflow": wf.slow(0.1)})  # starts ComfyUI (lazily)
+    assert (await wait_task(harness.store, warm, timeout=120)).status is TaskStatus.COMPLETE
+    first_pid = daemon.supervisor.pid
+    assert first_pid is not None
+    slow_wan = await enqueue(harness, "t2v", wan("[standin:step_s=0.4] slow", num_inference_steps=12))
+
+    async def until(what: str, task_id: str) -> None:
+        for _ in range(1200):
+            if any(w == what and tid == task_id for _t, w, _e, tid in rec.log):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {what} for {task_id}: {rec.log}")
+
+    await until("gpu_start", slow_wan)  # Wan2GP holds the GPU
+    waiting = await enqueue(harness, "comfy", {"workflow": wf.slow(0.1)})
+    await until("prepared", waiting)  # prepared, waiting for the GPU: nothing of it is in ComfyUI
+    assert not any(w == "gpu_start" and tid == waiting for _t, w, _e, tid in rec.log)
+    os.kill(first_pid, signal.SIGKILL)
+    for tid in (slow_wan, waiting):
+        task = await wait_task(harness.store, tid, timeout=120)
+        assert task.status is TaskStatus.COMPLETE and task.attempts == 1, (tid, task.error)
+    assert daemon.supervisor.pid not in (None, first_pid) and daemon.supervisor.restarts >= 1
+    check_gpu_log(rec)

@@ -33,8 +33,8 @@ def test_every_wan2gp_and_engine_setting_is_named() -> None:
             assert f"`{var}`" in text or var in text, var
 
 
-def test_the_example_insert_is_a_valid_i2v_task() -> None:
-    insert = re.search(r"INSERT INTO tasks \(task_type, params\) VALUES \('(\w+)', '(\{.*\})'\);", section())
-    assert insert
-    job = parse_params(insert.group(1), json.loads(insert.group(2)))
+def test_the_example_params_are_a_valid_i2v_task() -> None:
+    example = re.search(r"An `(\w+)` task's params.*?```json\n(.*?)```", section(), re.S)
+    assert example
+    job = parse_params(example.group(1), json.loads(example.group(2)))
     assert job.model == "i2v" and job.settings["video_length"] == 81 and job.media[0].key == "image_start"
