@@ -27,7 +27,6 @@ import signal
 import socket
 import tempfile
 import time
-import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,14 +39,11 @@ from comfy_worker.engine.base import COMFYUI, Engine
 from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.engine_host import AUTO, EngineHost
 from comfy_worker.errors import (
-    ComfyWorkerError,
-    EngineStartupError,
-    ExecutionInterrupted,
     LeaseLost,
     StoreError,
     StoreUnavailable,
-    is_retryable,
 )
+from comfy_worker.failures import decide
 from comfy_worker.handlers.base import TaskContext
 from comfy_worker.handlers.registry import ENGINE_TITLES, Registry
 from comfy_worker.inputs import settings_fetcher
@@ -379,45 +375,31 @@ class Daemon:
 
     async def _settle_failure(self, entry: Inflight, exc: BaseException, elapsed: float) -> None:
         task, ctx = entry.task, entry.ctx
-        reason = ctx.cancel_reason[0] if ctx.cancel_reason else None
-        if isinstance(exc, LeaseLost) or reason in ("cancelled", "lost"):
-            log.info("task_abandoned", reason=reason or "lease_lost", error=str(exc))
+        engine = self.registry.engines[entry.engine]
+        outcome = decide(
+            exc,
+            ctx.cancel_reason[0] if ctx.cancel_reason else None,
+            engine_title=ENGINE_TITLES.get(entry.engine, entry.engine),
+            engine_log_tail=lambda: engine.log_tail(40),
+            disk_fault=self.upkeep.disk_fault,
+            elapsed_s=elapsed,
+        )
+        if outcome.action == "abandon":
+            log.info("task_abandoned", reason=outcome.reason, error=str(exc))
             return
-        if reason == "shutdown" or isinstance(exc, asyncio.CancelledError):
+        if outcome.action == "release":
+            if outcome.reason == "disk_full":
+                self.upkeep.note_disk_fault(outcome.message)
             await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
-            log.info("task_released", reason="shutdown")
+            level = log.info if outcome.reason == "shutdown" else log.warning
+            level("task_released", reason=outcome.reason, engine=entry.engine, error=outcome.message or None)
             return
-        if reason is None and isinstance(exc, EngineStartupError):  # not the task's fault either
-            await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
-            log.error("task_released", reason="engine_start_failed", engine=entry.engine, error=str(exc))
-            return
-        if reason is None and self.upkeep.disk_fault(exc):  # not the task's fault: let a worker with room run it
-            self.upkeep.note_disk_fault(str(exc))
-            await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
-            log.warning("task_released", reason="disk_full", error=str(exc))
-            return
-        if reason == "engine_died":
-            title = ENGINE_TITLES.get(entry.engine, entry.engine)
-            message = f"{title} died while running this task; it is being restarted and the task retried"
-            details: dict[str, Any] = {
-                "error_type": "EngineUnavailable",
-                "engine": entry.engine,
-                "log_tail": self.registry.engines[entry.engine].log_tail(40),
-            }
-            retryable = True
-        else:
-            message = str(exc) or type(exc).__name__
-            details = dict(getattr(exc, "details", {}) or {})
-            details["error_type"] = type(exc).__name__
-            if not isinstance(exc, ComfyWorkerError):
-                details["traceback"] = traceback.format_exception(exc)[-20:]
-                message = f"unexpected {type(exc).__name__}: {message}"
-            # an interrupt we did not ask for (someone pressed cancel in ComfyUI) is worth another try
-            retryable = is_retryable(exc) or isinstance(exc, ExecutionInterrupted)
-        details["elapsed_s"] = round(elapsed, 3)
-        log.warning("task_failed", error=message, error_type=details["error_type"], retryable=retryable)
+        details = {**outcome.details, "engine": entry.engine}
+        log.warning("task_failed", error=outcome.message, error_type=details["error_type"], retryable=outcome.retryable)
         await self._report(
-            lambda: self.store.fail(task.task_id, task.lease_token or "", message, jsonable(details), retryable),
+            lambda: self.store.fail(
+                task.task_id, task.lease_token or "", outcome.message, jsonable(details), outcome.retryable
+            ),
             "fail",
         )
 
