@@ -189,9 +189,12 @@ def build_handlers() -> dict[str, Any]:
         pass
     else:
         handlers["prompt_runner"] = PromptRunnerHandler()
-    from worker_wgp.handler import handlers as wan2gp_handlers
-
-    handlers.update(wan2gp_handlers())
+    try:
+        from worker_wgp.handler import handlers as wan2gp_handlers
+    except ImportError:  # an install without worker_wgp: no Wan2GP task types
+        pass
+    else:
+        handlers.update(wan2gp_handlers())
     return handlers
 
 
