@@ -34,10 +34,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comfy_worker.cli import build_handlers  # noqa: E402
+from comfy_worker.cli import build_registry  # noqa: E402
 from comfy_worker.config import load_settings  # noqa: E402
 from comfy_worker.daemon import Daemon  # noqa: E402
-from comfy_worker.engine import ComfyClient, ComfySupervisor  # noqa: E402
+from comfy_worker.engine import ComfyClient  # noqa: E402
 from comfy_worker.logs import configure_logging  # noqa: E402
 from comfy_worker.storage import LocalStorage  # noqa: E402
 from comfy_worker.store.postgres import PostgresStore  # noqa: E402
@@ -79,9 +79,8 @@ async def through_daemon(url: str, dsn: str, graphs: list[dict], storage_dir: Pa
         "DATABASE_URL": dsn, "COMFY_URL": url, "LOCAL_STORAGE_DIR": str(storage_dir), "PREFETCH": "1",
         "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
     })
-    supervisor = ComfySupervisor(settings)
-    daemon = Daemon(settings, store=PostgresStore(dsn), storage=LocalStorage(storage_dir), supervisor=supervisor,
-                    client=ComfyClient(supervisor.base_url), handlers=build_handlers(), worker_id="bench-worker")
+    daemon = Daemon(settings, store=PostgresStore(dsn), storage=LocalStorage(storage_dir),
+                    registry=build_registry(settings, worker_id="bench-worker"), worker_id="bench-worker")
     await daemon.start()
     runner = asyncio.create_task(daemon.run())
     conn = await asyncpg.connect(dsn)

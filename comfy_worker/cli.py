@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop this RunPod pod (RUNPOD_POD_ID) when the daemon exits after draining",
     )
     w.add_argument("--log-level")
+    w.add_argument(
+        "--engine",
+        action="append",
+        choices=("comfyui", "wan2gp"),
+        help="run only this engine's task types (repeatable; default: every configured engine); "
+        "python -m worker_wgp is --engine wan2gp",
+    )
 
     sub.add_parser("migrate", help="create or update the queue schema in DATABASE_URL (or the SQLite file)")
 
@@ -135,6 +142,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             worker_id=args.worker_id or settings.worker_id or default_worker_id(),
             exit_when_idle=args.exit_when_idle,
             terminate_pod=args.terminate_pod_on_exit,
+            only=tuple(args.engine or ()),
         )
     if args.command == "prompt-runner":
         from comfy_worker.handlers.prompt_runner.cli import run_cli
@@ -182,30 +190,63 @@ def build_handlers() -> dict[str, Any]:
         pass
     else:
         handlers["prompt_runner"] = PromptRunnerHandler()
+    try:
+        from worker_wgp.handler import handlers as wan2gp_handlers
+    except ImportError:  # an install without worker_wgp: no Wan2GP task types
+        pass
+    else:
+        handlers.update(wan2gp_handlers())
     return handlers
 
 
+def build_engines(settings: Settings, *, worker_id: str, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The engines these settings configure: ComfyUI with COMFY_PATH or COMFY_URL, Wan2GP with WAN2GP_PATH
+    (ConfigError naming WAN2GP_PATH when it holds no Wan2GP). ``only``: just these (``--engine``)."""
+    from comfy_worker.daemon import work_root
+    from comfy_worker.engine.comfyui import ComfyEngine
+
+    engines: dict[str, Any] = {}
+    if (settings.comfy_path or settings.comfy_url) and (not only or "comfyui" in only):
+        engines["comfyui"] = ComfyEngine.from_settings(settings, worker_id=worker_id)
+    if not only or "wan2gp" in only:
+        if "wan2gp" in only and not settings.wan2gp_path:
+            raise ConfigError("WAN2GP_PATH", "not set: the Wan2GP worker needs a Wan2GP checkout (with wgp.py)")
+        if settings.wan2gp_path:
+            from worker_wgp.engine import engine_from_settings
+
+            engines["wan2gp"] = engine_from_settings(settings, work_root(settings, worker_id) / "_wan2gp")
+    return engines
+
+
+def build_registry(settings: Settings, *, worker_id: str, only: tuple[str, ...] = ()) -> Any:
+    """Engines from settings, every handler, narrowed by TASK_TYPES (see comfy_worker.handlers.registry)."""
+    from comfy_worker.handlers.registry import build_registry as registry_of
+
+    return registry_of(build_engines(settings, worker_id=worker_id, only=only), build_handlers(), settings.task_types)
+
+
 async def run_worker(
-    settings: Settings, *, worker_id: str, exit_when_idle: bool = False, terminate_pod: bool = False
+    settings: Settings,
+    *,
+    worker_id: str,
+    exit_when_idle: bool = False,
+    terminate_pod: bool = False,
+    only: tuple[str, ...] = (),
 ) -> int:
     import structlog
 
     from comfy_worker.daemon import Daemon
-    from comfy_worker.engine import ComfyClient, ComfySupervisor
     from comfy_worker.storage import open_storage
 
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
+    registry = build_registry(settings, worker_id=worker_id, only=only)
     store = open_store(settings)
     storage = open_storage(settings)
-    supervisor = ComfySupervisor(settings)
-    client = ComfyClient(supervisor.base_url, client_id=f"{worker_id}-{uuid.uuid4().hex[:8]}")
     daemon = Daemon(
         settings,
         store=store,
         storage=storage,
-        supervisor=supervisor,
-        client=client,
-        handlers=build_handlers(),
+        registry=registry,
         worker_id=worker_id,
         exit_when_idle=exit_when_idle,
     )

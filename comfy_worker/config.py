@@ -124,6 +124,7 @@ class Settings:
     wan2gp_restart_max: int = 5
     wan2gp_lora_max_bytes: int = 2 * 1024**3
     engine_switch_max_wait_s: float = 300.0
+    engine_free_timeout_s: float = 60.0
     # orchestrator / RunPod
     runpod_api_key: str = ""
     runpod_pod_id: str = ""
@@ -238,6 +239,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "wan2gp_restart_max": _number(int, 0),
     "wan2gp_lora_max_bytes": _number(int, 1),
     "engine_switch_max_wait_s": _number(float, 0),
+    "engine_free_timeout_s": _number(float, 0.1),
     "keep_comfy_files": _bool,
     "min_free_disk_gb": _number(float, 0),
     "orphan_sweep_interval_s": _number(float, 1),

@@ -1,25 +1,33 @@
 """The worker daemon: owns time. Claiming, pipelining, heartbeats, recovery, cancellation, shutdown.
 
-Pipelining: up to ``1 + PREFETCH`` tasks hold a *GPU slot* at once. A slot is taken before claiming and given
-back when the task's ``execute`` stage ends, so while task N runs, task N+1 is claimed, its inputs fetched and
-uploaded, and its prompt queued in ComfyUI behind N (ComfyUI starts it the moment N ends); N's outputs upload
-(``finish``) while N+1 runs. Heartbeats extend every lease we hold and tell us which tasks to drop.
+One daemon serves every engine this worker has (ComfyUI, Wan2GP: :mod:`comfy_worker.engine_host`); each task
+type runs on its handler's engine, which the task finds in its context.
+
+Pipelining: up to ``1 + PREFETCH`` tasks hold a *slot* at once. A slot is taken before claiming and given
+back when the task's ``execute`` stage ends, so while task N runs, task N+1 is claimed and its inputs fetched
+(``prepare``, no GPU), and N's outputs upload (``finish``) while N+1 runs. A task's GPU stages (``submit`` +
+``execute``) run under the GPU grant of its engine (:mod:`comfy_worker.engine.arbiter`): with N's engine, at
+once (ComfyUI queues N+1 behind N and starts it the moment N ends); with another engine, once N's engine has
+freed its memory. Each claim carries a preference for the task types of the engine (and model) that will hold
+the GPU, bounded by ENGINE_SWITCH_MAX_WAIT_S. Heartbeats extend every lease we hold and tell us which tasks to
+drop.
 
 Shutdown (SIGTERM/SIGINT, a ``draining`` status, or ``--exit-when-idle``): stop claiming; release at once
 what has not started on the GPU; let running work finish within SHUTDOWN_GRACE_S, then interrupt and release
-it; deregister; stop ComfyUI. A second signal skips the grace period.
+it; deregister; stop the engines. A second signal skips the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import tempfile
 import time
-import traceback
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +35,17 @@ from typing import Any
 
 from comfy_worker import __version__
 from comfy_worker.config import Settings
-from comfy_worker.engine import ComfyClient, ComfySupervisor
+from comfy_worker.engine.base import COMFYUI, Engine
+from comfy_worker.engine.comfyui import ComfyEngine
+from comfy_worker.engine_host import AUTO, EngineHost
 from comfy_worker.errors import (
-    ComfyWorkerError,
-    EngineUnavailable,
-    ExecutionInterrupted,
     LeaseLost,
     StoreError,
     StoreUnavailable,
-    is_retryable,
 )
-from comfy_worker.handlers.base import Handler, TaskContext
+from comfy_worker.failures import decide
+from comfy_worker.handlers.base import TaskContext
+from comfy_worker.handlers.registry import ENGINE_TITLES, Registry
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.logs import get_logger, task_context
 from comfy_worker.models import Task, WorkerInfo, WorkerStatus
@@ -51,12 +59,20 @@ from comfy_worker.upkeep import Upkeep
 log = get_logger(__name__)
 
 
+def work_root(settings: Settings, worker_id: str) -> Path:
+    """This worker's scratch folder (WORK_DIR, else the system temp dir, then ``comfy-worker/<worker id>``)."""
+    # "comfy-worker", not "comfy_worker": a directory named like the package would shadow it for scripts run in /tmp
+    return Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy-worker") / worker_id
+
+
 @dataclass
 class Inflight:
     task: Task
     ctx: TaskContext
+    engine: str
     runner: asyncio.Task[None] | None = None
     holds_slot: bool = True
+    on_gpu: bool = False  # granted the GPU: its job is (or is about to be) in the engine
 
 
 class Daemon:
@@ -66,35 +82,60 @@ class Daemon:
         *,
         store: TaskStore,
         storage: Storage,
-        supervisor: ComfySupervisor,
-        client: ComfyClient,
-        handlers: dict[str, Handler],
+        registry: Registry,
         worker_id: str,
         exit_when_idle: bool = False,
+        gpu_probe: Any = AUTO,
     ) -> None:
+        """``registry``: task types → handlers → engines (cli.build_registry; TASK_TYPES already applied).
+        ``gpu_probe``: how the GPU's used memory is read at engine switches (default: NVML / nvidia-smi when
+        present; tests inject one)."""
         self.settings = settings
-        self.store, self.storage, self.supervisor, self.client = store, storage, supervisor, client
-        self.handlers = handlers
+        self.store, self.storage = store, storage
+        self.registry = registry
+        self.handlers = registry.handlers
+        self.host = EngineHost(settings, registry, probe=gpu_probe)
         self.worker_id = worker_id
         self.exit_when_idle = exit_when_idle
-        self.task_types = list(settings.task_types) or sorted(handlers)
-        # "comfy-worker", not "comfy_worker": a directory named like the package would shadow it for scripts run in /tmp
-        self.work_root = Path(settings.work_dir or Path(tempfile.gettempdir()) / "comfy-worker") / worker_id
+        self.task_types = registry.task_types
+        self.work_root = work_root(settings, worker_id)
+        comfy = registry.engines.get(COMFYUI)
         # the disk floor, each task's cleanup, orphan sweeps (never of what runs here)
-        self.upkeep = Upkeep(settings, client=client, work_root=self.work_root, active=lambda: set(self._inflight))
+        self.upkeep = Upkeep(
+            settings,
+            comfy=comfy if isinstance(comfy, ComfyEngine) else None,
+            work_root=self.work_root,
+            active=lambda: set(self._inflight),
+            engine_dirs=self.host.files_dirs(),
+        )
         self.fetch = settings_fetcher(settings, room=self.upkeep.room_for_input)
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second signal: skip the grace period
         self._draining = False
-        self._engine_meta: dict[str, Any] = {}
+        self._models_report: dict[str, Any] = {}
+        self._ending: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.exit_reason = ""
+        for engine in registry.engines.values():
+            if hasattr(engine, "on_exit"):  # ComfyUI: its prompts' waits must be interrupted when it dies
+                engine.on_exit = functools.partial(self._on_engine_exit, engine.name)
+
+    @property
+    def supervisor(self) -> Any:
+        """The ComfyUI engine's supervisor (None without ComfyUI)."""
+        return getattr(self.host.comfy, "supervisor", None)
+
+    @property
+    def client(self) -> Any:
+        """The ComfyUI engine's shared client (None without ComfyUI)."""
+        return getattr(self.host.comfy, "client", None)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
+        self.host.configure()
         self.upkeep.configure()
         await self.store.connect()
         if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
@@ -104,14 +145,11 @@ class Daemon:
         else:
             await self.store.check_schema()  # SchemaMissing says how to apply sql/
         await self.storage.check()
-        self.supervisor.on_exit = self._on_engine_exit
-        await self.supervisor.start()
-        await self.client.connect()
-        self._engine_meta = await self._engine_metadata()
+        await self.host.start()  # a one-engine worker starts it now; several start on their first task
         await self.upkeep.start()
-        self._engine_meta.update(await asyncio.to_thread(startup_report, self.settings))  # models_missing, …
-        if self._engine_meta.get("models_missing"):
-            log.warning("models_missing", files=self._engine_meta["models_missing"], fix="comfy-worker models sync")
+        self._models_report = await asyncio.to_thread(startup_report, self.settings)  # models_missing, …
+        if self._models_report.get("models_missing"):
+            log.warning("models_missing", files=self._models_report["models_missing"], fix="comfy-worker models sync")
         await self.store.register_worker(
             WorkerInfo(
                 self.worker_id,
@@ -119,16 +157,21 @@ class Daemon:
                 os.getpid(),
                 __version__,
                 tuple(self.task_types),
-                {**self._engine_meta, "healthy": True, **await self.upkeep.metadata()},
+                await self._metadata(),
             )
         )
         log.info(
             "worker_registered",
             task_types=self.task_types,
             prefetch=self.settings.prefetch,
-            comfy_url=self.supervisor.base_url,
-            **self._engine_meta,
+            engines={name: e.health().get("state") for name, e in self.registry.engines.items()},
+            comfy_url=getattr(self.supervisor, "base_url", None),
+            gpu_probe=self.host.arbiter.health()["memory_probe"],
         )
+
+    async def _metadata(self) -> dict[str, Any]:
+        return {**self._models_report, **self.host.metadata(), "inflight": len(self._inflight),
+                **await self.upkeep.metadata()}
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code (0 for every orderly stop)."""
@@ -177,12 +220,17 @@ class Daemon:
                 return
             handed_over = False
             try:
-                if not await self._engine_ready():
+                types = await self._claimable_types()
+                if not types:
                     continue
                 try:
                     claimable = await self._until_stop(self.upkeep.may_claim())  # the disk floor
+                    # affinity: prefer what runs on the engine (and model) the GPU will hold after what is in flight
+                    preference = self.host.preference([e.task for e in self._inflight.values()])
                     tasks = (
-                        await self.store.claim(self.worker_id, self.task_types, 1, self.settings.lease_seconds)
+                        await self.store.claim(
+                            self.worker_id, types, 1, self.settings.lease_seconds, preference=preference
+                        )
                         if claimable
                         else []
                     )
@@ -214,15 +262,18 @@ class Daemon:
             return False
         return not any(q["queued"] or q["running"] for q in snap["queue"] if q["task_type"] in self.task_types)
 
-    async def _engine_ready(self) -> bool:
-        """Wait (bounded) until ComfyUI is up; claiming while it restarts would only fail the task."""
-        if self.supervisor.healthy:
-            return True
-        log.info("waiting_for_comfyui")
+    async def _claimable_types(self) -> list[str]:
+        """The task types whose engine can take tasks now; when none can (every engine restarting or given
+        up), wait (bounded) for one: claiming while an engine restarts would only fail the task."""
+        types = self.host.claimable_types()
+        if types:
+            return types
+        log.info("waiting_for_engines", engines={n: e.health().get("state") for n, e in self.registry.engines.items()})
         deadline = time.monotonic() + self.settings.poll_interval * 5
-        while not self.supervisor.healthy and not self._stop.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 - no event for "became healthy"
+        while not types and not self._stop.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        return self.supervisor.healthy
+            types = self.host.claimable_types()
+        return types
 
     async def _until_stop(self, aw: Any) -> Any:
         """Await ``aw`` unless a stop is requested first (then cancel it and return None)."""
@@ -249,10 +300,15 @@ class Daemon:
             await self.store.update_progress(task.task_id, task.lease_token or "", None, state)
 
         cancel = asyncio.Event()
+        engine = self.registry.engine_for(task.task_type)
+
+        def gpu_grant() -> contextlib.AbstractAsyncContextManager[None]:  # GPU work outside execute (a re-run)
+            return self.host.arbiter.use(engine.name, cancel=cancel)
+
         ctx = TaskContext(
             task=task,
             settings=self.settings,
-            client=self.upkeep.task_client(task, cancel),  # the shared client, scoped to this task's files
+            engine=engine.scope(task, cancel, guard=gpu_grant),  # ComfyUI: the shared client, scoped to this task
             storage=self.storage,
             fetch=self.fetch,
             work_dir=work_dir,
@@ -260,7 +316,7 @@ class Daemon:
             checkpoint=checkpoint,
             cancel=cancel,
         )
-        entry = Inflight(task, ctx)
+        entry = Inflight(task, ctx, engine.name)
         self._inflight[task.task_id] = entry
         entry.runner = asyncio.create_task(self._run_task(entry, reporter), name=f"task-{task.task_id}")
 
@@ -276,10 +332,12 @@ class Daemon:
             log.info("task_claimed", priority=task.priority, max_attempts=task.max_attempts)
             try:
                 handler = self.handlers[task.task_type]
+                engine = self.registry.engine_for(task.task_type)
                 try:
+                    await engine.ensure_running()  # started on its first task; waits while it restarts
                     prepared = await handler.prepare(ctx)
                     log.info("task_prepared", prepare_s=round(time.monotonic() - t0, 3))
-                    executed = await handler.execute(ctx, prepared)
+                    executed = await self._on_gpu(entry, handler, engine, prepared)
                 finally:
                     self._give_back_slot(entry)
                 outcome = await handler.finish(ctx, executed)
@@ -295,43 +353,53 @@ class Daemon:
             finally:
                 self._give_back_slot(entry)
                 self._inflight.pop(task.task_id, None)
-                await self.upkeep.task_ended(ctx.client, ctx.work_dir)
+                ending = asyncio.current_task()
+                if ending is not None:
+                    self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop
+                await self.upkeep.task_ended(ctx.engine, ctx.work_dir)
+
+    async def _on_gpu(self, entry: Inflight, handler: Any, engine: Engine, prepared: Any) -> Any:
+        """``submit`` + ``execute`` under the GPU grant of the task's engine (after a hand-over if needed)."""
+        ctx = entry.ctx
+        waited = time.monotonic()
+        async with self.host.arbiter.use(engine.name, model=self.host.model_for(ctx.task), cancel=ctx.cancel):
+            waited = time.monotonic() - waited
+            if waited >= 0.05:
+                log.info("gpu_granted", engine=engine.name, waited_s=round(waited, 3))
+            await engine.ensure_running()  # it may have died (and restarted) while this task waited
+            entry.on_gpu = True
+            submit = getattr(handler, "submit", None)
+            if submit is not None:
+                prepared = await submit(ctx, prepared)
+            return await handler.execute(ctx, prepared)
 
     async def _settle_failure(self, entry: Inflight, exc: BaseException, elapsed: float) -> None:
         task, ctx = entry.task, entry.ctx
-        reason = ctx.cancel_reason[0] if ctx.cancel_reason else None
-        if isinstance(exc, LeaseLost) or reason in ("cancelled", "lost"):
-            log.info("task_abandoned", reason=reason or "lease_lost", error=str(exc))
+        engine = self.registry.engines[entry.engine]
+        outcome = decide(
+            exc,
+            ctx.cancel_reason[0] if ctx.cancel_reason else None,
+            engine_title=ENGINE_TITLES.get(entry.engine, entry.engine),
+            engine_log_tail=lambda: engine.log_tail(40),
+            disk_fault=self.upkeep.disk_fault,
+            elapsed_s=elapsed,
+        )
+        if outcome.action == "abandon":
+            log.info("task_abandoned", reason=outcome.reason, error=str(exc))
             return
-        if reason == "shutdown" or isinstance(exc, asyncio.CancelledError):
+        if outcome.action == "release":
+            if outcome.reason == "disk_full":
+                self.upkeep.note_disk_fault(outcome.message)
             await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
-            log.info("task_released", reason="shutdown")
+            level = log.info if outcome.reason == "shutdown" else log.warning
+            level("task_released", reason=outcome.reason, engine=entry.engine, error=outcome.message or None)
             return
-        if reason is None and self.upkeep.disk_fault(exc):  # not the task's fault: let a worker with room run it
-            self.upkeep.note_disk_fault(str(exc))
-            await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
-            log.warning("task_released", reason="disk_full", error=str(exc))
-            return
-        if reason == "engine_died":
-            message = "ComfyUI died while running this task; it is being restarted and the task retried"
-            details: dict[str, Any] = {
-                "error_type": "EngineUnavailable",
-                "log_tail": self.supervisor.log_tail(40),
-            }
-            retryable = True
-        else:
-            message = str(exc) or type(exc).__name__
-            details = dict(getattr(exc, "details", {}) or {})
-            details["error_type"] = type(exc).__name__
-            if not isinstance(exc, ComfyWorkerError):
-                details["traceback"] = traceback.format_exception(exc)[-20:]
-                message = f"unexpected {type(exc).__name__}: {message}"
-            # an interrupt we did not ask for (someone pressed cancel in ComfyUI) is worth another try
-            retryable = is_retryable(exc) or isinstance(exc, ExecutionInterrupted)
-        details["elapsed_s"] = round(elapsed, 3)
-        log.warning("task_failed", error=message, error_type=details["error_type"], retryable=retryable)
+        details = {**outcome.details, "engine": entry.engine}
+        log.warning("task_failed", error=outcome.message, error_type=details["error_type"], retryable=outcome.retryable)
         await self._report(
-            lambda: self.store.fail(task.task_id, task.lease_token or "", message, jsonable(details), retryable),
+            lambda: self.store.fail(
+                task.task_id, task.lease_token or "", outcome.message, jsonable(details), outcome.retryable
+            ),
             "fail",
         )
 
@@ -360,12 +428,15 @@ class Daemon:
         entry.ctx.cancel_reason.append(reason)
         entry.ctx.cancel.set()
 
-    def _on_engine_exit(self, returncode: int | None) -> None:
+    def _on_engine_exit(self, engine: str, returncode: int | None) -> None:
+        """An engine whose process died under its tasks (ComfyUI): interrupt the tasks whose job was in it. Tasks
+        still preparing or waiting for the GPU go on once it is back (their inputs are on disk, nothing of theirs
+        was in the engine)."""
         if self._stop.is_set():
             return
-        log.error("comfyui_died", returncode=returncode, inflight=len(self._inflight))
-        self.client.invalidate_object_info()  # the restarted server may have other nodes or models
-        for task_id in list(self._inflight):
+        mine = [tid for tid, e in self._inflight.items() if e.engine == engine and e.on_gpu]
+        log.error("engine_died", engine=engine, returncode=returncode, inflight=len(mine))
+        for task_id in mine:
             self._abandon(task_id, "engine_died")
 
     # --- background loops -----------------------------------------------------------------------------------
@@ -373,13 +444,7 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            meta = {
-                **self._engine_meta,
-                "healthy": self.supervisor.healthy,
-                "comfy_restarts": self.supervisor.restarts,
-                "inflight": len(self._inflight),
-                **await self.upkeep.metadata(),
-            }
+            meta = await self._metadata()
             try:
                 reply = await self.store.heartbeat(
                     self.worker_id, self.settings.lease_seconds, meta, list(self._inflight)
@@ -436,6 +501,8 @@ class Daemon:
                 r.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self._ending:  # finished tasks still removing their files (ComfyUI must be up for that)
+            await asyncio.wait(set(self._ending), timeout=15)
         try:
             await self.store.deregister_worker(self.worker_id)
             log.info("worker_deregistered")
@@ -443,30 +510,8 @@ class Daemon:
             log.warning("deregister_failed", error=str(exc))
 
     async def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
-        with contextlib.suppress(Exception):
-            await self.supervisor.stop(self.settings.shutdown_grace_s)
+        await self.host.stop(self.settings.shutdown_grace_s)
         with contextlib.suppress(Exception):
             await self.storage.aclose()
         with contextlib.suppress(Exception):
             await self.store.close()
-
-    async def _engine_metadata(self) -> dict[str, Any]:
-        try:
-            stats = await self.client.system_stats()
-        except EngineUnavailable:
-            return {}
-        system = stats.get("system") or {}
-        devices = stats.get("devices") or [{}]
-        dev = devices[0] if devices else {}
-        return {
-            k: v
-            for k, v in {
-                "gpu": dev.get("name"),
-                "vram_total": dev.get("vram_total"),
-                "comfyui_version": system.get("comfyui_version"),
-                "python": system.get("python_version", "")[:20],
-            }.items()
-            if v
-        }

@@ -7,6 +7,7 @@ A last processor masks anything that looks like a secret, whatever a caller pass
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -100,6 +101,18 @@ def task_context(task_id: str, task_type: str, **extra: Any) -> Iterator[None]:
     """Bind task_id / task_type (and extras) to every log line emitted inside, in this coroutine only."""
     with structlog.contextvars.bound_contextvars(task_id=task_id, task_type=task_type, **extra):
         yield
+
+
+TASK_KEYS = ("task_id", "task_type", "attempt")
+
+
+def background_context() -> contextvars.Context:
+    """A copy of the current context without a task's keys, for background work a task happens to start (an
+    engine launched lazily by its first task, a VRAM hand-over): ``asyncio.create_task(coro,
+    context=background_context())``, so its log lines do not name that task."""
+    ctx = contextvars.copy_context()
+    ctx.run(structlog.contextvars.unbind_contextvars, *TASK_KEYS)
+    return ctx
 
 
 if not structlog.is_configured():

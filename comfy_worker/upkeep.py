@@ -8,13 +8,16 @@ The daemon calls this module at a handful of points and knows nothing of its rul
 * ``may_claim()`` before each claim — False (after a pause) while a filesystem the worker writes is below
   MIN_FREE_DISK_GB, or while it backs off after a task met a full disk; it logs each change of state and the
   heartbeat carries the reason to the worker row;
-* ``task_client()`` / ``task_ended()`` — each task's ComfyUI scope, and its cleanup once its end is recorded;
+* ``task_ended()`` — a task's cleanup once its end is recorded (its work dir; with ComfyUI, what its
+  :class:`~comfy_worker.engine.scoped.TaskClient` left there);
 * ``disk_fault()`` / ``note_disk_fault()`` — a failure that was the disk's doing releases the task instead;
 * ``metadata()`` — free space and folder sizes for each heartbeat;
 * ``sweep_loop()`` — every ORPHAN_SWEEP_INTERVAL_S.
 
 The disk floor is engine-agnostic (:mod:`comfy_worker.diskspace`); what ComfyUI leaves behind is ComfyUI's
-business (:mod:`comfy_worker.engine.housekeeping`).
+business (:mod:`comfy_worker.engine.housekeeping`; the housekeeper comes from the ComfyUI engine, when this worker
+has one). Folders other engines write into (``engine_dirs``, e.g. Wan2GP's output folder under the work root,
+named with a leading ``_``, which no task's work dir has) are swept of files untouched for TASK_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -36,11 +39,10 @@ from comfy_worker.diskspace import (
     remove_stale_children,
     tree_bytes,
 )
-from comfy_worker.engine import ComfyClient
-from comfy_worker.engine.housekeeping import ComfyHousekeeper, comfy_folders
+from comfy_worker.engine.comfyui import ComfyEngine
+from comfy_worker.engine.housekeeping import ComfyHousekeeper
 from comfy_worker.engine.scoped import TaskClient
 from comfy_worker.logs import get_logger
-from comfy_worker.models import Task
 from comfy_worker.pathsafe import path_key
 
 log = get_logger(__name__)
@@ -54,16 +56,19 @@ class Upkeep:
         self,
         settings: Settings,
         *,
-        client: ComfyClient,
+        comfy: ComfyEngine | None,
         work_root: Path,
         active: Callable[[], set[str]] = set,
         free_fn: FreeFn | None = None,
+        engine_dirs: tuple[Path, ...] = (),
     ) -> None:
-        """``active()``: the ids of the tasks this worker runs now (their files are never swept)."""
+        """``active()``: the ids of the tasks this worker runs now (their files are never swept). ``comfy``:
+        this worker's ComfyUI engine (its housekeeper), None without one."""
         self.settings = settings
         self.active = active
         self.work_root = work_root
-        self.client = client
+        self.comfy_engine = comfy
+        self.engine_dirs = engine_dirs
         self.keep = settings.keep_comfy_files
         self.comfy: ComfyHousekeeper | None = None
         self.disk = DiskFloor([work_root], int(settings.min_free_disk_gb * GB), free_fn)
@@ -80,9 +85,8 @@ class Upkeep:
 
     def configure(self) -> None:
         """Resolve ComfyUI's folders and the filesystems the floor watches; ConfigError names a bad variable."""
-        folders = comfy_folders(self.settings)
-        self.comfy = ComfyHousekeeper(self.client, folders, keep=self.keep)
-        paths = [self.work_root, *folders.known]
+        self.comfy = self.comfy_engine.housekeeper() if self.comfy_engine is not None else None
+        paths = [self.work_root, *(self.comfy.folders.known if self.comfy is not None else [])]
         if self.settings.storage_backend == "local":
             paths.append(Path(self.settings.local_storage_dir))
         self.disk.paths = list(dict.fromkeys(p.absolute() for p in paths))
@@ -90,8 +94,7 @@ class Upkeep:
     async def start(self) -> None:
         if self.comfy is None:
             self.configure()
-        assert self.comfy is not None
-        if not self.comfy.folders.known and not self.keep:
+        if self.comfy is not None and not self.comfy.folders.known and not self.keep:
             log.warning(
                 "comfy_folders_unknown",
                 hint="set COMFY_INPUT_DIR and COMFY_OUTPUT_DIR (and COMFY_TEMP_DIR) to ComfyUI's folders as this "
@@ -99,7 +102,7 @@ class Upkeep:
             )
         log.info(
             "upkeep_configured",
-            comfy_folders=self.comfy.describe(),
+            comfy_folders=self.comfy.describe() if self.comfy is not None else None,
             keep_comfy_files=self.keep,
             min_free_disk_gb=self.settings.min_free_disk_gb,
             disk_paths=[str(p) for p in self.disk.paths],
@@ -155,16 +158,6 @@ class Upkeep:
 
     # --- tasks ----------------------------------------------------------------------------------------------
 
-    def task_client(self, task: Task, cancel: asyncio.Event) -> TaskClient:
-        return TaskClient(
-            self.client,
-            task.task_id,
-            task.attempts,
-            cancel=cancel,
-            deadline_s=float(task.params.get("timeout_s") or self.settings.task_timeout_s),
-            stall_s=float(task.params.get("stall_timeout_s") or self.settings.stall_timeout_s),
-        )
-
     async def task_ended(self, scope: Any, work_dir: Path) -> None:
         """Remove the task's work dir and what it left in ComfyUI (nothing with KEEP_COMFY_FILES)."""
         if self.keep:
@@ -201,7 +194,12 @@ class Upkeep:
 
         def run() -> Removed:
             keys = {path_key(t) for t in active}  # work dirs are named <path_key(task id)>-<attempt>
-            removed = remove_stale_children(self.work_root, lambda n: n.rsplit("-", 1)[0] in keys, older, now)
+            # engine folders ("_wan2gp") are kept; their stale files are swept below
+            removed = remove_stale_children(
+                self.work_root, lambda n: n.startswith("_") or n.rsplit("-", 1)[0] in keys, older, now
+            )
+            for folder in self.engine_dirs:
+                removed += remove_stale_children(folder, lambda _n: False, older, now)
             if self.comfy is not None:
                 removed += self.comfy.sweep(active, older, now)
             return removed

@@ -116,7 +116,7 @@ make_base() {
 # --- 2. the image --------------------------------------------------------------------------------------------
 build_image() {
     ctx="$(mktemp -d)"
-    cp -r "$REPO"/{pyproject.toml,README.md,.dockerignore,comfy_worker,gpu_orchestrator,docker} "$ctx/"
+    cp -r "$REPO"/{pyproject.toml,README.md,.dockerignore,comfy_worker,gpu_orchestrator,worker_wgp,docker} "$ctx/"
     cp "$VENDOR" "$ctx/docker/vendor/comfyui.tar.gz"
     # overlay: keep each step as a layer (a rebuild after a code change reuses the rest); vfs would copy the
     # whole root for every step, so there one working container is committed once

@@ -14,14 +14,21 @@
 * **Errors** (:func:`error_for`): ``oom`` → :class:`EngineOutOfMemory` (retryable, see its docstring),
   ``invalid`` → :class:`EngineRejected` (permanent), ``failed`` → :class:`ExecutionFailed` (permanent),
   ``unavailable`` → :class:`EngineUnavailable`, ``cancelled`` → :class:`ExecutionInterrupted`.
+* **As an engine of the daemon** (:class:`comfy_worker.engine.base.Engine`): ``accepting`` is False while the
+  child restarts after a crash or once it gave up; ``gpu_bytes`` is what torch reserves in the child (None
+  without a GPU); ``free_memory`` is the ``free`` request; a task's view (``scope``) is the engine itself:
+  ``submit`` (start the child if needed, keep the request), ``follow`` (the generation, with progress and the
+  task's deadline), ``outputs`` (the files moved out of Wan2GP's folder, hashed, as output items).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.config import SECRET_FIELDS, Settings
+from comfy_worker.engine.base import WAN2GP, GpuGuard
+from comfy_worker.engine.outputs import OutputItem, content_type_of, kind_of
 from comfy_worker.errors import (
     ComfyWorkerError,
     EngineError,
@@ -39,8 +48,10 @@ from comfy_worker.errors import (
     EngineUnavailable,
     ExecutionFailed,
     ExecutionInterrupted,
+    ExecutionTimeout,
 )
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
+from comfy_worker.models import Task
 from worker_wgp import protocol as p
 from worker_wgp.process import ChildProcess
 from worker_wgp.settings import WanEngineConfig, check_wan2gp_path
@@ -86,7 +97,7 @@ def error_for(event: p.Error, *, task: str = "") -> ComfyWorkerError:
 class WanEngine:
     """The parent side of the Wan2GP child. Async, one instance per worker."""
 
-    name = "wan2gp"
+    name = WAN2GP
 
     def __init__(self, config: WanEngineConfig) -> None:
         self.config = config
@@ -109,6 +120,9 @@ class WanEngine:
         self._last_error = ""
         self._ready_at = 0.0
         self._stopping = False
+        self._crashed = False  # exited unexpectedly and not back yet
+        self._launched = False
+        self._current: tuple[str, asyncio.Future[p.Event]] | None = None  # the running generation
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -127,13 +141,36 @@ class WanEngine:
     def log_tail(self, lines: int = 50) -> str:
         return "\n".join(list(self.tail)[-lines:])
 
+    @property
+    def started(self) -> bool:
+        return self._launched
+
+    @property
+    def accepting(self) -> bool:
+        """Tasks may be claimed for it: not started yet (it starts on its first task) or running; not while it
+        restarts after a crash, and not once it gave up (WAN2GP_RESTART_MAX)."""
+        return self.state != "failed" and not self._crashed and not self._stopping
+
+    @property
+    def files_dir(self) -> Path:
+        return self.config.output_dir
+
+    def current_model(self) -> str | None:
+        return self.loaded_model
+
     def health(self) -> dict[str, Any]:
         """What the worker row shows for this engine."""
-        return {
+        out = {
             "engine": self.name, "state": self.state, "healthy": self.running, "busy": self.busy,
             "model": self.loaded_model, "version": self.version, "pid": self.pid, "restarts": self.restarts,
             "memory": asdict(self.memory),
         }
+        if self.state == "failed" and self._last_error:
+            out["error"] = self._last_error[:500]
+        return out
+
+    def configure(self) -> None:
+        """Nothing to check: WanEngineConfig.from_settings checked WAN2GP_PATH / WAN2GP_PYTHON."""
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -191,7 +228,8 @@ class WanEngine:
             self._failures_in_row += 1
             raise EngineStartupError(f"cannot launch the Wan2GP child ({argv[0]}): {exc}") from exc
         self._child = child
-        self._watcher = asyncio.create_task(self._watch(child), name="wan2gp-watch")
+        self._watcher = asyncio.create_task(self._watch(child), name="wan2gp-watch",
+                                            context=background_context())
         try:
             ready = await asyncio.wait_for(asyncio.shield(self._ready), cfg.startup_timeout_s)
         except TimeoutError:
@@ -206,6 +244,8 @@ class WanEngine:
             raise
         self.version, self.loaded_model, self.memory = ready.wan2gp_version, ready.model, ready.memory
         self._ready_at = time.monotonic()
+        self._launched = True
+        self._crashed = False
         self.state = "ready"
         log.info("wan2gp_ready", pid=child.pid, version=ready.wan2gp_version,
                  startup_s=round(self._ready_at - started, 2))
@@ -256,6 +296,7 @@ class WanEngine:
 
     async def _await_generation(self, request: p.Generate, cancel: asyncio.Event | None) -> p.Event:
         future = await self._send(request)
+        self._current = (request.id, future)
         try:
             if cancel is not None:
                 cancelled = asyncio.create_task(cancel.wait())
@@ -270,6 +311,8 @@ class WanEngine:
             if not future.done():  # the caller gave up (deadline, shutdown): stop the GPU work too
                 await asyncio.shield(self._interrupt(request.id, future))
             raise
+        finally:
+            self._current = None
 
     async def _interrupt(self, target: str, future: asyncio.Future[p.Event]) -> None:
         log.info("wan2gp_cancelling", request=target)
@@ -391,6 +434,7 @@ class WanEngine:
         self.loaded_model = None
         if child is not self._child or expected or self.state != "ready":
             return
+        self._crashed = True
         uptime = time.monotonic() - self._ready_at
         log.error("wan2gp_exited", exit_code=code, uptime_s=round(uptime, 1), log_tail=self.log_tail(20))
         self._last_error = str(error)
@@ -400,11 +444,82 @@ class WanEngine:
         self._failures_in_row += 1
         self.restarts += 1
         if self._restart_task is None or self._restart_task.done():
-            self._restart_task = asyncio.create_task(self._restart(), name="wan2gp-restart")
+            self._restart_task = asyncio.create_task(self._restart(), name="wan2gp-restart",
+                                                     context=background_context())
 
     async def _restart(self) -> None:
         with contextlib.suppress(EngineStartupError, EngineUnavailable):
             await self.ensure_running()
+
+    # --- the Engine interface (comfy_worker.engine.base) -------------------------------------------------------
+
+    async def gpu_bytes(self) -> int | None:
+        """GPU memory torch reserves in the child (a fresh ``status`` when it is idle); None without a GPU, or
+        when no child runs (then it holds nothing)."""
+        if not self.running:
+            return None
+        if not self.busy:
+            with contextlib.suppress(ComfyWorkerError, ConnectionError):
+                await self.status()
+        return self.memory.gpu_reserved_bytes
+
+    async def interrupt(self) -> None:
+        """Cancel the running generation, if any."""
+        current = self._current
+        if current is not None and not current[1].done():
+            await self._interrupt(*current)
+
+    def scope(self, task: Task, cancel: asyncio.Event, *, guard: GpuGuard | None = None) -> WanEngine:
+        """A task's view of Wan2GP is the engine itself (one generation at a time, nothing per task)."""
+        return self
+
+    async def submit(self, job: Any) -> Any:
+        """Start the child if it is not running (under the GPU grant), keep the job (a GenerationRequest: model
+        and settings) for :meth:`follow`."""
+        await self.ensure_running()
+        return job
+
+    async def follow(
+        self, handle: Any, *, on_progress: ProgressCallback | None = None, cancel: asyncio.Event | None = None,
+        deadline_s: float = 3600.0, stall_s: float = 0.0, label: str = "",
+    ) -> GenerationOutput:
+        """Run the generation; ExecutionTimeout after ``deadline_s`` (the child's generation is cancelled)."""
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self.generate(handle.model, handle.settings, on_progress=on_progress, cancel=cancel,
+                                           label=label)
+        except TimeoutError:
+            raise ExecutionTimeout(
+                f"Wan2GP did not finish within {deadline_s:g} s (params.timeout_s / TASK_TIMEOUT_S)",
+                details={"engine": self.name, "timeout_s": deadline_s}) from None
+
+    async def outputs(self, followed: GenerationOutput, dest: Path) -> list[OutputItem]:
+        """The generated files moved out of Wan2GP's folder into ``dest`` (nothing accumulates there), each with
+        its size and SHA-256."""
+        dest.mkdir(parents=True, exist_ok=True)
+        items: list[OutputItem] = []
+        for source in followed.files:
+            if not source.is_file():
+                raise ExecutionFailed(f"Wan2GP reported {source} but the file is not there",
+                                      details={"engine": self.name, "file": str(source)})
+            target = dest / source.name
+            await asyncio.to_thread(shutil.move, source, target)
+            items.append(await asyncio.to_thread(output_item, target))
+        return items
+
+
+def output_item(path: Path) -> OutputItem:
+    """A generated file as an output item (with its size and SHA-256, which storage may trust instead of reading
+    the file again)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return OutputItem(node_id="wan2gp", kind=kind_of("", path.name), filename=path.name, subfolder="",
+                      type="output", path=path, bytes=size, sha256=digest.hexdigest(),
+                      content_type=content_type_of(path.name))
 
 
 def engine_from_settings(settings: Settings, output_dir: Path) -> WanEngine:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from comfy_worker.errors import EngineUnavailable
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
 from worker_wgp import protocol as p
 
 log = get_logger(__name__)
@@ -32,8 +32,8 @@ class ChildProcess:
         self._on_event = on_event
         self._write_lock = asyncio.Lock()
         self._readers = [
-            asyncio.create_task(self._read_events(), name="wan2gp-events"),
-            asyncio.create_task(self._read_stderr(), name="wan2gp-stderr"),
+            asyncio.create_task(self._read_events(), name="wan2gp-events", context=background_context()),
+            asyncio.create_task(self._read_stderr(), name="wan2gp-stderr", context=background_context()),
         ]
 
     @classmethod

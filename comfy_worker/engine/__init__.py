@@ -1,6 +1,9 @@
-"""ComfyUI behind a narrow interface: supervise the process, submit a graph, follow events, fetch outputs.
+"""Engines: the interface every engine implements (:mod:`.base`), the GPU they share (:mod:`.arbiter`,
+:mod:`.gpumem`), and ComfyUI behind it (:mod:`.comfyui`): supervise the process, submit a graph, follow events,
+fetch outputs, free its memory.
 
-Handlers use only what is exported here; nothing else in the project speaks HTTP to ComfyUI.
+Handlers use only what is exported here (and a task's engine scope); nothing else in the project speaks HTTP to
+ComfyUI.
 """
 
 from __future__ import annotations

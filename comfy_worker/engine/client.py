@@ -30,7 +30,7 @@ from comfy_worker.errors import (
     ExecutionTimeout,
     WorkflowInvalid,
 )
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
 
 log = get_logger(__name__)
 
@@ -247,7 +247,9 @@ class ComfyClient:
             self._closing = False
             self._connected.clear()
             await self._open_ws()
-            self._reader = asyncio.create_task(self._read_loop(), name=f"comfy-ws-{self.client_id[:8]}")
+            self._reader = asyncio.create_task(
+                self._read_loop(), name=f"comfy-ws-{self.client_id[:8]}", context=background_context()
+            )
 
     async def _open_ws(self) -> None:
         ws_url = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)

@@ -14,6 +14,11 @@ what every ComfyUI-backed task type needs for long runs, whatever its handler do
 * **One re-run for a missing output.** When ``/view`` answers 404 for a listed output, the prompt is queued
   again with fresh output names (the cache bypassed where it matters) and its outputs downloaded from that run;
   a second miss raises :class:`~comfy_worker.errors.OutputMissing`, so the task is never complete without them.
+  That re-run is GPU work outside the task's ``execute`` stage: it runs under ``guard`` (the daemon's GPU grant
+  for ComfyUI), so it never overlaps another engine's work.
+
+It is ComfyUI's :class:`~comfy_worker.engine.base.TaskEngine`: ``submit`` = :meth:`TaskClient.queue_prompt`,
+``follow`` = :meth:`TaskClient.wait`, ``outputs`` = :meth:`TaskClient.download_outputs`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from comfy_worker.engine.base import GpuGuard
 from comfy_worker.engine.client import ComfyClient, EventCallback
 from comfy_worker.engine.history import History
 from comfy_worker.engine.outputs import OutputItem, OutputRef, list_outputs
@@ -74,8 +80,10 @@ class TaskClient:
         cancel: asyncio.Event | None = None,
         deadline_s: float = 3600.0,
         stall_s: float = 600.0,
+        guard: GpuGuard | None = None,
     ) -> None:
         self.client = client
+        self.guard = guard
         self.task_id = task_id
         self.attempt = attempt
         self.cancel = cancel
@@ -149,10 +157,30 @@ class TaskClient:
             if workflow is None or history.prompt_id in self._reruns:
                 raise
             log.warning("output_missing_rerun", prompt_id=history.prompt_id, error=str(exc))
+        if self.guard is None:
+            return await self._rerun(workflow, dest_dir, include_temp)
+        async with self.guard():
+            return await self._rerun(workflow, dest_dir, include_temp)
+
+    async def _rerun(self, workflow: dict[str, Any], dest_dir: str | Path, include_temp: bool) -> list[OutputItem]:
         pid = await self.queue_prompt(workflow)
         self._reruns.add(pid)
         fresh = await self.wait(pid, deadline_s=self.deadline_s, stall_s=self.stall_s, cancel=self.cancel)
         return await self.client.download_outputs(fresh, dest_dir, include_temp=include_temp)
+
+    # --- the engine interface (comfy_worker.engine.base.TaskEngine) --------------------------------------
+
+    async def submit(self, job: dict[str, Any], *, prompt_id: str | None = None) -> str:
+        return await self.queue_prompt(job, prompt_id=prompt_id)
+
+    async def follow(
+        self, handle: str, *, on_progress: EventCallback | None = None, cancel: asyncio.Event | None = None,
+        deadline_s: float = 3600.0, stall_s: float = 600.0,
+    ) -> History:
+        return await self.wait(handle, on_event=on_progress, deadline_s=deadline_s, stall_s=stall_s, cancel=cancel)
+
+    async def outputs(self, followed: History, dest: Path, *, include_temp: bool = False) -> list[OutputItem]:
+        return await self.download_outputs(followed, dest, include_temp=include_temp)
 
     # --- the rest is the shared client's --------------------------------------------------------------------
 

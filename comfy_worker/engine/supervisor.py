@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from comfy_worker.errors import EngineStartupError, EngineUnavailable
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
 
 log = get_logger(__name__)
 TAIL_LINES = 200
@@ -193,7 +193,9 @@ class ComfySupervisor:
         except OSError as exc:
             raise EngineStartupError(f"cannot launch ComfyUI ({argv[0]}): {exc}") from exc
         proc = self._proc
-        self._reader = asyncio.create_task(self._read_output(proc), name="comfyui-output")
+        self._reader = asyncio.create_task(
+            self._read_output(proc), name="comfyui-output", context=background_context()
+        )
         started = time.monotonic()
         deadline = started + self.settings.comfy_startup_timeout
         while True:
@@ -219,7 +221,9 @@ class ComfySupervisor:
         self._healthy = True
         self._ready_at = time.monotonic()
         log.info("comfyui_ready", pid=proc.pid, url=self.base_url, startup_s=round(self._ready_at - started, 2))
-        self._watcher = asyncio.create_task(self._watch(proc), name="comfyui-watch")
+        self._watcher = asyncio.create_task(
+            self._watch(proc), name="comfyui-watch", context=background_context()
+        )
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -247,7 +251,9 @@ class ComfySupervisor:
         if uptime >= self.min_uptime_s:
             self._failures_in_row = 0
         if self.auto_restart and (self._restart_task is None or self._restart_task.done()):
-            self._restart_task = asyncio.create_task(self._restart_loop(), name="comfyui-restart")
+            self._restart_task = asyncio.create_task(
+                self._restart_loop(), name="comfyui-restart", context=background_context()
+            )
 
     # --- restart / ensure -------------------------------------------------------------------------------
 

@@ -1,9 +1,17 @@
 """What a handler is: a task type's work, split into stages so the daemon can pipeline them.
 
-* ``prepare`` — everything before the GPU: parse params, fetch inputs, upload them to ComfyUI, validate, and
-  queue the prompt. Runs for task N+1 while task N executes, so ComfyUI starts N+1 the moment N ends.
-* ``execute`` — wait for the GPU work. The daemon frees the next claim slot when it returns.
+* ``prepare`` — everything that needs no GPU: parse params, fetch inputs, upload them to ComfyUI, validate.
+  Runs for task N+1 while task N executes (on any engine), so the next task's inputs are ready when the GPU is.
+* ``submit`` (optional) — hand the job to the engine (ComfyUI: queue the prompt). Runs under the daemon's GPU
+  grant for the handler's engine: with the same engine as N, at once (ComfyUI starts N+1 the moment N ends);
+  with another engine, after N's engine has freed the GPU's memory.
+* ``execute`` — wait for the GPU work (still under the grant). The daemon frees the next claim slot when it
+  returns.
 * ``finish`` — download outputs and upload them to storage; overlaps with the next task's ``execute``.
+
+A handler names the engine it runs on (``engine``: ``"comfyui"`` when absent, ``"wan2gp"``) and finds it in
+``ctx.engine``: that engine as this task sees it (:meth:`comfy_worker.engine.base.Engine.scope`; for ComfyUI a
+:class:`~comfy_worker.engine.scoped.TaskClient`, also reachable as ``ctx.client``).
 
 A handler never touches the queue: it reports progress and checkpoints through the context, raises
 :mod:`comfy_worker.errors` exceptions, and the daemon completes or fails the task.
@@ -18,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from comfy_worker.config import Settings
-from comfy_worker.engine import ComfyClient
 from comfy_worker.errors import StoreUnavailable
 from comfy_worker.inputs import Fetcher
 from comfy_worker.logs import get_logger
@@ -37,7 +44,7 @@ class TaskContext:
 
     task: Task
     settings: Settings
-    client: ComfyClient
+    engine: Any  # the handler's engine as this task sees it (Engine.scope); ComfyUI: a TaskClient
     storage: Storage
     fetch: Fetcher
     work_dir: Path
@@ -74,6 +81,11 @@ class TaskContext:
         self.checkpoint = checkpoint
 
     @property
+    def client(self) -> Any:
+        """ComfyUI handlers' name for ``engine`` (a :class:`~comfy_worker.engine.scoped.TaskClient`)."""
+        return self.engine
+
+    @property
     def attempt(self) -> int:
         return self.task.attempts
 
@@ -97,8 +109,11 @@ class HandlerResult:
 
 class Handler(Protocol):
     task_type: str
+    engine: str  # the engine it runs on ("comfyui" when a handler does not say)
 
     async def prepare(self, ctx: TaskContext) -> Any: ...
+
+    async def submit(self, ctx: TaskContext, prepared: Any) -> Any: ...  # optional: the daemon skips it when absent
 
     async def execute(self, ctx: TaskContext, prepared: Any) -> Any: ...
 

@@ -9,6 +9,9 @@ Params (all but ``workflow`` optional)::
 
 URLs written directly into loader nodes' file inputs (LoadImage ``image``, VHS_LoadVideo ``video``, …) are
 fetched the same way. Every input is uploaded to ComfyUI's input folder under a per-task subfolder.
+
+Stages: ``prepare`` converts, fetches, uploads and validates (no GPU); ``submit`` queues the prompt (under the
+daemon's GPU grant); ``execute`` follows it; ``finish`` stores the outputs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from comfy_worker.engine import (
     ui_to_api,
     validate,
 )
+from comfy_worker.engine.base import COMFYUI
 from comfy_worker.engine.node_timing import NodeClock
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
@@ -44,10 +48,10 @@ PROMPT_NAMESPACE = uuid.UUID("6f2b7c1e-4a53-4d8e-9a35-2f1f3c5b8e11")
 
 @dataclass
 class Prepared:
-    prompt_id: str
     workflow: dict[str, Any]
-    queued_at: float
     info: dict[str, Any] = field(default_factory=dict)  # extra keys for the task's result
+    prompt_id: str = ""  # set by submit
+    queued_at: float = 0.0
 
 
 @dataclass
@@ -120,6 +124,7 @@ def input_specs(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 class ComfyHandler:
     task_type = "comfy"
+    engine = COMFYUI
 
     async def prepare(self, ctx: TaskContext) -> Prepared:
         params = ctx.task.params
@@ -133,7 +138,10 @@ class ComfyHandler:
             replaced=[(s["node_id"], s["field"]) for s in specs],
         )
         await upload_inputs(ctx, workflow, specs)
-        return await queue_validated(ctx, workflow, object_info)
+        return validated(workflow, object_info)
+
+    async def submit(self, ctx: TaskContext, prepared: Prepared) -> Prepared:
+        return await submit_prompt(ctx, prepared)
 
     async def _fetch(self, ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
         return await fetch_input(ctx, spec, dest)
@@ -216,17 +224,22 @@ async def upload_inputs(ctx: TaskContext, workflow: dict[str, Any], specs: list[
         log.info("input_uploaded", node_id=spec["node_id"], field=spec["field"], name=name, bytes=path.stat().st_size)
 
 
-async def queue_validated(
-    ctx: TaskContext,
-    workflow: dict[str, Any],
-    object_info: dict[str, Any],
-    info: dict[str, Any] | None = None,
+def validated(
+    workflow: dict[str, Any], object_info: dict[str, Any], info: dict[str, Any] | None = None
 ) -> Prepared:
-    """Validate against the live server (a model nothing of its kind is installed for counts as missing) and
-    queue the prompt under this attempt's prompt id."""
+    """Validate against the live server's nodes (a model nothing of its kind is installed for counts as
+    missing); the prompt, ready to queue."""
     validate(workflow, object_info, empty_model_lists="missing")
-    prompt_id = await ctx.client.queue_prompt(workflow, prompt_id=prompt_id_for(ctx.task.task_id, ctx.attempt))
-    return Prepared(prompt_id, workflow, time.monotonic(), dict(info or {}))
+    return Prepared(workflow, dict(info or {}))
+
+
+async def submit_prompt(ctx: TaskContext, prepared: Prepared) -> Prepared:
+    """Queue the prompt under this attempt's prompt id (the ``submit`` stage: under the GPU grant)."""
+    prepared.prompt_id = await ctx.client.submit(
+        prepared.workflow, prompt_id=prompt_id_for(ctx.task.task_id, ctx.attempt)
+    )
+    prepared.queued_at = time.monotonic()
+    return prepared
 
 
 async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
@@ -254,9 +267,9 @@ async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
         elif isinstance(event, events.Executing) and event.node is not None:
             await ctx.progress({"node": event.node, "prompt_id": prepared.prompt_id})
 
-    history = await ctx.client.wait(
+    history = await ctx.client.follow(
         prepared.prompt_id,
-        on_event=on_event,
+        on_progress=on_event,
         deadline_s=float(params.get("timeout_s") or ctx.settings.task_timeout_s),
         stall_s=float(params.get("stall_timeout_s") or ctx.settings.stall_timeout_s),
         cancel=ctx.cancel,
@@ -268,7 +281,7 @@ async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
 async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
     """Download the prompt's outputs and upload them to storage; the task's result."""
     include_temp = bool(ctx.task.params.get("include_temp"))
-    items = await ctx.client.download_outputs(executed.history, ctx.work_dir / "outputs", include_temp=include_temp)
+    items = await ctx.client.outputs(executed.history, ctx.work_dir / "outputs", include_temp=include_temp)
     outputs = await upload_outputs(ctx, items)
     return HandlerResult(
         result={

@@ -20,16 +20,18 @@ from typing import Any
 
 from comfy_worker.builders import build_resolved, resolve
 from comfy_worker.builders.params import S2V, Resolved
+from comfy_worker.engine.base import COMFYUI
 from comfy_worker.errors import InputRejected
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.handlers.comfy import (
     Executed,
     Prepared,
     fetch_input,
-    queue_validated,
     run_prompt,
     store_outputs,
+    submit_prompt,
     upload_input,
+    validated,
 )
 from comfy_worker.logs import get_logger
 
@@ -60,6 +62,8 @@ async def audio_seconds(path: Path) -> float:
 class WanHandler:
     """One ``comfyui_*`` task type (the daemon registers one instance per type)."""
 
+    engine = COMFYUI
+
     def __init__(self, task_type: str) -> None:
         self.task_type = task_type
 
@@ -84,7 +88,10 @@ class WanHandler:
             "params": v,
         }
         log.info("wan_graph_built", nodes=len(workflow), seed=v["seed"], num_frames=v["num_frames"])
-        return await queue_validated(ctx, workflow, object_info, info)
+        return validated(workflow, object_info, info)
+
+    async def submit(self, ctx: TaskContext, prepared: Prepared) -> Prepared:
+        return await submit_prompt(ctx, prepared)
 
     async def _frames_from_audio(self, resolved: Resolved, params: dict[str, Any], path: Path) -> Resolved:
         seconds = await audio_seconds(path)

@@ -184,7 +184,7 @@ def context(store: TaskStore, task: Task, storage: Any, tmp_path: Path) -> TaskC
     return TaskContext(
         task=task,
         settings=load_settings({}),
-        client=None,  # type: ignore[arg-type]
+        engine=None,
         storage=storage,
         fetch=None,  # type: ignore[arg-type]
         work_dir=tmp_path,

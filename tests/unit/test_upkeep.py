@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from comfy_worker.config import load_settings
 from comfy_worker.diskspace import GB
+from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.errors import DiskFull
 from comfy_worker.upkeep import DISK_FAULT_PAUSE_S, Upkeep
 
@@ -25,7 +26,7 @@ def upkeep(tmp_path: Path, free: dict[str, int], running: set[str] | None = None
         "COMFY_OUTPUT_DIR": str(tmp_path / "output"), "POLL_INTERVAL": "0.01", "MIN_FREE_DISK_GB": "2",
         "LOCAL_STORAGE_DIR": str(tmp_path / "storage"), **env,
     })  # fmt: skip
-    u = Upkeep(settings, client=None, work_root=tmp_path / "work" / "w1",  # type: ignore[arg-type]
+    u = Upkeep(settings, comfy=ComfyEngine.from_settings(settings, worker_id="w1"), work_root=tmp_path / "work" / "w1",
                active=lambda: set(running or ()), free_fn=lambda p: free.get(Path(p).name, free["*"]))  # fmt: skip
     u.configure()
     return u

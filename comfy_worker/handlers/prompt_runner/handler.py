@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from comfy_worker.engine.base import COMFYUI
 from comfy_worker.engine.paths import kind_of_input, path_problems
 from comfy_worker.engine.scoped import task_subfolder
 from comfy_worker.errors import ConfigError
@@ -126,6 +127,7 @@ def prepare_chain(
 
 class PromptRunnerHandler:
     task_type = "prompt_runner"
+    engine = COMFYUI  # no submit stage: execute queues each step's prompt, under the GPU grant
 
     async def prepare(self, ctx: TaskContext) -> ChainRunner:
         spec, run = split_params(ctx.task.params)

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from comfy_worker.cli import build_handlers
+from comfy_worker.cli import build_registry
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.daemon import Daemon
-from comfy_worker.engine import ComfyClient, ComfySupervisor
 from comfy_worker.models import NewTask, Task
 from comfy_worker.storage import LocalStorage
 from comfy_worker.store.postgres import PostgresStore
@@ -78,15 +77,11 @@ class Harness:
     ) -> Daemon:
         settings = settings or self.settings()
         store = PostgresStore(self.dsn)
-        supervisor = ComfySupervisor(settings)
-        client = ComfyClient(supervisor.base_url, client_id=f"{worker_id}-client")
         daemon = Daemon(
             settings,
             store=store,
             storage=LocalStorage(Path(settings.local_storage_dir)),
-            supervisor=supervisor,
-            client=client,
-            handlers=build_handlers(),
+            registry=build_registry(settings, worker_id=worker_id, only=kw.pop("only", ())),
             worker_id=worker_id,
             **kw,
         )

@@ -45,7 +45,7 @@ async def make_ctx(
     def make(task_type: str, params: dict[str, Any]) -> TaskContext:
         task = Task(str(uuid.uuid4()), task_type, params, TaskStatus.RUNNING, attempts=1)
         return TaskContext(
-            task=task, settings=settings, client=comfy64, storage=storage, fetch=settings_fetcher(settings),
+            task=task, settings=settings, engine=comfy64, storage=storage, fetch=settings_fetcher(settings),
             work_dir=tmp_path / task.task_id, progress=_noop, checkpoint=_noop, cancel=asyncio.Event(),
         )  # fmt: skip
 
@@ -54,9 +54,10 @@ async def make_ctx(
 
 
 async def _prepare_and_stop(ctx: TaskContext, comfy: ComfyClient) -> Prepared:
+    """prepare alone (no GPU): the graph is built, its inputs uploaded and validated, nothing is queued."""
     comfy.invalidate_object_info()
     prepared = await WanHandler(ctx.task.task_type).prepare(ctx)
-    await comfy.interrupt(prepared.prompt_id)
+    assert prepared.prompt_id == "" and await comfy.queue() == ([], [])
     return prepared
 
 

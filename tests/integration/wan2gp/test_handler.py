@@ -54,7 +54,7 @@ async def source() -> AsyncIterator[tuple[str, list[str]]]:
 
 
 @pytest.fixture
-def make_ctx(tmp_path: Path) -> Callable[..., TaskContext]:
+def make_ctx(tmp_path: Path, engine: WanEngine) -> Callable[..., TaskContext]:
     settings = load_settings({"ALLOW_PRIVATE_URLS": "true", "WAN2GP_LORA_MAX_BYTES": "100000",
                               "LOCAL_STORAGE_DIR": str(tmp_path / "stored")})
     storage = LocalStorage(tmp_path / "stored")
@@ -65,7 +65,7 @@ def make_ctx(tmp_path: Path) -> Callable[..., TaskContext]:
             progress.append(update)
 
         task = Task(task_id, task_type, params, TaskStatus.RUNNING, attempts=1)
-        ctx = TaskContext(task=task, settings=settings, client=None, storage=storage,  # type: ignore[arg-type]
+        ctx = TaskContext(task=task, settings=settings, engine=engine.scope(task, asyncio.Event()), storage=storage,
                           fetch=settings_fetcher(settings), work_dir=tmp_path / "work" / task_id,
                           progress=record, checkpoint=record, cancel=asyncio.Event())
         ctx.recorded = progress  # type: ignore[attr-defined]
@@ -75,7 +75,7 @@ def make_ctx(tmp_path: Path) -> Callable[..., TaskContext]:
 
 
 async def run(handler: WanHandler, ctx: TaskContext) -> Any:
-    prepared = await handler.prepare(ctx)
+    prepared = await handler.submit(ctx, await handler.prepare(ctx))
     executed = await handler.execute(ctx, prepared)
     return await handler.finish(ctx, executed)
 
@@ -89,7 +89,7 @@ async def test_i2v_task_fetches_inputs_and_loras_and_stores_the_video(
               "video_length": 9, "num_inference_steps": 3, "loras": [{"url": lora_url, "multiplier": 0.7}]}
     ctx = make_ctx("i2v", params)
     with capture_logs() as logs:
-        result = await run(WanHandler("i2v", engine), ctx)
+        result = await run(WanHandler("i2v"), ctx)
     [out] = result.result["outputs"]
     stored = tmp_path / "stored" / out["storage_path"]
     assert out["kind"] == "video" and out["content_type"] == "video/mp4" and out["storage_path"].startswith("i2v/t1/")
@@ -105,12 +105,12 @@ async def test_i2v_task_fetches_inputs_and_loras_and_stores_the_video(
     assert steps == [1, 2, 3] and ctx.started.is_set()
 
     # the same LoRA again: served from Wan2GP's folder, not downloaded twice
-    await run(WanHandler("i2v", engine), make_ctx("i2v", params, task_id="t2"))
+    await run(WanHandler("i2v"), make_ctx("i2v", params, task_id="t2"))
     assert hits.count("/f/motion.safetensors") == 1 and hits.count("/f/start.png") == 2
 
 
 async def test_image_task_and_the_handler_table(engine: WanEngine, make_ctx: Callable[..., TaskContext]) -> None:
-    table = handlers(engine)
+    table = handlers()
     assert set(table) >= {"i2v", "t2v", "vace", "flux", "qwen_image_edit"} and "comfy" not in table
     result = await run(table["flux"], make_ctx("flux", {"prompt": "a cat", "resolution": "32x32"}))
     assert [o["kind"] for o in result.result["outputs"]] == ["image"] and result.output_url
@@ -120,7 +120,7 @@ async def test_bad_params_fail_in_prepare_before_wan2gp_starts(
     engine: WanEngine, make_ctx: Callable[..., TaskContext]
 ) -> None:
     with pytest.raises(InputRejected, match=r"params\.strength is not a parameter of t2v tasks"):
-        await WanHandler("t2v", engine).prepare(make_ctx("t2v", {"prompt": "a", "strength": 0.5}))
+        await WanHandler("t2v").prepare(make_ctx("t2v", {"prompt": "a", "strength": 0.5}))
     assert engine.pid is None
 
 
@@ -130,7 +130,7 @@ async def test_an_oversize_lora_is_refused_and_leaves_nothing_behind(
     base, _ = source
     ctx = make_ctx("t2v", {"prompt": "a", "loras": [{"url": f"{base}/f/huge.safetensors?size=200000"}]})
     with pytest.raises(InputRejected, match="WAN2GP_LORA_MAX_BYTES") as info:
-        await WanHandler("t2v", engine).prepare(ctx)
+        await WanHandler("t2v").prepare(ctx)
     assert not info.value.retryable and info.value.details["field"] == "loras"
     assert list((tmp_path / "loras" / "t2v").iterdir()) == []
 
@@ -138,7 +138,7 @@ async def test_an_oversize_lora_is_refused_and_leaves_nothing_behind(
 async def test_cancel_and_deadline_interrupt_the_generation(
     engine: WanEngine, make_ctx: Callable[..., TaskContext]
 ) -> None:
-    handler = WanHandler("t2v", engine)
+    handler = WanHandler("t2v")
     slow = {"prompt": "[standin:step_s=0.2]", "num_inference_steps": 100, "resolution": "32x32"}
     ctx = make_ctx("t2v", slow)
     prepared = await handler.prepare(ctx)

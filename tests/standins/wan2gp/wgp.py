@@ -26,6 +26,11 @@ in the output directory), ``[standin:oom]``, ``[standin:oom_on_load]`` (an ``Out
 loader), ``[standin:raise]`` (a RuntimeError), ``[standin:download_error]`` (a ConnectionError while loading),
 ``[standin:invalid]`` (a validation error).
 
+With ``WGP_STANDIN_CUDA=1`` it also stands in for torch's CUDA memory counters (a ``torch`` module with just
+``torch.cuda.is_available / mem_get_info / memory_allocated / memory_reserved / max_memory_allocated /
+reset_peak_memory_stats``, the only calls the child makes), reporting the loaded model's bytes as reserved GPU
+memory on a ``WGP_STANDIN_GPU_MB`` (default 1024) card: what the daemon's VRAM hand-over reads from Wan2GP.
+
 Simplified: no model weights, no real denoising; settings outside the signature are dropped as upstream's API
 drops them; every model is a video model unless listed in ``IMAGE_MODELS``.
 """
@@ -68,6 +73,44 @@ class _Model:
         self.model_type = model_type
         self.weights = b"\x01" * (megabytes * 1024 * 1024)  # written pages: resident, visible in RSS
         self._interrupt = False
+
+
+class _FakeCuda:
+    """torch.cuda's memory counters over the stand-in's loaded model (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.total = int(os.environ.get("WGP_STANDIN_GPU_MB", "1024")) * 1024 * 1024
+        self.peak = 0
+
+    def _held(self) -> int:
+        return len(wan_model.weights) if wan_model is not None else 0
+
+    def is_available(self) -> bool:
+        return True
+
+    def mem_get_info(self) -> tuple[int, int]:
+        return self.total - self._held(), self.total
+
+    def memory_allocated(self) -> int:
+        self.peak = max(self.peak, self._held())
+        return self._held()
+
+    def memory_reserved(self) -> int:
+        return self._held()
+
+    def max_memory_allocated(self) -> int:
+        return max(self.peak, self._held())
+
+    def reset_peak_memory_stats(self) -> None:
+        self.peak = self._held()
+
+
+if os.environ.get("WGP_STANDIN_CUDA") == "1" and "torch" not in sys.modules:
+    import types
+
+    _torch = types.ModuleType("torch")
+    _torch.cuda = _FakeCuda()  # type: ignore[attr-defined]
+    sys.modules["torch"] = _torch
 
 
 def directives(prompt: str) -> dict[str, str]:
