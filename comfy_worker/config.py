@@ -169,16 +169,6 @@ class Settings:
         return None
 
     @property
-    def comfy_input_path(self) -> Path | None:
-        """ComfyUI's input directory as this worker sees it (COMFY_INPUT_DIR, else COMFY_PATH/input when we launch
-        ComfyUI): file names in workflows are checked against it for symlinks out; None when unknown."""
-        if self.comfy_input_dir:
-            return Path(self.comfy_input_dir).expanduser().resolve()
-        if self.comfy_path and not self.comfy_url:
-            return (Path(self.comfy_path).expanduser() / "input").resolve()
-        return None
-
-    @property
     def profiles_path(self) -> Path | None:
         """PROFILES_DIR resolved: where prompt_runner tasks may name profiles besides the shipped ones."""
         return Path(self.profiles_dir).expanduser().resolve() if self.profiles_dir else None

@@ -33,6 +33,7 @@ from comfy_worker.engine import (
     validate,
 )
 from comfy_worker.engine.base import COMFYUI
+from comfy_worker.engine.housekeeping import comfy_folders
 from comfy_worker.engine.node_timing import NodeClock
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
@@ -134,7 +135,7 @@ class ComfyHandler:
         refuse_unsafe_paths(  # before anything is fetched or queued: no task param names the worker's files
             workflow,
             object_info,
-            input_dir=ctx.settings.comfy_input_path,
+            input_dir=comfy_folders(ctx.settings).input,  # as cleanup sees it (COMFY_ARGS too)
             replaced=[(s["node_id"], s["field"]) for s in specs],
         )
         await upload_inputs(ctx, workflow, specs)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine.base import COMFYUI
+from comfy_worker.engine.housekeeping import comfy_folders
 from comfy_worker.engine.paths import kind_of_input, path_problems
 from comfy_worker.engine.scoped import task_subfolder
 from comfy_worker.errors import ConfigError
@@ -148,7 +149,7 @@ class PromptRunnerHandler:
             storage_prefix=f"{task.task_type}/{path_key(task.task_id)}",
             comfy_root=root,
             files_root=root / task_subfolder(task.task_id) / "chain",  # removed with the task's other files
-            input_dir=ctx.settings.comfy_input_path,
+            input_dir=comfy_folders(ctx.settings).input,  # as cleanup sees it (COMFY_ARGS too)
             uploads=ctx.uploads,
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
