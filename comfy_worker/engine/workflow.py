@@ -120,7 +120,9 @@ def _looks_like_model(name: str, value: Any, allowed: list[Any]) -> bool:
         return True
     if any(isinstance(a, str) and a.lower().endswith(exts) for a in allowed):
         return True
-    return name.endswith(("_name", "ckpt", "model"))
+    # by name only when the list says nothing: a filled list without model files is not of models
+    # (KSampler's sampler_name ends in "_name" too: a typo there is not "model eulr is not installed")
+    return not allowed and name.endswith(("_name", "ckpt", "model"))
 
 
 def model_folder(class_type: str, name: str) -> str | None:
@@ -156,7 +158,7 @@ def _check_value(
                 return f"{where}: model {value} is not installed (none is); {_where_models_go(class_type, name)}"
             if empty_model_lists != "missing":
                 return None
-        if _looks_like_model(name, value, allowed):
+        if model_folder(class_type, name) is not None or _looks_like_model(name, value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.4)
             hint = ", ".join(close) if close else "none"
             return (

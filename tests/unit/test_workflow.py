@@ -101,6 +101,16 @@ def test_model_enum_close_matches_and_empty_list_unknown(info: dict) -> None:
     validate(wf, info)  # the fixture's model lists are empty: unknown, not invalid
 
 
+def test_a_sampler_typo_is_a_bad_value_not_a_missing_model(info: dict) -> None:
+    wf = {
+        "1": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "eulr"}},
+    }
+    with pytest.raises(WorkflowInvalid) as err:
+        validate(wf, info)
+    assert "value 'eulr' is not allowed; allowed: euler" in str(err.value)
+    assert "model" not in str(err.value) and "models sync" not in str(err.value)
+
+
 def test_uploaded_file_inputs_skip_enum_check(info: dict) -> None:
     wf = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "uploaded/just-now.png"}},
