@@ -8,6 +8,9 @@ as its supervised child, the embedded SQLite queue, local storage), inserts task
 * ``i2v``   — ``comfyui_i2v`` 14B HIGH/LOW at 832x480x81 with ``use_lora`` (4 steps) and without (20 steps):
   per-pass sampling time, the HIGH→LOW switch, peak VRAM; then a 3-chunk ``prompt_runner`` chain on the
   stock-node profile: total time vs the sum of its ComfyUI prompts.
+* ``coverage`` — every Wan 2.2 task type (t2v with and without the LoRA, i2v with a user LoRA, flf2v, ti2v
+  with and without an image, s2v over two audio windows) executed by the real nodes through the daemon, with
+  models 2 blocks deep at full width (the same types to ComfyUI): each output probed with ffprobe.
 * ``efficiency`` — the same 6 i2v jobs (4-step LoRA) queued straight into the daemon's ComfyUI, then as 6 tasks
   through the daemon: ComfyUI-alone ÷ daemon wall time, and ComfyUI's idle time while work waited.
 
@@ -50,6 +53,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 I2V_MODELS = ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "loras_i2v"]
 TI2V_MODELS = ["ti2v_5b", "vae22", "umt5"]
+# coverage: every Wan model 2 blocks deep at full width (the same model types to ComfyUI, a fraction of the disk)
+COVERAGE_SHALLOW = ["t2v_14b_high", "t2v_14b_low", "loras_t2v", "i2v_14b_high", "i2v_14b_low", "loras_i2v",
+                    "s2v_14b", "ti2v_5b"]
+COVERAGE_FULL = ["vae21", "vae22", "umt5", "wav2vec2"]
+COVERAGE_SIZE = (480, 288)  # multiples of 32, as ti2v needs
 
 
 def say(*parts: Any) -> None:
@@ -94,7 +102,7 @@ def drop_page_cache() -> str:
         return f"not dropped ({exc.strerror})"
 
 
-def ensure_models(names: list[str], remove: list[str]) -> None:
+def ensure_models(names: list[str], remove: list[str], layers: int | None = None) -> None:
     from make_models import FILES, GROUPS
 
     for name in remove:
@@ -106,7 +114,36 @@ def ensure_models(names: list[str], remove: list[str]) -> None:
     todo = [n for n in names if any(not (MODELS / FILES[m][0] / FILES[m][1]).exists() for m in GROUPS.get(n, [n]))]
     if todo:
         cmd = [sys.executable, str(REPO / "bench/gpu/make_models.py"), "--check", "--comfy", str(COMFY)]
+        if layers:
+            cmd += ["--layers", str(layers)]
         subprocess.run([*cmd, "--models-dir", str(MODELS), *todo], check=True)
+
+
+def wav_b64(seconds: float, rate: int = 16000) -> str:
+    """A mono 16-bit WAV of a rising tone (the S2V audio)."""
+    import math
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(
+            int(12000 * math.sin(2 * math.pi * (220 + 40 * i / rate) * i / rate)).to_bytes(2, "little", signed=True)
+            for i in range(int(seconds * rate))
+        ))  # fmt: skip
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def probe(path: Path) -> dict[str, Any]:
+    """ffprobe's view of an output: streams (codec, frames, size) and duration."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                          "stream=codec_type,codec_name,width,height,nb_read_frames:format=duration", "-of", "json",
+                          str(path)], capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout)
+    return {"duration_s": round(float(info["format"].get("duration") or 0), 3),
+            "streams": [{k: v for k, v in st.items() if k != "disposition"} for st in info["streams"]]}
 
 
 def image_b64(width: int, height: int) -> str:
@@ -454,6 +491,81 @@ def phase_chain(results: dict[str, Any]) -> None:
     vram.stop()
 
 
+def coverage_cases(w: int, h: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, task type, params): every Wan 2.2 task type and its main switches, at a small size."""
+    img = {"base64": image_b64(w, h), "filename": "first.png"}
+    last = {"base64": image_b64(h, w), "filename": "last.png"}  # another picture: the builder scales it
+    size = {"width": w, "height": h, "num_frames": 33, "seed": 3, "prompt": "a paper boat on a pond"}
+    unsized = {k: v for k, v in size.items() if k != "num_frames"}
+    return [
+        ("t2v 4-step LoRA", "comfyui_t2v", {**size, "use_lora": True}),
+        ("t2v cfg 3.5, 6 steps split 3/3", "comfyui_t2v", {**size, "steps": 6, "boundary_step": 3}),
+        ("i2v 4-step LoRA + a user LoRA", "comfyui_i2v", {**size, "image": img, "use_lora": True, "loras": [
+            {"name": "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", "strength": 0.5}]}),
+        ("flf2v 4-step LoRA", "comfyui_flf2v", {**size, "image": img, "last_image": last, "use_lora": True}),
+        ("flf2v cfg 4, 4 steps split 2/2", "comfyui_flf2v", {**size, "image": img, "last_image": last, "steps": 4,
+                                                             "boundary_step": 2}),
+        ("ti2v 5B with image", "comfyui_ti2v", {**size, "image": img, "steps": 4}),
+        ("ti2v 5B text only", "comfyui_ti2v", {**size, "steps": 4}),
+        ("s2v 6.5 s audio (2 windows, frames from the audio)", "comfyui_s2v", {**unsized, "image": img, "audio": {
+            "base64": wav_b64(6.5), "filename": "voice.wav"}}),
+    ]  # fmt: skip
+
+
+def phase_coverage(results: dict[str, Any]) -> None:
+    """Every Wan 2.2 task type the builders emit, executed by ComfyUI 0.3.64's real nodes through the daemon.
+
+    The models are their real types at full width but 2 blocks deep (``make_models.py --layers 2``): ComfyUI
+    counts the blocks, so it detects and runs the same classes (WAN21_T2V / I2V layout, WAN22_S2V, the 5B
+    WAN22), and the whole set fits the machine's disk with room to spare. Figures here are not timings of the
+    real models; what counts is that each graph runs to a video ffprobe can read, with the frames asked for
+    (and, for s2v, the audio track). The shallow files are removed afterwards, so no later phase times them."""
+    from make_models import FILES, GROUPS
+
+    shallow = [MODELS / FILES[m][0] / FILES[m][1] for n in COVERAGE_SHALLOW for m in GROUPS.get(n, [n])]
+    for f in shallow:  # a full-size file from an earlier phase would be timed here as if it were shallow
+        f.unlink(missing_ok=True)
+    ensure_models(COVERAGE_SHALLOW, remove=[], layers=2)
+    ensure_models(COVERAGE_FULL, remove=[])
+    vram = VramSampler()
+    d = Daemon("coverage")
+    fresh_queue()
+    d.migrate()
+    d.start()
+    d.wait_event("worker_registered", 300)
+    rows: list[dict[str, Any]] = []
+    try:
+        for label, task_type, params in coverage_cases(*COVERAGE_SIZE):
+            tid = enqueue(d, task_type, params)
+            try:
+                row = wait_task(d, tid, 900)
+            except SystemExit as e:  # one broken graph must not hide the others
+                rows.append({"label": label, "task_type": task_type, "ok": False, "error": str(e)[:2000]})
+                say("coverage", label, "FAILED:", str(e)[:2000])
+                continue
+            result = json.loads(row["result"] or "{}")
+            videos = [o for o in result.get("outputs", []) if str(o.get("storage_path", "")).endswith(".mp4")]
+            probes = [probe(WORK / "storage" / o["storage_path"]) for o in videos]
+            nodes = sorted({t.get("class_type") for t in result.get("node_timings") or []} - {None})
+            frames = [int(st["nb_read_frames"]) for p in probes for st in p["streams"] if st["codec_type"] == "video"]
+            asked = result.get("num_frames")
+            entry = {"label": label, "task_type": task_type, "ok": bool(probes) and frames == [asked],
+                     "frames_asked": asked, "videos": probes,
+                     "notes": result.get("notes"), "seed": result.get("seed"), "nodes_executed": nodes,
+                     "claim_to_complete_s": round(ts(row, "completed_at") - ts(row, "started_at"), 2),
+                     "peak_vram_mib": vram.peak(ts(row, "started_at"), ts(row, "completed_at"))}
+            rows.append(entry)
+            say("coverage", json.dumps(entry))
+    finally:
+        results["coverage"] = rows
+        results["coverage_daemon_exit"] = d.stop()
+        vram.stop()
+        for f in shallow:
+            f.unlink(missing_ok=True)
+    bad = [r["label"] for r in rows if not r["ok"]]
+    say("coverage:", f"{len(rows) - len(bad)}/{len(rows)} graphs ran to a video", f"failed: {bad}" if bad else "")
+
+
 def phase_efficiency(results: dict[str, Any], n: int = 6) -> None:
     from comfy_worker.builders.wan22 import build_i2v
 
@@ -540,7 +652,8 @@ def main() -> int:
 
     results["device"] = {"gpu": smi, "torch": torch.__version__, "python": sys.version.split()[0]}
     say("device", json.dumps(results["device"]))
-    table = {"ti2v": phase_ti2v, "i2v": phase_i2v, "chain": phase_chain, "efficiency": phase_efficiency}
+    table = {"ti2v": phase_ti2v, "i2v": phase_i2v, "chain": phase_chain, "efficiency": phase_efficiency,
+             "coverage": phase_coverage}
     kill_leftovers()
     try:
         for phase in phases:

@@ -16,6 +16,8 @@ Usage (run with ComfyUI's source tree importable, i.e. from the ComfyUI director
 
     python bench/gpu/make_models.py --comfy DIR --models-dir DIR ti2v_5b vae22 umt5
     python bench/gpu/make_models.py --comfy DIR --models-dir DIR i2v_14b_high i2v_14b_low vae21 loras_i2v
+    python bench/gpu/make_models.py --layers 2 ... t2v_14b_high t2v_14b_low loras_t2v s2v_14b wav2vec2
+                                                     # full width, 2 blocks: what bench_wan_gpu.py's coverage runs
     python bench/gpu/make_models.py --tiny ...       # same layouts at toy sizes, on the CPU (a local check)
 
 Then ``--check`` loads each file through ComfyUI's own loaders and prints the model class it detected.
@@ -46,8 +48,19 @@ FILES = {
     "umt5": ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
     "lora_i2v_high": ("loras", "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"),
     "lora_i2v_low": ("loras", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"),
+    "t2v_14b_high": ("diffusion_models", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+    "t2v_14b_low": ("diffusion_models", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+    "lora_t2v_high": ("loras", "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors"),
+    "lora_t2v_low": ("loras", "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"),
+    "s2v_14b": ("diffusion_models", "wan2.2_s2v_14B_fp8_scaled.safetensors"),
+    "wav2vec2": ("audio_encoders", "wav2vec2_large_english_fp16.safetensors"),
 }
-GROUPS = {"loras_i2v": ["lora_i2v_high", "lora_i2v_low"]}
+GROUPS = {"loras_i2v": ["lora_i2v_high", "lora_i2v_low"], "loras_t2v": ["lora_t2v_high", "lora_t2v_low"]}
+# which Wan layout each diffusion model (and the LoRAs made for it) has
+WAN_MODELS = {"ti2v_5b": "WAN_5B", "i2v_14b_high": "WAN_14B_I2V", "i2v_14b_low": "WAN_14B_I2V",
+              "t2v_14b_high": "WAN_14B_T2V", "t2v_14b_low": "WAN_14B_T2V", "s2v_14b": "WAN_14B_S2V"}
+LORA_BASE = {"lora_i2v_high": "i2v_14b_high", "lora_i2v_low": "i2v_14b_low",
+             "lora_t2v_high": "t2v_14b_high", "lora_t2v_low": "t2v_14b_low"}
 
 WAN_5B = dict(
     model_type="t2v",
@@ -77,6 +90,14 @@ WAN_14B_I2V = dict(
     num_heads=40,
     num_layers=40,
 )
+# Wan 2.2 T2V-A14B: the same transformer with 16 input channels (noise only)
+WAN_14B_T2V = {**WAN_14B_I2V, "in_dim": 16}
+# Wan 2.2 S2V-14B (ComfyUI's WanModel_S2V; its audio and frame-pack modules take their defaults, as ComfyUI's
+# loader does: causal audio encoder over wav2vec2's 1024-wide features, audio injected at 12 of the 40 blocks)
+WAN_14B_S2V = {**WAN_14B_T2V, "model_type": "s2v"}
+# wav2vec2 large (ComfyUI's Wav2Vec2Model, the config its loader picks for a 1024-wide encoder)
+WAV2VEC2_LARGE = dict(embed_dim=1024, num_heads=16, num_layers=24, conv_norm=True, conv_bias=True,
+                      do_normalize=True, do_stable_layer_norm=True)
 VAE22 = dict(
     dim=160,
     z_dim=48,
@@ -220,17 +241,34 @@ def _import_comfy(tree: Path, device: str) -> None:
         comfy.cli_args.args.cpu = True
 
 
-def build(name: str, tree: Path, *, tiny_mode: bool, device: str) -> dict[str, torch.Tensor]:
+def wan_config(name: str, *, tiny_mode: bool, layers: int | None) -> dict[str, Any]:
+    """The Wan layout of a diffusion model (or of the model a LoRA is made for): full, --tiny, or --layers deep."""
+    cfg = dict(globals()[WAN_MODELS[LORA_BASE.get(name, name)]])
+    if tiny_mode:
+        cfg = tiny(cfg, "wan")
+    if layers:
+        cfg["num_layers"] = layers  # same width, fewer blocks: ComfyUI counts the blocks, detects the same model
+    return cfg
+
+
+def wan_module(cfg: dict[str, Any], ops: Any) -> Callable[[], torch.nn.Module]:
+    if cfg.get("model_type") == "s2v":
+        from comfy.ldm.wan.model import WanModel_S2V
+
+        return lambda: WanModel_S2V(**cfg, operations=ops)
+    from comfy.ldm.wan.model import WanModel
+
+    return lambda: WanModel(**cfg, operations=ops)
+
+
+def build(name: str, tree: Path, *, tiny_mode: bool, device: str, layers: int | None = None) -> dict[str, torch.Tensor]:
     _import_comfy(tree, device)
     import comfy.ops
 
     ops = comfy.ops.disable_weight_init
-    if name in ("ti2v_5b", "i2v_14b_high", "i2v_14b_low"):
-        from comfy.ldm.wan.model import WanModel
-
-        cfg = WAN_5B if name == "ti2v_5b" else WAN_14B_I2V
-        cfg = tiny(cfg, "wan") if tiny_mode else cfg
-        meta, linear, norm = layout(lambda: WanModel(**cfg, operations=ops))
+    if name in WAN_MODELS:
+        cfg = wan_config(name, tiny_mode=tiny_mode, layers=layers)
+        meta, linear, norm = layout(wan_module(cfg, ops))
         return fill(meta, linear, norm, device=device, fp8_linear=name != "ti2v_5b")
     if name in ("vae22", "vae21"):
         if name == "vae22":
@@ -244,6 +282,12 @@ def build(name: str, tree: Path, *, tiny_mode: bool, device: str) -> dict[str, t
         cfg = tiny(cfg, "vae") if tiny_mode else cfg
         meta, linear, norm = layout(lambda: WanVAE(**cfg))
         return fill(meta, linear, norm, device=device, fp8_linear=False)
+    if name == "wav2vec2":
+        from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
+
+        # the real size even with --tiny (0.3 B): ComfyUI picks the config from the encoder's width
+        meta, linear, norm = layout(lambda: Wav2Vec2Model(**WAV2VEC2_LARGE, operations=comfy.ops.manual_cast))
+        return fill(meta, linear, norm, device=device, fp8_linear=False, dtype=torch.float16)
     if name == "umt5":
         from comfy.text_encoders.t5 import T5
 
@@ -253,11 +297,8 @@ def build(name: str, tree: Path, *, tiny_mode: bool, device: str) -> dict[str, t
         sd = fill(meta, linear, norm, device=device, fp8_linear=True)
         sd["spiece_model"] = torch.frombuffer(bytearray(spiece_model_bytes()), dtype=torch.uint8)
         return sd
-    if name.startswith("lora_"):
-        from comfy.ldm.wan.model import WanModel
-
-        cfg = tiny(WAN_14B_I2V, "wan") if tiny_mode else WAN_14B_I2V
-        meta, linear, _ = layout(lambda: WanModel(**cfg, operations=ops))
+    if name in LORA_BASE:
+        meta, linear, _ = layout(wan_module(wan_config(name, tiny_mode=tiny_mode, layers=layers), ops))
         gen = torch.Generator(device=device).manual_seed(99)
         sd = {}
         for key in sorted(linear):
@@ -302,12 +343,17 @@ def check(name: str, path: Path, tree: Path) -> str:
         import comfy.lora
 
         sd = comfy.utils.load_torch_file(str(path))
-        base = path.parent.parent / "diffusion_models" / FILES["i2v_14b_high"][1]
+        base = path.parent.parent / "diffusion_models" / FILES[LORA_BASE[name]][1]
         if not base.exists():
-            return f"lora tensors={len(sd)} rank={LORA_RANK} (no 14B model beside it to apply it to)"
+            return f"lora tensors={len(sd)} rank={LORA_RANK} (no {LORA_BASE[name]} beside it to apply it to)"
         model = comfy.sd.load_diffusion_model(str(base))
         patches = comfy.lora.load_lora(sd, comfy.lora.model_lora_keys_unet(model.model, {}))
-        return f"lora tensors={len(sd)} rank={LORA_RANK}, patches {len(patches)} of the 14B model's layers"
+        return f"lora tensors={len(sd)} rank={LORA_RANK}, patches {len(patches)} of {LORA_BASE[name]}'s layers"
+    if folder == "audio_encoders":
+        import comfy.audio_encoders.audio_encoders as ae
+
+        enc = ae.load_audio_encoder_from_sd(comfy.utils.load_torch_file(str(path)))
+        return f"{type(enc.model).__name__} embed_dim={enc.model.encoder.layer_norm.weight.shape[0]}"
     return "?"
 
 
@@ -317,6 +363,8 @@ def main() -> int:
     ap.add_argument("--models-dir", type=Path, required=True, help="ComfyUI's models folder")
     ap.add_argument("--tiny", action="store_true", help="toy sizes on the CPU: checks layouts, not speed")
     ap.add_argument("--check", action="store_true", help="load each written file through ComfyUI and log it")
+    ap.add_argument("--layers", type=int, help="Wan models (and their LoRAs) this many blocks deep, at full width: "
+                    "the same model type to ComfyUI at a fraction of the size (graph coverage, not timing)")
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
     names = [n for m in args.models for n in GROUPS.get(m, [m])]
@@ -329,7 +377,7 @@ def main() -> int:
         path = args.models_dir / folder / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        sd = build(name, args.comfy.resolve(), tiny_mode=args.tiny, device=device)
+        sd = build(name, args.comfy.resolve(), tiny_mode=args.tiny, device=device, layers=args.layers)
         t1 = time.monotonic()
         save_file(sd, str(path))
         params = sum(v.numel() for k, v in sd.items() if k != "spiece_model")

@@ -3,6 +3,7 @@
 #   bash bench/gpu/run.sh ti2v        # cold start + 5B at 1280x704x121
 #   bash bench/gpu/run.sh i2v         # 14B HIGH/LOW with and without the 4-step LoRA, 3-chunk chain
 #   bash bench/gpu/run.sh efficiency  # 6 i2v jobs straight into ComfyUI vs through the daemon
+#   bash bench/gpu/run.sh coverage    # every Wan 2.2 task type run by the real nodes (models 2 blocks deep)
 # (before the first call, here: bash bench/gpu/fetch_wheels.sh; carry .gpu-wheels). Output: $OUT/bench_<phase>.txt,
 # results_<phase>.json and the daemon's log.
 set -euo pipefail
