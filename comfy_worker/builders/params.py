@@ -28,6 +28,13 @@ MEDIA_KEYS = ("image", "last_image", "audio")
 MEDIA_SOURCES = ("url", "storage_path", "base64")
 SEED_MAX = 2**64 - 1
 S2V_WINDOW = 77  # frames per WanSoundImageToVideo(Extend) window, as in the official template
+
+
+def s2v_windows(num_frames: int) -> int:
+    """How many 77-frame WanSoundImageToVideo(Extend) windows cover ``num_frames``."""
+    return -(-num_frames // S2V_WINDOW)
+
+
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
 
 NEGATIVE_PROMPT = (
@@ -291,13 +298,14 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
             f"0..boundary_step, the LOW-noise model the rest; got {values['boundary_step']}",
         )
     if task_type == S2V:
-        windows = -(-values["num_frames"] // S2V_WINDOW)
+        # whole 77-frame windows are sampled; the video is cut to num_frames, so it lasts as long as the audio
+        # (the template keeps every decoded frame: 80 per window less 2, up to a window of silence at the end)
+        windows = s2v_windows(values["num_frames"])
         if values["num_frames"] != windows * S2V_WINDOW:
             notes.append(
-                f"num_frames {values['num_frames']} rendered as {windows} window(s) of {S2V_WINDOW} frames "
-                f"({windows * S2V_WINDOW} frames)"
+                f"num_frames {values['num_frames']} sampled as {windows} window(s) of {S2V_WINDOW} frames, "
+                f"the video cut to {values['num_frames']} frames"
             )
-            values["num_frames"] = windows * S2V_WINDOW
     else:
         rounded = round_frames(values["num_frames"])
         if rounded != values["num_frames"]:

@@ -113,10 +113,14 @@ def _samplers(g: Graph, v: Mapping[str, Any], conditioning: tuple[Link, Link], l
     return _sampler(g, v, "low", low, conditioning, out(first))
 
 
-def _video(g: Graph, v: Mapping[str, Any], vae: str, latent: Link, *, audio: Link | None = None, skip: int = 0) -> str:
+def _video(
+    g: Graph, v: Mapping[str, Any], vae: str, latent: Link, *, audio: Link | None = None, skip: int = 0,
+    length: int = 4096,
+) -> str:
     images = out(g.add("VAEDecode", "Decode", "decode", samples=latent, vae=out(vae)))
     if skip:
-        dropped = g.add("ImageFromBatch", f"Drop the first {skip} frames", image=images, batch_index=skip, length=4096)
+        title = f"Drop the first {skip} frames" + (f", keep {length}" if length < 4096 else "")
+        dropped = g.add("ImageFromBatch", title, image=images, batch_index=skip, length=length)
         images = out(dropped)
     video = g.add("CreateVideo", f"Video ({v['fps']:g} fps)", images=images, fps=v["fps"], audio=audio)
     return g.add(
@@ -208,7 +212,7 @@ def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None, window: int
     vae = g.add("VAELoader", "VAE (Wan 2.1)", vae_name=v["vae_model"])
     encoder = g.add("AudioEncoderLoader", "Audio encoder", audio_encoder_name=v["audio_encoder"])
     encoded = g.add("AudioEncoderEncode", "Encode audio", audio_encoder=out(encoder), audio=out(sound))
-    windows = v["num_frames"] // window
+    windows = -(-v["num_frames"] // window)
 
     def sampler(n: int, cond: str) -> str:
         return g.add(
@@ -234,7 +238,8 @@ def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None, window: int
         latent = out(g.add("LatentConcat", f"Append window {n}", samples1=latent, samples2=out(new), dim="t"))
     first = g.add("LatentCut", "First latent frame", samples=latent, dim="t", index=0, amount=1)
     latent = out(g.add("LatentConcat", "Repeat the first latent frame", samples1=out(first), samples2=latent, dim="t"))
-    _video(g, v, vae, latent, audio=out(sound), skip=3)
+    # decoded: 80 frames per window + 1; the first 3 dropped as in the template, the rest cut to num_frames
+    _video(g, v, vae, latent, audio=out(sound), skip=3, length=v["num_frames"])
     return g
 
 

@@ -87,11 +87,14 @@ async def test_s2v_sizes_itself_from_the_audio(make_ctx: Any, comfyui_0364: Comf
     comfyui_0364.place_models(build("comfyui_s2v", {"image": "x.png", "audio": "a.wav"}))
     ctx = make_ctx("comfyui_s2v", params)
     prepared = await _prepare_and_stop(ctx, ctx.client)
-    # 6 s at 16 fps = 96 frames → two 77-frame windows
-    assert prepared.info["num_frames"] == 154
+    # 6 s at 16 fps = 96 frames → two 77-frame windows, the video cut to 96 frames (as long as the audio)
+    assert prepared.info["num_frames"] == 96
     assert prepared.info["notes"][0] == "num_frames from the audio's length (6.00 s at 16 fps)"
+    assert "sampled as 2 window(s) of 77 frames, the video cut to 96 frames" in prepared.info["notes"][1]
     kinds = [n["class_type"] for n in prepared.workflow.values()]
     assert kinds.count("WanSoundImageToVideoExtend") == 1 and kinds.count("KSampler") == 2
+    cut = next(n for n in prepared.workflow.values() if n["class_type"] == "ImageFromBatch")["inputs"]
+    assert (cut["batch_index"], cut["length"]) == (3, 96)
 
 
 async def test_missing_models_fail_at_once_naming_files_and_folders(

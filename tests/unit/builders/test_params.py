@@ -106,7 +106,7 @@ def test_frames_rounded_to_4k_plus_1_with_a_note() -> None:
     r = resolve(T2V, {"num_frames": 80, "seed": 1})
     assert r.values["num_frames"] == 81 and r.notes == ["num_frames 80 rounded to 81 (Wan renders 4k+1 frames)"]
     s = resolve(S2V, {**NEEDS[S2V], "num_frames": 100, "seed": 1})
-    assert s.values["num_frames"] == 154 and "2 window(s) of 77 frames" in s.notes[0]
+    assert s.values["num_frames"] == 100 and "sampled as 2 window(s) of 77 frames, the video cut to 100" in s.notes[0]
 
 
 def test_use_lora_sets_the_templates_turbo_settings_and_explicit_values_win() -> None:

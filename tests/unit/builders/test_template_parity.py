@@ -11,6 +11,8 @@ Differences, each justified, are applied to both graphs before comparing (:data:
   schedule's length, so both sample the same steps. Ours states the real end.
 * s2v: the template gives every 77-frame window its own unrelated seed (20, 1, 250); ours derives window n's seed
   as ``seed + n - 1`` so that one ``seed`` in the task reproduces the whole video. Window seeds are compared apart.
+  And the template keeps every decoded frame (80 per window less 2: up to a window of silent video after the
+  audio ends); ours cuts the video to ``num_frames`` (the audio's length). The cut's length is compared apart.
 * i2v / t2v: the templates need ComfySwitchNode and ComfyMathExpression (newer than 0.3.64) to switch between
   the normal and the 4-step settings and to compute frames = floor(duration x fps) + 1; ours builds the chosen
   branch directly (``use_lora``, ``num_frames``), so the folded template is what we compare with.
@@ -42,13 +44,16 @@ def _end_at_steps(graph: dict[str, Any]) -> None:
             inputs["end_at_step"] = inputs["steps"]
 
 
-def _window_seeds(graph: dict[str, Any]) -> list[int]:
-    seeds = []
+def _window_seeds(graph: dict[str, Any]) -> tuple[list[int], int]:
+    seeds, length = [], 0
     for node in graph.values():
         if node["class_type"] == "KSampler":
             seeds.append(node["inputs"]["seed"])
             node["inputs"]["seed"] = 0  # compared apart
-    return sorted(seeds)
+        if node["class_type"] == "ImageFromBatch":
+            length = node["inputs"]["length"]
+            node["inputs"]["length"] = 4096  # compared apart (the template's value: valid in both)
+    return sorted(seeds), length
 
 
 # template → (task type, the template's parameters, media names, justified normalisation)
@@ -97,7 +102,9 @@ def test_same_graph_as_the_official_template(name: str) -> None:
     info = with_models(object_info_0364(), ours)
     assert problems(theirs, info, empty_model_lists="missing") == []  # the folded template runs on 0.3.64 too
     if name.endswith("s2v"):
-        assert their_extra == [1, 20, 250] and our_extra == [20, 21, 22]
+        # window seeds; and the video's length: the template keeps all 238 decoded frames (the 231 asked for and
+        # 7 more), ours cuts the video to num_frames so that it lasts as long as its audio
+        assert their_extra == ([1, 20, 250], 4096) and our_extra == ([20, 21, 22], 231)
 
 
 @pytest.mark.parametrize("name", ["video_wan2_2_14B_i2v", "video_wan2_2_14B_t2v"])

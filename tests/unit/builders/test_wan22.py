@@ -92,7 +92,10 @@ def test_s2v_extends_windows_and_keeps_the_audio_in_the_video() -> None:
     assert source(three, second)["class_type"] == "LatentConcat"  # window 3 continues windows 1+2
     video = of_type(three, "CreateVideo")[0]
     assert source(three, video["inputs"]["audio"])["class_type"] == "LoadAudio"
-    assert of_type(three, "ImageFromBatch")[0]["inputs"]["batch_index"] == 3
+    # 3 windows decode to 241 frames; the template's first 3 are dropped and the video cut to the 200 asked for
+    assert of_type(three, "ImageFromBatch")[0]["inputs"] | {"image": None} == {
+        "image": None, "batch_index": 3, "length": 200}
+    assert of_type(one, "ImageFromBatch")[0]["inputs"]["length"] == 77
 
 
 def test_build_from_task_params_and_media_names() -> None:
