@@ -4,7 +4,9 @@ VRAM, and the time of each engine switch (free + memory back), with the GPU's me
 One ``python -m comfy_worker`` (embedded SQLite queue, local storage) runs both engines: ComfyUI 0.3.64 as its
 supervised child (``bench/gpu/setup_env.sh`` unpacks it; the 5B TI2V model, UMT5 and the 2.2 VAE written with
 random weights by ``bench/gpu/make_models.py``) and Wan2GP through the real ``worker_wgp`` child. Tasks alternate
-``comfyui_ti2v`` and ``t2v`` (``ENGINE_SWITCH_MAX_WAIT_S=0``, so every task is a switch); ``--rounds`` pairs.
+``comfyui_ti2v`` (or, ``--comfy i2v``, the 14B ``comfyui_i2v`` HIGH/LOW pair with its 4-step LoRA) and ``t2v``
+(``ENGINE_SWITCH_MAX_WAIT_S=0``: no preference for the loaded engine); ``--rounds`` pairs. With prefetch on, two
+ComfyUI tasks can share one turn (the first ``t2v`` runs while ComfyUI is still starting).
 
 Wan2GP, two ways (``--wan2gp``):
 
@@ -59,7 +61,11 @@ COMFY = Path(os.environ.get("COMFY_DIR", WORK / "comfyui"))
 PORT = 8289
 HOLDER = REPO / "bench" / "gpu" / "wan2gp_holder"
 API_STANDIN = REPO / "tests" / "standins" / "wan2gp" / "shared" / "api.py"
-COMFY_MODELS = ["ti2v_5b", "vae22", "umt5"]  # make_models.py names
+# the ComfyUI side (--comfy): task type and its models (make_models.py names)
+COMFY_SIDE = {
+    "ti2v": ("comfyui_ti2v", ["ti2v_5b", "vae22", "umt5"]),  # 5B: 10 GB + UMT5 on the GPU
+    "i2v": ("comfyui_i2v", ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "lora_i2v_high", "lora_i2v_low"]),
+}
 # what wgp.py imports at start (its top-level imports and shared/ modules'): a real Wan2GP needs all of them
 WAN2GP_IMPORTS = ["torch", "mmgp", "gradio", "cv2", "diffusers", "transformers", "accelerate", "einops",
                   "safetensors", "numpy", "PIL", "imageio", "moviepy", "ffmpeg", "decord", "librosa", "soundfile",
@@ -87,9 +93,12 @@ def say(*parts: Any) -> None:
 
 
 def comfy_params(seed: int, a: argparse.Namespace) -> dict[str, Any]:
-    return {"prompt": "a street musician in a subway station", "width": a.width, "height": a.height,
-            "num_frames": a.frames, "steps": a.steps, "seed": seed,
-            "image": {"base64": png_b64(a.width, a.height), "filename": "start.png"}}
+    params = {"prompt": "a street musician in a subway station", "width": a.width, "height": a.height,
+              "num_frames": a.frames, "steps": a.steps, "seed": seed,
+              "image": {"base64": png_b64(a.width, a.height), "filename": "start.png"}}
+    if a.comfy == "i2v":  # the 14B HIGH/LOW pair with the 4-step LoRA: both experts stay loaded between tasks
+        params.update(use_lora=True, steps=4)
+    return params
 
 
 def wan_params(seed: int, a: argparse.Namespace) -> dict[str, Any]:
@@ -107,7 +116,7 @@ def plan(a: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
     tasks: list[tuple[str, dict[str, Any]]] = []
     for r in range(a.rounds):
-        tasks += [("comfyui_ti2v", comfy_params(r + 1, a)), ("t2v", wan_params(r + 1, a))]
+        tasks += [(COMFY_SIDE[a.comfy][0], comfy_params(r + 1, a)), ("t2v", wan_params(r + 1, a))]
     for task_type, params in tasks:
         if task_type == "t2v":
             parse_params(task_type, params)
@@ -269,12 +278,12 @@ def stamp(value: Any) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def ensure_models(make_models: Path) -> None:
+def ensure_models(make_models: Path, models: list[str]) -> None:
     """The ComfyUI side's models (random weights, real architectures), written once (make_models.py's names)."""
     sys.path.insert(0, str(make_models.parent))
     from make_models import FILES  # type: ignore[import-not-found]
 
-    todo = [n for n in COMFY_MODELS if not (COMFY / "models" / FILES[n][0] / FILES[n][1]).exists()]
+    todo = [n for n in models if not (COMFY / "models" / FILES[n][0] / FILES[n][1]).exists()]
     if todo:
         subprocess.run([sys.executable, str(make_models), "--check", "--comfy", str(COMFY), "--models-dir",
                         str(COMFY / "models"), *todo], check=True)
@@ -364,6 +373,8 @@ def main() -> None:
     ap.add_argument("--holder-model-mb", type=int, default=2600)
     ap.add_argument("--holder-text-mb", type=int, default=6000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--comfy", choices=sorted(COMFY_SIDE), default="ti2v",
+                    help="ComfyUI's side: the 5B ti2v (default) or the 14B i2v HIGH/LOW pair with its 4-step LoRA")
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--frames", type=int, default=33)
@@ -373,10 +384,10 @@ def main() -> None:
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"wan2gp": a.wan2gp, "rounds": a.rounds,
+    report: dict[str, Any] = {"wan2gp": a.wan2gp, "comfy": a.comfy, "rounds": a.rounds,
                               "size": f"{a.width}x{a.height}x{a.frames}", "steps": a.steps}
     tasks = plan(a)
-    say("plan:", " ".join(t for t, _ in tasks), f"({len(tasks)} tasks, every one a switch)")
+    say("plan:", " ".join(t for t, _ in tasks), f"({len(tasks)} tasks alternating, ENGINE_SWITCH_MAX_WAIT_S=0)")
     if a.wan2gp == "holder":
         wan2gp_path, wan2gp_python = holder_checkout(WORK / "wan2gp-holder"), a.holder_python
     else:
@@ -397,7 +408,7 @@ def main() -> None:
         say("daemon env:", json.dumps({k: v for k, v in env.items() if k.startswith(("COMFY_", "WAN2GP_", "ENGINE_",
                                                                                     "HOLDER_", "DATABASE_"))}))
         say("comfyui:", json.dumps(report["comfyui"]), "(setup_env.sh unpacks it; make_models.py writes",
-            " ".join(COMFY_MODELS) + ")")
+            " ".join(COMFY_SIDE[a.comfy][1]) + ")")
         if a.wan2gp == "holder":
             has_torch = subprocess.run([a.holder_python, "-c", "import torch"], capture_output=True).returncode == 0
             if has_torch:
@@ -410,7 +421,7 @@ def main() -> None:
         return
     if not comfy_ok or not make_models.is_file():
         raise SystemExit(f"ComfyUI missing at {COMFY} or bench/gpu/make_models.py absent: run bench/gpu/run_engines.sh")
-    ensure_models(make_models)
+    ensure_models(make_models, COMFY_SIDE[a.comfy][1])
     report.update(gpu_run(a, tasks, env))
     (OUT / "engines.json").write_text(json.dumps(report, indent=2))
     for s in report["switches"]:
