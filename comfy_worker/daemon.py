@@ -113,6 +113,9 @@ class Daemon:
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second signal: skip the grace period
+        # held across each heartbeat call: deregistering takes it last, so no heartbeat lands after "stopped"
+        self._heartbeat_lock = asyncio.Lock()
+        self._deregistered = False
         self._draining = False
         self._models_report: dict[str, Any] = {}
         self._ending: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
@@ -445,13 +448,16 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             meta = await self._metadata()
-            try:
-                reply = await self.store.heartbeat(
-                    self.worker_id, self.settings.lease_seconds, meta, list(self._inflight)
-                )
-            except StoreError as exc:
-                log.warning("heartbeat_failed", error=str(exc))
-                continue
+            async with self._heartbeat_lock:
+                if self._deregistered:
+                    return
+                try:
+                    reply = await self.store.heartbeat(
+                        self.worker_id, self.settings.lease_seconds, meta, list(self._inflight)
+                    )
+                except StoreError as exc:
+                    log.warning("heartbeat_failed", error=str(exc))
+                    continue
             for task_id in reply.cancelled:
                 self._abandon(task_id, "cancelled")
             for task_id in reply.lost:
@@ -503,11 +509,13 @@ class Daemon:
                 await asyncio.wait(pending, timeout=5)
         if self._ending:  # finished tasks still removing their files (ComfyUI must be up for that)
             await asyncio.wait(set(self._ending), timeout=15)
-        try:
-            await self.store.deregister_worker(self.worker_id)
-            log.info("worker_deregistered")
-        except StoreError as exc:
-            log.warning("deregister_failed", error=str(exc))
+        async with self._heartbeat_lock:  # a heartbeat in flight would set the row back to idle after this
+            self._deregistered = True
+            try:
+                await self.store.deregister_worker(self.worker_id)
+                log.info("worker_deregistered")
+            except StoreError as exc:
+                log.warning("deregister_failed", error=str(exc))
 
     async def _close(self) -> None:
         await self.host.stop(self.settings.shutdown_grace_s)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from comfy_worker.daemon import Daemon
 from comfy_worker.models import TaskStatus, WorkerInfo
 from tests.comfy_server import comfy_args, comfy_test_paths, free_port
 from tests.integration.daemon import workflows as wf
@@ -109,6 +112,45 @@ async def test_sigterm_mid_task_releases_it_and_another_worker_finishes(harness:
     task = await wait_task(harness.store, tid, timeout=60)
     assert task.status is TaskStatus.COMPLETE and task.attempts == 1
     assert task.worker_id == "comfy-worker-rescuer"
+
+
+async def test_a_heartbeat_in_flight_at_shutdown_does_not_mark_the_stopped_worker_idle(harness: Harness) -> None:
+    """Seen in CI: a heartbeat sent just before the worker deregistered committed just after it, and the row of a
+    worker that had exited said ``idle``. Here the daemon's heartbeat is held until the worker deregisters, then
+    written from outside the daemon (a query already on the wire outlives the task that sent it). Deregistering
+    must wait for a heartbeat in flight, so that "stopped" is the last word."""
+    worker_id = "comfy-worker-hb-race"
+    in_flight, deregistered = asyncio.Event(), asyncio.Event()
+    late: list[asyncio.Future[Any]] = []
+
+    def hold_heartbeats(daemon: Daemon) -> None:
+        real_deregister = daemon.store.deregister_worker
+
+        async def heartbeat(*args: Any, **kw: Any) -> Any:
+            async def on_the_wire() -> Any:
+                in_flight.set()
+                with contextlib.suppress(TimeoutError):  # with the fix, deregistering waits for us instead
+                    await asyncio.wait_for(deregistered.wait(), 2)
+                return await harness.store.heartbeat(*args, **kw)
+
+            late.append(asyncio.ensure_future(on_the_wire()))
+            return await asyncio.shield(late[-1])
+
+        async def deregister(*args: Any, **kw: Any) -> Any:
+            result = await real_deregister(*args, **kw)
+            deregistered.set()
+            return result
+
+        daemon.store.heartbeat = heartbeat  # type: ignore[method-assign]
+        daemon.store.deregister_worker = deregister  # type: ignore[method-assign]
+
+    daemon = await harness.start_daemon(worker_id, before_start=hold_heartbeats)
+    await asyncio.wait_for(in_flight.wait(), 30)
+    daemon.request_stop("test")
+    await asyncio.wait_for(harness.daemons[-1][1], 60)
+    await asyncio.wait_for(asyncio.gather(*late, return_exceptions=True), 10)
+    snap = await harness.store.fleet_snapshot()
+    assert next(w for w in snap["workers"] if w["id"] == worker_id)["status"] == "stopped"
 
 
 async def test_a_second_worker_under_an_id_live_on_another_host_refuses_to_start(harness: Harness) -> None:
