@@ -313,12 +313,16 @@ def gpu_run(a: argparse.Namespace, tasks: list[tuple[str, dict[str, Any]]], env:
     holder = [json.loads(e["line"].split(" ", 1)[1]) for e in daemon.named("wan2gp_output")
               if str(e.get("line", "")).startswith("holder_stats ")]
     per_task = []
+    granted = {e.get("task_id"): e["_t"] for e in daemon.named("gpu_granted")}
     for (task_type, _params), tid in zip(tasks, ids, strict=True):
         row = rows[tid]
         result = json.loads(row["result"] or "{}")
         t0, t1 = stamp(row["started_at"]), stamp(row["completed_at"])
+        # peak VRAM from the GPU grant on: with prefetch the claim comes while the task before still runs
+        t_gpu = granted.get(tid, t0)
         per_task.append({"task_type": task_type, "task_id": tid, "claim_to_complete_s": round(t1 - t0, 2),
-                         "peak_vram_mib": vram.peak(t0, t1), "load_s": result.get("load_s"),
+                         "grant_to_complete_s": round(t1 - t_gpu, 2),
+                         "peak_vram_mib": vram.peak(t_gpu, t1), "load_s": result.get("load_s"),
                          "execution_s": result.get("execution_s"), "peak_gpu_bytes": result.get("peak_gpu_bytes")})
     switches = [{k: v for k, v in e.items() if not k.startswith("_") and k not in ("timestamp", "level", "logger")}
                 for e in daemon.named("engine_switch")]
