@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from comfy_worker.config import SECRET_FIELDS, Settings
 from comfy_worker.engine.base import WAN2GP, GpuGuard
@@ -63,6 +63,7 @@ log = get_logger(__name__)
 CHILD_PROGRAM = Path(__file__).with_name("child.py")
 TAIL_LINES = 200
 ProgressCallback = Callable[[p.Progress], Awaitable[None] | None]
+_Reply = TypeVar("_Reply", p.Freed, p.StatusReply, p.LoraDirReply)
 
 
 @dataclass(frozen=True)
@@ -333,29 +334,19 @@ class WanEngine:
         async with self._gen_lock:
             if not self.running:
                 return p.Memory()
-            reply = await self._request(p.Free(self._new_id("free")))
-        if isinstance(reply, p.Error):
-            raise error_for(reply)
-        assert isinstance(reply, p.Freed), reply
+            reply = await self._ask(p.Free(self._new_id("free")), p.Freed)
         log.info("wan2gp_freed", model=reply.model, rss_bytes=reply.memory.rss_bytes,
                  gpu_reserved_bytes=reply.memory.gpu_reserved_bytes)
         return reply.memory
 
     async def status(self) -> p.StatusReply:
         await self.ensure_running()
-        reply = await self._request(p.Status(self._new_id("status")))
-        if isinstance(reply, p.Error):
-            raise error_for(reply)
-        assert isinstance(reply, p.StatusReply), reply
-        return reply
+        return await self._ask(p.Status(self._new_id("status")), p.StatusReply)
 
     async def lora_dir(self, model: str) -> Path:
         """Wan2GP's LoRA folder for ``model`` (it creates it)."""
         await self.ensure_running()
-        reply = await self._request(p.LoraDir(self._new_id("lora_dir"), model))
-        if isinstance(reply, p.Error):
-            raise error_for(reply)
-        assert isinstance(reply, p.LoraDirReply), reply
+        reply = await self._ask(p.LoraDir(self._new_id("lora_dir"), model), p.LoraDirReply)
         return Path(reply.path)
 
     # --- plumbing -----------------------------------------------------------------------------------------
@@ -365,6 +356,14 @@ class WanEngine:
 
     async def _request(self, request: p.Request) -> p.Event:
         return await (await self._send(request))
+
+    async def _ask(self, request: p.Request, expected: type[_Reply]) -> _Reply:
+        """The reply to ``request``, of type ``expected``; the child's error event raised as its exception."""
+        reply = await self._request(request)
+        if isinstance(reply, p.Error):
+            raise error_for(reply)
+        assert isinstance(reply, expected), reply
+        return reply
 
     async def _send(self, request: p.Request) -> asyncio.Future[p.Event]:
         future: asyncio.Future[p.Event] = asyncio.get_running_loop().create_future()
