@@ -40,23 +40,21 @@ import base64
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from gpu_common import REPO, DaemonProcess, VramSampler, enqueue, fresh_sqlite, say, stamp
+
 sys.path.insert(0, str(REPO))
 WORK = Path(os.environ.get("GPU_WORK", "/root/cwgpu"))
 OUT = Path(os.environ.get("OUT", WORK / "out"))
+DB = WORK / "engines.db"
 COMFY = Path(os.environ.get("COMFY_DIR", WORK / "comfyui"))
 PORT = 8289
 HOLDER = REPO / "bench" / "gpu" / "wan2gp_holder"
@@ -83,10 +81,6 @@ def png_b64(width: int, height: int) -> str:
     raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     return base64.b64encode(raw).decode()
-
-
-def say(*parts: Any) -> None:
-    print("bench:", *parts, flush=True)
 
 
 # --- the plan (no GPU) --------------------------------------------------------------------------------------------
@@ -152,7 +146,7 @@ def daemon_env(a: argparse.Namespace, wan2gp_path: Path, wan2gp_python: str) -> 
         **os.environ,
         "COMFY_PATH": str(COMFY), "COMFY_PYTHON": sys.executable, "COMFY_PORT": str(PORT),
         "COMFY_STARTUP_TIMEOUT": "300", "WAN2GP_PATH": str(wan2gp_path), "WAN2GP_PYTHON": wan2gp_python,
-        "WAN2GP_STARTUP_TIMEOUT": "600", "DATABASE_URL": f"sqlite:///{WORK / 'engines.db'}",
+        "WAN2GP_STARTUP_TIMEOUT": "600", "DATABASE_URL": f"sqlite:///{DB}",
         "LOCAL_STORAGE_DIR": str(WORK / "storage"), "WORK_DIR": str(WORK / "work"), "LOG_FORMAT": "json",
         "PROGRESS_INTERVAL_S": "0.2", "PYTHONUNBUFFERED": "1", "TASK_TIMEOUT_S": "1800", "PREFETCH": "1",
         "ENGINE_SWITCH_MAX_WAIT_S": "0", "ENGINE_FREE_TIMEOUT_S": "120",
@@ -189,93 +183,14 @@ def holder_cpu_check(python: str, root: Path) -> dict[str, Any]:
 # --- the run (GPU) ------------------------------------------------------------------------------------------------
 
 
-class VramSampler:
-    """``nvidia-smi`` every 100 ms: (unix time, MiB used)."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                       "-lms", "100"], stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.strip().isdigit():
-                self.samples.append((time.time(), int(line.strip())))
-
-    def peak(self, t0: float, t1: float) -> int:
-        return max((m for t, m in self.samples if t0 <= t <= t1), default=0)
-
-    def stop(self) -> None:
-        self._proc.terminate()
-
-
-@dataclass
-class DaemonProc:
-    env: dict[str, str]
-    log_path: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def start(self) -> None:
-        subprocess.run([sys.executable, "-m", "comfy_worker", "migrate"], env=self.env, check=True, cwd=REPO)
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "comfy_worker", "--worker-id", "gpu-engines"],
-                                     env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            try:
-                ev = json.loads(line)
-                ev["_t"] = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
-            except (ValueError, KeyError):
-                continue
-            self.events.append(ev)
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in list(self.events) if e.get("event") == event]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(180)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
-
-
 def db_rows(ids: list[str]) -> dict[str, dict[str, Any]]:
-    con = sqlite3.connect(WORK / "engines.db", timeout=30)
+    con = sqlite3.connect(DB, timeout=30)
     con.row_factory = sqlite3.Row
     try:
         marks = ",".join("?" * len(ids))
         return {r["task_id"]: dict(r) for r in con.execute(f"SELECT * FROM tasks WHERE task_id IN ({marks})", ids)}
     finally:
         con.close()
-
-
-def enqueue(tasks: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    from comfy_worker.models import NewTask
-    from comfy_worker.store.sqlite import SqliteStore
-
-    async def go() -> list[str]:
-        store = SqliteStore(WORK / "engines.db")
-        await store.connect()
-        try:
-            return [(await store.enqueue(NewTask(t, p, max_attempts=1))).task_id for t, p in tasks]
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
-
-
-def stamp(value: Any) -> float:
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def ensure_models(make_models: Path, models: list[str]) -> None:
@@ -290,12 +205,12 @@ def ensure_models(make_models: Path, models: list[str]) -> None:
 
 
 def gpu_run(a: argparse.Namespace, tasks: list[tuple[str, dict[str, Any]]], env: dict[str, str]) -> dict[str, Any]:
-    for suffix in ("", "-wal", "-shm"):
-        (WORK / f"engines.db{suffix}").unlink(missing_ok=True)
+    fresh_sqlite(DB)
     vram = VramSampler()
-    daemon = DaemonProc(env, OUT / "daemon_engines.log")
+    daemon = DaemonProcess("gpu-engines", env, OUT / "daemon_engines.log", stop_wait_s=180)
+    daemon.migrate()
     daemon.start()
-    ids = enqueue(tasks)
+    ids = enqueue(DB, tasks)
     deadline = time.time() + a.timeout
     while time.time() < deadline:
         rows = db_rows(ids)
@@ -333,7 +248,7 @@ def gpu_run(a: argparse.Namespace, tasks: list[tuple[str, dict[str, Any]]], env:
     return out
 
 
-def write_svg(samples: list[tuple[float, int]], daemon: DaemonProc, path: Path) -> None:
+def write_svg(samples: list[tuple[float, int]], daemon: DaemonProcess, path: Path) -> None:
     """GPU memory over time; grey bands are engine switches, ticks mark tasks granted the GPU."""
     if not samples:
         return

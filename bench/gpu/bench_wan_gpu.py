@@ -23,25 +23,23 @@ Run on the GPU machine from the repo root: ``bash bench/gpu/run.sh PHASE`` (setu
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import itertools
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from gpu_common import REPO, DaemonProcess, VramSampler, fresh_sqlite, say, stamp
+from gpu_common import enqueue as enqueue_tasks
 
 WORK = Path(os.environ.get("GPU_WORK", "/root/cwgpu"))
 COMFY = Path(os.environ.get("COMFY_DIR", WORK / "comfyui"))
@@ -49,7 +47,6 @@ MODELS = COMFY / "models"
 OUT = Path(os.environ.get("OUT", WORK / "out"))
 PORT = 8288
 BASE = f"http://127.0.0.1:{PORT}"
-REPO = Path(__file__).resolve().parents[2]
 
 I2V_MODELS = ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "loras_i2v"]
 TI2V_MODELS = ["ti2v_5b", "vae22", "umt5"]
@@ -60,37 +57,7 @@ COVERAGE_FULL = ["vae21", "vae22", "umt5", "wav2vec2"]
 COVERAGE_SIZE = (480, 288)  # multiples of 32, as ti2v needs
 
 
-def say(*parts: Any) -> None:
-    print("bench:", *parts, flush=True)
-
-
 # --- machine ----------------------------------------------------------------------------------------------------
-
-
-class VramSampler:
-    """``nvidia-smi`` every 100 ms: (unix time, MiB used)."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._proc = subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "100"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.strip().isdigit():
-                self.samples.append((time.time(), int(line.strip())))
-
-    def peak(self, t0: float, t1: float) -> int:
-        return max((m for t, m in self.samples if t0 <= t <= t1), default=0)
-
-    def stop(self) -> None:
-        self._proc.terminate()
 
 
 def drop_page_cache() -> str:
@@ -174,18 +141,13 @@ def kill_leftovers() -> None:
         subprocess.run(["pkill", "-9", "-f", pattern], check=False)
 
 
-@dataclass
-class Daemon:
-    """``python -m comfy_worker`` with its JSON log parsed as it is written."""
+class Daemon(DaemonProcess):
+    """``python -m comfy_worker`` on the phase's SQLite queue, with its JSON log parsed as it is written."""
 
-    name: str
-    env_extra: dict[str, str] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, env_extra: dict[str, str] | None = None) -> None:
+        self.name = name
         self.db = WORK / "queue.db"
-        self.log_path = OUT / f"daemon_{self.name}.log"
-        self.env = {
+        env = {
             **os.environ,
             "COMFY_PATH": str(COMFY),
             "COMFY_PYTHON": sys.executable,
@@ -199,38 +161,13 @@ class Daemon:
             "PYTHONUNBUFFERED": "1",
             "TASK_TIMEOUT_S": "1800",
             "KEEP_COMFY_FILES": "true",  # the figures read ComfyUI's /history, which cleanup would empty
-            **self.env_extra,
+            **(env_extra or {}),
         }
-
-    def migrate(self) -> None:
-        subprocess.run([sys.executable, "-m", "comfy_worker", "migrate"], env=self.env, check=True, cwd=REPO)
+        super().__init__(f"gpu-{name}", env, OUT / f"daemon_{name}.log", stop_wait_s=120)
 
     def start(self) -> float:
         STARTED.append(self)
-        self.started = time.time()
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "comfy_worker", "--worker-id", f"gpu-{self.name}"],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        return self.started
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            ev["_t"] = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
-            self.events.append(ev)
+        return super().start()
 
     def first(self, event: str, after: float = 0.0, **match: Any) -> dict[str, Any] | None:
         for ev in list(self.events):
@@ -249,34 +186,9 @@ class Daemon:
             time.sleep(0.05)
         raise SystemExit(f"no {event} within {timeout} s; see {self.log_path}")
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
-
-
-def fresh_queue() -> None:
-    for suffix in ("", "-wal", "-shm"):
-        (WORK / f"queue.db{suffix}").unlink(missing_ok=True)
-
 
 def enqueue(daemon: Daemon, task_type: str, params: dict[str, Any]) -> str:
-    from comfy_worker.models import NewTask
-    from comfy_worker.store.sqlite import SqliteStore
-
-    async def go() -> str:
-        store = SqliteStore(daemon.db)
-        await store.connect()
-        try:
-            task = await store.enqueue(NewTask(task_type, params, max_attempts=1))
-            return task.task_id
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return enqueue_tasks(daemon.db, [(task_type, params)])[0]
 
 
 def task_row(daemon: Daemon, task_id: str) -> dict[str, Any]:
@@ -306,8 +218,7 @@ def wait_task(daemon: Daemon, task_id: str, timeout: float, on_progress: Any = N
 
 
 def ts(row: dict[str, Any], col: str) -> float:
-    v = row[col]
-    return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
+    return stamp(row[col])
 
 
 # --- ComfyUI's own view -----------------------------------------------------------------------------------------
@@ -377,7 +288,7 @@ def phase_ti2v(results: dict[str, Any]) -> None:
     ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
     vram = VramSampler()
     d = Daemon("ti2v")
-    fresh_queue()
+    fresh_sqlite(d.db)
     d.migrate()
     params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
               "steps": 20, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
@@ -426,7 +337,7 @@ def phase_i2v(results: dict[str, Any]) -> None:
     ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
     vram = VramSampler()
     d = Daemon("i2v")
-    fresh_queue()
+    fresh_sqlite(d.db)
     d.migrate()
     b64 = image_b64(832, 480)
     d.start()
@@ -457,7 +368,7 @@ def phase_chain(results: dict[str, Any]) -> None:
     )
     (profiles / "wan22_i2v_chain_turbo.yaml").write_text(turbo)
     d = Daemon("chain", {"PROFILES_DIR": str(profiles)})
-    fresh_queue()
+    fresh_sqlite(d.db)
     d.migrate()
     d.start()
     d.wait_event("worker_registered", 300)
@@ -529,7 +440,7 @@ def phase_coverage(results: dict[str, Any]) -> None:
     ensure_models(COVERAGE_FULL, remove=[])
     vram = VramSampler()
     d = Daemon("coverage")
-    fresh_queue()
+    fresh_sqlite(d.db)
     d.migrate()
     d.start()
     d.wait_event("worker_registered", 300)
@@ -571,7 +482,7 @@ def phase_efficiency(results: dict[str, Any], n: int = 6) -> None:
 
     ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
     d = Daemon("eff")
-    fresh_queue()
+    fresh_sqlite(d.db)
     d.migrate()
     b64 = image_b64(832, 480)
     d.start()
