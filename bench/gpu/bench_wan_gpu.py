@@ -187,6 +187,16 @@ class Daemon(DaemonProcess):
         raise SystemExit(f"no {event} within {timeout} s; see {self.log_path}")
 
 
+def registered_daemon(name: str, env_extra: dict[str, str] | None = None) -> Daemon:
+    """A daemon on a fresh queue, started, once it has registered."""
+    d = Daemon(name, env_extra)
+    fresh_sqlite(d.db)
+    d.migrate()
+    d.start()
+    d.wait_event("worker_registered", 300)
+    return d
+
+
 def enqueue(daemon: Daemon, task_type: str, params: dict[str, Any]) -> str:
     return enqueue_tasks(daemon.db, [(task_type, params)])[0]
 
@@ -336,12 +346,8 @@ def i2v_params(seed: int, lora: bool, b64: str) -> dict[str, Any]:
 def phase_i2v(results: dict[str, Any]) -> None:
     ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
     vram = VramSampler()
-    d = Daemon("i2v")
-    fresh_sqlite(d.db)
-    d.migrate()
     b64 = image_b64(832, 480)
-    d.start()
-    d.wait_event("worker_registered", 300)
+    d = registered_daemon("i2v")
     for key, label, lora, seed in [
         ("i2v_lora_first", "i2v 832x480x81 4-step LoRA (first: loads HIGH+LOW)", True, 11),
         ("i2v_lora", "i2v 832x480x81 4-step LoRA (warm)", True, 12),
@@ -367,11 +373,7 @@ def phase_chain(results: dict[str, Any]) -> None:
         "params: {width: 832, height: 480, use_lora: true, shift: 5.0, fps: 16}",
     )
     (profiles / "wan22_i2v_chain_turbo.yaml").write_text(turbo)
-    d = Daemon("chain", {"PROFILES_DIR": str(profiles)})
-    fresh_sqlite(d.db)
-    d.migrate()
-    d.start()
-    d.wait_event("worker_registered", 300)
+    d = registered_daemon("chain", {"PROFILES_DIR": str(profiles)})
     # 3 chunks of 81 frames on core nodes, 4-step LoRA passes
     before = set(all_history())
     t_ins = time.time()
@@ -439,11 +441,7 @@ def phase_coverage(results: dict[str, Any]) -> None:
     ensure_models(COVERAGE_SHALLOW, remove=[], layers=2)
     ensure_models(COVERAGE_FULL, remove=[])
     vram = VramSampler()
-    d = Daemon("coverage")
-    fresh_sqlite(d.db)
-    d.migrate()
-    d.start()
-    d.wait_event("worker_registered", 300)
+    d = registered_daemon("coverage")
     rows: list[dict[str, Any]] = []
     try:
         for label, task_type, params in coverage_cases(*COVERAGE_SIZE):
@@ -481,12 +479,8 @@ def phase_efficiency(results: dict[str, Any], n: int = 6) -> None:
     from comfy_worker.builders.wan22 import build_i2v
 
     ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
-    d = Daemon("eff")
-    fresh_sqlite(d.db)
-    d.migrate()
     b64 = image_b64(832, 480)
-    d.start()
-    d.wait_event("worker_registered", 300)
+    d = registered_daemon("eff")
     warm = enqueue(d, "comfyui_i2v", i2v_params(100, True, b64))  # loads both models; not measured
     wait_task(d, warm, 1200)
 
