@@ -321,8 +321,3 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
     for key in ("timeout_s", "stall_timeout_s"):
         values.pop(key, None)
     return Resolved(task_type, values, media, notes)
-
-
-def run_options(params: Mapping[str, Any]) -> dict[str, float]:
-    """The run's timeouts from raw params (already range-checked by :func:`resolve`)."""
-    return {k: float(params[k]) for k in ("timeout_s", "stall_timeout_s") if params.get(k) is not None}

@@ -355,4 +355,3 @@ def build_i2v_chain(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 CHAIN_BUILDERS = {"wan22_i2v_chain": build_i2v_chain}
-BUILDERS = {I2V: build_i2v, T2V: build_t2v, TI2V: build_ti2v, S2V: build_s2v, FLF2V: build_flf2v}
