@@ -52,21 +52,24 @@ _I2V_MODELS = {
     "high_noise_lora": "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
     "low_noise_lora": "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
 }
+# The HIGH/LOW 14B templates' (i2v, t2v; flf2v changes cfg and shift) sampling settings.
+_14B_SETTINGS = {
+    "width": 640, "height": 640, "num_frames": 81, "fps": 16.0, "steps": 20, "cfg_scale": 3.5,
+    "boundary_step": 10, "shift": 5.0, "sampler": "euler", "scheduler": "simple", "use_lora": False,
+}  # fmt: skip
 DEFAULTS: dict[str, dict[str, Any]] = {
     I2V: {
         "prompt": "The white dragon warrior stands still, eyes full of determination and strength. The camera slowly "
         "moves closer or circles around the warrior, highlighting the powerful presence and heroic spirit of the "
         "character.",
-        "width": 640, "height": 640, "num_frames": 81, "fps": 16.0, "steps": 20, "cfg_scale": 3.5,
-        "boundary_step": 10, "shift": 5.0, "sampler": "euler", "scheduler": "simple", "use_lora": False,
+        **_14B_SETTINGS,
         **_I2V_MODELS, "text_encoder": TEXT_ENCODER, "vae_model": WAN21_VAE,
     },
     T2V: {
         "prompt": "Beautiful young European woman with honey blonde hair gracefully turning her head back over "
         "shoulder, gentle smile, bright eyes looking at camera. Hair flowing in slow motion as she turns. Soft natural "
         "lighting, clean background, cinematic slow-motion portrait.",
-        "width": 640, "height": 640, "num_frames": 81, "fps": 16.0, "steps": 20, "cfg_scale": 3.5,
-        "boundary_step": 10, "shift": 5.0, "sampler": "euler", "scheduler": "simple", "use_lora": False,
+        **_14B_SETTINGS,
         "negative_prompt": NEGATIVE_PROMPT + "，裸露，NSFW",  # the t2v template's own
         "high_noise_model": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
         "low_noise_model": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
@@ -97,8 +100,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     FLF2V: {
         "prompt": "冰晶组成的小猫突然被惊醒，愤怒的它抬头，渐渐长出色彩毛发变成为一个巨兽，"
         "像发现危险一样呲牙，瞪大眼睛",
-        "width": 640, "height": 640, "num_frames": 81, "fps": 16.0, "steps": 20, "cfg_scale": 4.0,
-        "boundary_step": 10, "shift": 8.0, "sampler": "euler", "scheduler": "simple", "use_lora": False,
+        **_14B_SETTINGS, "cfg_scale": 4.0, "shift": 8.0,
         **_I2V_MODELS, "text_encoder": TEXT_ENCODER, "vae_model": WAN21_VAE,
     },
 }  # fmt: skip
@@ -319,8 +321,3 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
     for key in ("timeout_s", "stall_timeout_s"):
         values.pop(key, None)
     return Resolved(task_type, values, media, notes)
-
-
-def run_options(params: Mapping[str, Any]) -> dict[str, float]:
-    """The run's timeouts from raw params (already range-checked by :func:`resolve`)."""
-    return {k: float(params[k]) for k in ("timeout_s", "stall_timeout_s") if params.get(k) is not None}

@@ -24,7 +24,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy_worker.builders.params import FLF2V, I2V, MEDIA_KEYS, S2V, S2V_WINDOW, T2V, TI2V, Resolved, resolve
+from comfy_worker.builders.params import (
+    FLF2V,
+    I2V,
+    MEDIA_KEYS,
+    S2V,
+    S2V_WINDOW,
+    T2V,
+    TI2V,
+    Resolved,
+    resolve,
+    s2v_windows,
+)
 
 Link = list[Any]  # [node_id, output_index]
 
@@ -203,7 +214,7 @@ def _ti2v(v: Mapping[str, Any], image: str | None) -> Graph:
     return g
 
 
-def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None, window: int) -> Graph:
+def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None) -> Graph:
     g = Graph()
     ref = _image(g, image, "Reference image", "start_image")
     sound = g.add("LoadAudio", "Audio", "audio", audio=audio)
@@ -212,7 +223,7 @@ def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None, window: int
     vae = g.add("VAELoader", "VAE (Wan 2.1)", vae_name=v["vae_model"])
     encoder = g.add("AudioEncoderLoader", "Audio encoder", audio_encoder_name=v["audio_encoder"])
     encoded = g.add("AudioEncoderEncode", "Encode audio", audio_encoder=out(encoder), audio=out(sound))
-    windows = -(-v["num_frames"] // window)
+    windows = s2v_windows(v["num_frames"])
 
     def sampler(n: int, cond: str) -> str:
         return g.add(
@@ -224,14 +235,14 @@ def _s2v(v: Mapping[str, Any], image: str | None, audio: str | None, window: int
 
     cond = g.add(
         "WanSoundImageToVideo", f"Sound to video, window 1/{windows}", "frames",
-        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"], length=window,
+        positive=out(pos), negative=out(neg), vae=out(vae), width=v["width"], height=v["height"], length=S2V_WINDOW,
         batch_size=1, audio_encoder_output=out(encoded), ref_image=ref,
     )  # fmt: skip
     latent = out(sampler(1, cond))
     for n in range(2, windows + 1):
         ext = g.add(
             "WanSoundImageToVideoExtend", f"Extend, window {n}/{windows}",
-            positive=out(pos), negative=out(neg), vae=out(vae), length=window, video_latent=latent,
+            positive=out(pos), negative=out(neg), vae=out(vae), length=S2V_WINDOW, video_latent=latent,
             audio_encoder_output=out(encoded), ref_image=ref,
         )  # fmt: skip
         new = sampler(n, ext)
@@ -257,7 +268,7 @@ def build_resolved(resolved: Resolved, media: Mapping[str, str | None] | None = 
     elif kind == TI2V:
         g = _ti2v(v, m.get("image"))
     elif kind == S2V:
-        g = _s2v(v, m.get("image"), m.get("audio"), S2V_WINDOW)
+        g = _s2v(v, m.get("image"), m.get("audio"))
     else:
         g = _flf2v(v, m.get("image"), m.get("last_image"))
     return g.nodes
@@ -355,4 +366,3 @@ def build_i2v_chain(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 CHAIN_BUILDERS = {"wan22_i2v_chain": build_i2v_chain}
-BUILDERS = {I2V: build_i2v, T2V: build_t2v, TI2V: build_ti2v, S2V: build_s2v, FLF2V: build_flf2v}

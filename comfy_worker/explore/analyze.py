@@ -54,10 +54,6 @@ class Finding:
                                                "category", "kind", "spec", "suggestion", "enabled", "notes")}
 
 
-def _is_link(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str | int) and isinstance(v[1], int)
-
-
 def _kind(value: Any, spec_kind: Any) -> str:
     if isinstance(spec_kind, list) or spec_kind == "COMBO":
         return "ENUM"
@@ -169,7 +165,7 @@ def analyze(workflow: dict[str, Any], object_info: dict[str, Any] | None = None)
         declared = {n: (k, o) for n, k, o, _r in input_specs(spec_node)} if isinstance(spec_node, dict) else {}
         title = str((node.get("_meta") or {}).get("title") or class_type)
         for name, value in (node.get("inputs") or {}).items():
-            if _is_link(value) or isinstance(value, dict | list):
+            if isinstance(value, dict | list):  # links ([node, slot]) and structured values
                 continue
             spec_kind, opts = declared.get(name, (None, {}))
             kind = _kind(value, spec_kind)

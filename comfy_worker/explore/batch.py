@@ -285,8 +285,7 @@ class Recorder:
         self.journal.update(job.run.run_id, status=outcome.status, seconds=outcome.seconds, outputs=rel,
                             error=outcome.error, thumbnail=None, finished_at=_now(), **outcome.handle)
         write_metadata(self.directory, self.journal)
-        src = next((p for p in outcome.outputs if p.suffix.lower() in media.VIDEO_EXT), None) or next(
-            (p for p in outcome.outputs if p.suffix.lower() in media.IMAGE_EXT), None)
+        src = media.thumbnail_source(outcome.outputs)
         if src is not None and media.shows_as_is(src):  # a small web image is its own thumbnail
             self.journal.update(job.run.run_id, thumbnail=str(src.relative_to(self.directory)))
         elif src is not None:

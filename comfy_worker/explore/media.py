@@ -24,6 +24,12 @@ def shows_as_is(path: Path) -> bool:
         path.stat().st_size <= AS_IS_MAX_BYTES)
 
 
+def thumbnail_source(outputs: list[Path]) -> Path | None:
+    """The output a run's thumbnail shows: its first video, else its first image."""
+    return next((p for p in outputs if p.suffix.lower() in VIDEO_EXT), None) or next(
+        (p for p in outputs if p.suffix.lower() in IMAGE_EXT), None)
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -89,9 +89,7 @@ async def make_sheet(directory: Path, *, inline: bool = False) -> Path:
         thumb = entry.get("thumbnail")
         if thumb and (directory / thumb).is_file() and (not inline or thumb.startswith("thumbnails/")):
             continue
-        outputs = [directory / o for o in entry.get("outputs") or []]
-        src = next((p for p in outputs if p.suffix.lower() in media.VIDEO_EXT), None) or next(
-            (p for p in outputs if p.suffix.lower() in media.IMAGE_EXT), None)
+        src = media.thumbnail_source([directory / o for o in entry.get("outputs") or []])
         if src is not None and src.is_file():
             made = await media.thumbnail(src, directory / "thumbnails" / f"{entry.get('name')}.jpg")
             entry["thumbnail"] = str(made.relative_to(directory)) if made else None

@@ -6,44 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from tests.integration.daemon.conftest import Harness, harness  # noqa: F401 - fixture re-export
-from tests.integration.explore.test_batch_local import history_markers, journal, read_csv
+from tests.integration.explore.test_batch_local import batch_process, history_markers, journal, read_csv, wait_journal
 from tests.integration.explore.workflows import tiny_video, write_batch
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[3]
 
 
 async def fleet_batch(h: Harness, config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfy_worker", "batch", str(config), "--fleet", *args,
-        env={**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": h.dsn, "LOCAL_STORAGE_DIR": str(h.storage_dir),
-             "LOG_FORMAT": "json"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def wait_fleet(output: Path, done: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = journal(output)
-        except (AssertionError, ValueError, FileNotFoundError):
-            state = None
-        if state and [r["status"] for r in state["runs"].values()].count("complete") >= done:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the fleet batch did not reach {done} complete runs in {timeout} s")
+    return await batch_process(config, "--fleet", *args,
+                               env={"DATABASE_URL": h.dsn, "LOCAL_STORAGE_DIR": str(h.storage_dir)})
 
 
 async def test_fleet_batch_killed_and_resumed_submits_each_run_once(harness: Harness, tmp_path: Path) -> None:  # noqa: F811
@@ -54,7 +32,7 @@ async def test_fleet_batch_killed_and_resumed_submits_each_run_once(harness: Har
     output = tmp_path / "output"
 
     proc = await fleet_batch(harness, config)
-    state = await wait_fleet(output, 2)
+    state = await wait_journal(output, 2, rendering=False)
     proc.kill()  # the batch process dies; its tasks stay queued and running on the fleet
     await proc.wait()
     assert all(r.get("task_id") for r in state["runs"].values()), "every run was submitted before waiting"

@@ -64,10 +64,10 @@ def test_a_local_batch_fills_the_batch_directory(local_batch: BatchResult) -> No
     assert len({r["seed"] for r in rows}) == 8
 
 
-async def batch_process(config: Path, *args: str) -> asyncio.subprocess.Process:
+async def batch_process(config: Path, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "comfy_worker", "batch", str(config), *args,
-        env={**os.environ, "PYTHONPATH": str(REPO), "LOG_FORMAT": "json"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "LOG_FORMAT": "json", **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
@@ -78,8 +78,8 @@ def journal(output: Path) -> dict[str, Any]:
     return json.loads((dirs[0] / "progress.json").read_text())
 
 
-async def wait_journal(output: Path, done: int, timeout: float = 120) -> dict[str, Any]:
-    """Until the journal shows ``done`` runs complete and the next one rendering in ComfyUI."""
+async def wait_journal(output: Path, done: int, timeout: float = 120, *, rendering: bool = True) -> dict[str, Any]:
+    """Until the journal shows ``done`` runs complete and (``rendering``) the next one rendering in ComfyUI."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -88,7 +88,7 @@ async def wait_journal(output: Path, done: int, timeout: float = 120) -> dict[st
             state = None
         if state:
             statuses = [r["status"] for r in state["runs"].values()]
-            if statuses.count("complete") >= done and "running" in statuses:
+            if statuses.count("complete") >= done and (not rendering or "running" in statuses):
                 return state
         await asyncio.sleep(0.05)
     raise AssertionError(f"the batch did not reach {done} complete runs in {timeout} s")

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from comfy_worker.engine import ComfyClient
+from comfy_worker.store.postgres import PostgresStore
 from tests.comfy_server import comfy_test_home, free_port, remove_workdir, stop_test_comfyui
 from tests.comfy_server_0364 import comfy_0364_available, place_models, start_comfyui_0364
+from tests.integration.daemon.conftest import Harness
 
 
 @dataclass
@@ -62,6 +64,19 @@ async def comfy64(comfyui_0364: Comfy0364) -> AsyncIterator[ComfyClient]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def harness64(pg_dsn: str, comfyui_0364: Comfy0364, tmp_path: Path) -> AsyncIterator[Harness]:
+    """The daemon test harness on real Postgres against ComfyUI 0.3.64 (the test starts its daemons)."""
+    store = PostgresStore(pg_dsn)
+    await store.connect()
+    h = Harness(pg_dsn, store, tmp_path / "storage", comfyui_0364.base_url)
+    try:
+        yield h
+    finally:
+        await h.stop_all()
+        await store.close()
 
 
 def ffmpeg_media(dest: Path, kind: str, seconds: float = 1.0) -> Path:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from comfy_worker.models import TaskStatus
-from comfy_worker.store.postgres import PostgresStore
 from tests.integration.daemon.conftest import Harness
-from tests.integration.wan.conftest import Comfy0364, ffmpeg_media
+from tests.integration.wan.conftest import ffmpeg_media
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,25 +55,19 @@ async def test_build_refuses_bad_params_naming_the_key() -> None:
 
 @pytest.mark.comfyui
 async def test_build_submit_uploads_media_and_wait_shows_the_failure(
-    pg_dsn: str, comfyui_0364: Comfy0364, tmp_path: Path
+    pg_dsn: str, harness64: Harness, tmp_path: Path
 ) -> None:
-    store = PostgresStore(pg_dsn)
-    await store.connect()
-    h = Harness(pg_dsn, store, tmp_path / "storage", comfyui_0364.base_url)
-    try:
-        await h.start_daemon()
-        image = ffmpeg_media(tmp_path / "start.png", "image")
-        env = {"DATABASE_URL": pg_dsn, "LOCAL_STORAGE_DIR": str(h.storage_dir)}
-        code, out, err = await cli(
-            "build", "comfyui_i2v", "--set", f"image={image}", "--set", "high_noise_model=not_here.safetensors",
-            "--wait", env=env,
-        )  # fmt: skip
-        task_id = out.split()[0]
-        task = await store.get_task(task_id)
-        assert code == 1 and task.status is TaskStatus.FAILED and task.attempts == 1
-        assert task.params["image"] == {"storage_path": f"inputs/{task_id}/start.png"}
-        assert (h.storage_dir / "inputs" / task_id / "start.png").read_bytes() == image.read_bytes()
-        assert "not_here.safetensors is not installed" in err and "models/diffusion_models/" in err
-    finally:
-        await h.stop_all()
-        await store.close()
+    h, store = harness64, harness64.store
+    await h.start_daemon()
+    image = ffmpeg_media(tmp_path / "start.png", "image")
+    env = {"DATABASE_URL": pg_dsn, "LOCAL_STORAGE_DIR": str(h.storage_dir)}
+    code, out, err = await cli(
+        "build", "comfyui_i2v", "--set", f"image={image}", "--set", "high_noise_model=not_here.safetensors",
+        "--wait", env=env,
+    )  # fmt: skip
+    task_id = out.split()[0]
+    task = await store.get_task(task_id)
+    assert code == 1 and task.status is TaskStatus.FAILED and task.attempts == 1
+    assert task.params["image"] == {"storage_path": f"inputs/{task_id}/start.png"}
+    assert (h.storage_dir / "inputs" / task_id / "start.png").read_bytes() == image.read_bytes()
+    assert "not_here.safetensors is not installed" in err and "models/diffusion_models/" in err

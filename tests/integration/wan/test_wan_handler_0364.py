@@ -23,7 +23,6 @@ from comfy_worker.handlers.wan import WanHandler
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.models import NewTask, Task, TaskStatus
 from comfy_worker.storage import LocalStorage
-from comfy_worker.store.postgres import PostgresStore
 from tests.integration.daemon.conftest import Harness, wait_task
 from tests.integration.wan.conftest import Comfy0364, ffmpeg_media
 from tests.template_parity import template
@@ -113,32 +112,24 @@ async def test_missing_models_fail_at_once_naming_files_and_folders(
     assert await comfy64.queue() == ([], [])  # nothing was queued
 
 
-async def test_daemon_runs_comfyui_tasks_and_fails_missing_models_without_retrying(
-    pg_dsn: str, comfyui_0364: Comfy0364, tmp_path: Path
-) -> None:
-    store = PostgresStore(pg_dsn)
-    await store.connect()
-    h = Harness(pg_dsn, store, tmp_path / "storage", comfyui_0364.base_url)
-    try:
-        await h.start_daemon()
-        bad = await store.enqueue(
-            NewTask("comfyui_t2v", {"high_noise_model": "nowhere_high.safetensors", "seed": 1}, max_attempts=3)
-        )
-        refused = await store.enqueue(NewTask("comfyui_i2v", {"prompt": "no image"}, max_attempts=3))
-        newer = await store.enqueue(NewTask("comfy", {"workflow": template("video_wan2_2_14B_i2v")}, max_attempts=3))
-        task = await wait_task(store, bad.task_id)
-        assert task.status is TaskStatus.FAILED and task.attempts == 1
-        assert "nowhere_high.safetensors is not installed" in (task.error or "")
-        assert "models/diffusion_models/" in (task.error or "")
-        task = await wait_task(store, refused.task_id)
-        assert task.status is TaskStatus.FAILED and task.attempts == 1
-        assert "comfyui_i2v: params.image is required" in (task.error or "")
-        task = await wait_task(store, newer.task_id)  # a current UI export with nodes newer than the server
-        assert task.status is TaskStatus.FAILED and task.attempts == 1
-        assert "node 129:163 (ComfyMathExpression): node type ComfyMathExpression is not on ComfyUI 0.3.64" in (
-            task.error or ""
-        )
-        assert "update ComfyUI" in (task.error or "")
-    finally:
-        await h.stop_all()
-        await store.close()
+async def test_daemon_runs_comfyui_tasks_and_fails_missing_models_without_retrying(harness64: Harness) -> None:
+    h, store = harness64, harness64.store
+    await h.start_daemon()
+    bad = await store.enqueue(
+        NewTask("comfyui_t2v", {"high_noise_model": "nowhere_high.safetensors", "seed": 1}, max_attempts=3)
+    )
+    refused = await store.enqueue(NewTask("comfyui_i2v", {"prompt": "no image"}, max_attempts=3))
+    newer = await store.enqueue(NewTask("comfy", {"workflow": template("video_wan2_2_14B_i2v")}, max_attempts=3))
+    task = await wait_task(store, bad.task_id)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1
+    assert "nowhere_high.safetensors is not installed" in (task.error or "")
+    assert "models/diffusion_models/" in (task.error or "")
+    task = await wait_task(store, refused.task_id)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1
+    assert "comfyui_i2v: params.image is required" in (task.error or "")
+    task = await wait_task(store, newer.task_id)  # a current UI export with nodes newer than the server
+    assert task.status is TaskStatus.FAILED and task.attempts == 1
+    assert "node 129:163 (ComfyMathExpression): node type ComfyMathExpression is not on ComfyUI 0.3.64" in (
+        task.error or ""
+    )
+    assert "update ComfyUI" in (task.error or "")
