@@ -35,7 +35,7 @@ from typing import Any
 
 from comfy_worker import __version__
 from comfy_worker.config import Settings
-from comfy_worker.engine.base import COMFYUI, Engine
+from comfy_worker.engine.base import Engine
 from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.engine_host import AUTO, EngineHost
 from comfy_worker.errors import (
@@ -99,7 +99,7 @@ class Daemon:
         self.exit_when_idle = exit_when_idle
         self.task_types = registry.task_types
         self.work_root = work_root(settings, worker_id)
-        comfy = registry.engines.get(COMFYUI)
+        comfy = self.host.comfy
         # the disk floor, each task's cleanup, orphan sweeps (never of what runs here)
         self.upkeep = Upkeep(
             settings,
@@ -167,7 +167,7 @@ class Daemon:
             "worker_registered",
             task_types=self.task_types,
             prefetch=self.settings.prefetch,
-            engines={name: e.health().get("state") for name, e in self.registry.engines.items()},
+            engines=self.host.states(),
             comfy_url=getattr(self.supervisor, "base_url", None),
             gpu_probe=self.host.arbiter.health()["memory_probe"],
         )
@@ -271,7 +271,7 @@ class Daemon:
         types = self.host.claimable_types()
         if types:
             return types
-        log.info("waiting_for_engines", engines={n: e.health().get("state") for n, e in self.registry.engines.items()})
+        log.info("waiting_for_engines", engines=self.host.states())
         deadline = time.monotonic() + self.settings.poll_interval * 5
         while not types and not self._stop.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
