@@ -279,6 +279,8 @@ def parse_input_flag(flag: str) -> tuple[str, str, str]:
 
 
 async def submit(store: TaskStore, settings: Settings, args: argparse.Namespace) -> int:
+    from comfy_worker.cli_build import LocalInputs
+
     try:
         text = args.workflow.read_text()
     except OSError as exc:
@@ -291,23 +293,11 @@ async def submit(store: TaskStore, settings: Settings, args: argparse.Namespace)
         ) from exc
     task_id = args.task_id or str(uuid.uuid4())
     inputs: list[dict[str, Any]] = []
-    storage = None
-    for flag in args.input:
-        node, field_name, source = parse_input_flag(flag)
-        if source.startswith(("http://", "https://")):
-            inputs.append({"url": source, "node_id": node, "field": field_name})
-            continue
-        path = Path(source)
-        if not path.is_file():
-            raise InputRejected(f"--input {flag!r}: {source} is neither an http(s) URL nor an existing file")
-        if storage is None:
-            from comfy_worker.storage import open_storage
-
-            storage = open_storage(settings)
-        stored = await storage.upload(path, f"inputs/{task_id}/{path.name}")
-        inputs.append({"storage_path": stored.path, "node_id": node, "field": field_name})
-    if storage is not None:
-        await storage.aclose()
+    async with LocalInputs(settings, task_id) as staged:
+        for flag in args.input:
+            node, field_name, source = parse_input_flag(flag)
+            source_spec = await staged.stage(source, f"--input {flag!r}: {source} is")
+            inputs.append({**source_spec, "node_id": node, "field": field_name})
     params: dict[str, Any] = {"workflow": workflow}
     if inputs:
         params["inputs"] = inputs

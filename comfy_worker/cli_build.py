@@ -17,7 +17,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comfy_worker.builders import TASK_TYPES, accepted_keys, build_resolved, resolve
 from comfy_worker.builders.params import MEDIA_KEYS
@@ -25,6 +25,9 @@ from comfy_worker.config import Settings
 from comfy_worker.errors import InputRejected
 from comfy_worker.models import NewTask
 from comfy_worker.store import TaskStore
+
+if TYPE_CHECKING:
+    from comfy_worker.storage import Storage
 
 WaitFn = Callable[[TaskStore, str], Awaitable[int]]
 
@@ -103,23 +106,40 @@ async def run_build(
 
 async def _stage_media(params: dict[str, Any], settings: Settings, task_id: str) -> dict[str, Any]:
     """Local media files → uploaded to storage, as {storage_path}; URLs → {url}."""
-    storage = None
-    try:
+    async with LocalInputs(settings, task_id) as staged:
         for key in MEDIA_KEYS:
             value = params.get(key)
-            if _is_url(value):
-                params[key] = {"url": value}
-            elif isinstance(value, str):
-                path = Path(value)
-                if not path.is_file():
-                    raise InputRejected(f"--set {key}={value}: neither an http(s) URL nor an existing file")
-                if storage is None:
-                    from comfy_worker.storage import open_storage
-
-                    storage = open_storage(settings)
-                stored = await storage.upload(path, f"inputs/{task_id}/{path.name}")
-                params[key] = {"storage_path": stored.path}
-    finally:
-        if storage is not None:
-            await storage.aclose()
+            if isinstance(value, str):
+                params[key] = await staged.stage(value, f"--set {key}={value}:")
     return params
+
+
+class LocalInputs:
+    """Inputs named on the command line (``build --set``, ``submit --input``): a URL stays one; a local file is
+    uploaded to storage under ``inputs/<task id>/`` (storage opened for the first, closed on leaving)."""
+
+    def __init__(self, settings: Settings, task_id: str) -> None:
+        self.settings = settings
+        self.task_id = task_id
+        self._storage: Storage | None = None
+
+    async def __aenter__(self) -> LocalInputs:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._storage is not None:
+            await self._storage.aclose()
+
+    async def stage(self, source: str, flag: str) -> dict[str, str]:
+        """``{"url": source}`` or ``{"storage_path": ...}``; InputRejected starting with ``flag`` for neither."""
+        if _is_url(source):
+            return {"url": source}
+        path = Path(source)
+        if not path.is_file():
+            raise InputRejected(f"{flag} neither an http(s) URL nor an existing file")
+        if self._storage is None:
+            from comfy_worker.storage import open_storage
+
+            self._storage = open_storage(self.settings)
+        stored = await self._storage.upload(path, f"inputs/{self.task_id}/{path.name}")
+        return {"storage_path": stored.path}

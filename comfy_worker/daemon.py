@@ -35,7 +35,7 @@ from typing import Any
 
 from comfy_worker import __version__
 from comfy_worker.config import Settings
-from comfy_worker.engine.base import COMFYUI, Engine
+from comfy_worker.engine.base import Engine
 from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.engine_host import AUTO, EngineHost
 from comfy_worker.errors import (
@@ -69,7 +69,7 @@ def work_root(settings: Settings, worker_id: str) -> Path:
 class Inflight:
     task: Task
     ctx: TaskContext
-    engine: str
+    engine: Engine
     runner: asyncio.Task[None] | None = None
     holds_slot: bool = True
     on_gpu: bool = False  # granted the GPU: its job is (or is about to be) in the engine
@@ -99,7 +99,7 @@ class Daemon:
         self.exit_when_idle = exit_when_idle
         self.task_types = registry.task_types
         self.work_root = work_root(settings, worker_id)
-        comfy = registry.engines.get(COMFYUI)
+        comfy = self.host.comfy
         # the disk floor, each task's cleanup, orphan sweeps (never of what runs here)
         self.upkeep = Upkeep(
             settings,
@@ -167,7 +167,7 @@ class Daemon:
             "worker_registered",
             task_types=self.task_types,
             prefetch=self.settings.prefetch,
-            engines={name: e.health().get("state") for name, e in self.registry.engines.items()},
+            engines=self.host.states(),
             comfy_url=getattr(self.supervisor, "base_url", None),
             gpu_probe=self.host.arbiter.health()["memory_probe"],
         )
@@ -271,7 +271,7 @@ class Daemon:
         types = self.host.claimable_types()
         if types:
             return types
-        log.info("waiting_for_engines", engines={n: e.health().get("state") for n, e in self.registry.engines.items()})
+        log.info("waiting_for_engines", engines=self.host.states())
         deadline = time.monotonic() + self.settings.poll_interval * 5
         while not types and not self._stop.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -319,7 +319,7 @@ class Daemon:
             checkpoint=checkpoint,
             cancel=cancel,
         )
-        entry = Inflight(task, ctx, engine.name)
+        entry = Inflight(task, ctx, engine)
         self._inflight[task.task_id] = entry
         entry.runner = asyncio.create_task(self._run_task(entry, reporter), name=f"task-{task.task_id}")
 
@@ -335,12 +335,11 @@ class Daemon:
             log.info("task_claimed", priority=task.priority, max_attempts=task.max_attempts)
             try:
                 handler = self.handlers[task.task_type]
-                engine = self.registry.engine_for(task.task_type)
                 try:
-                    await engine.ensure_running()  # started on its first task; waits while it restarts
+                    await entry.engine.ensure_running()  # started on its first task; waits while it restarts
                     prepared = await handler.prepare(ctx)
                     log.info("task_prepared", prepare_s=round(time.monotonic() - t0, 3))
-                    executed = await self._on_gpu(entry, handler, engine, prepared)
+                    executed = await self._on_gpu(entry, handler, prepared)
                 finally:
                     self._give_back_slot(entry)
                 outcome = await handler.finish(ctx, executed)
@@ -361,9 +360,9 @@ class Daemon:
                     self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop
                 await self.upkeep.task_ended(ctx.engine, ctx.work_dir)
 
-    async def _on_gpu(self, entry: Inflight, handler: Any, engine: Engine, prepared: Any) -> Any:
+    async def _on_gpu(self, entry: Inflight, handler: Any, prepared: Any) -> Any:
         """``submit`` + ``execute`` under the GPU grant of the task's engine (after a hand-over if needed)."""
-        ctx = entry.ctx
+        ctx, engine = entry.ctx, entry.engine
         waited = time.monotonic()
         async with self.host.arbiter.use(engine.name, model=self.host.model_for(ctx.task), cancel=ctx.cancel):
             waited = time.monotonic() - waited
@@ -377,12 +376,11 @@ class Daemon:
             return await handler.execute(ctx, prepared)
 
     async def _settle_failure(self, entry: Inflight, exc: BaseException, elapsed: float) -> None:
-        task, ctx = entry.task, entry.ctx
-        engine = self.registry.engines[entry.engine]
+        task, ctx, engine = entry.task, entry.ctx, entry.engine
         outcome = decide(
             exc,
             ctx.cancel_reason[0] if ctx.cancel_reason else None,
-            engine_title=ENGINE_TITLES.get(entry.engine, entry.engine),
+            engine_title=ENGINE_TITLES.get(engine.name, engine.name),
             engine_log_tail=lambda: engine.log_tail(40),
             disk_fault=self.upkeep.disk_fault,
             elapsed_s=elapsed,
@@ -395,9 +393,9 @@ class Daemon:
                 self.upkeep.note_disk_fault(outcome.message)
             await self._report(lambda: self.store.release(task.task_id, task.lease_token or ""), "release")
             level = log.info if outcome.reason == "shutdown" else log.warning
-            level("task_released", reason=outcome.reason, engine=entry.engine, error=outcome.message or None)
+            level("task_released", reason=outcome.reason, engine=engine.name, error=outcome.message or None)
             return
-        details = {**outcome.details, "engine": entry.engine}
+        details = {**outcome.details, "engine": engine.name}
         log.warning("task_failed", error=outcome.message, error_type=details["error_type"], retryable=outcome.retryable)
         await self._report(
             lambda: self.store.fail(
@@ -437,7 +435,7 @@ class Daemon:
         was in the engine)."""
         if self._stop.is_set():
             return
-        mine = [tid for tid, e in self._inflight.items() if e.engine == engine and e.on_gpu]
+        mine = [tid for tid, e in self._inflight.items() if e.engine.name == engine and e.on_gpu]
         log.error("engine_died", engine=engine, returncode=returncode, inflight=len(mine))
         for task_id in mine:
             self._abandon(task_id, "engine_died")

@@ -99,6 +99,10 @@ class EngineHost:
         """Every engine can take tasks (a lazily started engine that has not started yet counts as able)."""
         return all(e.accepting for e in self.engines.values())
 
+    def states(self) -> dict[str, Any]:
+        """Each engine's state (stopped, ready, restarting, failed), for the logs."""
+        return {name: e.health().get("state") for name, e in self.engines.items()}
+
     def metadata(self) -> dict[str, Any]:
         """For the worker row: each engine's health, the GPU's state, and (compatibility) ComfyUI's server figures
         (gpu, vram_total, comfyui_version) at the top level."""

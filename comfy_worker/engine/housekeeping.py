@@ -120,9 +120,6 @@ class ComfyHousekeeper:
     def describe(self) -> dict[str, Any]:
         return {name: str(path) for name, path in self.folders.items()}
 
-    def scope(self, task_id: str, attempt: int, **kw: Any) -> TaskClient:
-        return TaskClient(self.client, task_id, attempt, **kw)
-
     async def clean_task(self, scope: TaskClient) -> TaskCleanup | None:
         """Forget the task's prompts and remove its files (nothing with KEEP_COMFY_FILES)."""
         if self.keep:

@@ -184,30 +184,6 @@ class TaskClient:
 
     # --- the rest is the shared client's --------------------------------------------------------------------
 
-    async def object_info(self) -> dict[str, Any]:
-        return await self.client.object_info()
-
-    def invalidate_object_info(self) -> None:
-        self.client.invalidate_object_info()
-
-    async def system_stats(self) -> dict[str, Any]:
-        return await self.client.system_stats()
-
-    async def history(self, prompt_id: str) -> History | None:
-        return await self.client.history(prompt_id)
-
-    async def queue(self) -> tuple[list[str], list[str]]:
-        return await self.client.queue()
-
-    async def interrupt(self, prompt_id: str | None = None) -> None:
-        await self.client.interrupt(prompt_id)
-
-    async def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
-        await self.client.free(unload_models, free_memory)
-
-    async def connect(self) -> None:
-        await self.client.connect()
-
     async def aclose(self) -> None:
         """The shared client outlives the task: nothing to close."""
 

@@ -115,10 +115,9 @@ def ui_to_api(
 
 
 def _looks_like_model(name: str, value: Any, allowed: list[Any]) -> bool:
-    exts = tuple(e for e in MODEL_EXTENSIONS)
-    if isinstance(value, str) and value.lower().endswith(exts):
+    if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS):
         return True
-    if any(isinstance(a, str) and a.lower().endswith(exts) for a in allowed):
+    if any(isinstance(a, str) and a.lower().endswith(MODEL_EXTENSIONS) for a in allowed):
         return True
     # by name only when the list says nothing: a filled list without model files is not of models
     # (KSampler's sampler_name ends in "_name" too: a typo there is not "model eulr is not installed")
@@ -128,11 +127,6 @@ def _looks_like_model(name: str, value: Any, allowed: list[Any]) -> bool:
 def model_folder(class_type: str, name: str) -> str | None:
     """The folder under ComfyUI's ``models/`` where the file a loader input names belongs (None if unknown)."""
     return MODEL_FOLDERS.get((class_type, name))
-
-
-def _where_models_go(class_type: str, name: str) -> str:
-    folder = model_folder(class_type, name)
-    return f"put it in ComfyUI's models/{folder}/" if folder else "install it in ComfyUI's models folder"
 
 
 def _check_value(
@@ -149,21 +143,22 @@ def _check_value(
     if allowed is not None:
         if is_file_input(class_type, name, opts) or value in allowed:
             return None
+        folder = model_folder(class_type, name)
+        where_to = f"put it in ComfyUI's models/{folder}/" if folder else "install it in ComfyUI's models folder"
         files = [a for a in allowed if str(a).lower().endswith(MODEL_EXTENSIONS)]
-        if not files and (not allowed or model_folder(class_type, name)):
+        if not files and (not allowed or folder):
             # No model file listed (VAELoader still lists built-ins such as "pixel_space"): on the live server none
             # of that kind is installed; in an offline fixture (no models anywhere) it says nothing.
-            is_model = model_folder(class_type, name) is not None or _looks_like_model(name, value, [])
-            if empty_model_lists == "missing" and is_model:
-                return f"{where}: model {value} is not installed (none is); {_where_models_go(class_type, name)}"
             if empty_model_lists != "missing":
                 return None
-        if model_folder(class_type, name) is not None or _looks_like_model(name, value, allowed):
+            if folder is not None or _looks_like_model(name, value, []):
+                return f"{where}: model {value} is not installed (none is); {where_to}"
+        if folder is not None or _looks_like_model(name, value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.4)
             hint = ", ".join(close) if close else "none"
             return (
                 f"{where}: model {value} is not installed; close matches: {hint}; "
-                f"{_where_models_go(class_type, name)}; fetch it: comfy-worker models sync"
+                f"{where_to}; fetch it: comfy-worker models sync"
             )
         shown = ", ".join(str(a) for a in allowed[:12]) + (", …" if len(allowed) > 12 else "")
         return f"{where}: value {value!r} is not allowed; allowed: {shown}"

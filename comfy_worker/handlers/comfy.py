@@ -144,9 +144,6 @@ class ComfyHandler:
     async def submit(self, ctx: TaskContext, prepared: Prepared) -> Prepared:
         return await submit_prompt(ctx, prepared)
 
-    async def _fetch(self, ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
-        return await fetch_input(ctx, spec, dest)
-
     async def execute(self, ctx: TaskContext, prepared: Prepared) -> Executed:
         return await run_prompt(ctx, prepared)
 

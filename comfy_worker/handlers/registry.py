@@ -42,9 +42,6 @@ class Registry:
     def task_models(self) -> dict[str, str]:
         return {t: str(h.model) for t, h in self.handlers.items() if getattr(h, "model", None)}
 
-    def types_of(self, engine: str) -> list[str]:
-        return sorted(t for t, h in self.handlers.items() if engine_of(h) == engine)
-
 
 def build_registry(
     engines: Mapping[str, Engine], handlers: Mapping[str, Any], task_types: tuple[str, ...] | list[str] = ()

@@ -20,19 +20,9 @@ from typing import Any
 
 from comfy_worker.builders import build_resolved, resolve
 from comfy_worker.builders.params import S2V, Resolved
-from comfy_worker.engine.base import COMFYUI
 from comfy_worker.errors import InputRejected
-from comfy_worker.handlers.base import HandlerResult, TaskContext
-from comfy_worker.handlers.comfy import (
-    Executed,
-    Prepared,
-    fetch_input,
-    run_prompt,
-    store_outputs,
-    submit_prompt,
-    upload_input,
-    validated,
-)
+from comfy_worker.handlers.base import TaskContext
+from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -59,10 +49,9 @@ async def audio_seconds(path: Path) -> float:
     return seconds
 
 
-class WanHandler:
-    """One ``comfyui_*`` task type (the daemon registers one instance per type)."""
-
-    engine = COMFYUI
+class WanHandler(ComfyHandler):
+    """One ``comfyui_*`` task type (the daemon registers one instance per type); ``submit``, ``execute`` and
+    ``finish`` are the ``comfy`` handler's."""
 
     def __init__(self, task_type: str) -> None:
         self.task_type = task_type
@@ -90,9 +79,6 @@ class WanHandler:
         log.info("wan_graph_built", nodes=len(workflow), seed=v["seed"], num_frames=v["num_frames"])
         return validated(workflow, object_info, info)
 
-    async def submit(self, ctx: TaskContext, prepared: Prepared) -> Prepared:
-        return await submit_prompt(ctx, prepared)
-
     async def _frames_from_audio(self, resolved: Resolved, params: dict[str, Any], path: Path) -> Resolved:
         seconds = await audio_seconds(path)
         fps = resolved.values["fps"]
@@ -103,9 +89,3 @@ class WanHandler:
             note += f"; capped at {MAX_FRAMES} frames"
         drawn = [n for n in resolved.notes if n.startswith("seed drawn")]
         return Resolved(again.task_type, again.values, again.media, [note, *again.notes, *drawn])
-
-    async def execute(self, ctx: TaskContext, prepared: Prepared) -> Executed:
-        return await run_prompt(ctx, prepared)
-
-    async def finish(self, ctx: TaskContext, executed: Executed) -> HandlerResult:
-        return await store_outputs(ctx, executed)
