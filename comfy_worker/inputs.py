@@ -32,7 +32,7 @@ import os
 import posixpath
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -448,6 +448,23 @@ async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Pat
         raise InputRejected(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
     except StorageUnavailable as exc:
         raise InputUnavailable(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
+
+
+async def fetch_source(
+    spec: Mapping[str, Any], dest_dir: Path, *, fetch: Fetcher, storage: Storage, max_bytes: int,
+    stem: str | None = None,
+) -> Path:
+    """One input given as ``{url | storage_path | base64[, filename]}``, as a local file under ``dest_dir``.
+    Without ``filename`` the file is named ``stem`` plus the URL's extension (or ``.bin`` for base64); without a
+    ``stem`` either, after the URL (base64: ``input.bin``)."""
+    filename = spec.get("filename")
+    if spec.get("url"):
+        if not filename and stem:
+            filename = f"{stem}{Path(filename_from_url(spec['url'])).suffix}"
+        return await fetch(spec["url"], dest_dir, filename=filename)
+    if spec.get("storage_path"):
+        return await fetch_storage_input(storage, spec["storage_path"], dest_dir)
+    return decode_base64_input(spec["base64"], dest_dir, safe_filename(filename, f"{stem or 'input'}.bin"), max_bytes)
 
 
 def settings_fetcher(

@@ -51,9 +51,8 @@ from typing import Any
 from comfy_worker.errors import InputRejected
 from comfy_worker.inputs import (
     Fetcher,
-    decode_base64_input,
     display_url,
-    fetch_storage_input,
+    fetch_source,
     filename_from_url,
     safe_filename,
 )
@@ -326,15 +325,8 @@ async def fetch_lora(spec: LoraSpec, lora_dir: Path, fetch: Fetcher, max_bytes: 
 
 
 async def fetch_media(item: MediaInput, dest: Path, fetch: Fetcher, storage: Storage, max_bytes: int) -> Path:
-    source = item.source
     name = f"{item.key}{'' if item.index is None else f'_{item.index}'}"
-    filename = source.get("filename")
-    if source.get("url"):
-        ext = Path(filename_from_url(source["url"])).suffix
-        return await fetch(source["url"], dest, filename=filename or f"{name}{ext}")
-    if source.get("storage_path"):
-        return await fetch_storage_input(storage, source["storage_path"], dest)
-    return decode_base64_input(source["base64"], dest, safe_filename(filename, f"{name}.bin"), max_bytes)
+    return await fetch_source(item.source, dest, fetch=fetch, storage=storage, max_bytes=max_bytes, stem=name)
 
 
 async def build_request(

@@ -25,7 +25,6 @@ from typing import Any
 
 from comfy_worker.engine import (
     History,
-    OutputItem,
     events,
     find_media_inputs,
     is_ui_format,
@@ -39,7 +38,8 @@ from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
 from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
-from comfy_worker.inputs import decode_base64_input, fetch_storage_input, safe_filename
+from comfy_worker.handlers.outputs import pick_output_url, upload_outputs
+from comfy_worker.inputs import fetch_source
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -193,13 +193,8 @@ def collect_input_specs(
 
 async def fetch_input(ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Path:
     """One input ({url | storage_path | base64}, optional filename) as a local file under ``dest``."""
-    filename = spec.get("filename")
-    if spec.get("url"):
-        return await ctx.fetch(spec["url"], dest, filename=filename)
-    if spec.get("storage_path"):
-        return await fetch_storage_input(ctx.storage, spec["storage_path"], dest)
-    return decode_base64_input(
-        spec["base64"], dest, safe_filename(filename, "input.bin"), ctx.settings.input_max_bytes
+    return await fetch_source(
+        spec, dest, fetch=ctx.fetch, storage=ctx.storage, max_bytes=ctx.settings.input_max_bytes
     )
 
 
@@ -291,50 +286,3 @@ async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
         },
         output_url=pick_output_url(outputs),
     )
-
-
-async def upload_outputs(ctx: TaskContext, items: list[OutputItem]) -> list[dict[str, Any]]:
-    """Upload every output item to ``{task_type}/{task_id}/{filename}``; the list for ``result.outputs``."""
-    outputs: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for item in items:
-        name = item.filename
-        if name in used:  # the same filename from two nodes or subfolders: keep both
-            name = f"{item.node_id}_{name}"
-        used.add(name)
-        stored = await ctx.storage.upload(
-            item.path,
-            ctx.storage_path(name),
-            content_type=item.content_type,
-            sha256=item.sha256,  # hashed while it downloaded from ComfyUI: not read again to hash it
-            journal=ctx.uploads,
-        )
-        outputs.append(
-            {
-                "node_id": item.node_id,
-                "kind": item.kind,
-                "filename": name,
-                "storage_path": stored.path,
-                "url": stored.url,
-                "bytes": stored.bytes,
-                "sha256": stored.sha256,
-                "content_type": stored.content_type,
-            }
-        )
-        log.info(
-            "output_uploaded",
-            node_id=item.node_id,
-            kind=item.kind,
-            storage_path=stored.path,
-            bytes=stored.bytes,
-        )
-    return outputs
-
-
-def pick_output_url(outputs: list[dict[str, Any]]) -> str | None:
-    """The first video, else the first image."""
-    for kind in ("video", "image"):
-        for o in outputs:
-            if o["kind"] == kind:
-                return str(o["url"])
-    return None
