@@ -18,7 +18,7 @@ from typing import Any
 
 from comfy_worker.engine.base import WAN2GP
 from comfy_worker.handlers.base import HandlerResult, TaskContext
-from comfy_worker.handlers.comfy import pick_output_url, upload_outputs
+from comfy_worker.handlers.outputs import pick_output_url, upload_outputs
 from comfy_worker.logs import get_logger
 from worker_wgp import protocol as p
 from worker_wgp.engine import GenerationOutput, WanEngine
