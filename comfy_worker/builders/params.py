@@ -122,7 +122,8 @@ COMMON_KEYS = ("negative_prompt", "seed", "loras", "filename_prefix", "timeout_s
 # Model names the caller may override (the LoRA names of use_lora are fixed by the templates).
 _INTERNAL = ("high_noise_lora", "low_noise_lora", "lora")
 
-_INT_RANGES = {"width": (64, 2048), "height": (64, 2048), "num_frames": (1, 1001), "steps": (1, 200)}
+MAX_FRAMES = 1001
+_INT_RANGES = {"width": (64, 2048), "height": (64, 2048), "num_frames": (1, MAX_FRAMES), "steps": (1, 200)}
 _FLOAT_RANGES = {"fps": (1.0, 120.0), "cfg_scale": (0.0, 30.0), "shift": (0.0, 100.0)}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-]*$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./]*$")

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.builders import build_resolved, resolve
-from comfy_worker.builders.params import S2V, Resolved
+from comfy_worker.builders.params import MAX_FRAMES, S2V, Resolved
 from comfy_worker.errors import InputRejected
 from comfy_worker.handlers.base import TaskContext
 from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
-MAX_FRAMES = 1001
 
 
 async def audio_seconds(path: Path) -> float:
