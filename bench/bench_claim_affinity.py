@@ -19,11 +19,10 @@ import asyncio
 import random
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from _common import admin, drop_database, fresh_database
 
 from comfy_worker.models import ClaimPreference, WorkerInfo
 from comfy_worker.store.postgres import PostgresStore
@@ -33,14 +32,6 @@ PREFERENCE = ClaimPreference({"i2v": 2.0}, 300.0)
 RUN_S = {"comfy": 45.0, "i2v": 60.0}  # GPU seconds per task (simulation)
 SWITCH_S = 30.0  # one engine hand-over: free VRAM, load the other engine's model
 INTERARRIVAL_S = 80.0  # ~66% busy before switching costs
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def drain(store: Any, n: int, preference: ClaimPreference | None) -> float:
@@ -104,26 +95,23 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
 
-    db = f"bench_affinity_{uuid.uuid4().hex[:8]}"
-    await _admin(a.dsn, f'create database "{db}"')
-    dsn = a.dsn.rsplit("/", 1)[0] + "/" + db
+    db, dsn = await fresh_database(a.dsn, "bench_affinity")
     try:
         pg = PostgresStore(dsn, listen=False, pool_max=1)
         await pg.connect()
-        await pg.migrate()
 
         async def pg_fill(n: int) -> None:
-            await _admin(dsn, "truncate tasks")
-            await _admin(dsn, "insert into tasks (task_type, params) select case when g % 4 = 0 then 'i2v' "
+            await admin(dsn, "truncate tasks")
+            await admin(dsn, "insert into tasks (task_type, params) select case when g % 4 = 0 then 'i2v' "
                               f"else 'comfy' end, '{{}}' from generate_series(1, {n}) g")
-            await _admin(dsn, "analyze tasks")
+            await admin(dsn, "analyze tasks")
 
         print(f"{'store':>8} {'plain cycles/s':>15} {'preference cycles/s':>20} {'ratio':>6}")
         plain, pref = await cost(pg, pg_fill, a.tasks, a.cycles, a.rounds)
         print(f"{'postgres':>8} {plain:>15.0f} {pref:>20.0f} {pref / plain:>6.2f}")
         await pg.close()
     finally:
-        await _admin(a.dsn, f'drop database if exists "{db}" with (force)')
+        await drop_database(a.dsn, db)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.db"

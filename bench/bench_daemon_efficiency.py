@@ -25,7 +25,6 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -33,6 +32,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import drop_database, fresh_database  # noqa: E402
 
 from comfy_worker.cli import build_registry  # noqa: E402
 from comfy_worker.config import load_settings  # noqa: E402
@@ -124,15 +125,8 @@ async def main() -> None:
 async def one_run(a: argparse.Namespace) -> None:
     configure_logging("warning", "json")
     proc, url = start_test_comfyui(free_port())
-    db = f"bench_eff_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(a.admin_dsn)
-    await admin.execute(f'create database "{db}"')
-    dsn = a.admin_dsn.rsplit("/", 1)[0] + "/" + db
+    db, dsn = await fresh_database(a.admin_dsn, "bench_eff")
     try:
-        s = PostgresStore(dsn, listen=False)
-        await s.connect()
-        await s.migrate()
-        await s.close()
         async with ComfyClient(url) as c:  # warm-up: imports, first-run allocations
             await c.wait(await c.queue_prompt(graph(999_999, a.size, a.radius)), deadline_s=300, stall_s=120)
         one = await comfy_alone(url, [graph(1_000_000 + i, a.size, a.radius) for i in range(3)]) / 3
@@ -170,8 +164,7 @@ async def one_run(a: argparse.Namespace) -> None:
               f"({100 * idle / max(len(window), 1):.1f}%); next prompt already queued in "
               f"{100 * queued_ahead / max(len(window), 1):.0f}% of samples")
     finally:
-        await admin.execute(f'drop database if exists "{db}" with (force)')
-        await admin.close()
+        await drop_database(a.admin_dsn, db)
         stop_test_comfyui(proc)
         remove_workdir(proc)
 

@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -32,6 +31,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import drop_database, fresh_database  # noqa: E402
 
 from comfy_worker.explore.batch import run_batch  # noqa: E402
 from comfy_worker.explore.batch_config import load_config  # noqa: E402
@@ -57,25 +58,6 @@ def write_config(tmp: Path, runs: int, seconds: float) -> Path:
     }
     (tmp / "batch.yaml").write_text(yaml.safe_dump(config))
     return tmp / "batch.yaml"
-
-
-async def fresh_db(admin_dsn: str) -> tuple[str, str]:
-    name = f"bench_explore_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'create database "{name}"')
-    await admin.close()
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    store = PostgresStore(dsn, listen=False)
-    await store.connect()
-    await store.migrate()
-    await store.close()
-    return name, dsn
-
-
-async def drop_db(admin_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
 
 
 async def start_workers(dsn: str, urls: list[str], storage: Path) -> list[asyncio.subprocess.Process]:
@@ -119,7 +101,7 @@ async def timed_batch(config: Path, runner: object) -> float:
 
 
 async def fleet(admin_dsn: str, config: Path, urls: list[str], storage: Path) -> float:
-    name, dsn = await fresh_db(admin_dsn)
+    name, dsn = await fresh_database(admin_dsn, "bench_explore")
     procs = await start_workers(dsn, urls, storage)
     store = PostgresStore(dsn)
     await store.connect()
@@ -128,7 +110,7 @@ async def fleet(admin_dsn: str, config: Path, urls: list[str], storage: Path) ->
     finally:
         await store.close()
         await stop_workers(procs)
-        await drop_db(admin_dsn, name)
+        await drop_database(admin_dsn, name)
 
 
 async def main() -> None:

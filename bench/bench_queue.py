@@ -21,17 +21,10 @@ import time
 import uuid
 
 import asyncpg
+from _common import admin, drop_database, fresh_database, pct
 
 from comfy_worker.models import WorkerInfo
 from comfy_worker.store.postgres import PostgresStore
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def fill(dsn: str, n: int) -> None:
@@ -179,25 +172,14 @@ def fsync_ms(n: int = 100) -> float:
     return float("nan")
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--tasks", type=int, default=6000)
     ap.add_argument("--pickups", type=int, default=300)
     a = ap.parse_args()
-    db = f"bench_queue_{uuid.uuid4().hex[:8]}"
-    await _admin(a.dsn, f'create database "{db}"')
-    dsn = a.dsn.rsplit("/", 1)[0] + "/" + db
+    db, dsn = await fresh_database(a.dsn, "bench_queue")
     try:
-        s = PostgresStore(dsn, listen=False)
-        await s.connect()
-        await s.migrate()
-        await s.close()
         print(f"{'claimers':>8} {'cycles/s':>10} {'baseline 2xSELECT1/s':>22} {'ratio':>6}")
         for c in (1, 8, 32):
             n = a.tasks if c > 1 else a.tasks // 3
@@ -215,11 +197,11 @@ async def main() -> None:
                 print(f"{label:>8} {tps:>10.0f} {'':>22} {'':>6}   (same SQL calls, pgbench's C client)")
         # The same 8-claimer run with commits that do not wait for the WAL flush: not a recommendation (a
         # claim lost in a crash could run a task twice), but it shows how much of the cycle is the disk.
-        await _admin(a.dsn, f'alter database "{db}" set synchronous_commit = off')
+        await admin(a.dsn, f'alter database "{db}" set synchronous_commit = off')
         rate = await throughput(dsn, 8, a.tasks)
         base = await baseline(dsn, 8, a.tasks)
         print(f"{'8 async':>8} {rate:>10.0f} {base:>22.0f} {rate / base:>6.2f}   (synchronous_commit=off)")
-        await _admin(a.dsn, f'alter database "{db}" reset synchronous_commit')
+        await admin(a.dsn, f'alter database "{db}" reset synchronous_commit')
         print(f"disk: one 8 KiB write + fdatasync takes {fsync_ms():.2f} ms here (each durable commit pays one)")
         print()
         print(f"{'pickup':>22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
@@ -228,7 +210,7 @@ async def main() -> None:
             print(f"{label:>22} {pct(lat, .5) * 1e3:>8.1f} {pct(lat, .99) * 1e3:>8.1f} {max(lat) * 1e3:>8.1f}"
                   f"   (n={len(lat)}, mean {statistics.mean(lat) * 1e3:.1f} ms)")
     finally:
-        await _admin(a.dsn, f'drop database if exists "{db}" with (force)')
+        await drop_database(a.dsn, db)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_queue
+from _common import admin, database_dsn, drop_database, pct
 
 from comfy_worker.models import WorkerInfo
 from comfy_worker.store.postgres import PostgresStore
@@ -93,7 +94,7 @@ async def _counters(admin_dsn: str, db: str) -> dict[str, Any]:
         lsn = await conn.fetchval("select pg_current_wal_lsn()::text")
     finally:
         await conn.close()
-    conn = await asyncpg.connect(_dsn(admin_dsn, db))
+    conn = await asyncpg.connect(database_dsn(admin_dsn, db))
     try:
         tables = await conn.fetchrow(
             "select coalesce(sum(n_tup_ins), 0) ins, coalesce(sum(n_tup_upd), 0) upd,"
@@ -127,18 +128,6 @@ def latencies(queued: dict[Any, float], seen: dict[Any, float]) -> list[float]:
     """Job entered - enqueue call returned; 0 when the worker had it before the producer heard its commit."""
     assert set(seen) == set(queued), "jobs lost or seen twice"
     return [max(0.0, seen[k] - queued[k]) for k in queued]
-
-
-def _dsn(admin_dsn: str, db: str) -> str:
-    return admin_dsn.rsplit("/", 1)[0] + "/" + db
-
-
-async def _admin(admin_dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 # --- the systems -------------------------------------------------------------------------------------------
@@ -357,13 +346,13 @@ async def main() -> None:
     run = uuid.uuid4().hex[:6]
     dbs = {key: f"bench_peers_{key}_{run}" for key in ("ours", "procrastinate", "pgqueuer")}
     for db in dbs.values():
-        await _admin(a.dsn, f'create database "{db}"')
+        await admin(a.dsn, f'create database "{db}"')
     systems: list[Any] = [
-        Ours(_dsn(a.dsn, dbs["ours"])),
-        Ours(_dsn(a.dsn, dbs["ours"]), batch=10),
-        Procrastinate(_dsn(a.dsn, dbs["procrastinate"])),
-        PgQueuer(_dsn(a.dsn, dbs["pgqueuer"]), 1),
-        PgQueuer(_dsn(a.dsn, dbs["pgqueuer"]), 10),
+        Ours(database_dsn(a.dsn, dbs["ours"])),
+        Ours(database_dsn(a.dsn, dbs["ours"]), batch=10),
+        Procrastinate(database_dsn(a.dsn, dbs["procrastinate"])),
+        PgQueuer(database_dsn(a.dsn, dbs["pgqueuer"]), 1),
+        PgQueuer(database_dsn(a.dsn, dbs["pgqueuer"]), 10),
     ]
     db_of = {id(s): dbs[s.name.split()[0].rstrip(",")] for s in systems}
     try:
@@ -393,11 +382,11 @@ async def main() -> None:
             if s.name.startswith("ours,"):
                 continue  # the same claim path as "ours" when idle
             lat = await s.pickup(a.pickups, random.Random(7))
-            print(f"{s.name:<28} {bench_queue.pct(lat, .5) * 1e3:>8.1f} {bench_queue.pct(lat, .99) * 1e3:>8.1f} "
+            print(f"{s.name:<28} {pct(lat, .5) * 1e3:>8.1f} {pct(lat, .99) * 1e3:>8.1f} "
                   f"{max(lat) * 1e3:>8.1f}   (n={len(lat)}, mean {statistics.mean(lat) * 1e3:.1f} ms)", flush=True)
     finally:
         for db in dbs.values():
-            await _admin(a.dsn, f'drop database if exists "{db}" with (force)')
+            await drop_database(a.dsn, db)
 
 
 if __name__ == "__main__":

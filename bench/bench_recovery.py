@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from aiohttp import ClientSession, web
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import drop_database, fresh_database, pct  # noqa: E402
 
 from comfy_worker.models import NewTask, TaskStatus  # noqa: E402
 from comfy_worker.store.base import TaskStore  # noqa: E402
@@ -151,14 +152,9 @@ class Lane:
         self.env.update({"COMFY_URL": self.comfy_url, "LOG_FORMAT": "json", "PYTHONPATH": str(REPO),
                          "LOCAL_STORAGE_DIR": str(self.root / "outputs"), "WORK_DIR": str(self.root / "work")})
         if self.kind in ("postgres", "supabase"):
-            self.dbname = f"bench_rec_{uuid.uuid4().hex[:10]}"
-            conn = await asyncpg.connect(self.admin_dsn)
-            await conn.execute(f'create database "{self.dbname}"')
-            await conn.close()
-            dsn = self.admin_dsn.rsplit("/", 1)[0] + "/" + self.dbname
+            self.dbname, dsn = await fresh_database(self.admin_dsn, "bench_rec")
             store = PostgresStore(dsn, listen=False)
             await store.connect()
-            await store.migrate()
             self.store = store
             if self.kind == "postgres":
                 self.env["DATABASE_URL"] = dsn
@@ -199,9 +195,7 @@ class Lane:
             with contextlib.suppress(Exception):
                 await cleanup()
         if self.dbname:
-            conn = await asyncpg.connect(self.admin_dsn)
-            await conn.execute(f'drop database if exists "{self.dbname}" with (force)')
-            await conn.close()
+            await drop_database(self.admin_dsn, self.dbname)
 
     async def _daemon(self, worker_id: str, env: dict[str, str]) -> asyncio.subprocess.Process:
         log = (self.root / f"{worker_id}.log").open("ab")
@@ -270,11 +264,6 @@ class Lane:
                 if proc is not None and proc.returncode is None:
                     proc.kill()
                     await proc.wait()
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 async def run_scenario(name: str, trials: int, lanes: int, admin_dsn: str, comfy_url: str, root: Path,

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import drop_database, fresh_database  # noqa: E402
+
 from comfy_worker.diskspace import tree_bytes  # noqa: E402
-from comfy_worker.store.postgres import PostgresStore  # noqa: E402
 from tests.comfy_server import comfy_args, comfy_test_paths, free_port  # noqa: E402
 
 ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -137,10 +137,7 @@ def finished_files(folders: list[Path], finished: set[str]) -> int:
 
 async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -> Run:
     run = Run(mode)
-    db = f"cw_soak_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'create database "{db}"')
-    dsn = ADMIN_DSN.rpartition("/")[0] + f"/{db}"
+    db, dsn = await fresh_database(ADMIN_DSN, "cw_soak")
     workdir = Path(tempfile.mkdtemp(prefix=f"cw-soak-{mode}-"))
     python, tree = comfy_test_paths()
     port = free_port()
@@ -159,9 +156,6 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
         "PYTHONPATH": str(REPO),
     }
     folders = [workdir / "input", workdir / "output", workdir / "temp"]
-    store = PostgresStore(dsn, listen=False)
-    await store.connect()
-    await store.migrate()
     log_file = (logs_dir / f"worker-{mode}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "comfy_worker", "--worker-id", f"soak-{mode}"],
@@ -236,9 +230,7 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
             if '"task_files_removed"' in line:
                 run.cleanup_s.append(float(json.loads(line).get("seconds", 0.0)))
         await conn.close()
-        await store.close()
-        await admin.execute(f'drop database if exists "{db}" with (force)')
-        await admin.close()
+        await drop_database(ADMIN_DSN, db)
         shutil.rmtree(workdir, ignore_errors=True)
     return run
 

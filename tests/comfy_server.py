@@ -51,6 +51,12 @@ def comfy_args(workdir: Path) -> list[str]:
     """The extra ComfyUI arguments the tests use (also usable as COMFY_ARGS for a supervisor)."""
     paths_yaml = workdir / "extra_model_paths.yaml"
     paths_yaml.write_text(f"comfy_worker_tests:\n    custom_nodes: {NODES_DIR}\n")
+    return private_args(workdir, paths_yaml)
+
+
+def private_args(workdir: Path, paths_yaml: Path) -> list[str]:
+    """``--cpu``, ``paths_yaml`` as the extra model paths, and input / output / temp folders of the server's own
+    under ``workdir`` (made here)."""
     for sub in ("input", "output", "temp"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     return [

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.engine.workflow import model_folder
-from tests.comfy_server import comfy_test_home, launch_comfyui
+from tests.comfy_server import comfy_test_home, launch_comfyui, private_args
 
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "audio_encoders", "checkpoints", "clip_vision")
 
@@ -63,20 +63,9 @@ def _args(workdir: Path) -> list[str]:
     for folder in MODEL_FOLDERS:
         (models / folder).mkdir(parents=True, exist_ok=True)
         lines.append(f"    {folder}: {folder}")
-    (workdir / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n")
-    for sub in ("input", "output", "temp"):
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    return [
-        "--cpu",
-        "--extra-model-paths-config",
-        str(workdir / "extra_model_paths.yaml"),
-        "--input-directory",
-        str(workdir / "input"),
-        "--output-directory",
-        str(workdir / "output"),
-        "--temp-directory",
-        str(workdir),  # ComfyUI appends "temp"
-    ]
+    paths_yaml = workdir / "extra_model_paths.yaml"
+    paths_yaml.write_text("\n".join(lines) + "\n")
+    return private_args(workdir, paths_yaml)
 
 
 def start_comfyui_0364(

@@ -462,6 +462,15 @@ class CWLoadLastLatent:
         return float("nan")
 
 
+def read_image(path):
+    """An image file -> IMAGE (1, h, w, 3), RGB in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr)[None, ...]
+
+
 class CWLoadImageFromPath:
     """Load Image From Path stand-in: an image file by absolute path -> IMAGE (1, h, w, 3)."""
 
@@ -474,11 +483,7 @@ class CWLoadImageFromPath:
     CATEGORY = "cw_test"
 
     def load(self, image_path):
-        from PIL import Image
-
-        with Image.open(image_path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        return (torch.from_numpy(arr)[None, ...],)
+        return (read_image(image_path),)
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):
@@ -532,11 +537,7 @@ class CWLoadImage:
     CATEGORY = "cw_test"
 
     def load(self, image):
-        from PIL import Image
-
-        with Image.open(folder_paths.get_annotated_filepath(image)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        return (torch.from_numpy(arr)[None, ...],)
+        return (read_image(folder_paths.get_annotated_filepath(image)),)
 
     @classmethod
     def IS_CHANGED(cls, image):

@@ -6,7 +6,6 @@ fail in CI (CI=true), where scripts/install.sh must have installed it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ from comfy_worker.store.postgres import PostgresStore
 from tests.comfy_server import comfy_test_home, free_port, remove_workdir, stop_test_comfyui
 from tests.comfy_server_0364 import comfy_0364_available, place_models, start_comfyui_0364
 from tests.integration.daemon.conftest import Harness
+from tests.integration.engine.conftest import skip_or_fail
 
 
 @dataclass
@@ -44,10 +44,7 @@ class Comfy0364:
 @pytest.fixture(scope="session")
 def comfyui_0364() -> Iterator[Comfy0364]:
     if not comfy_0364_available():
-        msg = f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_or_fail(f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
     proc, base_url = start_comfyui_0364(free_port())
     try:
         yield Comfy0364(base_url, proc.workdir)  # type: ignore[attr-defined]
