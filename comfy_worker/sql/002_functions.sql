@@ -584,6 +584,35 @@ begin
 end
 $$;
 
+-- requeue_stale's recovery of one running task whose worker stopped (p_reason: lease_expired, worker_gone;
+-- p_what: why, in words): back to the queue at once (the attempt is spent), or failed with its dependents when
+-- no attempts are left. True when it was requeued.
+create or replace function _cw_take_back(
+  p_task_id text, p_worker_id text, p_attempts integer, p_max_attempts integer, p_reason text, p_what text
+) returns boolean
+language plpgsql volatile security invoker set search_path = public, pg_temp set jit = off
+as $$
+begin
+  if p_attempts < p_max_attempts then
+    update tasks set status = 'queued', run_at = now(), worker_id = null, lease_token = null,
+      lease_expires_at = null,
+      error = format('%s (attempt %s of %s); requeued', p_what, p_attempts, p_max_attempts),
+      error_details = jsonb_build_object('reason', p_reason, 'worker_id', p_worker_id, 'attempt', p_attempts),
+      updated_at = now()
+    where task_id = p_task_id;
+    return true;
+  end if;
+  update tasks set status = 'failed', lease_token = null, lease_expires_at = null, completed_at = now(),
+    error = format('%s on the last attempt (%s of %s)', p_what, p_attempts, p_max_attempts),
+    error_details = jsonb_build_object('reason', p_reason, 'worker_id', p_worker_id, 'attempt', p_attempts,
+                                       'gave_up', 'max_attempts reached'),
+    updated_at = now()
+  where task_id = p_task_id;
+  perform _cw_end_dependents(p_task_id);
+  return false;
+end
+$$;
+
 -- Recovery, run often by every worker and by the orchestrator (cheap when there is nothing to do):
 --  * running tasks whose lease expired go back to the queue at once (attempt spent), or fail when no
 --    attempts are left;
@@ -617,23 +646,11 @@ begin
     order by t.task_id
     for update skip locked
   loop
-    if v.attempts < v.max_attempts then
-      update tasks set status = 'queued', run_at = now(), worker_id = null, lease_token = null,
-        lease_expires_at = null,
-        error = format('lease expired: worker %s stopped reporting (attempt %s of %s); requeued', v.worker_id, v.attempts, v.max_attempts),
-        error_details = jsonb_build_object('reason', 'lease_expired', 'worker_id', v.worker_id, 'attempt', v.attempts),
-        updated_at = now()
-      where task_id = v.task_id;
+    if _cw_take_back(v.task_id, v.worker_id, v.attempts, v.max_attempts, 'lease_expired',
+                     format('lease expired: worker %s stopped reporting', v.worker_id)) then
       v_requeued := v_requeued || v.task_id;
     else
-      update tasks set status = 'failed', lease_token = null, lease_expires_at = null, completed_at = now(),
-        error = format('lease expired: worker %s stopped reporting on the last attempt (%s of %s)', v.worker_id, v.attempts, v.max_attempts),
-        error_details = jsonb_build_object('reason', 'lease_expired', 'worker_id', v.worker_id, 'attempt', v.attempts,
-                                           'gave_up', 'max_attempts reached'),
-        updated_at = now()
-      where task_id = v.task_id;
       v_failed := v_failed || v.task_id;
-      perform _cw_end_dependents(v.task_id);
     end if;
     perform _cw_refresh_worker(v.worker_id);
   end loop;
@@ -666,23 +683,11 @@ begin
         order by t.task_id
         for update skip locked
       loop
-        if v.attempts < v.max_attempts then
-          update tasks set status = 'queued', run_at = now(), worker_id = null, lease_token = null,
-            lease_expires_at = null,
-            error = format('worker %s is gone: its database session ended (attempt %s of %s); requeued', v_w.id, v.attempts, v.max_attempts),
-            error_details = jsonb_build_object('reason', 'worker_gone', 'worker_id', v_w.id, 'attempt', v.attempts),
-            updated_at = now()
-          where task_id = v.task_id;
+        if _cw_take_back(v.task_id, v_w.id, v.attempts, v.max_attempts, 'worker_gone',
+                         format('worker %s is gone: its database session ended', v_w.id)) then
           v_requeued := v_requeued || v.task_id;
         else
-          update tasks set status = 'failed', lease_token = null, lease_expires_at = null, completed_at = now(),
-            error = format('worker %s is gone: its database session ended on the last attempt (%s of %s)', v_w.id, v.attempts, v.max_attempts),
-            error_details = jsonb_build_object('reason', 'worker_gone', 'worker_id', v_w.id, 'attempt', v.attempts,
-                                               'gave_up', 'max_attempts reached'),
-            updated_at = now()
-          where task_id = v.task_id;
           v_failed := v_failed || v.task_id;
-          perform _cw_end_dependents(v.task_id);
         end if;
       end loop;
       -- not marked lost here: that stays the silence rule below (the orchestrator terminates the pods of lost
@@ -741,4 +746,4 @@ select _cw_service_role_only(array[
   '_cw_service_role_only', '_cw_check_lease_seconds', '_cw_check_object', '_cw_held_task', '_cw_refresh_worker',
   '_cw_end_dependents', 'register_worker', 'deregister_worker', 'set_worker_status', 'heartbeat', 'enqueue_task',
   'get_task', 'claim_tasks', 'update_progress', 'complete_task', 'fail_task', 'release_task', 'cancel_task',
-  'requeue_stale', 'tasks_notify', 'work_ready', '_cw_presence_key', '_cw_presence_grace', 'presence_acquire']);
+  'requeue_stale', 'tasks_notify', 'work_ready', '_cw_presence_key', '_cw_presence_grace', 'presence_acquire', '_cw_take_back']);

@@ -24,7 +24,7 @@
 -- in plain order plus the first p_n of each preferred type (a task of weight 0, or an overdue one, has every
 -- task ahead of it in plain order ahead of it here too; a preferred task has every earlier task of its own
 -- type ahead of it). Those candidates are locked (SKIP LOCKED, as before), ordered, and the best p_n claimed.
--- Without a preference the statement is the plain claim of 002, plan and all.
+-- Without a preference the candidates are the first p_n in plain order, all claimed in plain order.
 
 -- A preferred type's candidates are found through this index, not by walking the whole queue in claim order:
 -- an i2v task behind 200k queued comfy tasks costs 0.5 ms instead of 40-60 ms (docs/benchmarks.md).
@@ -108,37 +108,8 @@ begin
     return;
   end if;
 
-  if p_preference is null then
-    return query
-    with picked as (
-      select t.task_id
-      from tasks t
-      where t.status = 'queued' and t.run_at <= now()
-        and (p_task_types is null or cardinality(p_task_types) = 0 or t.task_type = any(p_task_types))
-        and (cardinality(t.depends_on) = 0 or not exists (
-              select 1 from unnest(t.depends_on) d(id) left join tasks dt on dt.task_id = d.id
-              where dt.status is distinct from 'complete'))
-      order by t.priority desc, t.run_at, t.created_at
-      limit p_n
-      for update of t skip locked
-    ), claimed as (
-      update tasks t set
-        status = 'running', worker_id = p_worker_id, lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => p_lease_seconds), attempts = t.attempts + 1,
-        started_at = now(), completed_at = null, updated_at = now()
-      -- = any(array(...)): primary-key lookups whatever the planner guesses for LIMIT p_n (see 002)
-      where t.task_id = any(array(select picked.task_id from picked))
-      returning t.*
-    ), w as (
-      update workers wk set status = 'busy', current_task_id = c.task_id, last_heartbeat = now(), updated_at = now()
-      from (select task_id from claimed limit 1) c
-      where wk.id = p_worker_id
-    )
-    select * from claimed order by claimed.priority desc, claimed.run_at, claimed.created_at;  -- claim order
-    return;
-  end if;
-
   -- candidates: the first p_n in plain order, then the first p_n of each preferred type this worker takes
+  -- (without a preference: no types, and v_cutoff and v_weights are null, so the plain claim of 002)
   v_ids := array(
     select t.task_id from tasks t
     where t.status = 'queued' and t.run_at <= now()

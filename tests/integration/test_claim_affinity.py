@@ -27,6 +27,7 @@ from comfy_worker.errors import InvalidArgument
 from comfy_worker.models import ClaimPreference, NewTask, TaskStatus, WorkerInfo
 from comfy_worker.store.base import TaskStore
 from tests.conftest import run_sync
+from tests.integration.pg_plans import executed_plans, log_plans
 
 LEASE = 30.0
 TYPES = ("comfy", "i2v", "i2v_22", "t2v")
@@ -310,12 +311,7 @@ async def test_a_preference_claim_stays_index_lookups_on_a_large_table(pg_conn: 
     )
     await pg_conn.execute("analyze tasks")
     await pg_conn.execute("select register_worker('w1')")
-    plans: list[str] = []
-    pg_conn.add_log_listener(lambda _c, msg: plans.append(msg.message))
-    await pg_conn.execute("load 'auto_explain'")
-    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                    "client_min_messages = log"):
-        await pg_conn.execute(f"set {setting}")
+    plans = await log_plans(pg_conn)
     preference = '{"weights": {"i2v": 2, "t2v": 1, "comfy": 0.5}, "max_wait_s": 300}'
     for _ in range(8):  # past PL/pgSQL's first custom plans, into the cached ones
         rows = await pg_conn.fetch("select task_id, task_type, lease_token from claim_tasks('w1', null, 2, 60, $1)",
@@ -323,8 +319,7 @@ async def test_a_preference_claim_stays_index_lookups_on_a_large_table(pg_conn: 
         assert [r["task_type"] for r in rows] == ["i2v", "i2v"]
         for r in rows:
             await pg_conn.execute("select complete_task($1, $2, '{}', null)", r["task_id"], r["lease_token"])
-    await pg_conn.execute("set client_min_messages = warning")
-    executed = [p for p in plans if "plan:" in p]
+    executed = await executed_plans(pg_conn, plans)
     assert len(executed) > 30, "auto_explain captured no plans"
     seq = [p for p in executed if "Seq Scan on tasks" in p]
     assert seq == [], seq[0][:3000]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from tests.integration.pg_plans import executed_plans, log_plans
+
 
 async def test_hot_path_never_scans_the_tasks_table(pg_conn: asyncpg.Connection) -> None:
     await pg_conn.execute(
@@ -19,15 +21,7 @@ async def test_hot_path_never_scans_the_tasks_table(pg_conn: asyncpg.Connection)
     )
     await pg_conn.execute("analyze tasks")
     await pg_conn.execute("select register_worker('w1'), register_worker('w2')")
-    plans: list[str] = []
-    pg_conn.add_log_listener(lambda _c, msg: plans.append(msg.message))
-    await pg_conn.execute("load 'auto_explain'")
-    for setting in (
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_nested_statements = on",
-        "client_min_messages = log",
-    ):
-        await pg_conn.execute(f"set {setting}")
+    plans = await log_plans(pg_conn)
     for _ in range(8):  # past PL/pgSQL's first custom plans, into the cached ones
         a = await pg_conn.fetchrow("select task_id, lease_token from claim_tasks('w1', null, 1, 60)")
         b = await pg_conn.fetchrow("select task_id, lease_token from claim_tasks('w2', array['comfy'], 2, 60)")
@@ -36,8 +30,7 @@ async def test_hot_path_never_scans_the_tasks_table(pg_conn: asyncpg.Connection)
         await pg_conn.execute("select complete_task($1, $2, '{}', null)", a["task_id"], a["lease_token"])
         await pg_conn.execute("select fail_task($1, $2, 'x', null, true, 0, 0)", b["task_id"], b["lease_token"])
         await pg_conn.execute("select requeue_stale(90)")  # every worker, every STALE_CHECK_INTERVAL
-    await pg_conn.execute("set client_min_messages = warning")
-    executed = [p for p in plans if "plan:" in p]
+    executed = await executed_plans(pg_conn, plans)
     assert len(executed) > 40, "auto_explain captured no plans"
     seq = [p for p in executed if "Seq Scan on tasks" in p]
     assert seq == [], seq[0][:3000]
