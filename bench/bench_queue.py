@@ -188,7 +188,7 @@ async def main() -> None:
             print(f"{c:>8} {rate:>10.0f} {base:>22.0f} {rate / base:>6.2f}")
         await fill(dsn, 400_000)  # enough that pgbench never runs the queue dry
         conn = await asyncpg.connect(dsn)
-        await conn.execute("select register_worker('bench-' || g) from generate_series(0, 31) g")
+        await conn.execute("select register_worker('bench-' || g, 'bench', 0, 'bench') from generate_series(0, 31) g")
         await conn.close()
         for c in (1, 8):
             tps = pgbench_cycles(dsn, c)
