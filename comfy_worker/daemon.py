@@ -55,6 +55,7 @@ from comfy_worker.progress import ProgressReporter, jsonable
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
 from comfy_worker.upkeep import Upkeep
+from comfy_worker.webhooks import WebhookDispatcher
 
 log = get_logger(__name__)
 
@@ -109,6 +110,7 @@ class Daemon:
             engine_dirs=self.host.files_dirs(),
         )
         self.fetch = settings_fetcher(settings, room=self.upkeep.room_for_input)
+        self.webhooks = WebhookDispatcher(settings, store, worker_id)  # its own loop, beside the task work
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()
@@ -183,6 +185,7 @@ class Daemon:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._stale_loop(), name="stale"),
             asyncio.create_task(self.upkeep.sweep_loop(), name="sweep"),
+            asyncio.create_task(self.webhooks.run(), name="webhooks"),
         ]
         try:
             await self._claim_loop()
@@ -355,6 +358,7 @@ class Daemon:
             finally:
                 self._give_back_slot(entry)
                 self._inflight.pop(task.task_id, None)
+                self.webhooks.wake()  # its end's event (if any) is in the outbox now
                 ending = asyncio.current_task()
                 if ending is not None:
                     self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop

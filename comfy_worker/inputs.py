@@ -4,12 +4,13 @@ URL downloads stream to disk with a size cap (``INPUT_MAX_BYTES``: Content-Lengt
 counted while streaming), per-operation timeouts (``INPUT_TIMEOUT_S``: connect, and each read/write; a slow
 but moving download is not cut off) and tenacity retries on network errors, 5xx and 429 only.
 
-Server-side request forgery is refused (the policy is :mod:`comfy_worker.urlpolicy`): before connecting, the host is resolved and every address it
-resolves to must be public (not loopback, private, link-local, multicast, reserved, CGNAT or a cloud metadata
-endpoint), unless the host is in ``INPUT_URL_ALLOWLIST`` or ``ALLOW_PRIVATE_URLS=true``. The connection is
-then made to the address that was checked (the original host name goes in the Host header and TLS SNI), so
-a DNS answer that changes between check and connect cannot redirect us. Redirects are followed by hand, at
-most five, and each target is checked the same way. Only http and https are fetched.
+Server-side request forgery is refused (:mod:`comfy_worker.urlpolicy`): before connecting, the host is
+resolved and every address it resolves to must be public (not loopback, private, link-local, multicast,
+reserved, CGNAT or a cloud metadata endpoint), unless the host is in ``INPUT_URL_ALLOWLIST`` or
+``ALLOW_PRIVATE_URLS=true``. The connection is then made to the address that was checked (the original host
+name goes in the Host header and TLS SNI), so a DNS answer that changes between check and connect cannot
+redirect us. Redirects are followed by hand, at most five, and each target is checked the same way. Only http
+and https are fetched.
 
 A retried download resumes: the bytes so far stay in ``.NAME.part`` and the retry asks for the rest with
 ``Range`` + ``If-Range`` (the first response's strong ETag or Last-Modified). Only a 206 whose Content-Range
