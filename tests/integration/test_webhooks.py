@@ -317,7 +317,10 @@ async def test_several_secrets_all_sign(store: TaskStore, receiver: Receiver, di
 
 @pytest.mark.parametrize(
     ("url", "reason"),
-    [("http://169.254.169.254/latest/meta-data", "a cloud metadata address"), ("http://10.1.2.3/hook", "a private address")],
+    [
+        ("http://169.254.169.254/latest/meta-data", "a cloud metadata address"),
+        ("http://10.1.2.3/hook", "a private address"),
+    ],
 )
 async def test_a_callback_url_to_a_private_address_is_refused_and_recorded(
     store: TaskStore, dispatchers: Dispatchers, url: str, reason: str
@@ -503,3 +506,34 @@ def test_a_bad_webhook_secret_stops_the_worker_at_start_naming_it(tmp_path: Path
     assert out.returncode == 2, out.stderr
     assert "WEBHOOK_SECRET" in out.stderr + out.stdout
     assert bad not in out.stderr + out.stdout and "this-is-not" not in out.stderr + out.stdout
+
+
+async def test_cli_lists_and_replays(tmp_path: Path) -> None:
+    from comfy_worker.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "q.db")
+    await store.connect()
+    try:
+        await store.migrate()
+        await store.webhook_configure(True, None)
+        w = await worker(store)
+        task_id = (await store.enqueue(NewTask("comfy", {}))).task_id
+        t = await run_one(store, w, task_id)
+        await store.complete(task_id, t.lease_token, {})
+        [e] = await store.claim_webhooks("w1", 1, 30, True)
+        await store.report_webhook(e.id, e.lease_token or "", "failed", 410, "gone")
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+
+        def cli(*args: str) -> str:
+            out = subprocess.run([sys.executable, "-m", "comfy_worker", "webhooks", *args], env=env, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout
+
+        listed = cli("list", task_id)
+        assert task_id in listed and "task.completed" in listed and "failed" in listed and "last=410" in listed
+        assert "1 event(s)" in cli("replay", task_id)
+        [row] = await outbox(store, task_id)
+        assert (row["state"], row["webhook_id"]) == ("pending", e.webhook_id)
+    finally:
+        await store.close()
