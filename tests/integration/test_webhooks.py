@@ -537,3 +537,53 @@ async def test_cli_lists_and_replays(tmp_path: Path) -> None:
         assert (row["state"], row["webhook_id"]) == ("pending", e.webhook_id)
     finally:
         await store.close()
+
+
+async def test_the_readme_receiver_verifies_our_signatures(
+    store: TaskStore, tmp_path: Path, dispatchers: Dispatchers
+) -> None:
+    """The 15-line receiver of README "Webhooks", run as written (on another port): it accepts our deliveries
+    and refuses a forged one."""
+    import re
+    import socket
+
+    import httpx
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"in 15 lines of Python:\n\n```python\n(.*?)```", readme, re.S).group(1)  # type: ignore[union-attr]
+    assert len(code.strip().splitlines()) <= 17
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "receiver.py"
+    script.write_text(code.replace('("0.0.0.0", 8000)', f'("127.0.0.1", {port})'))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", str(script), env={**os.environ, "WEBHOOK_SECRET": SECRET},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):  # until it listens
+                try:
+                    forged = await client.post(url, content=b"{}", headers={
+                        "webhook-id": "msg_x", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"})
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+        assert forged.status_code == 401
+        await store.webhook_configure(True, None)
+        w = await worker(store)
+        task_id = (await store.enqueue(NewTask("comfy", {}))).task_id
+        t = await run_one(store, w, task_id)
+        await store.complete(task_id, t.lease_token, {}, "https://x/out.mp4")
+        dispatchers.start(load_settings({"WEBHOOK_URL": url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_POLL_S": "0.05"},
+                                        dotenv=None), store)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.decode().split() == ["task.completed", task_id, "https://x/out.mp4"]
+        row = await wait_outbox(store, task_id, "delivered")
+        assert row["last_status"] == 204
+    finally:
+        proc.kill()
+        await proc.wait()
