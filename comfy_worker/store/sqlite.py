@@ -96,7 +96,8 @@ def _apply_statement(conn: sqlite3.Connection, statement: str) -> None:
     try:
         conn.execute(statement)
     except sqlite3.OperationalError as exc:
-        if not (statement.lower().startswith("alter table") and "duplicate column name" in str(exc)):
+        code = "\n".join(ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")).strip()
+        if not (code.lower().startswith("alter table") and "duplicate column name" in str(exc)):
             raise
 
 
