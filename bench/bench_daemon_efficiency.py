@@ -16,9 +16,10 @@ work for it (sampling GET /queue every 20 ms between the first and the last busy
 ComfyUI's solo run too, so both phases carry its load).
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL.
 
-``--webhooks hang`` (issue 22): the daemon phase runs three times — no webhook, then WEBHOOK_URL pointing at a
-receiver on 127.0.0.1 that holds every POST for 30 s before answering (WEBHOOK_TIMEOUT_S=60, so every delivery
-slot stays taken for the whole run), then no webhook again — and prints each time and hang / no-webhook.
+``--webhooks hang`` (issue 22): after the run above (no webhook), the daemon phase runs ``--repeats`` more times
+each way, alternating: with WEBHOOK_URL pointing at a receiver on 127.0.0.1 that holds every POST for 30 s before
+answering (WEBHOOK_TIMEOUT_S=60, so every delivery slot stays taken for the whole run), and without; prints
+every time and mean(hanging) / mean(no webhook).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ async def main() -> None:
     ap.add_argument("--workload", choices=["cpu", "gpu", "both"], default="both")
     ap.add_argument("--webhooks", choices=["none", "hang"], default="none",
                     help="hang: also run the daemon phase with a webhook receiver that hangs 30 s (issue 22)")
+    ap.add_argument("--repeats", type=int, default=2, help="with --webhooks hang: runs of each kind, alternating")
     a = ap.parse_args()
     global WORKLOAD
     for workload in (["cpu", "gpu"] if a.workload == "both" else [a.workload]):
@@ -210,7 +212,9 @@ async def with_hanging_receiver(a: argparse.Namespace, url: str, dsn: str, first
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            for i, env in enumerate((hook_env, None, hook_env)):  # none (above), hang, none, hang
+            # none (the run above), then hang, none, hang, none, …: alternating, so a drift of the machine's load
+            # falls on both
+            for i, env in enumerate([hook_env, None] * a.repeats):
                 with tempfile.TemporaryDirectory() as tmp:
                     t = await through_daemon(
                         url, dsn, [graph(20_000 + 1000 * i + j, a.size, a.radius) for j in range(a.n)], Path(tmp), env)

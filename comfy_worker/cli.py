@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--max-attempts", type=int, default=3)
     s.add_argument("--task-id", help="choose the task id (idempotent re-submits)")
+    s.add_argument("--callback-url", help="POST the task's end here (README: Webhooks); default: WEBHOOK_URL")
     s.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after N seconds")
 
     sub.add_parser("status", help="print the queue and worker summary")
@@ -331,7 +332,8 @@ async def submit(store: TaskStore, settings: Settings, args: argparse.Namespace)
     if inputs:
         params["inputs"] = inputs
     task = await store.enqueue(
-        NewTask("comfy", params, task_id=task_id, priority=args.priority, max_attempts=args.max_attempts)
+        NewTask("comfy", params, task_id=task_id, priority=args.priority, max_attempts=args.max_attempts,
+                callback_url=getattr(args, "callback_url", None))
     )
     print(task.task_id, flush=True)
     if not args.wait:

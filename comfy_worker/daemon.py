@@ -190,6 +190,7 @@ class Daemon:
         try:
             await self._claim_loop()
             await self._shutdown()
+            await self.webhooks.drain(min(self.settings.webhook_timeout_s, self.settings.shutdown_grace_s))
         finally:
             for t in background:
                 t.cancel()

@@ -117,6 +117,7 @@ class NewTask:
     depends_on: tuple[str, ...] = ()
     dedupe_key: str | None = None
     run_at: datetime | None = None
+    callback_url: str | None = None  # where its end is POSTed (README "Webhooks"); None: the fleet's WEBHOOK_URL
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,52 @@
 
 alter table tasks add column if not exists callback_url text;
 
+-- enqueue_task gains p_callback_url (the 002 form is replaced: two forms would make calls by name ambiguous)
+drop function if exists enqueue_task(text, jsonb, text, integer, integer, text[], text, timestamptz);
+create or replace function enqueue_task(
+  p_task_type text, p_params jsonb default '{}', p_task_id text default null, p_priority integer default 0,
+  p_max_attempts integer default 3, p_depends_on text[] default '{}', p_dedupe_key text default null,
+  p_run_at timestamptz default null, p_callback_url text default null
+) returns tasks
+language plpgsql volatile security invoker set search_path = public, pg_temp set jit = off
+as $$
+declare
+  v tasks;
+  v_missing text[];
+begin
+  if p_task_type is null or length(p_task_type) = 0 then
+    raise exception using errcode = 'CW004', message = 'enqueue_task: task_type must be a non-empty string';
+  end if;
+  if p_params is null or jsonb_typeof(p_params) <> 'object' then
+    raise exception using errcode = 'CW004',
+      message = format('enqueue_task: params must be a JSON object, got %s', coalesce('a JSON ' || jsonb_typeof(p_params), 'null')),
+      hint = 'send params as {"workflow": {...}, ...}';
+  end if;
+  if p_max_attempts is null or p_max_attempts < 1 then
+    raise exception using errcode = 'CW004', message = format('enqueue_task: max_attempts must be >= 1 (got %s)', p_max_attempts);
+  end if;
+  select array_agg(d) into v_missing from unnest(coalesce(p_depends_on, '{}')) d
+  where not exists (select 1 from tasks t where t.task_id = d);
+  if v_missing is not null then
+    raise exception using errcode = 'CW002',
+      message = format('enqueue_task: depends_on names tasks that do not exist: %s', array_to_string(v_missing, ', '));
+  end if;
+  insert into tasks (task_id, task_type, params, priority, max_attempts, depends_on, dedupe_key, run_at, callback_url)
+  values (coalesce(p_task_id, gen_random_uuid()::text), p_task_type, p_params, coalesce(p_priority, 0),
+          p_max_attempts, coalesce(p_depends_on, '{}'), p_dedupe_key, coalesce(p_run_at, now()), p_callback_url)
+  on conflict do nothing
+  returning * into v;
+  if found then
+    return v;
+  end if;
+  select * into v from tasks where task_id = p_task_id;
+  if not found then
+    select * into v from tasks where dedupe_key = p_dedupe_key and status in ('queued', 'running');
+  end if;
+  return v;
+end
+$$;
+
 -- One row: what the fleet delivers. Written by workers that have WEBHOOK_URL (webhook_configure), read by the
 -- trigger. No row: only tasks with a callback_url get events, of the default kinds.
 create table if not exists webhook_config (
@@ -268,5 +314,5 @@ as $$
 $$;
 
 select _cw_service_role_only(array[
-  '_cw_webhook_data', '_cw_webhook_event', 'webhook_configure', 'claim_webhook_events', 'report_webhook_event',
+  'enqueue_task', '_cw_webhook_data', '_cw_webhook_event', 'webhook_configure', 'claim_webhook_events', 'report_webhook_event',
   'replay_webhook_events', 'list_webhook_deliveries']);

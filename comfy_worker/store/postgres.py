@@ -273,11 +273,14 @@ class PostgresStore:
     # --- tasks ----------------------------------------------------------------------------------------------
 
     async def enqueue(self, task: NewTask) -> Task:
-        row = await self._call(
-            "row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8)",
-            task.task_type, task.params, task.task_id, task.priority, task.max_attempts,
-            list(task.depends_on), task.dedupe_key, task.run_at,
-        )
+        args = [task.task_type, task.params, task.task_id, task.priority, task.max_attempts,
+                list(task.depends_on), task.dedupe_key, task.run_at]
+        if task.callback_url is None:  # eight arguments: also works on a schema from before 008
+            row = await self._call("row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+        else:
+            row = await self._call(
+                "row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8, $9)", *args, task.callback_url
+            )
         return Task.from_row(row)
 
     async def get_task(self, task_id: str) -> Task:

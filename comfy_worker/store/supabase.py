@@ -297,19 +297,19 @@ class SupabaseStore:
         return Task.from_row(data)
 
     async def enqueue(self, task: NewTask) -> Task:
-        data = await self._rpc(
-            "enqueue_task",
-            {
-                "p_task_type": task.task_type,
-                "p_params": _jsonable(task.params),
-                "p_task_id": task.task_id,
-                "p_priority": task.priority,
-                "p_max_attempts": task.max_attempts,
-                "p_depends_on": list(task.depends_on),
-                "p_dedupe_key": task.dedupe_key,
-                "p_run_at": _timestamp(task.run_at),
-            },
-        )
+        args: dict[str, Any] = {
+            "p_task_type": task.task_type,
+            "p_params": _jsonable(task.params),
+            "p_task_id": task.task_id,
+            "p_priority": task.priority,
+            "p_max_attempts": task.max_attempts,
+            "p_depends_on": list(task.depends_on),
+            "p_dedupe_key": task.dedupe_key,
+            "p_run_at": _timestamp(task.run_at),
+        }
+        if task.callback_url is not None:  # only when given: a schema from before 008 has no p_callback_url
+            args["p_callback_url"] = task.callback_url
+        data = await self._rpc("enqueue_task", args)
         return self._task("enqueue_task", data)
 
     async def get_task(self, task_id: str) -> Task:

@@ -39,6 +39,11 @@ class WebhookDispatcher:
         for raw in settings.webhook_secret.replace(",", " ").split():
             register_secret(raw)
         self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()  # a claim found nothing due and nothing is in flight (claim number below)
+        self._claims = 0
+        self._quiet_at = 0
+        self._running = False
+        self.ready = asyncio.Event()  # configured and delivering
         self._inflight: set[asyncio.Task[None]] = set()
         self.lease_s = 2 * settings.webhook_timeout_s + 30
         # the operator's own WEBHOOK_URL is trusted (it may be on a private network); callback URLs from task rows
@@ -54,6 +59,26 @@ class WebhookDispatcher:
         """Something may have ended here: look for deliveries now rather than at the next poll."""
         self._wake.set()
 
+    async def drain(self, timeout_s: float) -> bool:
+        """At shutdown: send what is due now (this worker's last tasks' events), waiting at most ``timeout_s``.
+        True when nothing was left; what is left stays in the outbox for the next worker."""
+        if not self._running:
+            return True
+        target = self._claims + 1  # a claim that starts after this call
+        self.wake()
+
+        async def quiet() -> None:
+            while self._quiet_at < target:
+                self._quiet.clear()
+                await self._quiet.wait()
+
+        try:
+            await asyncio.wait_for(quiet(), timeout_s)
+            return True
+        except TimeoutError:
+            log.warning("webhooks_left_undelivered", in_flight=len(self._inflight), waited_s=timeout_s)
+            return False
+
     async def run(self) -> None:
         """Deliver until cancelled. Deliveries in flight when cancelled are abandoned: their leases run out and
         another worker (or this one after a restart) sends them again."""
@@ -66,6 +91,8 @@ class WebhookDispatcher:
         async with client:
             try:
                 await self._configure()
+                self._running = True
+                self.ready.set()
                 default = self.settings.webhook_url
                 log.info(
                     "webhooks_on", webhook_url=display_url(default) if default else None, events=list(self._events),
@@ -73,6 +100,8 @@ class WebhookDispatcher:
                 )
                 await self._loop(client)
             finally:
+                self._running = False
+                self.ready.clear()
                 for t in self._inflight:
                     t.cancel()
                 if self._inflight:
@@ -102,6 +131,8 @@ class WebhookDispatcher:
             claimed: list[WebhookEvent] = []
             if free > 0:
                 self._wake.clear()
+                self._claims += 1
+                number = self._claims
                 try:
                     claimed = await self.store.claim_webhooks(
                         self.worker_id, free, self.lease_s, bool(self.settings.webhook_url)
@@ -116,13 +147,15 @@ class WebhookDispatcher:
                     t = asyncio.create_task(self._guarded(client, event), name=f"webhook-{event.id}")
                     self._inflight.add(t)
                     t.add_done_callback(self._inflight.discard)
+                if not claimed and not self._inflight:
+                    self._quiet_at = number
+                    self._quiet.set()
             await self._idle()
 
     async def _idle(self) -> None:
-        """Until woken, a delivery slot frees up while all are busy, or WEBHOOK_POLL_S passes."""
+        """Until woken, a delivery ends (its slot is free again), or WEBHOOK_POLL_S passes."""
         waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
-        if len(self._inflight) >= self.settings.webhook_concurrency:
-            waits |= set(self._inflight)  # type: ignore[arg-type]
+        waits |= set(self._inflight)  # type: ignore[arg-type]
         try:
             await asyncio.wait(waits, timeout=self.settings.webhook_poll_s, return_when=asyncio.FIRST_COMPLETED)
         finally:

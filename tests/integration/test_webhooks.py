@@ -353,6 +353,35 @@ async def test_a_callback_url_is_used_before_the_fleet_default(
     assert "s3cr3t" not in row["url"]  # the view shows no query string
 
 
+async def test_enqueue_takes_a_callback_url(store: TaskStore, receiver: Receiver, dispatchers: Dispatchers) -> None:
+    w = await worker(store)
+    task = await store.enqueue(NewTask("comfy", {"p": 1}, callback_url=receiver.url))
+    assert task.params == {"p": 1}  # params stay the job description
+    t = await run_one(store, w, task.task_id)
+    await store.complete(task.task_id, t.lease_token, {})
+    dispatchers.start(hook_settings(None, WEBHOOK_URL_ALLOWLIST="127.0.0.1"), store)
+    await receiver.wait(lambda: len(receiver.delivered()) == 1)
+    assert verify(receiver.hits[0])["data"]["task_id"] == task.task_id
+
+
+async def test_drain_sends_the_last_events_before_shutdown(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    """What the daemon does after its last task (an --exit-when-idle pod): the events are out before it exits,
+    not left for the next worker. A long poll interval shows the wake-up, not the poll, sent them."""
+    await store.webhook_configure(True, None)
+    d = dispatchers.start(hook_settings(receiver, WEBHOOK_POLL_S="60"), store)
+    w = await worker(store)
+    ids = [(await store.enqueue(NewTask("comfy", {"i": i}))).task_id for i in range(3)]
+    await asyncio.wait_for(d.ready.wait(), 10)
+    for task_id in ids:
+        t = await run_one(store, w, task_id)
+        await store.complete(task_id, t.lease_token, {})
+    assert await d.drain(10) is True
+    assert sorted(verify(h)["data"]["task_id"] for h in receiver.delivered()) == sorted(ids)
+    assert [r["state"] for r in await outbox(store)] == ["delivered"] * 3
+
+
 # --- a hanging receiver is not in the tasks' way ---------------------------------------------------------------
 
 
