@@ -96,7 +96,7 @@ class WebhookDispatcher:
                 default = self.settings.webhook_url
                 log.info(
                     "webhooks_on", webhook_url=display_url(default) if default else None, events=list(self._events),
-                    concurrency=self.settings.webhook_concurrency, secrets=len(self._keys),
+                    concurrency=self.settings.webhook_concurrency, signing_keys=len(self._keys),
                 )
                 await self._loop(client)
             finally:

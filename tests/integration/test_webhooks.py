@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from comfy_worker.config import Settings, load_settings
+from comfy_worker.logs import configure_logging
 from comfy_worker.models import NewTask, WorkerInfo
 from comfy_worker.store.base import TaskStore
 from comfy_worker.webhooks import WebhookDispatcher
@@ -298,7 +300,56 @@ async def test_replay_sends_the_same_event_again(
     assert first.headers["webhook-id"] == second.headers["webhook-id"] and first.body == second.body
 
 
-async def test_several_secrets_all_sign(store: TaskStore, receiver: Receiver, dispatchers: Dispatchers) -> None:
+async def test_redirects_are_not_followed(store: TaskStore, dispatchers: Dispatchers) -> None:
+    elsewhere: list[str] = []
+
+    async def moved(_request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": "/elsewhere"})
+
+    async def target(request: web.Request) -> web.Response:
+        elsewhere.append(request.path)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", moved)
+    app.router.add_post("/elsewhere", target)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+        await store.webhook_configure(True, None)
+        w = await worker(store)
+        task_id = (await store.enqueue(NewTask("comfy", {}))).task_id
+        t = await run_one(store, w, task_id)
+        await store.complete(task_id, t.lease_token, {})
+        dispatchers.start(load_settings({"WEBHOOK_URL": url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_POLL_S": "0.05",
+                                         "WEBHOOK_BACKOFF_BASE_S": "60"}, dotenv=None), store)
+        row = await wait_outbox(store, task_id, "pending")
+        while row["last_status"] is None:
+            row = await wait_outbox(store, task_id, "pending")
+        assert row["last_status"] == 307 and "redirects are not followed" in row["last_error"]
+        assert elsewhere == []
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Everything logged during the test, as the worker would write it (JSON lines, secret masking on)."""
+    import structlog
+
+    buf = io.StringIO()
+    configure_logging("debug", "json", stream=buf)
+    yield buf
+    structlog.reset_defaults()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+async def test_several_secrets_all_sign(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers, log_lines: io.StringIO
+) -> None:
     await store.webhook_configure(True, None)
     w = await worker(store)
     task_id = (await store.enqueue(NewTask("comfy", {}))).task_id
@@ -310,6 +361,11 @@ async def test_several_secrets_all_sign(store: TaskStore, receiver: Receiver, di
     assert len(hit.headers["webhook-signature"].split()) == 2
     verify(hit, SECRET)
     verify(hit, OLD_SECRET)  # a receiver still on the old secret accepts it during the rotation
+    await wait_outbox(store, task_id, "delivered")  # reported after it was logged
+    logged = log_lines.getvalue()
+    assert "webhook_delivered" in logged  # the log was captured ...
+    for secret in (SECRET, OLD_SECRET):  # ... and holds no secret
+        assert secret not in logged and secret.removeprefix("whsec_") not in logged
 
 
 # --- callback URLs and the URL policy -------------------------------------------------------------------------
