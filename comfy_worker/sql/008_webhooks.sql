@@ -292,13 +292,13 @@ $$;
 
 -- What the outbox holds, per event (newest first): for `select * from webhook_deliveries where task_id = …`.
 -- The url without its query string (signed callback URLs carry tokens there).
-create or replace view webhook_deliveries with (security_invoker = true) as
+drop view if exists webhook_deliveries cascade;  -- (re)created with list_webhook_deliveries below
+create view webhook_deliveries with (security_invoker = true) as
 select e.task_id, e.event_type as event, e.webhook_id, e.state, e.attempts,
        case when e.state = 'pending' then e.next_try_at end as next_try,
        e.last_status, e.last_error,
        coalesce(regexp_replace(e.url, '[?#].*$', ''), '(WEBHOOK_URL)') as url,
-       e.claimed_by, e.created_at, e.delivered_at,
-       round(extract(epoch from coalesce(e.delivered_at, now()) - e.created_at)::numeric, 3) as age_s
+       e.claimed_by, e.created_at, e.delivered_at
 from webhook_events e
 order by e.id desc;
 

@@ -200,6 +200,9 @@ async def test_one_event_per_task_end(store: TaskStore, receiver: Receiver, disp
     for task_id in (done, flaky, child, dropped):
         row = await wait_outbox(store, task_id, "delivered")
         assert len(await outbox(store, task_id)) == 1
+        assert list(row) == [  # the same view on every store
+            "task_id", "event", "webhook_id", "state", "attempts", "next_try", "last_status", "last_error", "url",
+            "claimed_by", "created_at", "delivered_at"]
         assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 1, 200)
     # the body validates against the documented schema's required fields
     schema = json.loads((REPO / "docs" / "webhook-event.schema.json").read_text())
