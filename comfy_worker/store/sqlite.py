@@ -262,7 +262,7 @@ class SqliteStore:
                 present = self._schema_present()
             except sqlite3.Error:
                 present = True
-            if not present:
+            if not present or str(exc).startswith("no such table"):  # e.g. a file from before 008_webhooks
                 return SchemaMissing(
                     f"the queue schema is not installed in {self._path} ({exc}): run `comfy-worker migrate`",
                     details=details,

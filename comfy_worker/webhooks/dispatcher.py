@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from comfy_worker.config import Settings, webhook_secrets
-from comfy_worker.errors import LeaseLost, StoreError, StoreUnavailable
+from comfy_worker.errors import LeaseLost, SchemaMissing, StoreError, StoreUnavailable
 from comfy_worker.logs import get_logger, register_secret
 from comfy_worker.models import DEFAULT_WEBHOOK_EVENTS, WebhookEvent
 from comfy_worker.store.base import TaskStore
@@ -90,7 +90,11 @@ class WebhookDispatcher:
         client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
         async with client:
             try:
-                await self._configure()
+                try:
+                    await self._configure()
+                except SchemaMissing as exc:
+                    self._schema_missing(exc)
+                    return
                 self._running = True
                 self.ready.set()
                 default = self.settings.webhook_url
@@ -106,6 +110,12 @@ class WebhookDispatcher:
                     t.cancel()
                 if self._inflight:
                     await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _schema_missing(self, exc: SchemaMissing) -> None:
+        log.error(
+            "webhooks_schema_missing", error=str(exc),
+            fix="apply sql/008_webhooks.sql (comfy-worker migrate, or the Supabase SQL editor); no webhooks until then",
+        )
 
     @property
     def _events(self) -> tuple[str, ...]:
@@ -138,6 +148,9 @@ class WebhookDispatcher:
                         self.worker_id, free, self.lease_s, bool(self.settings.webhook_url)
                     )
                     backoff = self.settings.webhook_poll_s
+                except SchemaMissing as exc:
+                    self._schema_missing(exc)
+                    return
                 except StoreError as exc:
                     log.warning("webhook_claim_failed", error=str(exc), retry_in_s=round(backoff, 2))
                     await asyncio.sleep(backoff)

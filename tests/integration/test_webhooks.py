@@ -675,3 +675,16 @@ async def test_the_readme_receiver_verifies_our_signatures(
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_without_the_webhook_schema_the_loop_says_so_and_stops(store: TaskStore, receiver: Receiver) -> None:
+    """A database without sql/008 (a Supabase project that skipped it): one error naming the fix, no retry storm,
+    and the worker goes on without webhooks."""
+    await store.test_exec(  # type: ignore[attr-defined]
+        "drop function webhook_configure(boolean, text[]); "
+        "drop function claim_webhook_events(text, integer, double precision, boolean)"
+        if store.name != "sqlite" else "drop table webhook_events"
+    )
+    d = WebhookDispatcher(hook_settings(receiver), store, "w1")
+    await asyncio.wait_for(d.run(), 10)  # returns: no exception out of the daemon's background task
+    assert not d.ready.is_set()
