@@ -122,8 +122,10 @@ class WebhookDispatcher:
         return self.settings.webhook_events or DEFAULT_WEBHOOK_EVENTS
 
     async def _configure(self) -> None:
-        if not self.settings.webhook_url and not self.settings.webhook_events:
-            return  # only tasks with a callback_url, of the default events (or what another worker configured)
+        if not self.settings.webhook_url:
+            # only tasks with a callback_url; the events are what a worker with WEBHOOK_URL configured (or the
+            # defaults): a worker without a URL must not switch the fleet's default destination off
+            return
         delay = 1.0
         while True:
             try:
