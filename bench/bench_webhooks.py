@@ -10,6 +10,11 @@ same with the tasks completed by a worker that has no delivery loop, so a second
 WEBHOOK_POLL_S = 2 s, the default) delivers them: the path of an event whose worker died right after
 completing. Baseline in the same run: the same signed POST sent straight to the receiver with httpx (no queue),
 so the table shows what the outbox adds. Prints p50 / p99 / max in milliseconds.
+
+``--queue-cost``: what the outbox trigger costs the queue's hot path. 8 claimers drain 3,000 tasks with claim +
+complete (bench_queue.py's throughput phase) three ways, alternating, twice: the trigger disabled (the queue
+before 008), the trigger on but no destination (a fleet without webhooks: it reads webhook_config and returns),
+and every completion writing its event. Prints cycles/s and each ÷ the disabled trigger.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import drop_database, fresh_database, pct  # noqa: E402
+from bench_queue import drain_filled, fill  # noqa: E402
 
 from comfy_worker.config import load_settings  # noqa: E402
 from comfy_worker.logs import configure_logging  # noqa: E402
@@ -127,12 +133,48 @@ async def one_store(kind: str, store_factory: Any, receiver: Receiver, url: str,
     return lines
 
 
+async def queue_cost(admin_dsn: str, n_tasks: int = 3000, claimers: int = 8) -> None:
+    import asyncpg
+
+    db, dsn = await fresh_database(admin_dsn, "bench_hooks_q")
+    modes = {
+        "trigger disabled (before 008)":
+            "alter table tasks disable trigger tasks_webhook_end; delete from webhook_config",
+        "trigger on, no destination": "alter table tasks enable trigger tasks_webhook_end; delete from webhook_config",
+        "every completion writes an event": "alter table tasks enable trigger tasks_webhook_end;"
+        " insert into webhook_config (id, default_url) values (1, true)",
+    }
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _round in range(2):
+                for mode, sql in modes.items():
+                    await conn.execute(sql + "; truncate webhook_events")
+                    await fill(dsn, n_tasks)
+                    rates[mode].append(await drain_filled(dsn, claimers, n_tasks))
+                    await conn.execute("truncate workers")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(admin_dsn, db)
+    base = sum(rates["trigger disabled (before 008)"]) / 2
+    print(f"claim + complete cycles/s, {claimers} claimers, {n_tasks} tasks, two rounds each (alternating)")
+    for mode, xs in rates.items():
+        mean = sum(xs) / len(xs)
+        print(f"  {mode:<34} {'  '.join(f'{x:7.0f}' for x in xs)}   mean {mean:7.0f}   ÷ disabled {mean / base:.3f}")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--queue-cost", action="store_true", help="measure the trigger's cost on claim + complete instead")
     a = ap.parse_args()
     configure_logging("warning", "json")
+    if a.queue_cost:
+        await queue_cost(a.admin_dsn)
+        return
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/hook", receiver.hook)
