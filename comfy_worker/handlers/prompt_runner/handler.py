@@ -7,6 +7,8 @@ Params::
      "seed": 42, "max_retries": 3, "keep_intermediate": false,
      "overrides": {"overlap": 0, "reference_offset": 10, "nodes": {"54": {"steps": 8}}}}
 
+``frames_per_chunk`` is optional: without it the profile's ``defaults.frames_per_chunk`` applies, else 101.
+
 * prepare: parse (errors name the field; permanent), load the profile, plan, restore the checkpoint.
   ``profile`` names a shipped profile or one in PROFILES_DIR, never a path; ``input_video`` and overrides
   of file-naming inputs may not name the worker's files (see :mod:`comfy_worker.engine.paths`).
@@ -122,7 +124,13 @@ def prepare_chain(
     overrides = check_overrides(spec, profile)
     if task:
         check_task_paths(spec, profile, overrides)
-    plan = plan_for(spec, profile, overlap=overrides.get("overlap"), reference_offset=overrides.get("reference_offset"))
+    plan = plan_for(  # frames_per_chunk: params > the profile's defaults > built-in
+        spec,
+        profile,
+        overlap=overrides.get("overlap"),
+        reference_offset=overrides.get("reference_offset"),
+        override_source="task overrides",
+    )
     return profile, ChainState.restore(checkpoint, plan), overrides
 
 
