@@ -201,6 +201,8 @@ class ChainRunner:
                     await self._step(job)
             out = await self.ensure_local(self.plan.final_output_path)
             frames, mode = await join.count_frames(out), "comfyui"
+            if frames != self.plan.total_frames:  # e.g. a combine workflow that interpolates (RIFE) on purpose
+                log.warning("final_frame_count", frames=frames, expected=self.plan.total_frames, mode=mode)
         stored = await self.env.storage.upload(
             out, self.storage_path(self.plan.final_output_path), journal=self.env.uploads
         )
