@@ -107,7 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reference frame = last kept frame + 1 - N (default: profile's, else 10)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--max-retries", type=_non_negative, default=3, metavar="N", help="retries per step (default 3)")
+    run.add_argument(
+        "--max-retries",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="retries per step (default: the profile's defaults.max_retries, else 3)",
+    )
     run.add_argument("--output-dir", type=Path, default=Path("output"), metavar="DIR", help="local output root")
     run.add_argument("--no-upload", action="store_true", help="keep results local, do not upload to storage")
     run.add_argument("--keep-intermediate", action="store_true", help="keep latents, segments and references")

@@ -91,11 +91,14 @@ class ChainOptions:
         cls,
         profile: Profile,
         *,
-        max_retries: int,
+        max_retries: int | None,
         keep_intermediate: bool,
         node_overrides: Mapping[str, Mapping[str, Any]] | None,
     ) -> ChainOptions:
-        """The run's options, with the retry delay the profile sets (5 s if it sets none)."""
+        """The run's options: ``max_retries`` from the flag / task params, else the profile's
+        ``defaults.max_retries``, else 3; the retry delay the profile sets (5 s if it sets none)."""
+        if max_retries is None:
+            max_retries = profile.defaults.get("max_retries", cls.max_retries)
         return cls(
             max_retries=int(max_retries),
             retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),

@@ -62,9 +62,10 @@ def task_params(spec: PromptSpec, args: argparse.Namespace) -> dict[str, Any]:
         "total_frames": spec.total_frames,
         "positive_prompt": spec.positive_prompt,
         "negative_prompt": spec.negative_prompt,
-        "max_retries": args.max_retries,
         "keep_intermediate": bool(args.keep_intermediate),
     }
+    if args.max_retries is not None:  # else the worker's profile decides
+        params["max_retries"] = args.max_retries
     fpc = args.frames_per_chunk or spec.frames_per_chunk  # flag > prompt file; neither: the worker's profile
     if fpc is not None:
         params["frames_per_chunk"] = fpc

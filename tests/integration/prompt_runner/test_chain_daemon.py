@@ -176,7 +176,8 @@ async def test_a_permanent_step_error_fails_the_task_naming_the_step(
     tid = await enqueue(harness, params)
     task = await wait_task(harness.store, tid, timeout=60)
     assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
-    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/4): ComfyUI rejected")
+    # 1 + the profile's defaults.max_retries (2) tries would be allowed; a permanent error stops at the first
+    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/3): ComfyUI rejected")
     assert task.error_details["error_type"] == "WorkflowInvalid"
 
 

@@ -15,6 +15,7 @@ import yaml
 from comfy_worker.config import load_settings
 from comfy_worker.handlers.prompt_runner import cli, local
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for, plan_settings
+from comfy_worker.handlers.prompt_runner.executor import ChainOptions
 from comfy_worker.handlers.prompt_runner.handler import prepare_chain, split_params
 from comfy_worker.handlers.prompt_runner.planner import LOW
 from comfy_worker.handlers.prompt_runner.profile import ProfileError, load_profile, shipped_profiles_dir
@@ -182,3 +183,17 @@ def test_a_combine_workflow_that_cannot_cap_fails_before_rendering_when_a_chunk_
     with pytest.raises(ProfileError, match=r"combine_roles.new_segment.cap_input: needed to keep 96 .* chunk 5"):
         plan_for(parse_text("clip\n\n500\n\npos\n\nneg\n"), profile)
     assert plan_for(parse_text("clip\n\n505\n\npos\n\nneg\n"), profile).chunks == 5  # 5 x 101: nothing to trim
+
+
+def test_max_retries_comes_from_the_task_then_the_profile_then_built_in(tmp_path):
+    write_profile(tmp_path, "retry2", max_retries=2)
+    write_profile(tmp_path, "noretry", max_retries=None)
+    base = {"video_name": "v", "total_frames": 30, "positive_prompt": "a cat"}
+    for profile, extra, expected in (("retry2", {}, 2), ("retry2", {"max_retries": 5}, 5), ("noretry", {}, 3)):
+        spec, run_opts = split_params({**base, "profile": profile, **extra})
+        loaded, _state, _ov = prepare_chain(spec, None, task=True, profiles_dir=tmp_path)
+        options = ChainOptions.from_profile(loaded, node_overrides=None, **run_opts)
+        assert options.max_retries == expected, (profile, extra)
+    args = argparse.Namespace(frames_per_chunk=None, max_retries=None, keep_intermediate=False, profile=None,
+                              overlap=None, reference_offset=None)  # fmt: skip
+    assert "max_retries" not in local.task_params(parse_text("clip\n\n30\n\np\n\nn\n"), args)
