@@ -414,15 +414,14 @@ class ComfyClient:
     async def _await_reconnect(self, prompt_id: str, cancel: asyncio.Event | None) -> None:
         """Until the socket is back, or ``cancel`` is set (the caller then stops: e.g. the server died and the
         daemon interrupts its tasks); EngineUnavailable after ``reconnect_grace_s``."""
-        back = asyncio.ensure_future(self._connected.wait())
-        stop = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
+        waits = {asyncio.ensure_future(self._connected.wait())}
+        if cancel is not None:
+            waits.add(asyncio.ensure_future(cancel.wait()))
         try:
-            await asyncio.wait({back, *([stop] if stop else [])}, timeout=self.reconnect_grace_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=self.reconnect_grace_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (back, stop):
-                if f is not None:
-                    f.cancel()
+            for waiting in waits:
+                waiting.cancel()
         if not (self._connected.is_set() or (cancel is not None and cancel.is_set())):
             raise EngineUnavailable(
                 f"lost ComfyUI's websocket while prompt {prompt_id} ran and could not reconnect within "

@@ -38,7 +38,7 @@ TAIL_LINES = 200
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PROBE_TIMEOUT_S = 2.0
 REACH_BASE_S = 0.5  # an attached ComfyUI that went away is probed after 0.5 s, then 1, 2, 4, … up to REACH_MAX_S
-REACH_MAX_S = 10.0
+REACH_MAX_S = 5.0  # as the websocket's own reconnect backoff: a server back is found within 5 s
 
 
 def _die_with_parent() -> None:
