@@ -157,6 +157,7 @@ class TaskLifecycle:
             engine_log_tail=lambda: engine.log_tail(40),
             disk_fault=self.upkeep.disk_fault,
             elapsed_s=elapsed,
+            engine_gone=getattr(engine, "gone", None),  # an attached ComfyUI that went away: where and why
         )
         if outcome.action == "abandon":
             log.info("task_abandoned", reason=outcome.reason, error=str(exc))
@@ -203,9 +204,9 @@ class TaskLifecycle:
         entry.ctx.cancel.set()
 
     def _on_engine_exit(self, engine: str, returncode: int | None) -> None:
-        """An engine whose process died under its tasks (ComfyUI): interrupt the tasks whose job was in it. Tasks
-        still preparing or waiting for the GPU go on once it is back (their inputs are on disk, nothing of theirs
-        was in the engine)."""
+        """An engine whose process died under its tasks (ComfyUI; attached at COMFY_URL: it went away, returncode
+        None): interrupt the tasks whose job was in it. Tasks still preparing or waiting for the GPU go on once it
+        is back (their inputs are on disk, nothing of theirs was in the engine)."""
         if self._stop.is_set():
             return
         mine = [tid for tid, e in self._inflight.items() if e.engine.name == engine and e.on_gpu]
