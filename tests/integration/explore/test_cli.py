@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixture_files import OBJECT_INFO_0364
 from tests.integration.daemon.conftest import Harness, harness  # noqa: F401 - fixture re-export
 from tests.integration.engine.conftest import ComfyServer
 from tests.integration.explore.workflows import tiny_video, write_batch
@@ -19,7 +20,7 @@ from tests.integration.explore.workflows import tiny_video, write_batch
 pytestmark = pytest.mark.comfyui
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
-OBJECT_INFO = REPO.parent / "shared" / "fixtures" / "comfyui" / "object_info_0.3.64.json"
+OBJECT_INFO = OBJECT_INFO_0364
 
 
 async def sh(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, str, str]:
