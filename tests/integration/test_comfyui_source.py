@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -162,3 +163,12 @@ def test_the_archive_is_kept_only_when_its_files_are_the_commits(tmp_path: Path,
     [line] = errors(out.stderr)
     assert "does not hold commit" in line and f"expected {commit_tree}" in line
     assert not list(other.iterdir())
+
+
+def test_the_pinned_commit_is_the_images() -> None:
+    """The tests' ComfyUI 0.3.64 and the pod image's (docker/Dockerfile COMFYUI_REF) are one commit: a bump moves
+    both (and the tree id with them: `git rev-parse <commit>^{tree}`)."""
+    lib = dict(re.findall(r"^(COMFYUI_0364_\w+)=(\S+)$", LIB.read_text(), re.M))
+    [ref] = re.findall(r"^ARG COMFYUI_REF=(\w+)$", (REPO / "docker" / "Dockerfile").read_text(), re.M)
+    assert lib["COMFYUI_0364_COMMIT"] == ref
+    assert re.fullmatch(r"[0-9a-f]{40}", lib["COMFYUI_0364_TREE"]) and lib["COMFYUI_0364_TREE"] != ref
