@@ -12,13 +12,12 @@ from comfy_worker.engine import find_media_inputs, is_ui_format, problems, set_i
 from comfy_worker.errors import WorkflowInvalid
 from tests.fixture_files import OBJECT_INFO_0364, VACE_WORKFLOWS
 
-FIXTURE = OBJECT_INFO_0364
 WAN = VACE_WORKFLOWS / "prompt.json"
 
 
 @pytest.fixture(scope="module")
 def info() -> dict:
-    return json.loads(FIXTURE.read_text())
+    return json.loads(OBJECT_INFO_0364.read_text())
 
 
 def wf_ok() -> dict:
