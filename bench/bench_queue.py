@@ -9,7 +9,8 @@
   wake-up (LISTEN/NOTIFY) or on its polling interval; latency = claimed - INSERT committed.
 * Narrowed claims (issue 20): a worker with TASK_TYPES=i2v behind 200k queued ``comfy`` tasks (the table
   analyzed before the i2v tasks arrive, as a fleet's backlog is). Latency of the claim(n=1) statement (each
-  followed by complete; the commit, the same for every shape, left out), narrowed and plain, through today's
+  followed by complete; the commit, the same for every shape, left out; round trip and, from EXPLAIN ANALYZE,
+  time in the server), narrowed and plain, through today's
   claim_tasks and through the claim before 007 (006's function, installed beside it under another name from
   the shipped 006 file) on the same data, interleaved; the same for work_ready(), Supabase's poll (002's),
   also when nothing of the worker's types is queued ("idle").
@@ -196,6 +197,8 @@ def _function_from(file: str, name: str, new_name: str) -> str:
     return text[start:end].replace(f"function {name}(", f"function {new_name}(", 1)
 
 
+EXPLAIN = "explain (analyze, timing off, summary on, format json) "
+
 # sql/sqlite/queries.sql's claimable_task_ids before 007: one walk of the claim order, filtered on :types
 SQLITE_CLAIMABLE_BEFORE_007 = """
 select t.task_id from tasks t
@@ -228,6 +231,7 @@ async def narrowed_claims(dsn: str, backlog: int, claims: int) -> None:
             "work_ready 002": "select bench_work_ready_002($1)",
         }
         times: dict[tuple[str, str], list[float]] = {}
+        server: dict[tuple[str, str], list[float]] = {}
         # idle: a polling worker whose types have nothing queued (s2v), the poll it repeats most
         every = ("claim", "claim 006", "work_ready", "work_ready 002")
         for label, types, shapes in (("narrowed", ["i2v"], every), ("plain", None, every),
@@ -239,26 +243,32 @@ async def narrowed_claims(dsn: str, backlog: int, claims: int) -> None:
                     await conn.execute("rollback")
             for _ in range(claims):
                 for shape in shapes:  # interleaved: the same load for each
-                    # the statement alone: its commit (one WAL flush, the same for every shape) is left out
+                    # the statement alone: its commit (one WAL flush, the same for every shape) is left out;
+                    # EXPLAIN ANALYZE (no per-node timing) runs it and tells its time inside the server
                     await conn.execute("begin")
                     t0 = time.perf_counter()
-                    rows = await conn.fetch(calls[shape], types)
+                    plan = await conn.fetchval(EXPLAIN + calls[shape], types)
                     times.setdefault((label, shape), []).append(time.perf_counter() - t0)
+                    server.setdefault((label, shape), []).append(json.loads(plan)[0]["Execution Time"] / 1e3)
                     if shape.startswith("claim"):
-                        [row] = rows
+                        [row] = await conn.fetch("select task_id, lease_token, task_type from tasks "
+                                                 "where worker_id = 'narrowed' and status = 'running'")
                         assert types is None or row["task_type"] == "i2v", row
                         await conn.fetchval("select complete_task($1, $2, '{}', null)", row["task_id"],
                                             row["lease_token"])
                     await conn.execute("commit")
-        print(f"{'claim(n=1), postgres':>30} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   "
-              f"({backlog} comfy queued; narrowed = TASK_TYPES=i2v; n={claims} each)")
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"{'':>30} (the statement's round trip; its commit adds one fdatasync, {fsync_ms():.2f} ms here now;"
-              f" load average {load})")
-        for (label, shape), xs in times.items():
+        print(f"postgres: {backlog} comfy tasks queued; narrowed = TASK_TYPES=i2v; n={claims} calls each; a commit"
+              f" adds one fdatasync ({fsync_ms():.2f} ms here now); load average {load}")
+        print(f"{'':>30} {'round trip, ms':^26} {'in the server, ms':^26}")
+        print(f"{'statement':>30} {'p50':>8} {'p99':>8} {'max':>8} {'p50':>8} {'p99':>8} {'max':>8}")
+        for key, xs in times.items():
+            label, shape = key
             before = shape.endswith(("006", "002"))
             name = f"{label} {shape.split()[0]}{' before 007' if before else ''}"
-            print(f"{name:>30} {pct(xs, .5) * 1e3:>8.2f} {pct(xs, .99) * 1e3:>8.2f} {max(xs) * 1e3:>8.2f}")
+            ys = server[key]
+            print(f"{name:>30} {pct(xs, .5) * 1e3:>8.2f} {pct(xs, .99) * 1e3:>8.2f} {max(xs) * 1e3:>8.2f}"
+                  f" {pct(ys, .5) * 1e3:>8.2f} {pct(ys, .99) * 1e3:>8.2f} {max(ys) * 1e3:>8.2f}")
         await conn.execute("drop function bench_claim_tasks_006, bench_work_ready_002")
     finally:
         await conn.close()
@@ -299,8 +309,8 @@ async def narrowed_sqlite(backlog: int, lookups: int) -> None:
             return [r[0] for r in conn.execute(SQLITE_CLAIMABLE_BEFORE_007, {
                 "now": now, "types": json.dumps(types) if types else None, "n": 1})]
 
-        print(f"{'candidate lookup, sqlite':>30} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   "
-              f"({backlog} comfy queued; n={lookups} each)")
+        print(f"sqlite: {backlog} comfy tasks queued; the claim's candidate lookup (n=1); n={lookups} calls each")
+        print(f"{'lookup':>30} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         for label, types in (("narrowed", ["i2v"]), ("plain", None)):
             assert today(types) == before(types)
             times: dict[str, list[float]] = {"today": [], "before 007": []}

@@ -2,15 +2,24 @@
 -- and work_ready (002) with the same signatures and the same results.
 --
 -- A worker with TASK_TYPES (p_task_types) used to find its tasks by walking the whole queue in claim order
--- (tasks_claim_idx) and filtering on the type: behind 200k queued tasks of other types that was 30-70 ms per
+-- (tasks_claim_idx) and filtering on the type: behind 200k queued tasks of other types that was 40-150 ms per
 -- claim, and as much per work_ready() poll. Now each wanted type is looked up in its own part of
 -- tasks_claim_type_idx (006: task_type, priority desc, run_at, created_at, queued rows only), which is in
 -- claim order within a type: the first p_n claimable tasks of each type are the candidates, and the best
--- p_n of them are claimed, in the same order as before. A claim for any type (no TASK_TYPES) is unchanged.
+-- p_n of them are claimed, in the same order as before. A claim for any type (no TASK_TYPES) is unchanged
+-- but for its preferred types' lookups (006's loop), which take the same per-type shape.
 --
 -- Why the candidates suffice: within one type, claim order is priority, then (run_at, created_at), with or
 -- without a preference (an overdue task is due earlier than any task of its type and priority that is not;
 -- the weight is the type's), so the p_n best tasks overall are among the first p_n of each type.
+--
+-- The type is matched as a range (task_type >= x and task_type <= x: the same rows, the column's collation
+-- being deterministic) and the lookup ordered by task_type first. The claim runs generic plans, so the
+-- planner does not know the type; with an equality it drops task_type from the ORDER BY (a constant), and
+-- both indexes then give the order: when the statistics show one type (a backlog analyzed before the other
+-- type arrived) it walks tasks_claim_idx past the backlog again (88 ms measured). Ordered by task_type, only
+-- tasks_claim_type_idx gives the order without sorting the whole queue. tests/integration/test_queue_plans.py
+-- checks the rows and buffers each lookup reads.
 --
 -- Locking: every candidate is locked (FOR UPDATE SKIP LOCKED, as before) while the claim's statement runs,
 -- so with several types up to p_n per type are locked for that moment and concurrent claimers skip them, as
@@ -132,25 +141,29 @@ $$;
 
 -- Is any task of these types (null or empty = any) queued and due? What polling stores (Supabase) ask between
 -- claims: it stops at the first due row of the claim index, or with types at the first due row of each type.
+-- PL/pgSQL (002's was SQL, planned again on every call) so both lookups keep a cached plan. Each asks for the
+-- first row in an index's order: the planner sees neither the types nor how many rows are due, and without
+-- the ORDER BY it chose a sequential scan that it expected to stop early (an idle poll read the whole table).
 create or replace function work_ready(p_task_types text[] default null)
 returns boolean
-language sql stable security invoker set search_path = public, pg_temp set jit = off
+language plpgsql stable security invoker set search_path = public, pg_temp set jit = off
+  set plan_cache_mode = force_generic_plan
 as $$
-  -- The planner sees neither the types nor how many rows are due (it plans this body generically), so each
-  -- lookup asks for the first row in an index's order: a walk of that index, never a sequential scan that it
-  -- expects to stop early (an idle poll would read every finished task). EXISTS would drop the ORDER BY; the
-  -- range on task_type is tasks_claim_type_idx's own, see claim_tasks.
-  select case when p_task_types is null or cardinality(p_task_types) = 0 then coalesce((
-           select true from tasks t where t.status = 'queued' and t.run_at <= now()
-           order by t.priority desc, t.run_at, t.created_at limit 1), false)
-         else exists (
-           select 1 from unnest(p_task_types) u(task_type)
-           cross join lateral (
-             select 1 from tasks t
-             where t.status = 'queued' and t.task_type >= u.task_type and t.task_type <= u.task_type
-               and t.run_at <= now()
-             order by t.task_type, t.priority desc, t.run_at, t.created_at limit 1) c)
-         end;
+begin
+  if p_task_types is null or cardinality(p_task_types) = 0 then
+    perform 1 from tasks t where t.status = 'queued' and t.run_at <= now()
+    order by t.priority desc, t.run_at, t.created_at limit 1;
+  else
+    perform 1 from unnest(p_task_types) u(task_type)
+    cross join lateral (
+      select 1 from tasks t  -- the range on task_type: see the top of this file
+      where t.status = 'queued' and t.task_type >= u.task_type and t.task_type <= u.task_type
+        and t.run_at <= now()
+      order by t.task_type, t.priority desc, t.run_at, t.created_at limit 1) c
+    limit 1;
+  end if;
+  return found;
+end
 $$;
 
 select _cw_service_role_only(array['claim_tasks', 'work_ready']);
