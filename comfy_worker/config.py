@@ -222,6 +222,9 @@ class Settings:
         return out
 
 
+# What a task input may name as a URL: fetched over HTTP, or from an object store with the store's credentials.
+INPUT_URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "azure://")
+
 # STORAGE_URL schemes served by obstore (Rust object_store); ``azure`` is an alias of ``az``.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "gs", "az", "azure"})
 STORAGE_URL_SCHEMES = (*sorted(OBJECT_STORE_SCHEMES), "file", "supabase")

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+BUCKET = "renders"
 ACCESS_KEY = "AKIATESTWORKER000001"
 SECRET_KEY = "test-secret-key-that-must-never-be-logged"
 
@@ -119,6 +120,7 @@ class CuttingProxy:
         self.requests: list[str] = []
         self._cut: tuple[int, bytes] | None = None
         self.cuts = 0
+        self.throttle_bps: float | None = None  # upstream bytes per second per connection, when set
         self._server: asyncio.Server | None = None
 
     @property
@@ -157,6 +159,8 @@ class CuttingProxy:
                     up_writer.write(data)
                     await up_writer.drain()
                     sent += len(data)
+                    if self.throttle_bps:
+                        await asyncio.sleep(len(data) / self.throttle_bps)
             finally:
                 for w in (up_writer, writer):
                     with contextlib.suppress(Exception):
@@ -186,3 +190,4 @@ def _request_lines(data: bytes) -> list[str]:
                     out.append(data[start:end].decode("latin-1"))
             start = data.find(method, start + 1)
     return out
+

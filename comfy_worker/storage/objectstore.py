@@ -257,9 +257,18 @@ class ObjectStorage:
             return
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.abandon_after_s)
         for up in uploads:
-            if up.initiated is not None and up.initiated < cutoff:
-                log.info("storage_multipart_abandoned", key=up.key, initiated=up.initiated.isoformat())
-                await self._s3.abort(up.key, up.upload_id)  # type: ignore[union-attr]
+            if up.initiated is None or up.initiated >= cutoff:
+                continue
+            # an upload that still receives parts is alive, however old its start (a long upload being resumed)
+            try:
+                parts = await self._s3.list_parts(up.key, up.upload_id)  # type: ignore[union-attr]
+            except (StorageRejected, StorageUnavailable):
+                continue
+            newest = max((p.last_modified for p in parts.values() if p.last_modified), default=None)
+            if newest is not None and newest >= cutoff:
+                continue
+            log.info("storage_multipart_abandoned", object_name=up.key, initiated=up.initiated.isoformat())
+            await self._abort_quietly(up.key, up.upload_id)
 
     async def upload(
         self,
@@ -376,7 +385,7 @@ class ObjectStorage:
         try:
             await self._s3.abort(key, upload_id)  # type: ignore[union-attr]
         except (StorageRejected, StorageUnavailable) as exc:
-            log.warning("storage_multipart_abort_failed", key=key, error=str(exc))
+            log.warning("storage_multipart_abort_failed", object_name=key, error=str(exc))
 
     async def _resume_point(
         self, journal: UploadJournal | None, dest_path: str, key: str, size: int, sha256: str, part_size: int

@@ -51,6 +51,7 @@ class Part:
     number: int
     etag: str
     size: int
+    last_modified: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class S3Multipart:
             for node in _findall(root, "Part"):
                 number, etag, size = _find(node, "PartNumber"), _find(node, "ETag"), _find(node, "Size")
                 if number and etag and size:
-                    parts[int(number)] = Part(int(number), etag, int(size))
+                    parts[int(number)] = Part(int(number), etag, int(size), _when(_find(node, "LastModified")))
             if (_find(root, "IsTruncated") or "false").lower() != "true":
                 return parts
             marker = _find(root, "NextPartNumberMarker") or str(max(parts, default=0))
@@ -286,7 +287,7 @@ class S3Multipart:
         """Abort the upload (its parts stop being billed); one already gone is fine."""
         with contextlib.suppress(NoSuchUpload):
             await self._retried("DELETE", key, f"aborting the multipart upload of {key!r}", {"uploadId": upload_id})
-        log.info("storage_multipart_aborted", key=key)
+        log.info("storage_multipart_aborted", object_name=key)
 
     async def list_uploads(self, prefix: str) -> list[OpenUpload]:
         """Multipart uploads open under ``prefix`` (first 1000)."""
@@ -295,13 +296,19 @@ class S3Multipart:
         for node in _findall(_xml(resp.content), "Upload"):
             key, upload_id, initiated = _find(node, "Key"), _find(node, "UploadId"), _find(node, "Initiated")
             if key and upload_id:
-                when = dt.datetime.fromisoformat(initiated.replace("Z", "+00:00")) if initiated else None
-                out.append(OpenUpload(key, upload_id, when))
+                out.append(OpenUpload(key, upload_id, _when(initiated)))
         return out
 
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
 
 
 def _error(resp: httpx.Response) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,9 @@ from comfy_worker.config import load_settings
 from comfy_worker.errors import ConfigError, InputRejected, StorageRejected
 from comfy_worker.inputs import fetch_url
 from comfy_worker.storage import ObjectStorage, UploadJournal, open_storage
-from tests.s3_server import SECRET_KEY, CuttingProxy, MotoServer
+from tests.s3_server import BUCKET, SECRET_KEY, CuttingProxy, MotoServer
 
 MiB = 1024 * 1024
-BUCKET = "renders"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    server.start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
