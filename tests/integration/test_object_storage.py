@@ -292,3 +292,18 @@ async def test_open_storage_follows_storage_url(moto: MotoServer, monkeypatch: p
     assert isinstance(s, ObjectStorage) and s.signed_url_ttl_s == 7 * 24 * 3600
     await s.check()
     await s.aclose()
+
+
+async def test_wrong_credentials_stop_the_check_naming_the_credential_variables(tmp_path: Path) -> None:
+    server = MotoServer(tmp_path / "moto-auth.log", auth=True)  # moto checks keys against its IAM: ours is unknown
+    server.start()
+    try:
+        s = ObjectStorage(f"s3://{BUCKET}/x", signed_url_ttl_s=60, env=server.env(), retry_wait_s=0.01)
+        with pytest.raises(StorageRejected) as info:
+            await s.check()
+        await s.aclose()
+    finally:
+        server.stop()
+    text = str(info.value)
+    assert "S3 refused a test write to STORAGE_URL s3://renders/x" in text
+    assert "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in text and SECRET_KEY not in text

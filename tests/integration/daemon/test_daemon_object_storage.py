@@ -153,3 +153,17 @@ async def test_a_worker_killed_mid_upload_is_continued_by_the_next_not_started_o
     assert "storage_upload_resumed" in log
     assert moto.open_uploads(BUCKET) == []
     assert UPLOADS_KEY not in (task.checkpoint or {})
+
+
+async def test_a_missing_bucket_stops_the_worker_at_start_with_one_line_naming_the_setting(
+    harness: Harness, moto: MotoServer
+) -> None:
+    proc = await worker_process(
+        harness, "comfy-worker-nobucket", **{**s3_env(moto, "x"), "STORAGE_URL": "s3://no-such-bucket/out"}
+    )
+    log = await asyncio.wait_for(proc.communicate(), 120)
+    err = log[1].decode(errors="replace")
+    assert proc.returncode != 0
+    assert "bucket 'no-such-bucket' of STORAGE_URL s3://no-such-bucket/out does not exist" in err
+    assert "create it or fix STORAGE_URL" in err
+    assert (await harness.store.fleet_snapshot())["queue"] == []
