@@ -97,8 +97,9 @@ def split_object_url(url: str) -> tuple[str, str, str]:
 
 def _client_options(env: Mapping[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {"connect_timeout": dt.timedelta(seconds=15), "timeout": dt.timedelta(seconds=300)}
-    if (env.get("AWS_ALLOW_HTTP") or env.get("ALLOW_HTTP") or "").strip().lower() in ("1", "true", "yes"):
-        options["allow_http"] = True
+    flags = ("AWS_ALLOW_HTTP", "AZURE_ALLOW_HTTP", "GOOGLE_ALLOW_HTTP", "ALLOW_HTTP", "AZURE_STORAGE_USE_EMULATOR")
+    if any((env.get(name) or "").strip().lower() in ("1", "true", "yes") for name in flags):
+        options["allow_http"] = True  # a plain http:// endpoint (MinIO, Azurite, ...): the operator asked for it
     return options
 
 
