@@ -45,7 +45,7 @@ from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings
 from comfy_worker.errors import ConfigError, InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger
 from comfy_worker.storage.base import Storage
-from comfy_worker.storage.objectstore import fetch_object_url
+from comfy_worker.storage.objectstore import ObjectStorage, fetch_object_url
 
 log = get_logger(__name__)
 
@@ -456,10 +456,15 @@ def decode_base64_input(data: str, dest_dir: Path, filename: str, max_bytes: int
     return dest
 
 
-async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Path) -> Path:
-    """Download an object from output storage as a task input; storage errors become input errors."""
+async def fetch_storage_input(
+    storage: Storage, storage_path: str, dest_dir: Path, max_bytes: int | None = None
+) -> Path:
+    """Download an object from output storage as a task input; storage errors become input errors. An object
+    store checks the object's size against ``max_bytes`` (INPUT_MAX_BYTES) before writing a byte."""
     dest = Path(dest_dir) / safe_filename(posixpath.basename(storage_path))
     try:
+        if isinstance(storage, ObjectStorage):
+            return await storage.download(storage_path, dest, max_bytes=max_bytes)
         return await storage.download(storage_path, dest)
     except StorageRejected as exc:
         raise InputRejected(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
@@ -480,7 +485,7 @@ async def fetch_source(
             filename = f"{stem}{Path(filename_from_url(spec['url'])).suffix}"
         return await fetch(spec["url"], dest_dir, filename=filename)
     if spec.get("storage_path"):
-        return await fetch_storage_input(storage, spec["storage_path"], dest_dir)
+        return await fetch_storage_input(storage, spec["storage_path"], dest_dir, max_bytes)
     return decode_base64_input(spec["base64"], dest_dir, safe_filename(filename, f"{stem or 'input'}.bin"), max_bytes)
 
 

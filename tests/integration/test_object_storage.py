@@ -285,6 +285,25 @@ async def test_an_s3_url_input_is_fetched_with_the_stores_credentials_and_the_si
         await fetch_url(f"s3://{BUCKET}/a/../b.png", tmp_path / "in5", max_bytes=10_000, timeout_s=10)
 
 
+async def test_a_storage_path_input_is_read_from_the_store_with_the_size_cap(
+    moto: MotoServer, prefix: str, tmp_path: Path
+) -> None:
+    from comfy_worker.inputs import fetch_source
+
+    s = storage(moto, prefix)
+    src = tmp_path / "ref.png"
+    write_random(src, 6000)
+    await s.upload(src, "inputs/t9/ref.png")
+    got = await fetch_source({"storage_path": "inputs/t9/ref.png"}, tmp_path / "in", fetch=fetch_url, storage=s,
+                             max_bytes=6000)
+    assert got.read_bytes() == src.read_bytes()
+    with pytest.raises(InputRejected, match="over INPUT_MAX_BYTES"):
+        await fetch_source({"storage_path": "inputs/t9/ref.png"}, tmp_path / "in2", fetch=fetch_url, storage=s,
+                           max_bytes=5999)
+    assert not any((tmp_path / "in2").glob("*"))
+    await s.aclose()
+
+
 async def test_open_storage_follows_storage_url(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in moto.env().items():
         monkeypatch.setenv(k, v)
