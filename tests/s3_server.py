@@ -121,6 +121,9 @@ class CuttingProxy:
         self._cut: tuple[int, bytes] | None = None
         self.cuts = 0
         self.throttle_bps: float | None = None  # upstream bytes per second per connection, when set
+        self._cut_response: tuple[int, bytes] | None = None
+        self.heads: list[bytes] = []  # the first bytes of every request (request line and headers)
+        self.downstream_bytes = 0
         self._server: asyncio.Server | None = None
 
     @property
@@ -129,6 +132,10 @@ class CuttingProxy:
 
     def cut_after(self, nbytes: int, match: bytes) -> None:
         self._cut = (nbytes, match)
+
+    def cut_response_after(self, nbytes: int, match: bytes) -> None:
+        """The next connection whose request contains ``match`` has its response cut after ``nbytes``."""
+        self._cut_response = (nbytes, match)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -142,6 +149,8 @@ class CuttingProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
 
+        response_limit: list[int | None] = [None]
+
         async def upstream() -> None:
             sent, limit = 0, None
             buffer = b""
@@ -150,6 +159,9 @@ class CuttingProxy:
                     buffer = (buffer + data)[-65536:]
                     for line in _request_lines(data):
                         self.requests.append(line)
+                        self.heads.append(data[data.find(line.encode("latin-1")) :][:2048])
+                    if self._cut_response is not None and self._cut_response[1] in buffer:
+                        response_limit[0], self._cut_response = self._cut_response[0], None
                     if self._cut is not None and limit is None and self._cut[1] in buffer:
                         limit, self._cut = sent + self._cut[0], None
                     if limit is not None and sent + len(data) >= limit:
@@ -167,10 +179,21 @@ class CuttingProxy:
                         w.transport.abort()
 
         async def downstream() -> None:
+            passed = 0
             try:
                 while data := await up_reader.read(65536):
+                    limit = response_limit[0]
+                    if limit is not None and passed + len(data) >= limit:
+                        writer.write(data[: limit - passed])
+                        await writer.drain()
+                        self.cuts += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
                     writer.write(data)
                     await writer.drain()
+                    passed += len(data)
+                    self.downstream_bytes += len(data)
             finally:
                 with contextlib.suppress(Exception):
                     writer.close()

@@ -171,6 +171,27 @@ async def test_download_and_delete_round_trip(moto: MotoServer, prefix: str, tmp
     await s.aclose()
 
 
+async def test_a_download_cut_mid_body_resumes_with_a_range_not_from_the_start(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "seg.latent"
+    size = 24 * MiB
+    sha = write_random(src, size)
+    s = storage(moto, prefix, endpoint=proxy.url)
+    await s.upload(src, "prompt_runner/t8/seg.latent")
+    proxy.heads.clear()
+    proxy.downstream_bytes = 0
+    proxy.cut_response_after(10 * MiB, b"GET /" + f"{BUCKET}/{prefix}/prompt_runner/t8/seg.latent".encode())
+    out = await s.download("prompt_runner/t8/seg.latent", tmp_path / "back.latent")
+    await s.aclose()
+    assert proxy.cuts == 1
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == sha
+    gets = [h.lower() for h in proxy.heads if h.startswith(b"GET ")]
+    assert len(gets) == 2 and b"range: bytes=" in gets[1] and b"range: bytes=0-" not in gets[1]
+    assert proxy.downstream_bytes < size + 4 * MiB  # the second GET carried the rest, not the whole object
+    assert not list(tmp_path.glob(".*.part"))
+
+
 async def test_a_key_with_dotdot_is_refused_before_anything_is_sent(
     moto: MotoServer, prefix: str, tmp_path: Path
 ) -> None:
