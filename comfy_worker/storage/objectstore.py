@@ -20,9 +20,10 @@ Uploads stream from disk with bounded memory:
   resumable across processes: ``object_store`` keeps the upload id to itself.
 
 URLs are ``PUBLIC_BASE_URL`` + object key when set, else presigned GET URLs valid for ``SIGNED_URL_TTL_S``
-(capped at the clouds' 7-day limit). Downloads stream to ``.NAME.part`` and resume with a range request
-pinned to the object's ETag after a cut connection; :func:`fetch_object_url` serves ``s3://…`` task inputs
-with the input size cap and disk floor.
+(capped at the clouds' 7-day limit). Downloads stream to ``.NAME.part``: obstore itself continues a body cut
+mid-way with a range request; when its retries run out, the next try here resumes after the bytes on disk with
+a range pinned to the object's ETag (``If-Match``), and starts over if the object changed.
+:func:`fetch_object_url` serves ``s3://…`` task inputs with the input size cap and disk floor.
 """
 
 from __future__ import annotations
@@ -218,15 +219,13 @@ class ObjectStorage:
         return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
 
     async def _call(self, what: str, path: str | None, fn: Callable[[], Any]) -> Any:
-        try:
-            async for attempt in self._retrying():
-                with attempt:
-                    try:
-                        return await fn()
-                    except (BaseError, OSError) as exc:
-                        raise self._mapped(exc, what, path) from exc
-        except StorageRejected:
-            raise
+        """``await fn()`` with obstore's errors mapped; StorageUnavailable is retried with backoff."""
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    return await fn()
+                except (BaseError, OSError) as exc:
+                    raise self._mapped(exc, what, path) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- Storage protocol -----------------------------------------------------------------------------------
