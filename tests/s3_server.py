@@ -39,17 +39,19 @@ def moto_command() -> list[str]:
 class MotoServer:
     """``moto_server -H 127.0.0.1 -p PORT`` as a subprocess; ``env`` is what a worker needs to use it."""
 
-    def __init__(self, log_path: Path, *, auth: bool = False) -> None:
+    def __init__(self, log_path: Path, *, auth: bool = False, free_actions: int = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.auth = auth
+        self.free_actions = free_actions  # with auth: this many first requests need no signature (IAM set-up)
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ}
         if self.auth:
-            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.free_actions)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [*moto_command(), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
@@ -73,10 +75,26 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
+    def iam_user(self) -> None:
+        """With ``auth`` and ``free_actions=3``: an IAM user allowed s3:*, whose key the server then verifies
+        every signature against (the worker's SigV4 signer and presigned URLs included)."""
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="worker")
+        iam.put_user_policy(
+            UserName="worker", PolicyName="s3",
+            PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", '
+            '"Resource": "*"}]}',
+        )
+        key = iam.create_access_key(UserName="worker")["AccessKey"]
+        self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         return {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": endpoint or self.url,
             "AWS_ALLOW_HTTP": "true",
@@ -87,7 +105,7 @@ class MotoServer:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            "s3", endpoint_url=self.url, aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
         )
 

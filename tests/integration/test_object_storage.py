@@ -347,3 +347,39 @@ async def test_wrong_credentials_stop_the_check_naming_the_credential_variables(
     text = str(info.value)
     assert "S3 refused a test write to STORAGE_URL s3://renders/x" in text
     assert "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in text and SECRET_KEY not in text
+
+
+async def test_every_signature_verifies_on_a_server_that_checks_them(tmp_path: Path) -> None:
+    """moto with IAM auth checks SigV4 on every request: the resumable multipart calls (our signer, with
+    uploadId in the query) and obstore's PUT / GET / LIST / DELETE. (Presigned URLs are checked by the other
+    tests on the server without auth: moto answers 500 to any presigned GET under IAM auth, boto3's too.)"""
+    server = MotoServer(tmp_path / "moto-iam.log", auth=True, free_actions=3)
+    server.start()
+    try:
+        server.iam_user()
+        server.create_bucket(BUCKET)
+        s = ObjectStorage(f"s3://{BUCKET}/signed", signed_url_ttl_s=600, env=server.env(), retry_wait_s=0.01,
+                          retry_attempts=2)
+        await s.check()
+        src = tmp_path / "v.mp4"
+        sha = write_random(src, 2 * 8 * MiB + 3)
+        rec = Recorder()
+        obj = await s.upload(src, "comfy/t10/v.mp4", journal=UploadJournal({}, rec))
+        assert obj.sha256 == sha and rec.saved[-1] == {}
+        back = await s.download("comfy/t10/v.mp4", tmp_path / "back.mp4")
+        assert back.read_bytes() == src.read_bytes()
+        assert s._s3 is not None
+        assert await s._s3.list_uploads("signed/") == []
+        await s.delete(["comfy/t10/v.mp4"])
+        # the server really checks: the same calls signed with a wrong secret are refused
+        from comfy_worker.storage.s3multipart import S3Multipart
+
+        forged = S3Multipart.from_env(BUCKET, {**server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+                                      retry_attempts=1)
+        assert forged is not None
+        with pytest.raises(StorageRejected, match="AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"):
+            await forged.create("signed/x.bin", "application/octet-stream")
+        await forged.aclose()
+        await s.aclose()
+    finally:
+        server.stop()
