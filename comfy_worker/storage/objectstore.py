@@ -370,11 +370,14 @@ class ObjectStorage:
             for part in await asyncio.gather(*(send(n) for n in todo)):
                 parts[part.number] = part
             await s3.complete(key, upload_id, list(parts.values()))
-        except StorageRejected as exc:  # never finishable: abort, so no part is left billed
-            log.warning("storage_upload_failed", path=dest_path, error=str(exc))
-            await self._abort_quietly(key, upload_id)
-            if journal is not None:
-                await journal.forget(dest_path)
+        except (StorageRejected, StorageUnavailable) as exc:
+            # never finishable, or nobody will resume it (no journal): abort, so no part is left billed. An
+            # unavailable store with a journal keeps the upload for the next attempt.
+            if isinstance(exc, StorageRejected) or journal is None:
+                log.warning("storage_upload_failed", path=dest_path, error=str(exc))
+                await self._abort_quietly(key, upload_id)
+                if journal is not None:
+                    await journal.forget(dest_path)
             raise
         if journal is not None:
             await journal.forget(dest_path)
@@ -400,7 +403,9 @@ class ObjectStorage:
             key, size, sha256, part_size,
         )
         if not same:
-            if ours and isinstance(entry.get("key"), str):  # another file's upload: nobody will finish it
+            # another file's upload to this same key: nobody will finish it. (The entry comes back from the task
+            # row: only an upload to the key this very path maps to is ever aborted.)
+            if ours and entry.get("key") == key:
                 await self._abort_quietly(str(entry["key"]), str(upload_id))
             log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not this store")
             await journal.forget(dest_path)

@@ -272,6 +272,20 @@ async def test_a_journalled_upload_of_another_file_is_aborted_not_left_billed(
     await s2.aclose()
 
 
+async def test_an_unjournalled_upload_that_gives_up_is_aborted_at_once(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "w.mp4"
+    write_random(src, 2 * 8 * MiB)
+    s = storage(moto, prefix, endpoint=proxy.url, concurrency=1, retry_attempts=1)
+    proxy.cut_after(MiB, b"partNumber=2&")
+    with pytest.raises(Exception, match="part 2"):
+        await s.upload(src, "comfy/t11/w.mp4")  # no journal: nobody could resume it
+    await s.aclose()
+    assert f"{prefix}/comfy/t11/w.mp4" not in moto.open_uploads(BUCKET)
+    assert moto.keys(BUCKET, f"{prefix}/comfy/t11/") == []  # nothing stored half
+
+
 async def test_check_aborts_uploads_left_open_longer_than_any_attempt(moto: MotoServer, prefix: str) -> None:
     s = storage(moto, prefix, abandon_after_s=0)
     assert s._s3 is not None
