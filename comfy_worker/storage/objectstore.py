@@ -50,7 +50,7 @@ from obstore.exceptions import (
 from obstore.store import from_url
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from comfy_worker.config import OBJECT_STORE_SCHEMES, check_storage_url
+from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
 from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
@@ -148,7 +148,9 @@ class ObjectStorage:
         for name in _SECRET_VARS:
             register_secret(env.get(name, ""))
         self.public_base_url = public_base_url.rstrip("/")
-        if signed_url_ttl_s > MAX_SIGNED_TTL_S and not self.public_base_url:
+        # the default (a year, for Supabase) is capped silently; a longer value the operator chose is said once
+        chosen = signed_url_ttl_s != Settings.signed_url_ttl_s
+        if signed_url_ttl_s > MAX_SIGNED_TTL_S and not self.public_base_url and chosen:
             log.warning(
                 "storage_signed_url_ttl_capped", requested_s=signed_url_ttl_s, used_s=MAX_SIGNED_TTL_S,
                 hint="signed URLs of S3, GCS and Azure last at most 7 days; set PUBLIC_BASE_URL for longer-lived URLs",
