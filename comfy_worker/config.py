@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from comfy_worker.errors import ConfigError
 
@@ -107,7 +108,9 @@ class Settings:
     keep_comfy_files: bool = False
     min_free_disk_gb: float = 2.0
     orphan_sweep_interval_s: float = 600.0
-    # storage
+    # storage: STORAGE_URL (s3:// gs:// az:// file:// supabase://) selects the store; else Supabase, else local
+    storage_url: str = ""
+    public_base_url: str = ""
     storage_bucket: str = "outputs"
     storage_public: bool = False
     signed_url_ttl_s: int = 60 * 60 * 24 * 365
@@ -197,7 +200,29 @@ class Settings:
 
     @property
     def storage_backend(self) -> str:
-        return "supabase" if self.supabase_url and self.supabase_service_role_key else "local"
+        """``object`` (s3/gs/az through obstore), ``supabase`` or ``local`` — which store keeps outputs."""
+        scheme = storage_url_scheme(self.storage_url)
+        if scheme in OBJECT_STORE_SCHEMES:
+            return "object"
+        if scheme == "file":
+            return "local"
+        if scheme == "supabase" or (self.supabase_url and self.supabase_service_role_key):
+            return "supabase"
+        return "local"
+
+    @property
+    def local_storage_path(self) -> Path:
+        """The directory of the local store: STORAGE_URL=file:///abs/dir, else LOCAL_STORAGE_DIR."""
+        if storage_url_scheme(self.storage_url) == "file":
+            return Path(unquote(urlsplit(self.storage_url).path))
+        return Path(self.local_storage_dir)
+
+    @property
+    def supabase_bucket(self) -> str:
+        """The Supabase Storage bucket: STORAGE_URL=supabase://bucket, else STORAGE_BUCKET."""
+        if storage_url_scheme(self.storage_url) == "supabase":
+            return urlsplit(self.storage_url).netloc
+        return self.storage_bucket
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked: the only form in which settings are ever logged."""
@@ -208,6 +233,46 @@ class Settings:
                 value = _redact_url(value) if f.name == "database_url" else "***"
             out[f.name] = value
         return out
+
+
+# What a task input may name as a URL: fetched over HTTP, or from an object store with the store's credentials.
+INPUT_URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "azure://")
+
+# STORAGE_URL schemes served by obstore (Rust object_store); ``azure`` is an alias of ``az``.
+OBJECT_STORE_SCHEMES = frozenset({"s3", "gs", "az", "azure"})
+STORAGE_URL_SCHEMES = (*sorted(OBJECT_STORE_SCHEMES), "file", "supabase")
+_STORAGE_URL_HINT = (
+    "expected s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///abs/dir or supabase://bucket"
+)
+
+
+def storage_url_scheme(url: str) -> str:
+    """The scheme of a STORAGE_URL (lower case), or "" when none is set."""
+    return url.split("://", 1)[0].lower() if "://" in url else ("" if not url else "?")
+
+
+def check_storage_url(url: str) -> None:
+    """ConfigError naming STORAGE_URL when it is not one of the forms the workers understand."""
+    scheme = storage_url_scheme(url)
+    if scheme not in STORAGE_URL_SCHEMES:
+        raise ConfigError("STORAGE_URL", f"{_STORAGE_URL_HINT}, got {url!r} (unknown scheme {scheme!r})")
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            "STORAGE_URL",
+            "takes no query, fragment or credentials: credentials come from the cloud's own environment "
+            "(AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY, ...)",
+        )
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise ConfigError("STORAGE_URL", f"the path may not contain '.' or '..' segments, got {url!r}")
+    if scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ConfigError("STORAGE_URL", f"expected file:///absolute/dir, got {url!r}")
+    elif not parts.netloc:
+        raise ConfigError("STORAGE_URL", f"{_STORAGE_URL_HINT}: {url!r} names no bucket")
+    elif scheme == "supabase" and segments:
+        raise ConfigError("STORAGE_URL", f"supabase://bucket takes no prefix, got {url!r}")
 
 
 def _redact_url(url: str) -> str:
@@ -306,6 +371,14 @@ def _validate(s: Settings) -> None:
         raise ConfigError(missing, "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set together")
     if s.supabase_url and not s.supabase_url.startswith(("http://", "https://")):
         raise ConfigError("SUPABASE_URL", f"expected https://<project>.supabase.co, got {s.supabase_url!r}")
+    if s.storage_url:
+        check_storage_url(s.storage_url)
+        if storage_url_scheme(s.storage_url) == "supabase" and not s.supabase_url:
+            raise ConfigError(
+                "STORAGE_URL", "supabase://bucket needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+            )
+    if s.public_base_url and not s.public_base_url.startswith(("http://", "https://")):
+        raise ConfigError("PUBLIC_BASE_URL", f"expected https://cdn.example.com/..., got {s.public_base_url!r}")
     if s.comfy_url and not s.comfy_url.startswith(("http://", "https://")):
         raise ConfigError("COMFY_URL", f"expected http://host:port, got {s.comfy_url!r}")
     _validate_webhooks(s)

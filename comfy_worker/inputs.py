@@ -40,10 +40,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from comfy_worker.config import Settings
-from comfy_worker.errors import InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
+from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings
+from comfy_worker.errors import ConfigError, InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger
 from comfy_worker.storage.base import Storage
+from comfy_worker.storage.objectstore import ObjectStorage, fetch_object_url
 from comfy_worker.urlpolicy import display_url, prepare_request  # the URL policy, shared with webhooks
 
 log = get_logger(__name__)
@@ -125,6 +126,9 @@ async def fetch_url(
     Raises InputRejected (permanent: policy, size, 4xx, bad URL) or InputUnavailable (after retries)."""
     dest_dir = Path(dest_dir)
     dest = dest_dir / safe_filename(filename or filename_from_url(url))
+    if urlsplit(url).scheme.lower() in OBJECT_STORE_SCHEMES:
+        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
+        return await _fetch_object(url, dest, max_bytes, room)
     part = _Partial(dest.with_name(f".{dest.name}.part"))
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
@@ -155,6 +159,19 @@ async def fetch_url(
             await http.aclose()
     log.info("input_fetched", url=display_url(url), path=str(dest), bytes=size)
     return dest
+
+
+async def _fetch_object(url: str, dest: Path, max_bytes: int, room: RoomCheck | None) -> Path:
+    """``s3://`` / ``gs://`` / ``az://`` inputs, read with the store's own credentials (storage errors become
+    input errors)."""
+    try:
+        return await fetch_object_url(url, dest, max_bytes=max_bytes, room=room)
+    except StorageRejected as exc:
+        raise InputRejected(f"input URL {url}: {exc}", details=exc.details) from exc
+    except StorageUnavailable as exc:
+        raise InputUnavailable(f"input URL {url}: {exc}", details=exc.details) from exc
+    except ConfigError as exc:
+        raise InputRejected(f"input URL {url}: {exc}") from exc
 
 
 async def _fetch_once(
@@ -323,10 +340,15 @@ def decode_base64_input(data: str, dest_dir: Path, filename: str, max_bytes: int
     return dest
 
 
-async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Path) -> Path:
-    """Download an object from output storage as a task input; storage errors become input errors."""
+async def fetch_storage_input(
+    storage: Storage, storage_path: str, dest_dir: Path, max_bytes: int | None = None
+) -> Path:
+    """Download an object from output storage as a task input; storage errors become input errors. An object
+    store checks the object's size against ``max_bytes`` (INPUT_MAX_BYTES) before writing a byte."""
     dest = Path(dest_dir) / safe_filename(posixpath.basename(storage_path))
     try:
+        if isinstance(storage, ObjectStorage):
+            return await storage.download(storage_path, dest, max_bytes=max_bytes)
         return await storage.download(storage_path, dest)
     except StorageRejected as exc:
         raise InputRejected(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
@@ -347,7 +369,7 @@ async def fetch_source(
             filename = f"{stem}{Path(filename_from_url(spec['url'])).suffix}"
         return await fetch(spec["url"], dest_dir, filename=filename)
     if spec.get("storage_path"):
-        return await fetch_storage_input(storage, spec["storage_path"], dest_dir)
+        return await fetch_storage_input(storage, spec["storage_path"], dest_dir, max_bytes)
     return decode_base64_input(spec["base64"], dest_dir, safe_filename(filename, f"{stem or 'input'}.bin"), max_bytes)
 
 

@@ -38,6 +38,7 @@ class UrlPolicy:
 
     what: str = "input URL"
     allowlist_var: str = "INPUT_URL_ALLOWLIST"
+    schemes: str = "http, https, s3, gs or az"  # what the message offers (s3/gs/az never reach this check)
     rejected: type[ComfyWorkerError] = InputRejected
     unavailable: type[ComfyWorkerError] = InputUnavailable
 
@@ -124,7 +125,7 @@ async def prepare_request(
     shown = display_url(url)
     via = f" (redirected from {display_url(origin)})" if origin else ""
     if parsed.scheme not in ("http", "https"):
-        raise policy.rejected(f"{what} {shown}{via} must use http or https, not {parsed.scheme or 'nothing'!r}")
+        raise policy.rejected(f"{what} {shown}{via} must use {policy.schemes}, not {parsed.scheme or 'nothing'!r}")
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise policy.rejected(f"{what} {shown}{via} has no host")

@@ -1,10 +1,10 @@
 """One run of the Wan2GP child process: launch it, write requests, read its events and its stderr, end it.
 
-:class:`ChildProcess` knows nothing of restarts or pending requests (that is :mod:`worker_wgp.engine`): it
-parses every stdout line as a protocol event and hands it to ``on_event``; a line that does not parse means the
-channel cannot be trusted any more, so the child is terminated. Every stderr line goes to the worker's log as
-``wan2gp_output`` and into ``tail`` (kept for error details). The child runs in its own session, so ending it
-ends whatever it spawned.
+:class:`ChildProcess` knows nothing of restarts or pending requests (that is :mod:`worker_wgp.supervision`
+and :mod:`worker_wgp.rpc`): it parses every stdout line as a protocol event and hands it to ``on_event``; a
+line that does not parse means the channel cannot be trusted any more, so the child is terminated. Every stderr
+line goes to the worker's log as ``wan2gp_output`` and into ``tail`` (kept for error details). The child runs
+in its own session, so ending it ends whatever it spawned.
 """
 
 from __future__ import annotations

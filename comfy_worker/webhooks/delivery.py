@@ -23,7 +23,8 @@ from comfy_worker.urlpolicy import UrlPolicy, display_url, prepare_request
 from comfy_worker.webhooks.signing import sign
 
 WEBHOOK_POLICY = UrlPolicy(
-    what="webhook URL", allowlist_var="WEBHOOK_URL_ALLOWLIST", rejected=WebhookRefused, unavailable=WebhookUnavailable
+    what="webhook URL", allowlist_var="WEBHOOK_URL_ALLOWLIST", schemes="http or https", rejected=WebhookRefused,
+    unavailable=WebhookUnavailable,
 )
 EXCERPT = 300  # characters of a refusing receiver's body kept in last_error
 

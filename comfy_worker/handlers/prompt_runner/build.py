@@ -5,8 +5,9 @@
   (the pass stops once the latent is saved).
 * LOW: the LOW LoRA/model and steps, the same conditioning, the HIGH latent loaded, the segment written by
   the video node and its last frame saved.
-* combine (progressive): segment k appended to the video combined so far; chunk 1 has no previous video, so
-  the join node is bypassed and the previous-video loader removed.
+* combine (progressive): segment k appended to the video combined so far, its overlap skipped and capped at
+  the frames it keeps (``skip_input`` / ``cap_input``); chunk 1 has no previous video, so the join node is
+  bypassed and the previous-video loader removed.
 
 Every workflow is checked before it is returned: no dangling links, and (when object_info is given) core
 nodes carry their required inputs and valid enum values.
@@ -157,6 +158,7 @@ def _combine(
     new = roles["new_segment"]
     ed.set("new_segment", new, "input", f"{root}/{job.segment_paths[-1]}")
     ed.set("new_segment", new, "skip_input", job.trim_start_frames)
+    ed.set("new_segment", new, "cap_input", job.frames_kept)  # drops what the chunk rendered past its share
     previous, join = roles.get("previous"), roles.get("join")
     if job.previous_combined_path:
         ed.set("previous", previous, "input", f"{root}/{job.previous_combined_path}")

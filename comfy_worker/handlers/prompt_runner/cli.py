@@ -27,6 +27,18 @@ from comfy_worker.handlers.prompt_runner.prompt_file import PromptSpec, find_pro
 EXIT_OK, EXIT_FAILED, EXIT_NOT_IMPLEMENTED = 0, 1, 2
 DEFAULT_PROFILE = "wan22_vace_v2v"
 
+PLAN_HELP = """\
+settings: each plan setting comes from the first of: the flag (--frames-per-chunk, --overlap,
+--reference-offset) > the prompt file ('frames_per_chunk: N' on the line after the total) or the task's
+params (frames_per_chunk, overrides.overlap / overrides.reference_offset) > the profile's defaults
+(defaults.frames_per_chunk, ...) > built-in (frames_per_chunk 101, overlap 0, reference_offset 10).
+
+frames: Wan renders 4k+1 frames per chunk, so a chunk covering n frames renders the next 4k+1 >= n
+and keeps n; its first OVERLAP frames (chunks after the first) repeat the previous chunk and are
+dropped too. The join trims every chunk to the frames it keeps, so the video has exactly the total
+asked for (500 frames in chunks of 101: 101, 101, 101, 101, then 97 rendered and 96 kept).
+--dry-run prints per chunk the frames rendered and kept."""
+
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``minimum``, with the message naming what was expected."""
@@ -49,7 +61,9 @@ _non_negative = _int_at_least(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``prompt-runner`` subcommand's flags."""
+    """The ``prompt-runner`` subcommand's flags (and, after them in --help, how plan settings are chosen)."""
+    parser.epilog = PLAN_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     src = parser.add_argument_group("input")
     src.add_argument(
         "--prompt-file",
@@ -72,17 +86,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help=f"chain profile: a shipped name or a .yaml/.json path (default: {DEFAULT_PROFILE})",
     )
-    plan_g = parser.add_argument_group("plan")
-    plan_g.add_argument("--frames-per-chunk", type=_positive, metavar="N", help="frames per chunk (default 101)")
-    plan_g.add_argument("--overlap", type=_non_negative, metavar="N", help="frames shared by adjacent chunks")
+    plan_g = parser.add_argument_group("plan (flag > prompt file / task params > profile defaults > built-in)")
+    plan_g.add_argument(
+        "--frames-per-chunk",
+        type=_positive,
+        metavar="N",
+        help="video frames per chunk; beats the prompt file's and the profile's (built-in 101). Wan renders 4k+1: "
+        "other counts render the next 4k+1 and trim the surplus at the join",
+    )
+    plan_g.add_argument(
+        "--overlap",
+        type=_non_negative,
+        metavar="N",
+        help="frames shared by adjacent chunks, dropped from each later chunk at the join (default: profile's, else 0)",
+    )
     plan_g.add_argument(
         "--reference-offset",
         type=_non_negative,
         metavar="N",
-        help="reference frame = frames rendered - N (default 10)",
+        help="reference frame = last kept frame + 1 - N (default: profile's, else 10)",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--max-retries", type=_non_negative, default=3, metavar="N", help="retries per step (default 3)")
+    run.add_argument(
+        "--max-retries",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="retries per step (default: the profile's defaults.max_retries, else 3)",
+    )
     run.add_argument("--output-dir", type=Path, default=Path("output"), metavar="DIR", help="local output root")
     run.add_argument("--no-upload", action="store_true", help="keep results local, do not upload to storage")
     run.add_argument("--keep-intermediate", action="store_true", help="keep latents, segments and references")
@@ -139,9 +170,7 @@ def _load_specs(args: argparse.Namespace, out: Any) -> tuple[list[PromptSpec], l
         except ComfyWorkerError as exc:
             errors.append(str(exc))
             continue
-        if args.frames_per_chunk:
-            spec = PromptSpec(**{**spec.to_dict(), "frames_per_chunk": args.frames_per_chunk})
-        specs.append(spec)
+        specs.append(spec)  # --frames-per-chunk is applied when planning (it beats the file's value)
     names = [s.video_name for s in specs]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"video name {name!r} is used by more than one prompt file; names must be unique")
@@ -155,7 +184,13 @@ def _object_info(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"overlap": args.overlap, "reference_offset": args.reference_offset}
+    """The flags that beat every other source of a plan setting (see PLAN_HELP)."""
+    return {
+        "frames_per_chunk": args.frames_per_chunk,
+        "overlap": args.overlap,
+        "reference_offset": args.reference_offset,
+        "override_source": "command line",
+    }
 
 
 def validate_only(args: argparse.Namespace, out: Any = None) -> int:

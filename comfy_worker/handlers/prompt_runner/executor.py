@@ -91,11 +91,14 @@ class ChainOptions:
         cls,
         profile: Profile,
         *,
-        max_retries: int,
+        max_retries: int | None,
         keep_intermediate: bool,
         node_overrides: Mapping[str, Mapping[str, Any]] | None,
     ) -> ChainOptions:
-        """The run's options, with the retry delay the profile sets (5 s if it sets none)."""
+        """The run's options: ``max_retries`` from the flag / task params, else the profile's
+        ``defaults.max_retries``, else 3; the retry delay the profile sets (5 s if it sets none)."""
+        if max_retries is None:
+            max_retries = profile.defaults.get("max_retries", cls.max_retries)
         return cls(
             max_retries=int(max_retries),
             retry_delay_s=float(profile.defaults.get("retry_delay_s", 5.0)),
@@ -188,9 +191,12 @@ class ChainRunner:
             return self.state.final
         await self._progress(self.plan.combine_jobs[-1], phase="joining")
         if self.plan.join_mode == "concat":
-            segments = [await self.ensure_local(p) for p in self.plan.combine_jobs[-1].segment_paths]
+            paths = self.plan.combine_jobs[-1].segment_paths
+            segments = [await self.ensure_local(p) for p in paths]
             out = self.env.work_dir / "final" / Path(self.plan.final_output_path).name
-            result = await join.join_segments(segments, out, overlap=self.plan.overlap)
+            lows = {j.video_output_path: j for j in self.plan.render_jobs if j.job_type == LOW}
+            keep = [(lows[p].trim_start_frames, lows[p].frames_kept) for p in paths]
+            result = await join.join_segments(segments, out, keep=keep)
             frames, mode = result.frames, result.mode
         else:
             for job in self.plan.combine_jobs:
@@ -198,6 +204,8 @@ class ChainRunner:
                     await self._step(job)
             out = await self.ensure_local(self.plan.final_output_path)
             frames, mode = await join.count_frames(out), "comfyui"
+            if frames != self.plan.total_frames:  # e.g. a combine workflow that interpolates (RIFE) on purpose
+                log.warning("final_frame_count", frames=frames, expected=self.plan.total_frames, mode=mode)
         stored = await self.env.storage.upload(
             out, self.storage_path(self.plan.final_output_path), journal=self.env.uploads
         )
@@ -356,6 +364,13 @@ class ChainRunner:
         frames = await join.count_frames(dest)
         if frames != job.frames_to_render:
             log.warning("segment_frame_count", job_id=job.job_id, frames=frames, expected=job.frames_to_render)
+        needed = job.trim_start_frames + (job.frames_kept or 0)
+        if frames < needed:  # the joined video would come out short; the same graph would again: fail now
+            raise ExecutionFailed(
+                f"{job.job_id}: the segment has {frames} frames, fewer than the {needed} the plan keeps from it "
+                f"(asked for {job.frames_to_render}); check the profile's frames role",
+                details={"frames": frames, "needed": needed, "frames_to_render": job.frames_to_render},
+            )
         self.state.segments[job.video_output_path] = frames
         await self.keep(dest, job.video_output_path)
         if job.reference_output_path:

@@ -7,6 +7,9 @@ Params::
      "seed": 42, "max_retries": 3, "keep_intermediate": false,
      "overrides": {"overlap": 0, "reference_offset": 10, "nodes": {"54": {"steps": 8}}}}
 
+``frames_per_chunk`` and ``max_retries`` are optional: without them the profile's ``defaults`` apply, else 101
+and 3.
+
 * prepare: parse (errors name the field; permanent), load the profile, plan, restore the checkpoint.
   ``profile`` names a shipped profile or one in PROFILES_DIR, never a path; ``input_video`` and overrides
   of file-naming inputs may not name the worker's files (see :mod:`comfy_worker.engine.paths`).
@@ -49,8 +52,10 @@ def split_params(params: dict[str, Any]) -> tuple[PromptSpec, dict[str, Any]]:
     """(spec, run options) from task params; every error names the field."""
     spec_params = {k: v for k, v in params.items() if k not in RUN_PARAMS}
     spec = from_params(spec_params)
-    max_retries = params.get("max_retries", 3)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
+    max_retries = params.get("max_retries")  # None: the profile's defaults.max_retries, else 3
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100
+    ):
         raise PromptFileError("params", f"must be an integer from 0 to 100, got {max_retries!r}", field="max_retries")
     keep = params.get("keep_intermediate", False)
     if not isinstance(keep, bool):
@@ -122,7 +127,13 @@ def prepare_chain(
     overrides = check_overrides(spec, profile)
     if task:
         check_task_paths(spec, profile, overrides)
-    plan = plan_for(spec, profile, overlap=overrides.get("overlap"), reference_offset=overrides.get("reference_offset"))
+    plan = plan_for(  # frames_per_chunk: params > the profile's defaults > built-in
+        spec,
+        profile,
+        overlap=overrides.get("overlap"),
+        reference_offset=overrides.get("reference_offset"),
+        override_source="task overrides",
+    )
     return profile, ChainState.restore(checkpoint, plan), overrides
 
 

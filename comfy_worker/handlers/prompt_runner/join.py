@@ -9,6 +9,10 @@
   normalising every segment to the first one's size and pixel format and retiming its frames onto the
   first one's frame rate (every frame kept once).
 
+``keep`` generalises the overlap: per segment ``(skip, count)``, the frames ``[skip, skip + count)`` go into the
+output (``count`` None: every frame after ``skip``). The chain uses it to drop both a chunk's overlap and the
+frames it rendered past its share (Wan renders 4k+1 frames; a last chunk of 96 frames renders 97).
+
 The progressive alternative (each combine re-encodes the whole video so far) costs O(N²) frames encoded;
 see bench/bench_join.py. Failures raise :class:`~comfy_worker.errors.ExecutionFailed` with the tail of
 ffmpeg's output in ``details['stderr_tail']``.
@@ -136,26 +140,31 @@ def _concat_list(paths: Sequence[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _drop_overlap(infos: Sequence[StreamInfo], overlap: int) -> str:
-    """A select filter (with trailing comma) dropping the first ``overlap`` frames of segments 2..N, by the
-    frame index in the concatenated stream; empty without overlap."""
-    if not overlap:
-        return ""
+Keep = tuple[int, int | None]  # (frames skipped at the start, frames kept after them or None: the rest)
+
+
+def _drop_frames(infos: Sequence[StreamInfo], keep: Sequence[Keep]) -> str:
+    """A select filter (with trailing comma) keeping only each segment's ``keep`` range, by the frame index
+    in the concatenated stream; empty when every frame is kept."""
     ranges, start = [], 0
-    for info in infos[:-1]:
+    for info, (skip, count) in zip(infos, keep, strict=True):
+        if skip:
+            ranges.append(f"between(n,{start},{start + skip - 1})")
+        end = skip + count if count is not None else info.frames
+        if end < info.frames:
+            ranges.append(f"between(n,{start + end},{start + info.frames - 1})")
         start += info.frames
-        ranges.append(f"between(n,{start},{start + overlap - 1})")
-    return f"select='not({'+'.join(ranges)})',"
+    return f"select='not({'+'.join(ranges)})'," if ranges else ""
 
 
-def _filter_graph(infos: Sequence[StreamInfo], overlap: int) -> str:
+def _filter_graph(infos: Sequence[StreamInfo], keep: Sequence[Keep]) -> str:
     first = infos[0]
     parts, labels = [], []
-    for i, _ in enumerate(infos):
+    for i, (_info, (skip, count)) in enumerate(zip(infos, keep, strict=True)):
         chain = [f"[{i}:v]"]
         filters = []
-        if i and overlap:
-            filters.append(f"trim=start_frame={overlap}")
+        if skip or count is not None:
+            filters.append(f"trim=start_frame={skip}" + (f":end_frame={skip + count}" if count is not None else ""))
         # Retime every frame onto the first segment's rate (keeps each frame once: no fps dup/drop).
         filters += [
             f"setpts=N/({first.frame_rate})/TB",
@@ -171,21 +180,42 @@ def _filter_graph(infos: Sequence[StreamInfo], overlap: int) -> str:
     return ";".join(parts)
 
 
+def _check_keep(paths: Sequence[Path], infos: Sequence[StreamInfo], keep: Sequence[Keep], overlap: int) -> None:
+    for i, (p, info, (skip, count)) in enumerate(zip(paths, infos, keep, strict=True)):
+        if skip < 0 or (count is not None and count < 1):
+            raise InputRejected(f"keep[{i}]: ({skip}, {count}) is not a frame range (skip >= 0, count >= 1)")
+        if count is None and skip and info.frames <= skip:
+            what = f"the overlap ({overlap})" if overlap else f"the {skip} frames to skip"
+            raise InputRejected(f"segment {p}: {info.frames} frames, not more than {what}", details={"path": str(p)})
+        if count is not None and skip + count > info.frames:
+            raise InputRejected(
+                f"segment {p}: {info.frames} frames, fewer than the {skip + count} needed to keep {count} after "
+                f"skipping {skip}",
+                details={"path": str(p), "frames": info.frames, "skip": skip, "keep": count},
+            )
+
+
 async def join_segments(
     segments: Sequence[str | Path],
     output: str | Path,
     *,
     overlap: int = 0,
+    keep: Sequence[Keep] | None = None,
     force_reencode: bool = False,
     verify: bool = True,
 ) -> JoinResult:
     """Join ``segments`` in order into ``output`` (mp4), dropping the first ``overlap`` frames of every
-    segment after the first. Returns the mode used and the frame count (checked when ``verify``)."""
+    segment after the first, or keeping each segment's ``keep`` range ``(skip, count)`` when given.
+    Returns the mode used and the frame count (checked when ``verify``)."""
     paths = [Path(file_arg(s)) for s in segments]
     if not paths:
         raise InputRejected("segments: at least one segment is needed")
     if overlap < 0:
         raise InputRejected(f"overlap: must be >= 0, got {overlap}")
+    if keep is None:
+        keep = [(overlap if i else 0, None) for i in range(len(paths))]
+    elif len(keep) != len(paths):
+        raise InputRejected(f"keep: {len(keep)} frame ranges for {len(paths)} segments")
     for p in paths:
         if not p.is_file():
             raise InputRejected(f"segment {p}: file not found", details={"path": str(p)})
@@ -197,15 +227,15 @@ async def join_segments(
             return await probe(p)
 
     infos = list(await asyncio.gather(*(probe_one(p) for p in paths)))
-    for p, info in zip(paths[1:], infos[1:], strict=True):
-        if overlap and info.frames <= overlap:
-            raise InputRejected(f"segment {p}: {info.frames} frames, not more than the overlap ({overlap})")
-    expected = sum(i.frames for i in infos) - overlap * (len(infos) - 1)
+    _check_keep(paths, infos, keep, overlap)
+    kept = [count if count is not None else info.frames - skip for info, (skip, count) in zip(infos, keep, strict=True)]
+    expected = sum(kept)
+    trimmed = any(n < info.frames for n, info in zip(kept, infos, strict=True))
     out = Path(file_arg(output))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.stem}.joining{out.suffix or '.mp4'}")
     compatible = all(infos[0].compatible(i) for i in infos[1:])
-    copy = not force_reencode and overlap == 0 and compatible
+    copy = not force_reencode and not trimmed and compatible
     with tempfile.TemporaryDirectory(prefix="cw_join_") as tmp:
         listing = Path(tmp) / "segments.txt"
         listing.write_text(_concat_list(paths), encoding="utf-8")
@@ -215,13 +245,13 @@ async def join_segments(
         elif compatible:
             # Same codec parameters: decode the files one after another, drop the overlap frames by index.
             rate = infos[0].frame_rate
-            args = [*demux, "-vf", f"{_drop_overlap(infos, overlap)}setpts=N/({rate})/TB", "-map", "0:v:0",
+            args = [*demux, "-vf", f"{_drop_frames(infos, keep)}setpts=N/({rate})/TB", "-map", "0:v:0",
                     "-r", rate, *ENCODE_ARGS, "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
         else:
             args = ["-hide_banner", "-loglevel", "error", "-y"]
             for p in paths:
                 args += ["-i", str(p)]
-            graph_text = _filter_graph(infos, overlap)
+            graph_text = _filter_graph(infos, keep)
             args += ["-filter_complex", graph_text, "-map", "[out]", "-r", infos[0].frame_rate,
                      *ENCODE_ARGS, "-movflags", "+faststart", str(tmp_out)]  # fmt: skip
         try:

@@ -62,10 +62,13 @@ def task_params(spec: PromptSpec, args: argparse.Namespace) -> dict[str, Any]:
         "total_frames": spec.total_frames,
         "positive_prompt": spec.positive_prompt,
         "negative_prompt": spec.negative_prompt,
-        "frames_per_chunk": spec.frames_per_chunk,
-        "max_retries": args.max_retries,
         "keep_intermediate": bool(args.keep_intermediate),
     }
+    if args.max_retries is not None:  # else the worker's profile decides
+        params["max_retries"] = args.max_retries
+    fpc = args.frames_per_chunk or spec.frames_per_chunk  # flag > prompt file; neither: the worker's profile
+    if fpc is not None:
+        params["frames_per_chunk"] = fpc
     for key in ("input_video", "seed"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)
@@ -90,6 +93,7 @@ async def submit_specs(specs: list[PromptSpec], args: argparse.Namespace, settin
     for spec in specs:
         params = task_params(spec, args)
         spec_with_profile = PromptSpec(**{**spec.to_dict(), "profile": params.get("profile"),
+                                          "frames_per_chunk": params.get("frames_per_chunk"),
                                           "overrides": params.get("overrides", {})})  # fmt: skip
         try:
             # a bad profile or override fails here, not on a worker; checked as a worker will (a name, not a path)
@@ -256,7 +260,9 @@ async def maybe_stop_pod(args: argparse.Namespace, settings: Any, ok: bool) -> N
 
 
 def default_profile(spec: PromptSpec, args: argparse.Namespace) -> PromptSpec:
-    """``spec`` with --profile / overlap flags applied (what a local run uses)."""
+    """``spec`` with --profile / --frames-per-chunk / overlap flags applied (what a local run uses and saves
+    for --resume): a flag beats the prompt file; what neither sets comes from the profile's defaults."""
+    fpc = args.frames_per_chunk or spec.frames_per_chunk
     overrides = dict(spec.overrides)
     for key in ("overlap", "reference_offset"):
         if getattr(args, key, None) is not None:
@@ -264,4 +270,4 @@ def default_profile(spec: PromptSpec, args: argparse.Namespace) -> PromptSpec:
     profile = args.profile or spec.profile or DEFAULT_PROFILE
     if Path(profile).suffix in (".yaml", ".yml", ".json") or Path(profile).is_file():
         profile = str(Path(profile).resolve())  # --resume may run from another directory
-    return PromptSpec(**{**spec.to_dict(), "profile": profile, "overrides": overrides})
+    return PromptSpec(**{**spec.to_dict(), "profile": profile, "frames_per_chunk": fpc, "overrides": overrides})

@@ -5,7 +5,7 @@ A profile is YAML or JSON (shipped in ``comfy_worker/profiles/`` or loaded from 
     name: wan22_vace_v2v
     base_workflow: wan22_vace_v2v.prompt.json      # relative to the profile file
     combine_workflow: wan22_vace_v2v.combine.json  # optional: omit to join with ffmpeg concat
-    defaults: {frames_per_chunk: 101, overlap: 0, reference_offset: 10, max_retries: 3}
+    defaults: {frames_per_chunk: 101, overlap: 0, reference_offset: 10, max_retries: 3, retry_delay_s: 5}
     paths: {comfy_output_dir: /workspace/ComfyUI/output}
     optional_inputs: {WanVideoSampler: [samples, ...]}  # custom node inputs that may stay unconnected
     roles:                                              # base workflow
@@ -15,7 +15,13 @@ A profile is YAML or JSON (shipped in ``comfy_worker/profiles/`` or loaded from 
       high: {lora: ..., model: ..., steps: [0, 4], remove: ["341", ...]}
       low:  {lora: ..., model: ..., steps: [4, 8], remove: ["365", ...]}
     first_chunk: {remove: ["358", "359"]}               # no reference frame for chunk 1
-    combine_roles: {new_segment: {node: "25", input: video}, ...}
+    combine_roles: {new_segment: {node: "25", input: video, skip_input: skip_first_frames,
+                                  cap_input: frame_load_cap}, ...}
+
+``defaults`` are the profile's plan values; ``defaults.frames_per_chunk`` loses to a prompt file's or task's
+``frames_per_chunk`` and to ``--frames-per-chunk``, and wins over the built-in 101 (see :func:`.dryrun.plan_for`).
+The combine workflow's new-segment loader drops each segment's overlap (``skip_input``) and the frames a chunk
+rendered past its share (``cap_input``, e.g. VHS ``frame_load_cap``: the last chunk of a total that is not 4k+1).
 
 Node ids are strings; group sub-nodes keep ComfyUI's ``group:sub`` form (``"309:298"``).
 
@@ -60,15 +66,24 @@ BASE_ROLES: dict[str, tuple[str, ...]] = {
     "last_frame": ("input",),
 }
 COMBINE_ROLES: dict[str, tuple[str, ...]] = {
-    "new_segment": ("input", "skip_input"),
+    "new_segment": ("input", "skip_input", "cap_input"),
     "previous": ("input",),
     "join": ("previous_input", "new_input"),
     "writer": ("input",),
 }
 REQUIRED_BASE_ROLES = ("positive_prompt", "frames", "video_out")
 # Inputs that must exist on the node (the others are set only when the node has them, e.g. step ranges).
-_MUST_EXIST = {"input", "folder", "subfolder", "filename", "prefix", "previous_input", "new_input", "skip_input"}
+_MUST_EXIST = {"input", "folder", "subfolder", "filename", "prefix", "previous_input", "new_input", "skip_input",
+               "cap_input"}  # fmt: skip
 TASK_PROFILE_SUFFIXES = (".yaml", ".yml")
+# defaults key → (smallest value, whether a fraction is allowed); other keys are refused, naming these.
+DEFAULT_KEYS: dict[str, tuple[float, bool]] = {
+    "frames_per_chunk": (1, False),
+    "overlap": (0, False),
+    "reference_offset": (0, False),
+    "max_retries": (0, False),
+    "retry_delay_s": (0, True),
+}
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -275,11 +290,29 @@ def parse_profile(data: Any, *, source: str, base_dir: Path | None = None, confi
         passes={k: _pass(source, k, v) for k, v in passes_raw.items()},
         first_chunk_remove=tuple(str(n) for n in (data.get("first_chunk") or {}).get("remove") or ()),
         optional_inputs={str(k): tuple(v) for k, v in (data.get("optional_inputs") or {}).items()},
-        defaults=dict(data.get("defaults") or {}),
+        defaults=_defaults(source, data.get("defaults")),
         paths={str(k): str(v) for k, v in (data.get("paths") or {}).items()},
     )
     validate_profile(profile)
     return profile
+
+
+def _defaults(source: str, raw: Any) -> dict[str, Any]:
+    """``defaults`` checked: known keys only, each a number of the right kind (so a typo or a quoted value fails
+    when the profile loads, not as a silently ignored setting)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ProfileError(source, f"defaults: expected a mapping of {', '.join(DEFAULT_KEYS)}")
+    for key, value in raw.items():
+        if key not in DEFAULT_KEYS:
+            raise ProfileError(source, f"defaults.{key}: unknown key; known: {', '.join(DEFAULT_KEYS)}", field=key)
+        minimum, fraction = DEFAULT_KEYS[key]
+        kinds = (int, float) if fraction else (int,)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+            kind = "a number" if fraction else "an integer"
+            raise ProfileError(source, f"defaults.{key}: expected {kind} >= {minimum:g}, got {value!r}", field=key)
+    return dict(raw)
 
 
 def _from_builder(source: str, spec: Any) -> dict[str, Any]:

@@ -11,6 +11,11 @@ The documented prompt-file format is four sections separated by blank lines::
 
     blurry, low quality                ← negative prompt, one or more lines
 
+The total-frames section may carry settings on the lines after the total, one ``key: value`` a line; the only
+key is ``frames_per_chunk`` (``500`` then ``frames_per_chunk: 81``). A prompt file's ``frames_per_chunk``
+wins over the profile's default and loses to ``--frames-per-chunk``; without one it is None here and the
+profile's ``defaults.frames_per_chunk`` (else :data:`DEFAULT_FRAMES_PER_CHUNK`) applies when planning.
+
 Every error is a :class:`PromptFileError` (an :class:`~comfy_worker.errors.InputRejected`, so a task built
 from a bad file fails at once) whose message names the file, the line and the problem.
 """
@@ -26,7 +31,8 @@ from typing import Any
 
 from comfy_worker.errors import InputRejected
 
-DEFAULT_FRAMES_PER_CHUNK = 101
+DEFAULT_FRAMES_PER_CHUNK = 101  # built-in: used when neither flag, prompt file, task params nor profile set one
+FILE_SETTINGS = ("frames_per_chunk",)  # keys the total-frames section of a prompt file may set
 MAX_NAME_LENGTH = 200
 
 
@@ -54,7 +60,7 @@ class PromptSpec:
     total_frames: int
     positive_prompt: str
     negative_prompt: str
-    frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK
+    frames_per_chunk: int | None = None  # None: the profile's default, else DEFAULT_FRAMES_PER_CHUNK
     input_video: str | None = None
     profile: str | None = None
     seed: int | None = None
@@ -106,8 +112,9 @@ def _sections(lines: list[str]) -> list[tuple[int, list[str]]]:
 _SECTION_NAMES = ("video name", "total frames", "positive prompt", "negative prompt")
 
 
-def parse_text(text: str, *, source: str = "<text>", frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> PromptSpec:
-    """Parse prompt-file content. ``source`` names the file in error messages."""
+def parse_text(text: str, *, source: str = "<text>", frames_per_chunk: int | None = None) -> PromptSpec:
+    """Parse prompt-file content. ``source`` names the file in error messages. ``frames_per_chunk`` is used
+    when the file sets none."""
     lines = text.splitlines()
     sections = _sections(lines)
     last_line = max(len(lines), 1)
@@ -133,13 +140,14 @@ def parse_text(text: str, *, source: str = "<text>", frames_per_chunk: int = DEF
     video_name = name_lines[0]
     if problem := name_problem(video_name):
         raise PromptFileError(source, problem, line=name_line)
-    if len(frames_lines) != 1:
-        raise PromptFileError(source, "total frames must be a single line holding one integer", line=frames_line)
     total = _positive_int(frames_lines[0])
     if total is None:
         raise PromptFileError(
             source, f"total frames must be a positive integer, got {frames_lines[0]!r}", line=frames_line
         )
+    settings = _file_settings(source, frames_lines[1:], frames_line + 1)
+    if settings.get("frames_per_chunk") is not None:
+        frames_per_chunk = settings["frames_per_chunk"]
     del pos_line
     return PromptSpec(
         video_name=video_name,
@@ -151,7 +159,29 @@ def parse_text(text: str, *, source: str = "<text>", frames_per_chunk: int = DEF
     )
 
 
-def parse_file(path: str | Path, *, frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> PromptSpec:
+def _file_settings(source: str, lines: list[str], first_line: int) -> dict[str, int]:
+    """``key: value`` lines after the total frames (only :data:`FILE_SETTINGS` keys, positive integers)."""
+    values: dict[str, int] = {}
+    for number, text in enumerate(lines, start=first_line):
+        key, sep, raw = text.partition(":")
+        key = key.strip()
+        if not sep or key not in FILE_SETTINGS:
+            raise PromptFileError(
+                source,
+                f"after the total frames only 'key: value' settings may follow ({', '.join(FILE_SETTINGS)}), "
+                f"got {text!r}; put a blank line before the positive prompt",
+                line=number,
+            )
+        if key in values:
+            raise PromptFileError(source, f"{key} is set twice", line=number)
+        value = _positive_int(raw)
+        if value is None:
+            raise PromptFileError(source, f"{key} must be a positive integer, got {raw.strip()!r}", line=number)
+        values[key] = value
+    return values
+
+
+def parse_file(path: str | Path, *, frames_per_chunk: int | None = None) -> PromptSpec:
     """Read and parse one prompt file (UTF-8)."""
     p = Path(path)
     try:
@@ -217,9 +247,9 @@ def from_params(params: Mapping[str, Any], *, source: str = "params") -> PromptS
     total = _positive_int(params["total_frames"])
     if total is None:
         raise fail("total_frames", f"must be a positive integer, got {params['total_frames']!r}")
-    fpc_raw = params.get("frames_per_chunk", DEFAULT_FRAMES_PER_CHUNK)
-    fpc = _positive_int(DEFAULT_FRAMES_PER_CHUNK if fpc_raw is None else fpc_raw)
-    if fpc is None:
+    fpc_raw = params.get("frames_per_chunk")  # absent or null: the profile's default applies when planning
+    fpc = None if fpc_raw is None else _positive_int(fpc_raw)
+    if fpc_raw is not None and fpc is None:
         raise fail("frames_per_chunk", f"must be a positive integer, got {fpc_raw!r}")
     texts: dict[str, str] = {}
     for key in ("positive_prompt", "negative_prompt"):

@@ -85,6 +85,8 @@ def summary(plan: Plan) -> dict[str, Any]:
         "video_name": plan.video_name,
         "total_frames": plan.total_frames,
         "frames_per_chunk": plan.frames_per_chunk,
+        "frames_rendered": [j.frames_to_render for j in plan.render_jobs if j.job_type == LOW],
+        "frames_kept": [j.frames_kept for j in plan.render_jobs if j.job_type == LOW],
         "overlap": plan.overlap,
         "reference_offset": plan.reference_offset,
         "chunks": plan.chunks,

@@ -491,7 +491,8 @@ class CWLoadImageFromPath:
 
 
 class CWLoadVideoFromPath:
-    """VHS_LoadVideoPath stand-in: a video file by absolute path -> IMAGE frames, minus the first N."""
+    """VHS_LoadVideoPath stand-in: a video file by absolute path -> IMAGE frames, minus the first N, then at most
+    ``frame_load_cap`` of them (0: all), as VHS skips then caps."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -499,16 +500,18 @@ class CWLoadVideoFromPath:
             "required": {
                 "video": ("STRING", {"default": ""}),
                 "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 100000}),
-            }
+            },
+            "optional": {"frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000})},
         }
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "load"
     CATEGORY = "cw_test"
 
-    def load(self, video, skip_first_frames):
+    def load(self, video, skip_first_frames, frame_load_cap=0):
         frames, _count = CWLoadVideo.decode(video, 0)
-        return (frames[skip_first_frames:],)
+        frames = frames[skip_first_frames:]
+        return (frames[:frame_load_cap] if frame_load_cap else frames,)
 
     @classmethod
     def IS_CHANGED(cls, **_kwargs):

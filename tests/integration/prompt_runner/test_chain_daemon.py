@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ async def enqueue(harness: Harness, params: dict, max_attempts: int = 3) -> str:
 
 
 async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, comfyui_server: ComfyServer) -> None:
-    params = chain_params()
+    params = chain_params(total_frames=27)  # 3 x 9, each 4k+1: nothing to trim, so the join is a stream copy
     name = params["video_name"]
     await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
     tid = await enqueue(harness, params)
@@ -37,15 +38,15 @@ async def test_three_chunk_chain_renders_joins_and_cleans_up(harness: Harness, c
     final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
     assert final.is_file()
     assert task.output_url == final.resolve().as_uri()
-    assert await count_frames(final, decode=True) == 25
-    assert task.result["frames"] == 25
+    assert await count_frames(final, decode=True) == 27
+    assert task.result["frames"] == 27
     assert task.result["plan"]["chunks"] == 3
     assert task.result["join_mode"] == "copy"
 
     cp = task.checkpoint
     assert cp["completed"] == [f"{name}-{n:03d}-{'high' if n % 2 else 'low'}" for n in range(1, 7)]
     assert cp["completed_chunks"] == 3
-    assert cp["segments"] == {f"{name}/videos/{name}_chunk_{c:03d}.mp4": f for c, f in ((1, 9), (2, 9), (3, 7))}
+    assert cp["segments"] == {f"{name}/videos/{name}_chunk_{c:03d}.mp4": 9 for c in (1, 2, 3)}
     assert cp["references"][f"{name}/references/{name}_chunk_001_ref.png"]["frame_index"] == 8  # 9 - offset 1
     # intermediates gone from storage; the final video and the state record stay
     video_root = harness.storage_dir / "prompt_runner" / tid / name
@@ -175,7 +176,8 @@ async def test_a_permanent_step_error_fails_the_task_naming_the_step(
     tid = await enqueue(harness, params)
     task = await wait_task(harness.store, tid, timeout=60)
     assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
-    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/4): ComfyUI rejected")
+    # 1 + the profile's defaults.max_retries (2) tries would be allowed; a permanent error stops at the first
+    assert task.error.startswith(f"step HIGH 1/3 ({params['video_name']}-001-high, try 1/3): ComfyUI rejected")
     assert task.error_details["error_type"] == "WorkflowInvalid"
 
 
@@ -233,3 +235,54 @@ async def test_profile_combine_workflow_joins_progressively_in_comfyui(
     video_root = final.parents[1]
     left = sorted(str(p.relative_to(video_root)) for p in video_root.rglob("*") if p.is_file())
     assert left == [f"final/{name}.mp4", f"state/{name}.json"]
+
+
+def gray_frames(path: Path) -> list[bytes]:
+    """Every frame of ``path`` decoded by ffmpeg as 32x32 grey pixels (the test chain's frame size)."""
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+        check=True, capture_output=True, timeout=120,
+    ).stdout  # fmt: skip
+    return [raw[i : i + 32 * 32] for i in range(0, len(raw), 32 * 32)]
+
+
+def nearest(frame: bytes, candidates: list[bytes]) -> int:
+    """The index of the candidate closest to ``frame`` pixel by pixel (survives re-encoding, unlike equality)."""
+    return min(range(len(candidates)), key=lambda i: sum(abs(a - b) for a, b in zip(frame, candidates[i], strict=True)))
+
+
+@pytest.mark.parametrize(
+    ("profile", "overlap", "join_mode"),
+    [("cw_test_chain", 0, "reencode"), ("cw_test_chain", 2, "reencode"), ("cw_test_chain_combine", 2, "comfyui")],
+)
+async def test_a_total_that_is_not_4k_plus_1_joins_to_exactly_that_many_frames(
+    harness: Harness, comfyui_server: ComfyServer, profile: str, overlap: int, join_mode: str
+) -> None:
+    """22 frames in chunks of 9: the last chunk covers 4 frames (8 with an overlap of 2), renders 5 (9), Wan's
+    next 4k+1, and the join keeps exactly its share, so the video has 22 frames, counted by ffprobe."""
+    params = chain_params(total_frames=22, profile=profile, overrides={"overlap": overlap}, keep_intermediate=True)
+    name = params["video_name"]
+    await harness.start_daemon(settings=harness.settings(COMFY_OUTPUT_DIR=str(comfyui_server.output_dir)))
+    tid = await enqueue(harness, params)
+    task = await wait_task(harness.store, tid, timeout=240)
+    assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
+    kept = [9, 9, 4] if overlap == 0 else [9, 7, 6]
+    rendered = [9, 9, 5] if overlap == 0 else [9, 9, 9]
+    assert task.result["plan"]["frames_kept"] == kept and task.result["plan"]["frames_rendered"] == rendered
+    video_root = harness.storage_dir / "prompt_runner" / tid / name
+    segments = [video_root / "videos" / f"{name}_chunk_{c:03d}.mp4" for c in (1, 2, 3)]
+    assert [await count_frames(s, decode=True) for s in segments] == rendered  # each chunk rendered 4k+1 frames
+    final = video_root / "final" / f"{name}.mp4"
+    assert await count_frames(final, decode=True) == 22  # ffprobe -count_frames: every frame decoded
+    assert task.result["frames"] == 22 and task.result["join_mode"] == join_mode
+    # and they are the right 22: each segment's kept range, in order (not its overlap, not its surplus)
+    parts = [gray_frames(s) for s in segments]
+    got = gray_frames(final)
+    origins = [
+        (c, nearest(frame, parts[c])) for c, frame in zip([0] * 9 + [1] * kept[1] + [2] * kept[2], got, strict=True)
+    ]
+    start = 0 if overlap == 0 else overlap
+    expected = (
+        [(0, i) for i in range(9)] + [(1, start + i) for i in range(kept[1])] + [(2, start + i) for i in range(kept[2])]
+    )
+    assert origins == expected

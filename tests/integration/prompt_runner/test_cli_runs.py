@@ -138,3 +138,34 @@ async def test_local_run_interrupted_with_ctrl_c_resumes_where_it_stopped(
     # intermediates removed from the output dir; the final video and the state stay
     left = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and ".work" not in p.parts)
     assert left == [f"{name}/final/{name}.mp4", f"state/{name}.json"], left
+
+
+@pytest.mark.comfyui
+async def test_local_run_takes_frames_per_chunk_from_the_prompt_file_over_the_profile_and_joins_exactly(
+    comfyui_server: ComfyServer, tmp_path: Path
+) -> None:
+    """The profile says 13 frames per chunk, the prompt file 9 (and no flag): 9 wins. 22 frames is not 4k+1: the
+    last chunk covers 4, renders 5, and the local run's video has exactly 22 frames (ffprobe counts them)."""
+    name = f"cw_local_{uuid.uuid4().hex[:8]}"
+    pf = tmp_path / f"{name}.txt"
+    pf.write_text(f"{name}\n\n22\nframes_per_chunk: 9\n\na green circle\n\nblurry\n", encoding="utf-8")
+    profile = yaml.safe_load(CHAIN_PROFILE.read_text())
+    profile["defaults"]["frames_per_chunk"] = 13
+    profile["base_workflow"] = str(CHAIN_PROFILE.parent / profile["base_workflow"])
+    (tmp_path / "p13.yaml").write_text(yaml.safe_dump(profile))
+    out_dir = tmp_path / "out"
+    env = {"COMFY_URL": comfyui_server.base_url, "COMFY_OUTPUT_DIR": str(comfyui_server.output_dir),
+           "LOG_FORMAT": "json", "DATABASE_URL": ""}  # fmt: skip
+    code, out = await cli(
+        "--prompt-file", str(pf), "--profile", str(tmp_path / "p13.yaml"), "--output-dir", str(out_dir),
+        "--no-upload", env=env,
+    )  # fmt: skip
+    assert code == 0, out[-3000:]
+    state = json.loads((out_dir / "state" / f"{name}.json").read_text())
+    plan = state["checkpoint"]["plan"]
+    assert plan["frames_per_chunk"] == 9 and plan["chunks"] == 3
+    lows = [j for j in plan["jobs"] if j["job_type"] == "low_noise_render"]
+    assert [(j["frames_to_render"], j["frames_kept"]) for j in lows] == [(9, 9), (9, 9), (5, 4)]
+    final = out_dir / name / "final" / f"{name}.mp4"
+    assert await count_frames(final, decode=True) == 22
+    assert f"OK {name}: {final} (22 frames)" in out

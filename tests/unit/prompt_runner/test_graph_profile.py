@@ -115,7 +115,7 @@ def test_low_graph_carries_exactly_the_documented_changes(profile, sunset_plan, 
         ("54", "end_step"): 8,
         ("53", "positive_prompt"): SUNSET_POS,
         ("53", "negative_prompt"): "blurry, low quality, distorted, watermark",
-        ("19", "value"): 96,
+        ("19", "value"): 97,  # 96 frames left: Wan renders 4k+1, the combine keeps 96 (frame_load_cap)
         ("348", "value"): 404,
         ("358", "image_path"): f"{ROOT}/sunset_beach/references/sunset_beach_chunk_004_ref.png",
         ("338", "folder_path"): f"{ROOT}/sunset_beach/latents/chunk_005",
@@ -134,6 +134,7 @@ def test_progressive_combine_workflows(profile, sunset_plan, fixture_combine, ob
     expected = {
         ("25", "video"): f"{ROOT}/sunset_beach/videos/sunset_beach_chunk_001.mp4",
         ("25", "skip_first_frames"): 0,
+        ("25", "frame_load_cap"): 101,
         ("14", "images"): ["33", 0],
         ("14", "filename_prefix"): "sunset_beach/combined/sunset_beach_combined_001",
     }
@@ -145,6 +146,7 @@ def test_progressive_combine_workflows(profile, sunset_plan, fixture_combine, ob
     assert changed2[("40", "video")] == f"{ROOT}/sunset_beach/combined/sunset_beach_combined_001.mp4"
     last, _ = build_job_workflow(profile, sunset_plan.combine_jobs[-1])
     assert last["14"]["inputs"]["filename_prefix"] == "sunset_beach/final/sunset_beach"
+    assert last["25"]["inputs"]["frame_load_cap"] == 96  # the 97 rendered frames of chunk 5, capped at its share
     for w in (wf, wf2, last):
         assert graph.dangling_links(w, object_info) == []
 

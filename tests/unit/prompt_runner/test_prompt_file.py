@@ -24,7 +24,7 @@ def test_parses_the_fixture_files():
     assert spec.positive_prompt.endswith("highly detailed")
     assert "\n" in spec.positive_prompt  # both lines kept
     assert spec.negative_prompt == "blurry, low quality, distorted, watermark"
-    assert spec.frames_per_chunk == 101
+    assert spec.frames_per_chunk is None  # the file sets none: the profile's default applies when planning
     city = parse_file(PROMPT_FILES / "city_rain.txt")
     assert (city.video_name, city.total_frames) == ("city_rain", 150)
     assert [p.name for p in find_prompt_files(PROMPT_FILES)] == ["city_rain.txt", "sunset_beach.txt"]
@@ -50,6 +50,10 @@ def test_multi_line_sections_and_crlf():
         ("..\n\n5\n\np\n\nn\n", 1, ".."),
         ("a\x07b\n\n5\n\np\n\nn\n", 1, "control characters"),
         ("sunset\n\n5\n\np\n\nn\n\nextra\n", 9, "fifth section"),
+        ("sunset\n\n500\n600\n\np\n\nn\n", 4, "only 'key: value' settings"),
+        ("sunset\n\n500\nframes: 81\n\np\n\nn\n", 4, "(frames_per_chunk)"),
+        ("sunset\n\n500\nframes_per_chunk: 0\n\np\n\nn\n", 4, "frames_per_chunk must be a positive integer"),
+        ("sunset\n\n500\nframes_per_chunk: 81\nframes_per_chunk: 49\n\np\n\nn\n", 5, "set twice"),
     ],
 )
 def test_errors_name_file_line_and_problem(text, line, words):
@@ -62,6 +66,14 @@ def test_errors_name_file_line_and_problem(text, line, words):
     assert words in str(err)
 
 
+def test_a_prompt_file_may_set_frames_per_chunk_after_the_total():
+    spec = parse_text("sunset\n\n500\nframes_per_chunk: 81\n\npos\n\nneg\n", source="x.txt")
+    assert (spec.total_frames, spec.frames_per_chunk) == (500, 81)
+    assert parse_text(GOOD, frames_per_chunk=49).frames_per_chunk == 49  # the caller's value when the file has none
+    text = "sunset\n\n500\nframes_per_chunk: 81\n\npos\n\nneg\n"
+    assert parse_text(text, frames_per_chunk=49).frames_per_chunk == 81  # the file's own wins over the caller's
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(PromptFileError, match=r"nope\.txt: file not found"):
         parse_file(tmp_path / "nope.txt")
@@ -72,7 +84,7 @@ def test_from_params_defaults_and_values():
         {"video_name": "v1", "total_frames": "300", "positive_prompt": " hello ", "seed": 7,
          "input_video": "in.mp4", "overrides": {"x": 1}}
     )  # fmt: skip
-    assert spec.total_frames == 300 and spec.frames_per_chunk == 101
+    assert spec.total_frames == 300 and spec.frames_per_chunk is None  # profile default when planning
     assert spec.positive_prompt == "hello" and spec.negative_prompt == ""
     assert spec.seed == 7 and spec.input_video == "in.mp4" and spec.overrides == {"x": 1}
 
