@@ -7,6 +7,8 @@ Every setting is declared once in :data:`FIELDS` with its type, default and a on
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -17,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from comfy_worker.errors import ConfigError
 
-SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "runpod_api_key"})
+SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "runpod_api_key", "webhook_secret"})
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -119,6 +121,17 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     allow_private_urls: bool = False
     work_dir: str = ""
+    # webhooks (README "Webhooks"): task ends POSTed to the task's callback_url, else WEBHOOK_URL
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_events: tuple[str, ...] = ()
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 4
+    webhook_poll_s: float = 2.0
+    webhook_retry_for_s: float = 86400.0
+    webhook_backoff_base_s: float = 5.0
+    webhook_backoff_cap_s: float = 3600.0
+    webhook_url_allowlist: tuple[str, ...] = ()
     # Wan2GP (worker_wgp)
     wan2gp_path: str = ""
     wan2gp_python: str = ""
@@ -305,6 +318,14 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "input_url_allowlist": _csv,
     "allow_private_urls": _bool,
     "models_groups": _csv,
+    "webhook_events": _csv,
+    "webhook_timeout_s": _number(float, 0.1),
+    "webhook_concurrency": _number(int, 1),
+    "webhook_poll_s": _number(float, 0.01),
+    "webhook_retry_for_s": _number(float, 0),
+    "webhook_backoff_base_s": _number(float, 0),
+    "webhook_backoff_cap_s": _number(float, 0),
+    "webhook_url_allowlist": _csv,
     "dry_run": _bool,
 }
 
@@ -360,11 +381,52 @@ def _validate(s: Settings) -> None:
         raise ConfigError("PUBLIC_BASE_URL", f"expected https://cdn.example.com/..., got {s.public_base_url!r}")
     if s.comfy_url and not s.comfy_url.startswith(("http://", "https://")):
         raise ConfigError("COMFY_URL", f"expected http://host:port, got {s.comfy_url!r}")
+    _validate_webhooks(s)
     if s.heartbeat_interval >= s.lease_seconds:
         raise ConfigError(
             "HEARTBEAT_INTERVAL",
             f"must be shorter than LEASE_SECONDS ({s.lease_seconds}) or leases expire between heartbeats",
         )
+
+
+WEBHOOK_EVENT_NAMES = ("task.completed", "task.failed", "task.cancelled", "task.progress")
+
+
+def webhook_secrets(raw: str) -> list[bytes]:
+    """The signing keys of WEBHOOK_SECRET: one or more ``whsec_<base64>`` separated by spaces or commas (all
+    sign each delivery, so a receiver can rotate: add the new secret, switch the receiver, drop the old one).
+    The message never repeats a secret, only its position."""
+    keys: list[bytes] = []
+    for i, token in enumerate(raw.replace(",", " ").split(), start=1):
+        where = f"secret {i}" if " " in raw.strip() or "," in raw else "the secret"
+        if not token.startswith("whsec_"):
+            raise ConfigError(
+                "WEBHOOK_SECRET",
+                f"{where} must have the Standard Webhooks form whsec_<base64 of 24-64 random bytes>; generate one "
+                "with: python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"",
+            )
+        try:
+            key = base64.b64decode(token.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("WEBHOOK_SECRET", f"{where}: the part after whsec_ is not valid base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ConfigError(
+                "WEBHOOK_SECRET", f"{where} decodes to {len(key)} bytes; Standard Webhooks secrets are 24 to 64 bytes"
+            )
+        keys.append(key)
+    return keys
+
+
+def _validate_webhooks(s: Settings) -> None:
+    if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("WEBHOOK_URL", "expected an http:// or https:// URL of the receiver")
+    if s.webhook_secret:
+        webhook_secrets(s.webhook_secret)
+    elif s.webhook_url:
+        raise ConfigError("WEBHOOK_SECRET", "is required with WEBHOOK_URL: every delivery is signed (whsec_…)")
+    for event in s.webhook_events:
+        if event not in WEBHOOK_EVENT_NAMES:
+            raise ConfigError("WEBHOOK_EVENTS", f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENT_NAMES)}")
 
 
 def default_worker_id() -> str:

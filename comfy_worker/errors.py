@@ -316,3 +316,18 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ComfyWorkerError):
         return exc.retryable
     return True
+
+
+# --- webhooks --------------------------------------------------------------------------------------------
+
+
+class WebhookError(ComfyWorkerError):
+    """A webhook delivery could not be made."""
+
+
+class WebhookRefused(WebhookError, Permanent):
+    """The callback URL may not be reached (a private or metadata address, not http/https): never retried."""
+
+
+class WebhookUnavailable(WebhookError, Retryable):
+    """The receiver's host could not be resolved right now: retried on the delivery schedule."""

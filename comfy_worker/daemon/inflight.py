@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from comfy_worker.storage import Storage
     from comfy_worker.store.base import TaskStore
     from comfy_worker.upkeep import Upkeep
+from comfy_worker.webhooks import WebhookDispatcher
 
 log = get_logger(__name__)
 
@@ -61,6 +62,7 @@ class TaskLifecycle:
     handlers: dict[str, Any]
     host: EngineHost
     upkeep: Upkeep
+    webhooks: WebhookDispatcher
     fetch: Any
     work_root: Path
     _slots: asyncio.Semaphore
@@ -128,6 +130,7 @@ class TaskLifecycle:
             finally:
                 self._give_back_slot(entry)
                 self._inflight.pop(task.task_id, None)
+                self.webhooks.wake()  # its end's event (if any) is in the outbox now
                 ending = asyncio.current_task()
                 if ending is not None:
                     self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop

@@ -214,6 +214,10 @@ def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row
             "now": now,
         },
     ).fetchone()
+    if row is not None and task.callback_url is not None:  # sql/sqlite/008_webhooks.sql's column
+        row = conn.execute(
+            "update tasks set callback_url = ? where task_id = ? returning *", (task.callback_url, row["task_id"])
+        ).fetchone()
     if row is not None:
         return row
     # idempotent: an existing task_id, or a dedupe_key held by a queued or running task, returns that task
