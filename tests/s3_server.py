@@ -143,6 +143,7 @@ class CuttingProxy:
         self.heads: list[bytes] = []  # the first bytes of every request (request line and headers)
         self.downstream_bytes = 0
         self._server: asyncio.Server | None = None
+        self._live: set[asyncio.StreamWriter] = set()  # both ends of every open connection
 
     @property
     def url(self) -> str:
@@ -159,6 +160,14 @@ class CuttingProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def abort_all(self) -> None:
+        """Drop every open connection at once, both ends, forwarding nothing more: what a client host that
+        vanished leaves (bytes a killed process had handed its kernel never reach the server)."""
+        for w in list(self._live):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._live.clear()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -166,6 +175,7 @@ class CuttingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._live.update((writer, up_writer))
 
         response_limit: list[int | None] = [None]
 
@@ -216,8 +226,12 @@ class CuttingProxy:
                 with contextlib.suppress(Exception):
                     writer.close()
 
-        with contextlib.suppress(Exception):
-            await asyncio.gather(upstream(), downstream())
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(upstream(), downstream())
+        finally:
+            self._live.discard(writer)
+            self._live.discard(up_writer)
 
 
 def _request_lines(data: bytes) -> list[str]:
