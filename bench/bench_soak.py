@@ -25,6 +25,8 @@ Goals (issue 16): growth <= 10 % from task 100 on, 0 files of finished tasks, cl
 point): every sample also reads the daemon's Python heap (bytes traced by tracemalloc), glibc malloc's bytes in
 use and held, and its live objects; at ``--snapshot-at`` and after the last task a tracemalloc snapshot is
 taken, and the growth between the first and the last snapshot is printed by allocation site (top 25 lines).
+``--malloc-stats``: the same wrapper without tracemalloc (no snapshots, no Python heap figure; no tracemalloc
+overhead in time or RSS), for the RSS figures themselves.
 Goal (issue 20): daemon RSS at the last task within 3 % of its RSS at ``--snapshot-at``.
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL on 127.0.0.1:5432.
 """
@@ -109,6 +111,7 @@ class Run:
     completed_at: list[float] = field(default_factory=list)  # epoch seconds, in completion order
     failed: int = 0
     cleanup_s: list[float] = field(default_factory=list)  # per task, from the worker's task_files_removed events
+    trim: list[tuple[float, int]] = field(default_factory=list)  # per task: malloc_trim's seconds and bytes given back
     snapshots: list[tuple[int, Path]] = field(default_factory=list)  # (tasks done, tracemalloc snapshot file)
 
 
@@ -171,7 +174,7 @@ class Probe:
 
 async def one_run(
     mode: str, tasks: int, every: int, url: str, logs_dir: Path, *, size: int = 600,
-    tracemalloc: bool = False, snapshot_at: tuple[int, ...] = (),
+    tracemalloc: bool = False, malloc_stats: bool = False, snapshot_at: tuple[int, ...] = (),
 ) -> Run:  # fmt: skip
     run = Run(mode)
     db, dsn = await fresh_database(ADMIN_DSN, "cw_soak")
@@ -195,13 +198,16 @@ async def one_run(
     folders = [workdir / "input", workdir / "output", workdir / "temp"]
     log_file = (logs_dir / f"worker-{mode}.log").open("wb")
     trace_dir = logs_dir / f"tracemalloc-{mode}"
-    entry = [str(REPO / "bench" / "soak_daemon.py"), str(trace_dir)] if tracemalloc else ["-m", "comfy_worker"]
+    wrapped = tracemalloc or malloc_stats
+    entry = [str(REPO / "bench" / "soak_daemon.py"), str(trace_dir)] if wrapped else ["-m", "comfy_worker"]
+    if wrapped:
+        env["CW_TRACEMALLOC_FRAMES"] = "1" if tracemalloc else "0"
     proc = subprocess.Popen(
         [sys.executable, *entry, "--worker-id", f"soak-{mode}"],
         env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
     )  # fmt: skip
     daemon = psutil.Process(proc.pid)
-    probe = Probe(proc.pid, trace_dir) if tracemalloc else None
+    probe = Probe(proc.pid, trace_dir) if wrapped else None
     snap_marks = sorted(snapshot_at)
     conn = await asyncpg.connect(dsn)
     http = httpx.AsyncClient(timeout=60)
@@ -244,7 +250,7 @@ async def one_run(
                     history=len(hist),
                 )
                 if probe is not None:
-                    take = bool(snap_marks and done >= snap_marks[0]) or done >= tasks
+                    take = tracemalloc and (bool(snap_marks and done >= snap_marks[0]) or done >= tasks)
                     while snap_marks and done >= snap_marks[0]:
                         snap_marks.pop(0)
                     figures, snap = await probe.ask(snapshot=take)
@@ -282,7 +288,10 @@ async def one_run(
         log_file.close()
         for line in (logs_dir / f"worker-{mode}.log").read_text(errors="replace").splitlines():
             if '"task_files_removed"' in line:
-                run.cleanup_s.append(float(json.loads(line).get("seconds", 0.0)))
+                event = json.loads(line)
+                run.cleanup_s.append(float(event.get("seconds", 0.0)))
+                if "trim_s" in event:
+                    run.trim.append((float(event["trim_s"]), int(event["memory_released_bytes"])))
         await conn.close()
         await drop_database(ADMIN_DSN, db)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -371,8 +380,10 @@ def rss_ratio(run: Run, base: int) -> str | None:
     ratio = last.daemon_rss / first.daemon_rss
     text = (f"daemon RSS at task {first.done}: {first.daemon_rss / MiB:.1f} MiB, at task {last.done}: "
             f"{last.daemon_rss / MiB:.1f} MiB, ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; goal: within 3 %)")
+    if first.traced:
+        text += f"; Python heap {first.traced / MiB:.2f} -> {last.traced / MiB:.2f} MiB"
     if first.objects:
-        text += (f"; Python heap {first.traced / MiB:.2f} -> {last.traced / MiB:.2f} MiB, malloc in use "
+        text += (f"; malloc in use "
                  f"{first.malloc_used / MiB:.2f} -> {last.malloc_used / MiB:.2f} MiB, held "
                  f"{first.malloc_held / MiB:.2f} -> {last.malloc_held / MiB:.2f} MiB")  # fmt: skip
     return text
@@ -454,6 +465,12 @@ def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int, base:
             lines += [f"- cleanup per task (after `complete`, while the next prompt runs): mean "
                       f"{sum(c) / len(c) * 1000:.1f} ms, p95 {c[int(0.95 * (len(c) - 1))] * 1000:.1f} ms, "
                       f"max {c[-1] * 1000:.1f} ms over {len(c)} tasks"]  # fmt: skip
+        if run.trim:
+            t = sorted(x[0] for x in run.trim)
+            given = [x[1] for x in run.trim]
+            lines += [f"- freed memory given back after each task (malloc_trim): mean {sum(t) / len(t) * 1000:.2f} ms, "
+                      f"p95 {t[int(0.95 * (len(t) - 1))] * 1000:.2f} ms, max {t[-1] * 1000:.2f} ms; RSS given back "
+                      f"mean {sum(given) / len(given) / 1024:.0f} KiB, max {max(given) / MiB:.1f} MiB"]  # fmt: skip
         diff = snapshot_diff(run)
         if diff:
             lines += ["", "```", *diff, "```"]
@@ -496,6 +513,8 @@ async def main() -> None:
                     "faster tasks, for runs of many thousand)")
     ap.add_argument("--tracemalloc", action="store_true", help="run the daemon with tracemalloc (bench/soak_daemon.py):"
                     " its Python heap and malloc figures per sample, snapshots diffed by allocation site")
+    ap.add_argument("--malloc-stats", action="store_true", help="the daemon through bench/soak_daemon.py without "
+                    "tracemalloc: glibc malloc's figures per sample, no tracemalloc overhead")
     ap.add_argument("--snapshot-at", type=int, default=None, help="with --tracemalloc: the task count of the first "
                     "snapshot (the last is after the last task); also the base of the RSS ratio (default: --from-task)")
     args = ap.parse_args()
@@ -509,10 +528,10 @@ async def main() -> None:
             # side by side: both modes see the same load from whatever else runs on the machine
             print(f"--- round {i + 1}: {', '.join(modes)} side by side, {args.tasks} tasks each "
                   f"(worker logs in {logs_dir})")  # fmt: skip
-            print(f"{'mode':>8} {header(args.tracemalloc)}")
+            print(f"{'mode':>8} {header(args.tracemalloc or args.malloc_stats)}")
             all_runs += await asyncio.gather(*(
                 one_run(m, args.tasks, args.every, url, logs_dir, size=args.size, tracemalloc=args.tracemalloc,
-                        snapshot_at=(snapshot_at,))
+                        malloc_stats=args.malloc_stats, snapshot_at=(snapshot_at,))
                 for m in modes
             ))  # fmt: skip
     finally:

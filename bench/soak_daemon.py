@@ -3,12 +3,14 @@
     python bench/soak_daemon.py <dir> --worker-id X ...   (the rest: ``python -m comfy_worker``'s arguments)
 
 Bench-only: the product has no hook for this. It starts tracemalloc (``CW_TRACEMALLOC_FRAMES`` frames per
-allocation, default 1: attribution by line, the cheapest), installs two signal handlers and then calls the
-normal entry point (:func:`comfy_worker.cli.main`):
+allocation, default 1: attribution by line, the cheapest; 0: no tracemalloc, only the malloc figures, without
+tracemalloc's cost in time and memory), installs two signal handlers and then calls the normal entry point
+(:func:`comfy_worker.cli.main`):
 
 * SIGUSR1: after a full ``gc.collect()``, write ``<dir>/stats-<n>.json``: tracemalloc's traced bytes, glibc's
   ``mallinfo2`` (bytes malloc holds from the OS, in use, free inside it), live objects, threads, asyncio tasks;
-* SIGUSR2: the same, and dump the snapshot to ``<dir>/snap-<n>.tracemalloc`` (``tracemalloc.Snapshot.load``).
+* SIGUSR2: the same, and (when tracing) dump the snapshot to ``<dir>/snap-<n>.tracemalloc``
+  (``tracemalloc.Snapshot.load``).
 
 ``n`` counts the signals; each file is written under a temporary name and renamed, so a reader that sees it
 sees it whole. The handlers run in the main thread between bytecodes (Python's signal handling), i.e. while
@@ -86,7 +88,7 @@ def install(out: Path) -> None:
         count[0] += 1
         n = count[0]
         gc.collect()
-        if signum == signal.SIGUSR2:
+        if signum == signal.SIGUSR2 and tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot()
             write(out / f"snap-{n}.tracemalloc", snap.dump)
         data = json.dumps(stats())
@@ -98,7 +100,9 @@ def install(out: Path) -> None:
 
 def main() -> int:
     out, argv = Path(sys.argv[1]), sys.argv[2:]
-    tracemalloc.start(int(os.environ.get("CW_TRACEMALLOC_FRAMES", "1")))
+    frames = int(os.environ.get("CW_TRACEMALLOC_FRAMES", "1"))
+    if frames > 0:
+        tracemalloc.start(frames)
     install(out)
     from comfy_worker.cli import main as cli_main
 
