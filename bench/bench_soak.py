@@ -4,7 +4,9 @@
                                         [--png docs/benchmarks-soak.png] [--md docs/benchmarks-soak.md]
                                         [--tracemalloc --snapshot-at 1000] [--size 600]
 
-For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all) one fresh run,
+For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all; ``notrim``:
+the defaults but freed memory is not given back after each task, the baseline of issue 20's fix, needs
+``--malloc-stats`` or ``--tracemalloc``) one fresh run,
 the modes side by side (at the same time, so both see the same load from whatever else runs on the machine):
 
 * a fresh PostgreSQL database (migrated, dropped at the end), an HTTP server serving a small PNG input,
@@ -193,6 +195,7 @@ async def one_run(
         "ALLOW_PRIVATE_URLS": "true",
         "LOG_FORMAT": "json",
         "KEEP_COMFY_FILES": "true" if mode == "keep" else "false",
+        **({"CW_SOAK_NO_TRIM": "1"} if mode == "notrim" else {}),
         "PYTHONPATH": str(REPO),
     }
     folders = [workdir / "input", workdir / "output", workdir / "temp"]
@@ -426,10 +429,12 @@ def plot(runs: list[Run], path: Path) -> None:
         ("ComfyUI RSS (MiB)", lambda s: s.comfy_rss / MiB),
         ("ComfyUI history entries", lambda s: s.history),
     ]  # fmt: skip
-    styles = {"cleanup": {"color": "tab:blue", "marker": "o"}, "keep": {"color": "tab:red", "marker": "x"}}
+    styles = {"cleanup": {"color": "tab:blue", "marker": "o"}, "keep": {"color": "tab:red", "marker": "x"},
+              "notrim": {"color": "tab:green", "marker": "+"}}  # fmt: skip
     for ax, (title, fn) in zip(axes.flat, panels, strict=True):
         for run in runs:
-            label = "cleanup (default)" if run.mode == "cleanup" else "KEEP_COMFY_FILES=true"
+            label = {"cleanup": "cleanup (default)", "keep": "KEEP_COMFY_FILES=true",
+                     "notrim": "no malloc_trim after each task"}.get(run.mode, run.mode)  # fmt: skip
             ax.plot([s.done for s in run.samples], [fn(s) for s in run.samples], label=label, markersize=3,
                     linewidth=1.2, **styles.get(run.mode, {}))  # fmt: skip
         ax.set_title(title, fontsize=10)
@@ -522,6 +527,8 @@ async def main() -> None:
     runner, url = await serve_input(input_png())
     logs_dir = Path(tempfile.mkdtemp(prefix="cw-soak-logs-"))
     modes = args.modes.split(",")
+    if "notrim" in modes and not (args.tracemalloc or args.malloc_stats):
+        ap.error("--modes notrim needs --malloc-stats or --tracemalloc (bench/soak_daemon.py turns the trim off)")
     all_runs: list[Run] = []
     try:
         for i in range(args.repeat):

@@ -12,6 +12,9 @@ tracemalloc's cost in time and memory), installs two signal handlers and then ca
 * SIGUSR2: the same, and (when tracing) dump the snapshot to ``<dir>/snap-<n>.tracemalloc``
   (``tracemalloc.Snapshot.load``).
 
+``CW_SOAK_NO_TRIM=1`` turns off what issue 20 added, giving freed memory back after each task
+(:mod:`comfy_worker.memory`): the baseline that fix is measured against.
+
 ``n`` counts the signals; each file is written under a temporary name and renamed, so a reader that sees it
 sees it whole. The handlers run in the main thread between bytecodes (Python's signal handling), i.e. while
 the event loop is between callbacks.
@@ -104,6 +107,10 @@ def main() -> int:
     if frames > 0:
         tracemalloc.start(frames)
     install(out)
+    if os.environ.get("CW_SOAK_NO_TRIM") == "1":
+        import comfy_worker.upkeep
+
+        comfy_worker.upkeep.release_free_memory = lambda: None  # type: ignore[assignment]
     from comfy_worker.cli import main as cli_main
 
     return cli_main(argv)
