@@ -5,7 +5,7 @@ buffers of a file copy in a worker thread) goes back to glibc's malloc, which ke
 allocation above the freed space pins the heap's top, so the space is never trimmed, and the next task's
 buffers land elsewhere. The daemon's RSS then grows a few KiB per task while the memory in use stays flat:
 measured by bench/bench_soak.py --tracemalloc, 4 KiB per task; ``malloc_trim(0)`` took RSS from 95 to 78 MiB in a
-daemon 1,400 tasks old. :func:`release_free_memory` calls ``malloc_trim(0)``, which returns every whole free page
+daemon 1,500 tasks old. :func:`release_free_memory` calls ``malloc_trim(0)``, which returns every whole free page
 of every arena (``madvise(MADV_DONTNEED)``); the pages come back on demand, zeroed, if malloc needs them again.
 
 glibc only: elsewhere (musl, macOS) there is no ``malloc_trim`` and this does nothing.
