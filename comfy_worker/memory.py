@@ -3,10 +3,12 @@
 What a task allocates and frees in the daemon (HTTP bodies, downloaded chunks, JSON of a ComfyUI history, the
 buffers of a file copy in a worker thread) goes back to glibc's malloc, which keeps it: a later small
 allocation above the freed space pins the heap's top, so the space is never trimmed, and the next task's
-buffers land elsewhere. The daemon's RSS then grows a few KiB per task while the memory in use stays flat:
-measured by bench/bench_soak.py --tracemalloc, 4 KiB per task; ``malloc_trim(0)`` took RSS from 95 to 78 MiB in a
-daemon 1,500 tasks old. :func:`release_free_memory` calls ``malloc_trim(0)``, which returns every whole free page
-of every arena (``madvise(MADV_DONTNEED)``); the pages come back on demand, zeroed, if malloc needs them again.
+buffers may land elsewhere. RSS then grows while the memory in use stays flat: bench/bench_soak.py --tracemalloc
+measured 4 KiB per task, and ``malloc_trim(0)`` took that daemon's RSS from 95 to 78 MiB at task 1,500 (without
+tracemalloc, whose own allocations churn, the soak's simple tasks stayed flat either way: docs/benchmarks.md,
+issue 20). :func:`release_free_memory` calls ``malloc_trim(0)``, which returns every whole free page of every
+arena (``madvise(MADV_DONTNEED)``; about 0.5 ms after a soak task); the pages come back on demand, zeroed, if
+malloc needs them again. So RSS follows the memory in use, whatever a task's allocations were.
 
 glibc only: elsewhere (musl, macOS) there is no ``malloc_trim`` and this does nothing.
 """
