@@ -1,4 +1,4 @@
-"""Giving freed memory back to the system after each task, so a worker's RSS stays flat for weeks (issue 20).
+"""Giving freed memory back to the system after each task, so a worker's RSS follows its memory in use (issue 20).
 
 What a task allocates and frees in the daemon (HTTP bodies, downloaded chunks, JSON of a ComfyUI history, the
 buffers of a file copy in a worker thread) goes back to glibc's malloc, which keeps it: a later small

@@ -9,7 +9,8 @@ The daemon calls this module at a handful of points and knows nothing of its rul
   MIN_FREE_DISK_GB, or while it backs off after a task met a full disk; it logs each change of state and the
   heartbeat carries the reason to the worker row;
 * ``task_ended()`` — a task's cleanup once its end is recorded (its work dir; with ComfyUI, what its
-  :class:`~comfy_worker.engine.scoped.TaskClient` left there);
+  :class:`~comfy_worker.engine.scoped.TaskClient` left there), then the memory the task freed goes back to the
+  system (:mod:`comfy_worker.memory`);
 * ``disk_fault()`` / ``note_disk_fault()`` — a failure that was the disk's doing releases the task instead;
 * ``metadata()`` — free space and folder sizes for each heartbeat;
 * ``sweep_loop()`` — every ORPHAN_SWEEP_INTERVAL_S.
@@ -161,7 +162,7 @@ class Upkeep:
 
     async def task_ended(self, scope: Any, work_dir: Path) -> None:
         """Remove the task's work dir and what it left in ComfyUI (nothing with KEEP_COMFY_FILES), then give the
-        memory the task freed back to the system (:mod:`comfy_worker.memory`), so RSS stays flat over weeks."""
+        memory the task freed back to the system (:mod:`comfy_worker.memory`), so RSS follows memory in use."""
         if self.keep:
             release_free_memory()
             return
