@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/bench_soak.py [--tasks 1000] [--every 50] [--modes cleanup,keep]
                                         [--png docs/benchmarks-soak.png] [--md docs/benchmarks-soak.md]
+                                        [--tracemalloc --snapshot-at 1000] [--size 600]
 
-For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all) one fresh run,
+For each mode (``cleanup``: the defaults; ``keep``: KEEP_COMFY_FILES=true, i.e. no cleanup at all; ``notrim``:
+the defaults but freed memory is not given back after each task, the baseline of issue 20's fix, needs
+``--malloc-stats`` or ``--tracemalloc``) one fresh run,
 the modes side by side (at the same time, so both see the same load from whatever else runs on the machine):
 
 * a fresh PostgreSQL database (migrated, dropped at the end), an HTTP server serving a small PNG input,
@@ -19,6 +22,14 @@ Prints the table as it goes, then per mode the growth of every series from task 
 the cleanup / keep throughput ratio over the window in which both ran (from the later run's task 100 to the
 earlier run's last task). Writes a plot (PNG) and the tables (markdown).
 Goals (issue 16): growth <= 10 % from task 100 on, 0 files of finished tasks, cleanup/keep throughput >= 0.97.
+
+``--tracemalloc`` (issue 20) runs the daemon through bench/soak_daemon.py (tracemalloc on, the normal entry
+point): every sample also reads the daemon's Python heap (bytes traced by tracemalloc), glibc malloc's bytes in
+use and held, and its live objects; at ``--snapshot-at`` and after the last task a tracemalloc snapshot is
+taken, and the growth between the first and the last snapshot is printed by allocation site (top 25 lines).
+``--malloc-stats``: the same wrapper without tracemalloc (no snapshots, no Python heap figure; no tracemalloc
+overhead in time or RSS), for the RSS figures themselves.
+Goal (issue 20): daemon RSS at the last task within 3 % of its RSS at ``--snapshot-at``.
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL on 127.0.0.1:5432.
 """
 
@@ -33,6 +44,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,10 +69,10 @@ ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/
 MiB = 1024 * 1024
 
 
-def graph() -> dict[str, Any]:
+def graph(size: int = 600) -> dict[str, Any]:
     return {
         "1": {"class_type": "CWLoadImage", "inputs": {"image": "placeholder.png"}},
-        "2": {"class_type": "CWNoiseImage", "inputs": {"images": ["1", 0], "width": 600, "height": 600, "seed": 7}},
+        "2": {"class_type": "CWNoiseImage", "inputs": {"images": ["1", 0], "width": size, "height": size, "seed": 7}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "soak"}},
     }
 
@@ -87,6 +99,11 @@ class Sample:
     daemon_rss: int
     comfy_rss: int
     history: int
+    traced: int = 0  # with --tracemalloc: bytes the daemon's Python allocations hold (tracemalloc)
+    malloc_used: int = 0  # glibc malloc: bytes in use (mallinfo2 uordblks + hblkhd)
+    malloc_held: int = 0  # glibc malloc: bytes it holds from the OS (arena + hblkhd)
+    objects: int = 0  # live objects tracked by the gc
+    asyncio_tasks: int = 0
 
 
 @dataclass
@@ -96,6 +113,8 @@ class Run:
     completed_at: list[float] = field(default_factory=list)  # epoch seconds, in completion order
     failed: int = 0
     cleanup_s: list[float] = field(default_factory=list)  # per task, from the worker's task_files_removed events
+    trim: list[tuple[float, int]] = field(default_factory=list)  # per task: malloc_trim's seconds and bytes given back
+    snapshots: list[tuple[int, Path]] = field(default_factory=list)  # (tasks done, tracemalloc snapshot file)
 
 
 async def serve_input(data: bytes) -> tuple[Any, str]:
@@ -135,7 +154,30 @@ def finished_files(folders: list[Path], finished: set[str]) -> int:
     return n
 
 
-async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -> Run:
+class Probe:
+    """The daemon run through bench/soak_daemon.py: ask it (a signal) for its memory figures, or a snapshot."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+
+    async def ask(self, snapshot: bool) -> tuple[dict[str, Any], Path | None]:
+        """Signal the daemon and read the figures it writes. Files numbered past the ones seen before are the
+        answer (a snapshot asked for by hand, ``kill -USR2 <pid>``, adds a number and is harmless)."""
+        seen = set(self.out.glob("stats-*.json"))
+        os.kill(self.pid, signal.SIGUSR2 if snapshot else signal.SIGUSR1)
+        for _ in range(1200):  # the handler runs between the daemon's callbacks: normally within milliseconds
+            new = sorted(set(self.out.glob("stats-*.json")) - seen, key=lambda p: int(p.stem.split("-")[1]))
+            if new:
+                n = new[-1].stem.split("-")[1]
+                return json.loads(new[-1].read_text()), (self.out / f"snap-{n}.tracemalloc" if snapshot else None)
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the daemon wrote no stats file in {self.out} within 60 s")
+
+
+async def one_run(
+    mode: str, tasks: int, every: int, url: str, logs_dir: Path, *, size: int = 600,
+    tracemalloc: bool = False, malloc_stats: bool = False, snapshot_at: tuple[int, ...] = (),
+) -> Run:  # fmt: skip
     run = Run(mode)
     db, dsn = await fresh_database(ADMIN_DSN, "cw_soak")
     workdir = Path(tempfile.mkdtemp(prefix=f"cw-soak-{mode}-"))
@@ -153,15 +195,23 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
         "ALLOW_PRIVATE_URLS": "true",
         "LOG_FORMAT": "json",
         "KEEP_COMFY_FILES": "true" if mode == "keep" else "false",
+        **({"CW_SOAK_NO_TRIM": "1"} if mode == "notrim" else {}),
         "PYTHONPATH": str(REPO),
     }
     folders = [workdir / "input", workdir / "output", workdir / "temp"]
     log_file = (logs_dir / f"worker-{mode}.log").open("wb")
+    trace_dir = logs_dir / f"tracemalloc-{mode}"
+    wrapped = tracemalloc or malloc_stats
+    entry = [str(REPO / "bench" / "soak_daemon.py"), str(trace_dir)] if wrapped else ["-m", "comfy_worker"]
+    if wrapped:
+        env["CW_TRACEMALLOC_FRAMES"] = "1" if tracemalloc else "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "comfy_worker", "--worker-id", f"soak-{mode}"],
+        [sys.executable, *entry, "--worker-id", f"soak-{mode}"],
         env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
     )  # fmt: skip
     daemon = psutil.Process(proc.pid)
+    probe = Probe(proc.pid, trace_dir) if wrapped else None
+    snap_marks = sorted(snapshot_at)
     conn = await asyncpg.connect(dsn)
     http = httpx.AsyncClient(timeout=60)
     try:
@@ -171,7 +221,7 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode}; see {log_file.name}")
             await asyncio.sleep(0.2)
-        params = {"workflow": graph(), "inputs": [{"url": url, "node_id": "1", "field": "image"}]}
+        params = {"workflow": graph(size), "inputs": [{"url": url, "node_id": "1", "field": "image"}]}
         await conn.execute(
             "insert into tasks (task_type, params, status) select 'comfy', $1::jsonb, 'queued'"
             " from generate_series(1, $2)",
@@ -202,6 +252,19 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
                     comfy_rss=comfy.memory_info().rss if comfy else 0,
                     history=len(hist),
                 )
+                if probe is not None:
+                    take = tracemalloc and (bool(snap_marks and done >= snap_marks[0]) or done >= tasks)
+                    while snap_marks and done >= snap_marks[0]:
+                        snap_marks.pop(0)
+                    figures, snap = await probe.ask(snapshot=take)
+                    mi = figures["mallinfo"]
+                    s.traced, s.objects = figures["traced"], figures["objects"]
+                    s.asyncio_tasks = figures["asyncio_tasks"]
+                    s.malloc_used = mi.get("uordblks", 0) + mi.get("hblkhd", 0)
+                    s.malloc_held = mi.get("arena", 0) + mi.get("hblkhd", 0)
+                    s.daemon_rss = daemon.memory_info().rss  # after the handler's gc.collect, as the figures are
+                    if snap is not None:
+                        run.snapshots.append((done, snap))
                 run.samples.append(s)
                 print(f"{mode:>8} {row_text(s)}", flush=True)
                 next_mark = (done // every + 1) * every
@@ -228,7 +291,10 @@ async def one_run(mode: str, tasks: int, every: int, url: str, logs_dir: Path) -
         log_file.close()
         for line in (logs_dir / f"worker-{mode}.log").read_text(errors="replace").splitlines():
             if '"task_files_removed"' in line:
-                run.cleanup_s.append(float(json.loads(line).get("seconds", 0.0)))
+                event = json.loads(line)
+                run.cleanup_s.append(float(event.get("seconds", 0.0)))
+                if "trim_s" in event:
+                    run.trim.append((float(event["trim_s"]), int(event["memory_released_bytes"])))
         await conn.close()
         await drop_database(ADMIN_DSN, db)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -241,12 +307,23 @@ HEADER = (
 )
 
 
+TRACE_HEADER = f" {'py heap MiB':>11} {'malloc used MiB':>15} {'malloc held MiB':>15} {'objects':>8} {'tasks':>5}"
+
+
 def row_text(s: Sample) -> str:
-    return (
+    text = (
         f"{s.done:>6} {s.at_s:>7.1f} {s.input_b / MiB:>9.2f} {s.output_b / MiB:>10.2f} {s.temp_b / MiB:>8.2f} "
         f"{s.work_b / MiB:>8.2f} {s.finished_files:>14} {s.daemon_rss / MiB:>14.1f} {s.comfy_rss / MiB:>15.1f} "
         f"{s.history:>7}"
     )
+    if s.objects:
+        text += (f" {s.traced / MiB:>11.2f} {s.malloc_used / MiB:>15.2f} {s.malloc_held / MiB:>15.2f} "
+                 f"{s.objects:>8} {s.asyncio_tasks:>5}")  # fmt: skip
+    return text
+
+
+def header(tracemalloc: bool) -> str:
+    return HEADER + (TRACE_HEADER if tracemalloc else "")
 
 
 def throughput(run: Run, start: int) -> float:
@@ -263,6 +340,12 @@ SERIES = {
     "ComfyUI RSS (bytes)": lambda s: s.comfy_rss,
     "ComfyUI history entries": lambda s: s.history,
 }
+TRACE_SERIES = {
+    "daemon Python heap, tracemalloc (bytes)": lambda s: s.traced,
+    "daemon malloc in use (bytes)": lambda s: s.malloc_used,
+    "daemon malloc held from the OS (bytes)": lambda s: s.malloc_held,
+    "daemon live objects": lambda s: s.objects,
+}
 
 
 def growth(run: Run, start: int, tasks: int) -> list[str]:
@@ -275,7 +358,8 @@ def growth(run: Run, start: int, tasks: int) -> list[str]:
         return out
     xs = [s.done for s in window]
     mx = sum(xs) / len(xs)
-    for name, fn in SERIES.items():
+    series = {**SERIES, **(TRACE_SERIES if window[0].objects else {})}
+    for name, fn in series.items():
         ys = [fn(s) for s in window]
         my = sum(ys) / len(ys)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
@@ -287,6 +371,47 @@ def growth(run: Run, start: int, tasks: int) -> list[str]:
         )
     most = max(s.finished_files for s in run.samples)
     out.append(f"files of tasks finished over 2 s earlier, largest count seen: {most}")
+    return out
+
+
+def rss_ratio(run: Run, base: int) -> str | None:
+    """Issue 20's figure: the daemon's RSS at the last sample over its RSS at the first sample from ``base`` on."""
+    first = next((s for s in run.samples if s.done >= base), None)
+    last = run.samples[-1] if run.samples else None
+    if first is None or last is None or last is first:
+        return None
+    ratio = last.daemon_rss / first.daemon_rss
+    text = (f"daemon RSS at task {first.done}: {first.daemon_rss / MiB:.1f} MiB, at task {last.done}: "
+            f"{last.daemon_rss / MiB:.1f} MiB, ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; goal: within 3 %)")
+    if first.traced:
+        text += f"; Python heap {first.traced / MiB:.2f} -> {last.traced / MiB:.2f} MiB"
+    if first.objects:
+        text += (f"; malloc in use "
+                 f"{first.malloc_used / MiB:.2f} -> {last.malloc_used / MiB:.2f} MiB, held "
+                 f"{first.malloc_held / MiB:.2f} -> {last.malloc_held / MiB:.2f} MiB")  # fmt: skip
+    return text
+
+
+def snapshot_diff(run: Run, top: int = 25) -> list[str]:
+    """The growth between the run's first and last tracemalloc snapshot, by allocation site (file:line)."""
+    import tracemalloc
+
+    if len(run.snapshots) < 2:
+        return []
+    (n0, p0), (n1, p1) = run.snapshots[0], run.snapshots[-1]
+    filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    old = tracemalloc.Snapshot.load(str(p0)).filter_traces(filters)
+    new = tracemalloc.Snapshot.load(str(p1)).filter_traces(filters)
+    stats = new.compare_to(old, "lineno")
+    total = sum(s.size_diff for s in stats)
+    out = [f"tracemalloc, task {n0} -> task {n1}: {sum(s.size for s in stats) / MiB:.2f} MiB traced "
+           f"({total / 1024:+.1f} KiB), top {top} sites by growth:"]  # fmt: skip
+    root = str(REPO) + os.sep
+    for s in sorted(stats, key=lambda s: s.size_diff, reverse=True)[:top]:
+        frame = s.traceback[0]
+        where = frame.filename.replace(root, "").split("site-packages" + os.sep)[-1]
+        out.append(f"{s.size_diff / 1024:>+9.1f} KiB {s.count_diff:>+7} blocks  ({s.size / 1024:>8.1f} KiB now)  "
+                   f"{where}:{frame.lineno}")  # fmt: skip
     return out
 
 
@@ -304,10 +429,12 @@ def plot(runs: list[Run], path: Path) -> None:
         ("ComfyUI RSS (MiB)", lambda s: s.comfy_rss / MiB),
         ("ComfyUI history entries", lambda s: s.history),
     ]  # fmt: skip
-    styles = {"cleanup": {"color": "tab:blue", "marker": "o"}, "keep": {"color": "tab:red", "marker": "x"}}
+    styles = {"cleanup": {"color": "tab:blue", "marker": "o"}, "keep": {"color": "tab:red", "marker": "x"},
+              "notrim": {"color": "tab:green", "marker": "+"}}  # fmt: skip
     for ax, (title, fn) in zip(axes.flat, panels, strict=True):
         for run in runs:
-            label = "cleanup (default)" if run.mode == "cleanup" else "KEEP_COMFY_FILES=true"
+            label = {"cleanup": "cleanup (default)", "keep": "KEEP_COMFY_FILES=true",
+                     "notrim": "no malloc_trim after each task"}.get(run.mode, run.mode)  # fmt: skip
             ax.plot([s.done for s in run.samples], [fn(s) for s in run.samples], label=label, markersize=3,
                     linewidth=1.2, **styles.get(run.mode, {}))  # fmt: skip
         ax.set_title(title, fontsize=10)
@@ -322,7 +449,7 @@ def plot(runs: list[Run], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int) -> str:
+def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int, base: int | None = None) -> str:
     lines = [
         f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.node()} "
         f"({os.cpu_count()} CPUs), {tasks} tasks per mode.",
@@ -330,8 +457,12 @@ def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int) -> st
     ]
     for run in runs:
         lines += [f"### {run.mode}" + (" (KEEP_COMFY_FILES=true)" if run.mode == "keep" else ""), "", "```",
-                  HEADER, *(row_text(s) for s in run.samples), "```", ""]  # fmt: skip
+                  header(bool(run.samples and run.samples[0].objects)), *(row_text(s) for s in run.samples), "```",
+                  ""]  # fmt: skip
         lines += [f"- {line}" for line in growth(run, start, tasks)]
+        ratio = rss_ratio(run, base) if base is not None else None
+        if ratio:
+            lines.append(f"- **{ratio}**")
         lines += [f"- throughput from task {start} to the last: {throughput(run, start):.3f} tasks/s"
                   f" ({run.failed} failed)"]  # fmt: skip
         if run.cleanup_s:
@@ -339,6 +470,15 @@ def markdown(runs: list[Run], all_runs: list[Run], tasks: int, start: int) -> st
             lines += [f"- cleanup per task (after `complete`, while the next prompt runs): mean "
                       f"{sum(c) / len(c) * 1000:.1f} ms, p95 {c[int(0.95 * (len(c) - 1))] * 1000:.1f} ms, "
                       f"max {c[-1] * 1000:.1f} ms over {len(c)} tasks"]  # fmt: skip
+        if run.trim:
+            t = sorted(x[0] for x in run.trim)
+            given = [x[1] for x in run.trim]
+            lines += [f"- freed memory given back after each task (malloc_trim): mean {sum(t) / len(t) * 1000:.2f} ms, "
+                      f"p95 {t[int(0.95 * (len(t) - 1))] * 1000:.2f} ms, max {t[-1] * 1000:.2f} ms; RSS given back "
+                      f"mean {sum(given) / len(given) / 1024:.0f} KiB, max {max(given) / MiB:.1f} MiB"]  # fmt: skip
+        diff = snapshot_diff(run)
+        if diff:
+            lines += ["", "```", *diff, "```"]
         lines.append("")
     ratios = []
     for i in range(0, len(all_runs), 2):
@@ -374,22 +514,37 @@ async def main() -> None:
     ap.add_argument("--from-task", type=int, default=100, help="growth and throughput are measured from here")
     ap.add_argument("--png", type=Path, default=REPO / "docs" / "benchmarks-soak.png")
     ap.add_argument("--md", type=Path, default=REPO / "docs" / "benchmarks-soak.md")
+    ap.add_argument("--size", type=int, default=600, help="the noise image's width and height (a smaller one: "
+                    "faster tasks, for runs of many thousand)")
+    ap.add_argument("--tracemalloc", action="store_true", help="run the daemon with tracemalloc (bench/soak_daemon.py):"
+                    " its Python heap and malloc figures per sample, snapshots diffed by allocation site")
+    ap.add_argument("--malloc-stats", action="store_true", help="the daemon through bench/soak_daemon.py without "
+                    "tracemalloc: glibc malloc's figures per sample, no tracemalloc overhead")
+    ap.add_argument("--snapshot-at", type=int, default=None, help="with --tracemalloc: the task count of the first "
+                    "snapshot (the last is after the last task); also the base of the RSS ratio (default: --from-task)")
     args = ap.parse_args()
+    snapshot_at = args.snapshot_at if args.snapshot_at is not None else args.from_task
     runner, url = await serve_input(input_png())
     logs_dir = Path(tempfile.mkdtemp(prefix="cw-soak-logs-"))
     modes = args.modes.split(",")
+    if "notrim" in modes and not (args.tracemalloc or args.malloc_stats):
+        ap.error("--modes notrim needs --malloc-stats or --tracemalloc (bench/soak_daemon.py turns the trim off)")
     all_runs: list[Run] = []
     try:
         for i in range(args.repeat):
             # side by side: both modes see the same load from whatever else runs on the machine
             print(f"--- round {i + 1}: {', '.join(modes)} side by side, {args.tasks} tasks each "
                   f"(worker logs in {logs_dir})")  # fmt: skip
-            print(f"{'mode':>8} {HEADER}")
-            all_runs += await asyncio.gather(*(one_run(m, args.tasks, args.every, url, logs_dir) for m in modes))
+            print(f"{'mode':>8} {header(args.tracemalloc or args.malloc_stats)}")
+            all_runs += await asyncio.gather(*(
+                one_run(m, args.tasks, args.every, url, logs_dir, size=args.size, tracemalloc=args.tracemalloc,
+                        malloc_stats=args.malloc_stats, snapshot_at=(snapshot_at,))
+                for m in modes
+            ))  # fmt: skip
     finally:
         await runner.cleanup()
     runs = [next(r for r in all_runs if r.mode == m) for m in modes]
-    text = markdown(runs, all_runs, args.tasks, args.from_task)
+    text = markdown(runs, all_runs, args.tasks, args.from_task, snapshot_at)
     print(text)
     plot(runs, args.png)
     args.md.write_text("# Soak: one worker, many tasks (bench/bench_soak.py)\n\n"

@@ -9,7 +9,8 @@ The daemon calls this module at a handful of points and knows nothing of its rul
   MIN_FREE_DISK_GB, or while it backs off after a task met a full disk; it logs each change of state and the
   heartbeat carries the reason to the worker row;
 * ``task_ended()`` — a task's cleanup once its end is recorded (its work dir; with ComfyUI, what its
-  :class:`~comfy_worker.engine.scoped.TaskClient` left there);
+  :class:`~comfy_worker.engine.scoped.TaskClient` left there), then the memory the task freed goes back to the
+  system (:mod:`comfy_worker.memory`);
 * ``disk_fault()`` / ``note_disk_fault()`` — a failure that was the disk's doing releases the task instead;
 * ``metadata()`` — free space and folder sizes for each heartbeat;
 * ``sweep_loop()`` — every ORPHAN_SWEEP_INTERVAL_S.
@@ -43,6 +44,7 @@ from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.engine.housekeeping import ComfyHousekeeper
 from comfy_worker.engine.scoped import TaskClient
 from comfy_worker.logs import get_logger
+from comfy_worker.memory import release_free_memory
 from comfy_worker.pathsafe import path_key
 
 log = get_logger(__name__)
@@ -159,8 +161,10 @@ class Upkeep:
     # --- tasks ----------------------------------------------------------------------------------------------
 
     async def task_ended(self, scope: Any, work_dir: Path) -> None:
-        """Remove the task's work dir and what it left in ComfyUI (nothing with KEEP_COMFY_FILES)."""
+        """Remove the task's work dir and what it left in ComfyUI (nothing with KEEP_COMFY_FILES), then give the
+        memory the task freed back to the system (:mod:`comfy_worker.memory`), so RSS follows memory in use."""
         if self.keep:
+            release_free_memory()
             return
         t0 = time.monotonic()
         try:
@@ -173,13 +177,17 @@ class Upkeep:
                     history = cleaned.history
         except OSError as exc:  # what stays behind is swept later
             log.warning("task_cleanup_failed", error=str(exc))
+            release_free_memory()
             return
+        seconds = round(time.monotonic() - t0, 4)
+        released = release_free_memory()  # a fraction of a millisecond (bench_soak), so on the loop's thread
         log.info(
             "task_files_removed",
             files=removed.files,
             bytes=removed.bytes,
             history_entries=history,
-            seconds=round(time.monotonic() - t0, 4),
+            seconds=seconds,
+            **({"memory_released_bytes": released.bytes, "trim_s": round(released.seconds, 5)} if released else {}),
         )
 
     # --- sweeping -------------------------------------------------------------------------------------------
