@@ -144,6 +144,20 @@ def validate_path(path: str) -> str:
     return path
 
 
+def upload_source(local_path: str | Path, dest_path: str, content_type: str | None) -> tuple[Path, int, str]:
+    """What every remote upload starts with: the destination checked, the file's size (StorageRejected when the
+    file is missing) and its content type (given, else guessed from ``dest_path``)."""
+    validate_path(dest_path)
+    local_path = Path(local_path)
+    try:
+        size = local_path.stat().st_size
+    except FileNotFoundError as exc:
+        raise StorageRejected(
+            f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}
+        ) from exc
+    return local_path, size, content_type or guess_content_type(dest_path)
+
+
 def guess_content_type(name: str) -> str:
     """The MIME type for a file name, ``application/octet-stream`` when unknown."""
     suffix = Path(name).suffix.lower()

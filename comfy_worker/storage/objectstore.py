@@ -53,7 +53,13 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
-from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
+from comfy_worker.storage.base import (
+    READ_BLOCK,
+    StoredObject,
+    UploadJournal,
+    upload_source,
+    validate_path,
+)
 from comfy_worker.storage.s3multipart import NoSuchUpload, Part, S3Multipart
 
 log = get_logger(__name__)
@@ -281,15 +287,7 @@ class ObjectStorage:
         sha256: str | None = None,
         journal: UploadJournal | None = None,
     ) -> StoredObject:
-        validate_path(dest_path)
-        local_path = Path(local_path)
-        content_type = content_type or guess_content_type(dest_path)
-        try:
-            size = local_path.stat().st_size
-        except FileNotFoundError as exc:
-            raise StorageRejected(
-                f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}
-            ) from exc
+        local_path, size, content_type = upload_source(local_path, dest_path, content_type)
         what = f"uploading {dest_path!r}"
         attributes = {"Content-Type": content_type}
         mode = "single"

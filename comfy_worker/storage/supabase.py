@@ -37,7 +37,13 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
-from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
+from comfy_worker.storage.base import (
+    READ_BLOCK,
+    StoredObject,
+    UploadJournal,
+    upload_source,
+    validate_path,
+)
 
 log = get_logger(__name__)
 
@@ -191,15 +197,7 @@ class SupabaseStorage:
         sha256: str | None = None,
         journal: UploadJournal | None = None,
     ) -> StoredObject:
-        validate_path(dest_path)
-        local_path = Path(local_path)
-        content_type = content_type or guess_content_type(dest_path)
-        try:
-            size = local_path.stat().st_size
-        except FileNotFoundError as exc:
-            raise StorageRejected(
-                f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}
-            ) from exc
+        local_path, size, content_type = upload_source(local_path, dest_path, content_type)
         if size <= SIMPLE_UPLOAD_MAX:
             sha = await self._upload_simple(local_path, dest_path, size, content_type, sha256)
         else:
