@@ -324,9 +324,58 @@ async def fetch_lora(spec: LoraSpec, lora_dir: Path, fetch: Fetcher, max_bytes: 
                                 details={"field": "loras", **exc.details}) from exc
 
 
+# Wan2GP tells images from videos by the file name only (shared/utils/utils.py: has_image_file_extension /
+# has_video_file_extension): "start.bin" or a signed URL's extension-less name is refused ("Start Image should be
+# an Image") or silently dropped, so every media file is given one of these suffixes from its first bytes.
+WAN2GP_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pjpeg")
+WAN2GP_VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
+
+
+def sniff_media(head: bytes) -> tuple[str, str] | None:
+    """(media, suffix) from a file's first bytes, for the formats Wan2GP reads; None when none matches."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", ".png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", ".jpg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", ".gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", ".webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", ".tiff"
+    if head[:2] == b"BM":
+        return "image", ".bmp"
+    if head[4:8] == b"ftyp":
+        return "video", ".mov" if head[8:12] == b"qt  " else ".mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM (a Matroska subset)
+        return "video", ".mkv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video", ".avi"
+    return None
+
+
+def wan2gp_media_file(path: Path, item: MediaInput) -> Path:
+    """``path`` under a name whose suffix Wan2GP recognises as the media the key takes (renamed when its suffix
+    is not one); InputRejected naming the key when the bytes are no image (or video) Wan2GP reads."""
+    suffixes = WAN2GP_IMAGE_SUFFIXES if item.media == "image" else WAN2GP_VIDEO_SUFFIXES
+    if path.suffix.lower() in suffixes:
+        return path
+    with path.open("rb") as f:
+        sniffed = sniff_media(f.read(16))
+    key = item.key if item.index is None else f"{item.key}[{item.index}]"
+    if sniffed is None or sniffed[0] != item.media:
+        formats = "PNG, JPEG, WebP, GIF, BMP or TIFF" if item.media == "image" else "MP4, MOV, MKV/WebM or AVI"
+        found = f"a {sniffed[0]}" if sniffed else "not a format Wan2GP reads"
+        path.unlink(missing_ok=True)
+        raise reject(key, f"must be {'an image' if item.media == 'image' else 'a video'} ({formats}); the file "
+                     f"given ({path.name}) is {found}", media=item.media)
+    return path.rename(path.with_name(path.stem + sniffed[1]))
+
+
 async def fetch_media(item: MediaInput, dest: Path, fetch: Fetcher, storage: Storage, max_bytes: int) -> Path:
     name = f"{item.key}{'' if item.index is None else f'_{item.index}'}"
-    return await fetch_source(item.source, dest, fetch=fetch, storage=storage, max_bytes=max_bytes, stem=name)
+    path = await fetch_source(item.source, dest, fetch=fetch, storage=storage, max_bytes=max_bytes, stem=name)
+    return wan2gp_media_file(path, item)
 
 
 async def build_request(
