@@ -136,9 +136,10 @@ def floor_frame_count(count: int, minimum: int, step: int, offset: int) -> int:
 def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
     """Refuse what Wan2GP would not run as asked, naming the key and the values it accepts (GenerationFailure
     ``invalid``). Upstream never refuses these: an unknown ``model_type`` fails deep inside its settings merge
-    with an AttributeError, and ``generate_media`` silently rounds the resolution down to the model's VAE block
-    (16 by default) and the frame count down to its latent step (``4n+1`` for Wan), so a task would get
-    another size or length than it asked for."""
+    with an AttributeError, a ``sample_solver`` the model does not declare raises NotImplementedError once the
+    model is loaded (Wan) or is ignored (models without solvers), and ``generate_media`` silently rounds the
+    resolution down to the model's VAE block (16 by default) and the frame count down to its latent step
+    (``4n+1`` for Wan), so a task would get another size or length than it asked for."""
     model_def = wgp.get_model_def(model)
     if model_def is None:
         raise GenerationFailure("invalid", f"params.model: {model!r} is not a model of this Wan2GP checkout (no "
@@ -155,6 +156,14 @@ def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
                 "invalid", f"params.resolution must have both sides multiples of {block} for {model}, got "
                 f"{resolution!r} (Wan2GP would render {down}): use {down} or {up}",
                 {"field": "resolution", "multiple_of": block})
+    solver = settings.get("sample_solver")
+    if solver:
+        declared = model_def.get("sample_solvers") or []
+        choices = [str(c[1] if isinstance(c, (list, tuple)) else c) for c in declared]
+        if solver not in choices:  # upstream: NotImplementedError after the model loaded, or silently ignored
+            accepted = f"one of {', '.join(choices)}" if choices else "left out: it has no choice of solver"
+            raise GenerationFailure("invalid", f"params.sample_solver must be {accepted} for {model}, got {solver!r}",
+                                    {"field": "sample_solver", "accepted": choices})
     length = settings.get("video_length")
     if isinstance(length, int) and not model_def.get("image_outputs", False):
         minimum, _, step = wgp.get_model_min_frames_and_step(model)

@@ -93,7 +93,9 @@ VIDEO: dict[str, Spec] = {
     "video_length": Spec("int", lo=1, hi=2049),
     "guidance2_scale": Spec("float", lo=0, hi=50),
     "switch_threshold": Spec("int", lo=0, hi=1000),
-    "sample_solver": Spec("choice", choices=("unipc", "euler", "dpm++", "dpm++_sde", "causvid", "lcm")),
+    # the union of what Wan2GP's models declare (wan_handler: unipc, euler, dpm++, causvid, lcm); the child
+    # checks the model's own list (worker_wgp.backend.check_settings)
+    "sample_solver": Spec("choice", choices=("unipc", "euler", "dpm++", "causvid", "lcm")),
 }
 IMAGE: dict[str, Spec] = {**COMMON, "batch_size": Spec("int", lo=1, hi=16)}
 I2V: dict[str, Spec] = {**VIDEO, "image_start": Spec("media", required=True, media="image"),

@@ -259,6 +259,9 @@ async def test_the_child_needs_nothing_but_the_standard_library(
          "render 64x48): use 64x48 or 80x48"),
         ("ltxv_13B", {"resolution": "64x48"}, "resolution", "multiples of 32"),
         ("no_such_model", {}, "model", "is not a model of this Wan2GP checkout"),
+        ("t2v", {"sample_solver": "dpm++_sde"}, "sample_solver", "must be one of unipc, euler, dpm++, causvid, "
+         "lcm for t2v, got 'dpm++_sde'"),
+        ("hunyuan", {"sample_solver": "euler"}, "sample_solver", "must be left out: it has no choice of solver"),
     ],
 )
 async def test_what_wan2gp_would_silently_change_is_refused_naming_the_key(

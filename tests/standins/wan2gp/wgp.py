@@ -15,6 +15,8 @@ What it reproduces (names and behaviour read from upstream wgp.py / shared/api.p
   ``get_model_min_frames_and_step``, and ``generate_media`` rounding the resolution down to the model's
   ``vae_block_size`` (16 by default) and ``video_length`` down to ``latent_size``·n + ``frames_offset`` (at
   least ``frames_minimum``: 4n+1 from 5 for Wan) without saying so, as upstream does;
+* a ``sample_solver`` the Wan model does not declare raising NotImplementedError after the load, as
+  upstream's any2video does (models without ``sample_solvers`` ignore it);
 * attachments recognised by their file extension only (upstream's ``has_image_file_extension``): an
   ``image_start`` path without an image extension is refused with "Start Image should be an Image";
 * progress as upstream sends it: ``[0, "… | Encoding Prompt"]`` before denoising, then
@@ -136,10 +138,16 @@ _MODEL_EXTRAS: dict[str, dict[str, Any]] = {
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pjpeg")
 
 
+WAN_SOLVERS = [("unipc", "unipc"), ("euler", "euler"), ("dpm++", "dpm++"), ("flowmatch causvid", "causvid"),
+               ("lcm + ltx", "lcm")]  # models/wan/wan_handler.py upstream
+
+
 def get_model_def(model_type: str) -> dict[str, Any] | None:
     if model_type in VIDEO_MODELS or model_type in IMAGE_MODELS:
+        wan = model_type.startswith(("t2v", "i2v", "vace"))
         return {"name": f"standin {model_type}", "architecture": model_type,
-                "image_outputs": model_type in IMAGE_MODELS, **_MODEL_EXTRAS.get(model_type, {})}
+                "image_outputs": model_type in IMAGE_MODELS, **({"sample_solvers": WAN_SOLVERS} if wan else {}),
+                **_MODEL_EXTRAS.get(model_type, {})}
     return None
 
 
@@ -272,6 +280,9 @@ def generate_media(
     if not model_def.get("image_outputs"):
         minimum, _, latent_size = get_model_min_frames_and_step(model_type)
         video_length = _floor_frame_count(video_length, minimum, latent_size, model_def.get("frames_offset", 1))
+    solvers = [value for _, value in model_def.get("sample_solvers", [])]
+    if solvers and sample_solver not in ("", *solvers):
+        raise NotImplementedError(f"Unsupported Scheduler {sample_solver}")  # upstream: after the load
     send_cmd("progress", [0, "Prompt 1/1 | Encoding Prompt"])
     send_cmd("progress", [(0, num_inference_steps), "Prompt 1/1 | Denoising | 0.0s", num_inference_steps])
     step_s = float(d.get("step_s") or os.environ.get("WGP_STANDIN_STEP_S", "0.01"))
