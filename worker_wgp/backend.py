@@ -137,7 +137,8 @@ def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
     """Refuse what Wan2GP would not run as asked, naming the key and the values it accepts (GenerationFailure
     ``invalid``). Upstream never refuses these: an unknown ``model_type`` fails deep inside its settings merge
     with an AttributeError, a ``sample_solver`` the model does not declare raises NotImplementedError once the
-    model is loaded (Wan) or is ignored (models without solvers), and ``generate_media`` silently rounds the
+    model is loaded (Wan) or is ignored (models without solvers), a ``video_guide`` / ``video_mask`` without the
+    ``video_prompt_type`` letter that enables it is dropped, and ``generate_media`` silently rounds the
     resolution down to the model's VAE block (16 by default) and the frame count down to its latent step
     (``4n+1`` for Wan), so a task would get another size or length than it asked for."""
     model_def = wgp.get_model_def(model)
@@ -164,6 +165,15 @@ def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
             accepted = f"one of {', '.join(choices)}" if choices else "left out: it has no choice of solver"
             raise GenerationFailure("invalid", f"params.sample_solver must be {accepted} for {model}, got {solver!r}",
                                     {"field": "sample_solver", "accepted": choices})
+    letters = str(settings.get("video_prompt_type") or "")
+    if settings.get("video_guide") and "V" not in letters:  # upstream's validate_settings drops it silently
+        raise GenerationFailure("invalid", f"params.video_prompt_type must contain V when video_guide is given, got "
+                                f"{letters!r} (Wan2GP would ignore the control video): e.g. 'V' (VACE raw format), "
+                                "'PV' (poses), 'DV' (depth)", {"field": "video_prompt_type"})
+    if settings.get("video_mask") and ("A" not in letters or "U" in letters):
+        raise GenerationFailure("invalid", f"params.video_prompt_type must contain A (and not U) when video_mask is "
+                                f"given, got {letters!r} (Wan2GP would ignore the mask): e.g. 'VA'",
+                                {"field": "video_prompt_type"})
     length = settings.get("video_length")
     if isinstance(length, int) and not model_def.get("image_outputs", False):
         minimum, _, step = wgp.get_model_min_frames_and_step(model)

@@ -30,7 +30,8 @@ Every type takes ``prompt`` (required), ``negative_prompt``, ``resolution`` ("Wx
 ``guidance_scale``, ``flow_shift``, ``seed``, ``loras`` and ``model`` (another Wan2GP model of the same kind,
 e.g. a finetune such as ``i2v_2_2_Enhanced_Lightning_v2``), plus ``timeout_s``. Video types add
 ``video_length`` (frames), ``guidance2_scale``, ``switch_threshold`` and ``sample_solver``; image types
-``batch_size``; VACE types ``video_prompt_type``, ``control_net_weight``, ``control_net_weight2``. A media
+``batch_size``; VACE types ``video_prompt_type`` (Wan2GP's letters; default ``V``, ``VA`` with a ``video_mask``:
+without ``V`` Wan2GP ignores the control video), ``control_net_weight``, ``control_net_weight2``. A media
 value is a URL, or an object with exactly one of ``url`` / ``storage_path`` / ``base64`` (and an optional
 ``filename``); ``image_refs`` is a list of those. ``loras`` is a list of ``{"url": …, "multiplier": 1.0}`` (or
 ``"name"``: a file already in Wan2GP's LoRA folder); a multiplier is a number or Wan2GP's phase syntax
@@ -219,6 +220,10 @@ def parse_params(task_type: str, params: Mapping[str, Any]) -> WanJob:
             settings[key] = _scalar(key, spec, value)
         else:
             _scalar(key, spec, value)
+    if kind.params is VACE and "video_prompt_type" not in settings:
+        # Wan2GP uses video_guide / video_mask only when video_prompt_type says so ("V": the control video in
+        # VACE's raw format, "A": a mask); its default "" would drop both without a word
+        settings["video_prompt_type"] = "VA" if params.get("video_mask") is not None else "V"
     timeout = params.get("timeout_s")
     return WanJob(task_type, model_for(task_type, params), settings, tuple(media), loras,
                   float(timeout) if timeout is not None else None, kind.output)

@@ -280,3 +280,18 @@ async def test_what_wan2gp_would_silently_change_is_refused_naming_the_key(
 async def test_frame_counts_and_sizes_wan2gp_accepts_come_out_exactly(engine: WanEngine) -> None:
     out = await engine.generate("t2v", settings(video_length=13))
     assert frames(out.files[0]) == 13
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"video_prompt_type": "PI"}, "must contain V when video_guide is given, got 'PI'"),
+        ({"video_prompt_type": "UV", "video_mask": "/m.mp4"}, "must contain A (and not U) when video_mask is given"),
+    ],
+)
+async def test_media_wan2gp_would_drop_for_its_letters_is_refused(
+    engine: WanEngine, change: dict[str, object], text: str
+) -> None:
+    with pytest.raises(EngineRejected) as info:
+        await engine.generate("vace_14B", {**settings(), "video_guide": "/g.mp4", **change})
+    assert info.value.details["field"] == "video_prompt_type" and text in str(info.value)

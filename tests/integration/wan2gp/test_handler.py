@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,20 @@ async def test_a_file_that_is_no_image_is_refused_naming_the_key(
         await WanHandler("i2v").prepare(ctx)
     assert info.value.details["field"] == "image_start" and not info.value.retryable
     assert engine.pid is None and list((ctx.work_dir / "inputs").iterdir()) == []
+
+
+async def test_a_vace_task_gets_its_control_video_to_wan2gp(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], tmp_path: Path
+) -> None:
+    """Without "V" in video_prompt_type Wan2GP (and the stand-in) drops video_guide silently; the task's
+    default enables it, and the control video (base64, no name: sniffed as MP4) reaches generate_media."""
+    guide = tmp_path / "guide.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=16", "-frames:v", "5",
+                    "-pix_fmt", "yuv420p", str(guide)], check=True)
+    video = base64.b64encode(guide.read_bytes()).decode()
+    ctx = make_ctx("vace", {"prompt": "a dancer", "video_guide": {"base64": video},
+                            "resolution": "64x48", "video_length": 5, "num_inference_steps": 2})
+    with capture_logs() as logs:
+        result = await run(WanHandler("vace"), ctx)
+    assert [o["kind"] for o in result.result["outputs"]] == ["video"]
+    assert any(e.get("line", "") == "Control video: video_guide.mp4 mask: None" for e in logs), logs

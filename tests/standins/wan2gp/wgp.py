@@ -15,6 +15,8 @@ What it reproduces (names and behaviour read from upstream wgp.py / shared/api.p
   ``get_model_min_frames_and_step``, and ``generate_media`` rounding the resolution down to the model's
   ``vae_block_size`` (16 by default) and ``video_length`` down to ``latent_size``·n + ``frames_offset`` (at
   least ``frames_minimum``: 4n+1 from 5 for Wan) without saying so, as upstream does;
+* ``video_guide`` / ``video_mask`` dropped without a word unless ``video_prompt_type`` has ``V`` (and ``A``
+  without ``U`` for the mask), as upstream's ``validate_settings`` does; one used is printed ("Control video: …");
 * a ``sample_solver`` the Wan model does not declare raising NotImplementedError after the load, as
   upstream's any2video does (models without ``sample_solvers`` ignore it);
 * attachments recognised by their file extension only (upstream's ``has_image_file_extension``): an
@@ -210,6 +212,11 @@ def validate_task(task: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str
     image_start = settings.get("image_start")
     if isinstance(image_start, str) and not image_start.lower().endswith(IMAGE_EXTENSIONS):
         return None, "Start Image should be an Image"
+    letters = settings.get("video_prompt_type") or ""
+    if "V" not in letters:  # upstream's validate_settings: no control video (nor mask) without "V"
+        settings["video_guide"] = settings["video_mask"] = None
+    elif "A" not in letters or "U" in letters:
+        settings["video_mask"] = None
     if not re.fullmatch(r"\d+x\d+", str(settings.get("resolution", "832x480"))):
         return None, f"Invalid resolution {settings.get('resolution')!r}"
     missing = [lora for lora in settings.get("activated_loras") or [] if not os.path.isfile(lora)]
@@ -269,6 +276,8 @@ def generate_media(
         transformer_type = model_type
         reload_needed = False
         send_cmd("status", "Model loaded")
+    if video_guide is not None:
+        print(f"Control video: {os.path.basename(video_guide)} mask: {video_mask and os.path.basename(video_mask)}")
     if activated_loras:
         print(f"Loras: {[os.path.basename(lora) for lora in activated_loras]} multipliers: {loras_multipliers!r}")
     if "raise" in d:
