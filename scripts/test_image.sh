@@ -220,9 +220,12 @@ print(row[0], row[1] or '', json.loads(row[2] or '{}').get('outputs', [{}])[0].g
 
 check_wan2gp() {
     local out tid
-    # the stage's layout: the checkout, its venv, its model folders linked to the default volume
-    out=$("${B[@]}" run --isolation chroot "$ctr" -- sh -c 'cat /opt/Wan2GP/.wan2gp-ref; readlink /opt/Wan2GP/ckpts /opt/Wan2GP/loras; stat -c %U /opt/Wan2GP/wgp.py; /opt/wan2gp-venv/bin/python -c "import sys; print(sys.prefix)"' 2>&1) \
-        || fail "the Wan2GP stage is incomplete: $out"
+    # the stage's layout as built (a fresh container: the checks above ran the entrypoint, which re-points the
+    # links at their MODELS_DIR): the checkout, its venv, its model folders linked to the default volume
+    local fresh; fresh=$("${B[@]}" from "$IMAGE")
+    out=$("${B[@]}" run --isolation chroot "$fresh" -- sh -c 'cat /opt/Wan2GP/.wan2gp-ref; readlink /opt/Wan2GP/ckpts /opt/Wan2GP/loras; stat -c %U /opt/Wan2GP/wgp.py; /opt/wan2gp-venv/bin/python -c "import sys; print(sys.prefix)"' 2>&1) \
+        || { "${B[@]}" rm "$fresh" >/dev/null; fail "the Wan2GP stage is incomplete: $out"; }
+    "${B[@]}" rm "$fresh" >/dev/null
     [[ "$out" == $'vendor/wan2gp.tar.gz\n/runpod-volume/models/wan2gp\n/runpod-volume/models/loras/wan2gp\nworker\n/opt/wan2gp-venv' ]] \
         || fail "unexpected Wan2GP layout: $out"
     # the entrypoint's wiring: WAN2GP_PATH / WAN2GP_PYTHON set, ckpts/ and loras/ re-pointed at MODELS_DIR
