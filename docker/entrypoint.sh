@@ -4,7 +4,8 @@
 # 1. Validates the environment: one line per missing or bad variable, exit 2 if any.
 # 2. Points ComfyUI at the model folders on the network volume (an extra_model_paths.yaml for MODELS_DIR), and
 #    an image built with WAN2GP=1 at Wan2GP's (MODELS_DIR/wan2gp for its checkpoints, MODELS_DIR/loras/wan2gp
-#    for its LoRAs) with WAN2GP_PATH / WAN2GP_PYTHON set (WAN2GP_PATH= (empty) turns Wan2GP off).
+#    for its LoRAs) with WAN2GP_PATH / WAN2GP_PYTHON set (WAN2GP_PATH= (empty) turns Wan2GP off;
+#    WAN2GP_IMAGE_PATH, default /opt/Wan2GP, is where the image has it: tests point it elsewhere).
 # 3. MODELS_SYNC=true: `comfy-worker models sync` first (a failure is reported, the worker still starts and
 #    lists what is missing in its heartbeat metadata).
 # 4. Started as root (RunPod does): makes the volume's model folder writable for the `worker` user and drops
