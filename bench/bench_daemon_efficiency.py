@@ -15,12 +15,18 @@ where "the GPU" is the same two cores the daemon runs on — how often ComfyUI s
 work for it (sampling GET /queue every 20 ms between the first and the last busy sample; the sampler runs during
 ComfyUI's solo run too, so both phases carry its load).
 Needs the test ComfyUI (scripts/setup_test_comfyui.sh) and PostgreSQL.
+
+``--webhooks hang`` (issue 22): after the run above (no webhook), the daemon phase runs ``--repeats`` more times
+each way, alternating: with WEBHOOK_URL pointing at a receiver on 127.0.0.1 that holds every POST for 30 s before
+answering (WEBHOOK_TIMEOUT_S=60, so every delivery slot stays taken for the whole run), and without; prints
+every time and mean(hanging) / mean(no webhook).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 import tempfile
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,11 +82,13 @@ async def comfy_alone(url: str, graphs: list[dict]) -> float:
         return time.perf_counter() - t0
 
 
-async def through_daemon(url: str, dsn: str, graphs: list[dict], storage_dir: Path) -> float:
+async def through_daemon(
+    url: str, dsn: str, graphs: list[dict], storage_dir: Path, extra_env: dict[str, str] | None = None
+) -> float:
     settings = load_settings({
         "DATABASE_URL": dsn, "COMFY_URL": url, "LOCAL_STORAGE_DIR": str(storage_dir), "PREFETCH": "1",
-        "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
-    })
+        "LOG_LEVEL": "warning", "LOG_FORMAT": "json", **(extra_env or {}),
+    }, dotenv=None)
     daemon = Daemon(settings, store=PostgresStore(dsn), storage=LocalStorage(storage_dir),
                     registry=build_registry(settings, worker_id="bench-worker"), worker_id="bench-worker")
     await daemon.start()
@@ -114,6 +123,9 @@ async def main() -> None:
     ap.add_argument("--radius", type=int, default=20)
     ap.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--workload", choices=["cpu", "gpu", "both"], default="both")
+    ap.add_argument("--webhooks", choices=["none", "hang"], default="none",
+                    help="hang: also run the daemon phase with a webhook receiver that hangs 30 s (issue 22)")
+    ap.add_argument("--repeats", type=int, default=2, help="with --webhooks hang: runs of each kind, alternating")
     a = ap.parse_args()
     global WORKLOAD
     for workload in (["cpu", "gpu"] if a.workload == "both" else [a.workload]):
@@ -163,10 +175,62 @@ async def one_run(a: argparse.Namespace) -> None:
         print(f"ComfyUI idle while tasks were waiting: {idle}/{len(window)} samples "
               f"({100 * idle / max(len(window), 1):.1f}%); next prompt already queued in "
               f"{100 * queued_ahead / max(len(window), 1):.0f}% of samples")
+        if a.webhooks == "hang":
+            await with_hanging_receiver(a, url, dsn, daemon)
     finally:
         await drop_database(a.admin_dsn, db)
         stop_test_comfyui(proc)
         remove_workdir(proc)
+
+
+async def hanging_receiver(hold_s: float) -> tuple[web.AppRunner, str, list[int]]:
+    """A webhook receiver on 127.0.0.1 that answers every POST only after ``hold_s`` seconds."""
+    started: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        started.append(1)
+        await asyncio.sleep(hold_s)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/hook", started
+
+
+async def with_hanging_receiver(a: argparse.Namespace, url: str, dsn: str, first_plain: float) -> None:
+    runner, hook_url, started = await hanging_receiver(30.0)
+    secret = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef").decode()
+    hook_env = {"WEBHOOK_URL": hook_url, "WEBHOOK_SECRET": secret, "WEBHOOK_TIMEOUT_S": "60"}
+    plain, hang = [first_plain], []
+    events = 0
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            # none (the run above), then hang, none, hang, none, …: alternating, so a drift of the machine's load
+            # falls on both
+            for i, env in enumerate([hook_env, None] * a.repeats):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t = await through_daemon(
+                        url, dsn, [graph(20_000 + 1000 * i + j, a.size, a.radius) for j in range(a.n)], Path(tmp), env)
+                (hang if env else plain).append(t)
+                events += await conn.fetchval("select count(*) from webhook_events")
+                await conn.execute("delete from webhook_events; delete from webhook_config")  # the fleet: no webhooks
+        finally:
+            await conn.close()
+    finally:
+        await runner.cleanup()
+    mean_plain, mean_hang = sum(plain) / len(plain), sum(hang) / len(hang)
+    print(f"webhook receiver hanging 30 s ({len(started)} POSTs held open, {events} events in the outbox):")
+    print(f"  daemon s, no webhook:        {'  '.join(f'{t:.2f}' for t in plain)}  (mean {mean_plain:.2f})")
+    print(f"  daemon s, receiver hanging:  {'  '.join(f'{t:.2f}' for t in hang)}  (mean {mean_hang:.2f})")
+    print(f"  hanging / no webhook = {mean_hang / mean_plain:.3f}; spread of the no-webhook runs: "
+          f"{(max(plain) - min(plain)) / mean_plain:.1%}")
 
 
 if __name__ == "__main__":

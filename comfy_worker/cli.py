@@ -24,7 +24,7 @@ from comfy_worker.pod import stop_own_pod
 from comfy_worker.store import TaskStore, open_store
 
 log = get_logger(__name__)
-COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "prompt-runner", "build", "models")
+COMMANDS = ("worker", "migrate", "submit", "status", "cancel", "webhooks", "prompt-runner", "build", "models")
 COMMANDS += EXPLORE_COMMANDS
 
 
@@ -65,11 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--max-attempts", type=int, default=3)
     s.add_argument("--task-id", help="choose the task id (idempotent re-submits)")
+    s.add_argument("--callback-url", help="POST the task's end here (README: Webhooks); default: WEBHOOK_URL")
     s.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after N seconds")
 
     sub.add_parser("status", help="print the queue and worker summary")
     c = sub.add_parser("cancel", help="cancel a queued or running task")
     c.add_argument("task_id")
+    wh = sub.add_parser("webhooks", help="see or re-send task webhooks (README: Webhooks)")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True)
+    wh_sub.add_parser("replay", help="send a task's events again, with the same webhook-id").add_argument("task_id")
+    wl = wh_sub.add_parser("list", help="the webhook_deliveries view, newest first")
+    wl.add_argument("task_id", nargs="?")
+    wl.add_argument("--limit", type=int, default=50)
 
     from comfy_worker.cli_build import add_arguments as add_build_arguments
 
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"comfy-worker: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    for secret in (settings.supabase_service_role_key, settings.runpod_api_key, settings.database_url):
+    for secret in (settings.supabase_service_role_key, settings.runpod_api_key, settings.database_url,
+                   *settings.webhook_secret.replace(",", " ").split()):
         register_secret(secret)
     if args.command == "models":  # blocking downloads: no event loop, so Ctrl-C / SIGTERM stop them at once
         from comfy_worker.models_manifest.cli import run as run_models
@@ -171,9 +179,31 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             task = await store.cancel(args.task_id, "cancelled from the command line")
             print(f"{task.task_id}: {task.status}")
             return 0
+        if args.command == "webhooks":
+            return await webhooks_command(store, args)
         return await status(store)
     finally:
         await store.close()
+
+
+async def webhooks_command(store: TaskStore, args: argparse.Namespace) -> int:
+    if args.webhooks_command == "replay":
+        n = await store.replay_webhooks(args.task_id)
+        print(f"{args.task_id}: {n} event(s) queued for delivery again")
+        return 0
+    rows = await store.webhook_deliveries(args.task_id, args.limit)
+    if not rows:
+        print("no webhook events")
+    for r in rows:
+        status = r["last_status"] if r["last_status"] is not None else "-"
+        line = (f"{r['created_at']}  {r['task_id']}  {r['event']:<15} {r['state']:<10} attempts={r['attempts']}"
+                f" last={status}")
+        if r.get("next_try"):
+            line += f" next_try={r['next_try']}"
+        if r.get("last_error"):
+            line += f"  {r['last_error'][:160]}"
+        print(line)
+    return 0
 
 
 def build_handlers() -> dict[str, Any]:
@@ -302,7 +332,8 @@ async def submit(store: TaskStore, settings: Settings, args: argparse.Namespace)
     if inputs:
         params["inputs"] = inputs
     task = await store.enqueue(
-        NewTask("comfy", params, task_id=task_id, priority=args.priority, max_attempts=args.max_attempts)
+        NewTask("comfy", params, task_id=task_id, priority=args.priority, max_attempts=args.max_attempts,
+                callback_url=getattr(args, "callback_url", None))
     )
     print(task.task_id, flush=True)
     if not args.wait:

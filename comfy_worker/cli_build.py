@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfy_worker.builders import TASK_TYPES, accepted_keys, build_resolved, resolve
 from comfy_worker.builders.params import MEDIA_KEYS
-from comfy_worker.config import Settings
+from comfy_worker.config import INPUT_URL_PREFIXES, Settings
 from comfy_worker.errors import InputRejected
 from comfy_worker.models import NewTask
 from comfy_worker.store import TaskStore
@@ -69,7 +69,7 @@ def parse_sets(task_type: str, sets: list[str]) -> dict[str, Any]:
 
 
 def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
+    return isinstance(value, str) and value.startswith(INPUT_URL_PREFIXES)
 
 
 async def run_build(
@@ -136,7 +136,7 @@ class LocalInputs:
             return {"url": source}
         path = Path(source)
         if not path.is_file():
-            raise InputRejected(f"{flag} neither an http(s) URL nor an existing file")
+            raise InputRejected(f"{flag} neither an http(s) / s3 / gs / az URL nor an existing file")
         if self._storage is None:
             from comfy_worker.storage import open_storage
 

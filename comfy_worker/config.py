@@ -7,16 +7,19 @@ Every setting is declared once in :data:`FIELDS` with its type, default and a on
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from comfy_worker.errors import ConfigError
 
-SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "runpod_api_key"})
+SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "runpod_api_key", "webhook_secret"})
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -105,7 +108,9 @@ class Settings:
     keep_comfy_files: bool = False
     min_free_disk_gb: float = 2.0
     orphan_sweep_interval_s: float = 600.0
-    # storage
+    # storage: STORAGE_URL (s3:// gs:// az:// file:// supabase://) selects the store; else Supabase, else local
+    storage_url: str = ""
+    public_base_url: str = ""
     storage_bucket: str = "outputs"
     storage_public: bool = False
     signed_url_ttl_s: int = 60 * 60 * 24 * 365
@@ -116,6 +121,17 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     allow_private_urls: bool = False
     work_dir: str = ""
+    # webhooks (README "Webhooks"): task ends POSTed to the task's callback_url, else WEBHOOK_URL
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_events: tuple[str, ...] = ()
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 4
+    webhook_poll_s: float = 2.0
+    webhook_retry_for_s: float = 86400.0
+    webhook_backoff_base_s: float = 5.0
+    webhook_backoff_cap_s: float = 3600.0
+    webhook_url_allowlist: tuple[str, ...] = ()
     # Wan2GP (worker_wgp)
     wan2gp_path: str = ""
     wan2gp_python: str = ""
@@ -184,7 +200,29 @@ class Settings:
 
     @property
     def storage_backend(self) -> str:
-        return "supabase" if self.supabase_url and self.supabase_service_role_key else "local"
+        """``object`` (s3/gs/az through obstore), ``supabase`` or ``local`` — which store keeps outputs."""
+        scheme = storage_url_scheme(self.storage_url)
+        if scheme in OBJECT_STORE_SCHEMES:
+            return "object"
+        if scheme == "file":
+            return "local"
+        if scheme == "supabase" or (self.supabase_url and self.supabase_service_role_key):
+            return "supabase"
+        return "local"
+
+    @property
+    def local_storage_path(self) -> Path:
+        """The directory of the local store: STORAGE_URL=file:///abs/dir, else LOCAL_STORAGE_DIR."""
+        if storage_url_scheme(self.storage_url) == "file":
+            return Path(unquote(urlsplit(self.storage_url).path))
+        return Path(self.local_storage_dir)
+
+    @property
+    def supabase_bucket(self) -> str:
+        """The Supabase Storage bucket: STORAGE_URL=supabase://bucket, else STORAGE_BUCKET."""
+        if storage_url_scheme(self.storage_url) == "supabase":
+            return urlsplit(self.storage_url).netloc
+        return self.storage_bucket
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked: the only form in which settings are ever logged."""
@@ -195,6 +233,46 @@ class Settings:
                 value = _redact_url(value) if f.name == "database_url" else "***"
             out[f.name] = value
         return out
+
+
+# What a task input may name as a URL: fetched over HTTP, or from an object store with the store's credentials.
+INPUT_URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "azure://")
+
+# STORAGE_URL schemes served by obstore (Rust object_store); ``azure`` is an alias of ``az``.
+OBJECT_STORE_SCHEMES = frozenset({"s3", "gs", "az", "azure"})
+STORAGE_URL_SCHEMES = (*sorted(OBJECT_STORE_SCHEMES), "file", "supabase")
+_STORAGE_URL_HINT = (
+    "expected s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///abs/dir or supabase://bucket"
+)
+
+
+def storage_url_scheme(url: str) -> str:
+    """The scheme of a STORAGE_URL (lower case), or "" when none is set."""
+    return url.split("://", 1)[0].lower() if "://" in url else ("" if not url else "?")
+
+
+def check_storage_url(url: str) -> None:
+    """ConfigError naming STORAGE_URL when it is not one of the forms the workers understand."""
+    scheme = storage_url_scheme(url)
+    if scheme not in STORAGE_URL_SCHEMES:
+        raise ConfigError("STORAGE_URL", f"{_STORAGE_URL_HINT}, got {url!r} (unknown scheme {scheme!r})")
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            "STORAGE_URL",
+            "takes no query, fragment or credentials: credentials come from the cloud's own environment "
+            "(AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY, ...)",
+        )
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise ConfigError("STORAGE_URL", f"the path may not contain '.' or '..' segments, got {url!r}")
+    if scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ConfigError("STORAGE_URL", f"expected file:///absolute/dir, got {url!r}")
+    elif not parts.netloc:
+        raise ConfigError("STORAGE_URL", f"{_STORAGE_URL_HINT}: {url!r} names no bucket")
+    elif scheme == "supabase" and segments:
+        raise ConfigError("STORAGE_URL", f"supabase://bucket takes no prefix, got {url!r}")
 
 
 def _redact_url(url: str) -> str:
@@ -240,6 +318,14 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "input_url_allowlist": _csv,
     "allow_private_urls": _bool,
     "models_groups": _csv,
+    "webhook_events": _csv,
+    "webhook_timeout_s": _number(float, 0.1),
+    "webhook_concurrency": _number(int, 1),
+    "webhook_poll_s": _number(float, 0.01),
+    "webhook_retry_for_s": _number(float, 0),
+    "webhook_backoff_base_s": _number(float, 0),
+    "webhook_backoff_cap_s": _number(float, 0),
+    "webhook_url_allowlist": _csv,
     "dry_run": _bool,
 }
 
@@ -285,13 +371,62 @@ def _validate(s: Settings) -> None:
         raise ConfigError(missing, "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set together")
     if s.supabase_url and not s.supabase_url.startswith(("http://", "https://")):
         raise ConfigError("SUPABASE_URL", f"expected https://<project>.supabase.co, got {s.supabase_url!r}")
+    if s.storage_url:
+        check_storage_url(s.storage_url)
+        if storage_url_scheme(s.storage_url) == "supabase" and not s.supabase_url:
+            raise ConfigError(
+                "STORAGE_URL", "supabase://bucket needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+            )
+    if s.public_base_url and not s.public_base_url.startswith(("http://", "https://")):
+        raise ConfigError("PUBLIC_BASE_URL", f"expected https://cdn.example.com/..., got {s.public_base_url!r}")
     if s.comfy_url and not s.comfy_url.startswith(("http://", "https://")):
         raise ConfigError("COMFY_URL", f"expected http://host:port, got {s.comfy_url!r}")
+    _validate_webhooks(s)
     if s.heartbeat_interval >= s.lease_seconds:
         raise ConfigError(
             "HEARTBEAT_INTERVAL",
             f"must be shorter than LEASE_SECONDS ({s.lease_seconds}) or leases expire between heartbeats",
         )
+
+
+WEBHOOK_EVENT_NAMES = ("task.completed", "task.failed", "task.cancelled", "task.progress")
+
+
+def webhook_secrets(raw: str) -> list[bytes]:
+    """The signing keys of WEBHOOK_SECRET: one or more ``whsec_<base64>`` separated by spaces or commas (all
+    sign each delivery, so a receiver can rotate: add the new secret, switch the receiver, drop the old one).
+    The message never repeats a secret, only its position."""
+    keys: list[bytes] = []
+    for i, token in enumerate(raw.replace(",", " ").split(), start=1):
+        where = f"secret {i}" if " " in raw.strip() or "," in raw else "the secret"
+        if not token.startswith("whsec_"):
+            raise ConfigError(
+                "WEBHOOK_SECRET",
+                f"{where} must have the Standard Webhooks form whsec_<base64 of 24-64 random bytes>; generate one "
+                "with: python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"",
+            )
+        try:
+            key = base64.b64decode(token.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("WEBHOOK_SECRET", f"{where}: the part after whsec_ is not valid base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ConfigError(
+                "WEBHOOK_SECRET", f"{where} decodes to {len(key)} bytes; Standard Webhooks secrets are 24 to 64 bytes"
+            )
+        keys.append(key)
+    return keys
+
+
+def _validate_webhooks(s: Settings) -> None:
+    if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("WEBHOOK_URL", "expected an http:// or https:// URL of the receiver")
+    if s.webhook_secret:
+        webhook_secrets(s.webhook_secret)
+    elif s.webhook_url:
+        raise ConfigError("WEBHOOK_SECRET", "is required with WEBHOOK_URL: every delivery is signed (whsec_…)")
+    for event in s.webhook_events:
+        if event not in WEBHOOK_EVENT_NAMES:
+            raise ConfigError("WEBHOOK_EVENTS", f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENT_NAMES)}")
 
 
 def default_worker_id() -> str:

@@ -24,6 +24,7 @@ what the daemon does with one, and the tree answers both:
     │   └── InvalidArgument              a caller passed something the SQL functions reject
     ├── EngineError                      an engine (ComfyUI, Wan2GP)
     │   ├── EngineUnavailable (Retryable)   not reachable / restarting / died mid-task
+    │   │   └── EngineGone                    an attached ComfyUI (COMFY_URL) went away: it refuses connections
     │   ├── EngineStartupError             could not be started; carries the log tail
     │   ├── WorkflowInvalid (Permanent)    rejected before or by /prompt; carries node_errors
     │   ├── ExecutionFailed                a node raised at run time (Permanent unless marked otherwise)
@@ -178,6 +179,13 @@ class EngineUnavailable(EngineError, Retryable):
     """ComfyUI is not reachable, is restarting, or died while running our prompt."""
 
 
+class EngineGone(EngineUnavailable):
+    """A ComfyUI we attached to (COMFY_URL: not our child, so not ours to restart) went away: its websocket
+    dropped and it refuses connections (or cannot be connected to at all). ``details`` name the ``url`` and the
+    ``reason``. The worker claims nothing for it until it answers again; raised when a task that had nothing in
+    it yet waited for it in vain (the task is released, its attempt not spent)."""
+
+
 class EngineStartupError(EngineError, Permanent):
     """ComfyUI could not be started; ``details['log_tail']`` holds the end of its output."""
 
@@ -308,3 +316,18 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ComfyWorkerError):
         return exc.retryable
     return True
+
+
+# --- webhooks --------------------------------------------------------------------------------------------
+
+
+class WebhookError(ComfyWorkerError):
+    """A webhook delivery could not be made."""
+
+
+class WebhookRefused(WebhookError, Permanent):
+    """The callback URL may not be reached (a private or metadata address, not http/https): never retried."""
+
+
+class WebhookUnavailable(WebhookError, Retryable):
+    """The receiver's host could not be resolved right now: retried on the delivery schedule."""

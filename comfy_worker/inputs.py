@@ -4,12 +4,13 @@ URL downloads stream to disk with a size cap (``INPUT_MAX_BYTES``: Content-Lengt
 counted while streaming), per-operation timeouts (``INPUT_TIMEOUT_S``: connect, and each read/write; a slow
 but moving download is not cut off) and tenacity retries on network errors, 5xx and 429 only.
 
-Server-side request forgery is refused: before connecting, the host is resolved and every address it
-resolves to must be public (not loopback, private, link-local, multicast, reserved, CGNAT or a cloud metadata
-endpoint), unless the host is in ``INPUT_URL_ALLOWLIST`` or ``ALLOW_PRIVATE_URLS=true``. The connection is
-then made to the address that was checked (the original host name goes in the Host header and TLS SNI), so
-a DNS answer that changes between check and connect cannot redirect us. Redirects are followed by hand, at
-most five, and each target is checked the same way. Only http and https are fetched.
+Server-side request forgery is refused (:mod:`comfy_worker.urlpolicy`): before connecting, the host is
+resolved and every address it resolves to must be public (not loopback, private, link-local, multicast,
+reserved, CGNAT or a cloud metadata endpoint), unless the host is in ``INPUT_URL_ALLOWLIST`` or
+``ALLOW_PRIVATE_URLS=true``. The connection is then made to the address that was checked (the original host
+name goes in the Host header and TLS SNI), so a DNS answer that changes between check and connect cannot
+redirect us. Redirects are followed by hand, at most five, and each target is checked the same way. Only http
+and https are fetched.
 
 A retried download resumes: the bytes so far stay in ``.NAME.part`` and the retry asks for the rest with
 ``Range`` + ``If-Range`` (the first response's strong ETag or Last-Modified). Only a 206 whose Content-Range
@@ -27,11 +28,9 @@ import asyncio
 import base64
 import binascii
 import functools
-import ipaddress
 import os
 import posixpath
 import re
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,68 +40,27 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from comfy_worker.config import Settings
-from comfy_worker.errors import InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
+from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings
+from comfy_worker.errors import ConfigError, InputRejected, InputUnavailable, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger
 from comfy_worker.storage.base import Storage
+from comfy_worker.storage.objectstore import ObjectStorage, fetch_object_url
+from comfy_worker.urlpolicy import display_url, prepare_request  # the URL policy, shared with webhooks
 
 log = get_logger(__name__)
 
 MAX_REDIRECTS = 5
 WRITE_BLOCK = 1024 * 1024
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_4XX = frozenset({408, 429})
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
-_FIX_HINT = "set ALLOW_PRIVATE_URLS=true or add the host to INPUT_URL_ALLOWLIST"
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Fetcher = Callable[..., Awaitable[Path]]
 RoomCheck = Callable[[int, str], None]  # (declared bytes, what) -> None, or raises DiskFull before the download
 
 
-# --- policy (pure) ---
-
-
-def address_problem(ip: IPAddress) -> str | None:
-    """Why an input URL may not reach this address (``"a loopback address"``, …), or None when it may."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if ip.is_private or not ip.is_global:
-        return "a private address"
-    return None
-
-
-def host_allowlisted(host: str, allowlist: tuple[str, ...]) -> bool:
-    """True when ``host`` matches an INPUT_URL_ALLOWLIST entry: an exact host name or address, or
-    ``*.example.com`` / ``.example.com`` for every subdomain of example.com."""
-    host = host.lower().rstrip(".").strip("[]")
-    for raw in allowlist:
-        entry = raw.strip().lower().rstrip(".").strip("[]")
-        if not entry:
-            continue
-        if entry.startswith(("*.", ".")):
-            suffix = entry[entry.index(".") :]
-            if host.endswith(suffix) and len(host) > len(suffix):
-                return True
-        elif host == entry:
-            return True
-    return False
+# --- policy: comfy_worker.urlpolicy (shared with webhook deliveries) ---
 
 
 def safe_filename(name: str | None, default: str = "input") -> str:
@@ -118,79 +76,6 @@ def safe_filename(name: str | None, default: str = "input") -> str:
 
 def filename_from_url(url: str) -> str:
     return safe_filename(unquote(urlsplit(url).path))
-
-
-def display_url(url: str) -> str:
-    """The URL without query or fragment (signed URLs carry tokens there): fit for messages and logs."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
-# --- resolution and pinning ---
-
-
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        if exc.errno == socket.EAI_NONAME:
-            raise InputRejected(f"input URL host {host!r} does not resolve (no such name)") from exc
-        raise InputUnavailable(f"could not resolve input URL host {host!r}: {exc.strerror}") from exc
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
-
-
-async def prepare_request(
-    url: str, *, allowlist: tuple[str, ...], allow_private: bool, origin: str | None = None
-) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    """Check one URL against the policy and return (URL to connect to, extra headers, httpx extensions).
-
-    For hosts that are checked, the returned URL names the vetted IP address and the headers/extensions
-    carry the real host name (Host, TLS SNI). ``origin`` is the URL that redirected here, for messages."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise InputRejected(f"input URL {url!r} is not a valid URL: {exc}") from exc
-    shown = display_url(url)
-    via = f" (redirected from {display_url(origin)})" if origin else ""
-    if parsed.scheme not in ("http", "https"):
-        raise InputRejected(
-            f"input URL {shown}{via} must use http or https, not {parsed.scheme or 'nothing'!r}"
-        )
-    host = parsed.raw_host.decode("ascii")
-    if not host:
-        raise InputRejected(f"input URL {shown}{via} has no host")
-    allowlisted = host_allowlisted(host, allowlist)
-    if allowlisted:
-        return parsed, {}, {}
-    addresses = await _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
-    if not addresses:
-        raise InputUnavailable(f"input URL host {host!r} resolved to no addresses")
-    for ip in addresses:
-        problem = address_problem(ip)
-        if problem is None:
-            continue
-        if allow_private and problem != "a cloud metadata address":
-            continue
-        hint = "add the host to INPUT_URL_ALLOWLIST" if problem == "a cloud metadata address" else _FIX_HINT
-        raise InputRejected(
-            f"input URL {shown}{via} resolves to {ip}, {problem}; {hint}",
-            details={"url": shown, "address": str(ip), "reason": problem},
-        )
-    if allow_private:
-        return parsed, {}, {}  # anything but metadata is allowed: let httpx resolve (and fall back) itself
-    pinned = parsed.copy_with(host=str(addresses[0]))
-    headers = {"Host": parsed.netloc.decode("ascii")}
-    extensions: dict[str, Any] = {}
-    if parsed.scheme == "https":
-        extensions["sni_hostname"] = host
-        # the pool keys connections by IP: never reuse a TLS session verified for another host name
-        headers["Connection"] = "close"
-    return pinned, headers, extensions
 
 
 # --- fetching ---
@@ -241,6 +126,9 @@ async def fetch_url(
     Raises InputRejected (permanent: policy, size, 4xx, bad URL) or InputUnavailable (after retries)."""
     dest_dir = Path(dest_dir)
     dest = dest_dir / safe_filename(filename or filename_from_url(url))
+    if urlsplit(url).scheme.lower() in OBJECT_STORE_SCHEMES:
+        await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
+        return await _fetch_object(url, dest, max_bytes, room)
     part = _Partial(dest.with_name(f".{dest.name}.part"))
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
@@ -271,6 +159,19 @@ async def fetch_url(
             await http.aclose()
     log.info("input_fetched", url=display_url(url), path=str(dest), bytes=size)
     return dest
+
+
+async def _fetch_object(url: str, dest: Path, max_bytes: int, room: RoomCheck | None) -> Path:
+    """``s3://`` / ``gs://`` / ``az://`` inputs, read with the store's own credentials (storage errors become
+    input errors)."""
+    try:
+        return await fetch_object_url(url, dest, max_bytes=max_bytes, room=room)
+    except StorageRejected as exc:
+        raise InputRejected(f"input URL {url}: {exc}", details=exc.details) from exc
+    except StorageUnavailable as exc:
+        raise InputUnavailable(f"input URL {url}: {exc}", details=exc.details) from exc
+    except ConfigError as exc:
+        raise InputRejected(f"input URL {url}: {exc}") from exc
 
 
 async def _fetch_once(
@@ -439,10 +340,15 @@ def decode_base64_input(data: str, dest_dir: Path, filename: str, max_bytes: int
     return dest
 
 
-async def fetch_storage_input(storage: Storage, storage_path: str, dest_dir: Path) -> Path:
-    """Download an object from output storage as a task input; storage errors become input errors."""
+async def fetch_storage_input(
+    storage: Storage, storage_path: str, dest_dir: Path, max_bytes: int | None = None
+) -> Path:
+    """Download an object from output storage as a task input; storage errors become input errors. An object
+    store checks the object's size against ``max_bytes`` (INPUT_MAX_BYTES) before writing a byte."""
     dest = Path(dest_dir) / safe_filename(posixpath.basename(storage_path))
     try:
+        if isinstance(storage, ObjectStorage):
+            return await storage.download(storage_path, dest, max_bytes=max_bytes)
         return await storage.download(storage_path, dest)
     except StorageRejected as exc:
         raise InputRejected(f"input storage_path {storage_path!r}: {exc}", details=exc.details) from exc
@@ -463,7 +369,7 @@ async def fetch_source(
             filename = f"{stem}{Path(filename_from_url(spec['url'])).suffix}"
         return await fetch(spec["url"], dest_dir, filename=filename)
     if spec.get("storage_path"):
-        return await fetch_storage_input(storage, spec["storage_path"], dest_dir)
+        return await fetch_storage_input(storage, spec["storage_path"], dest_dir, max_bytes)
     return decode_base64_input(spec["base64"], dest_dir, safe_filename(filename, f"{stem or 'input'}.bin"), max_bytes)
 
 

@@ -117,6 +117,7 @@ class NewTask:
     depends_on: tuple[str, ...] = ()
     dedupe_key: str | None = None
     run_at: datetime | None = None
+    callback_url: str | None = None  # where its end is POSTed (README "Webhooks"); None: the fleet's WEBHOOK_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,3 +224,47 @@ class ClaimPreference:
 
     def as_json(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "max_wait_s": self.max_wait_s}
+
+
+WEBHOOK_EVENTS = ("task.completed", "task.failed", "task.cancelled", "task.progress")
+DEFAULT_WEBHOOK_EVENTS = ("task.completed", "task.failed", "task.cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One row of the webhook outbox (sql/008_webhooks.sql): an event and the state of its delivery."""
+
+    id: int
+    webhook_id: str  # the Standard Webhooks message id: the same on every attempt (the receiver's idempotency key)
+    task_id: str
+    event_type: str
+    payload: dict[str, Any]
+    url: str | None  # the task's callback_url; None: the fleet's WEBHOOK_URL
+    state: str  # pending | delivering | delivered | failed
+    attempts: int
+    lease_token: str | None
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime | None
+    next_try_at: datetime | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> WebhookEvent:
+        r = dict(row)
+        return cls(
+            id=int(r["id"]),
+            webhook_id=str(r["webhook_id"]),
+            task_id=str(r["task_id"]),
+            event_type=str(r["event_type"]),
+            payload=_json(r.get("payload")) or {},
+            url=r.get("url"),
+            state=str(r["state"]),
+            attempts=int(r.get("attempts") or 0),
+            lease_token=str(r["lease_token"]) if r.get("lease_token") else None,
+            last_status=r.get("last_status"),
+            last_error=r.get("last_error"),
+            created_at=_ts(r.get("created_at")),
+            next_try_at=_ts(r.get("next_try_at")),
+            delivered_at=_ts(r.get("delivered_at")),
+        )

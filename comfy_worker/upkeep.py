@@ -88,7 +88,7 @@ class Upkeep:
         self.comfy = self.comfy_engine.housekeeper() if self.comfy_engine is not None else None
         paths = [self.work_root, *(self.comfy.folders.known if self.comfy is not None else [])]
         if self.settings.storage_backend == "local":
-            paths.append(Path(self.settings.local_storage_dir))
+            paths.append(self.settings.local_storage_path)
         self.disk.paths = list(dict.fromkeys(p.absolute() for p in paths))
 
     async def start(self) -> None:

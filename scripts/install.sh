@@ -38,6 +38,12 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 echo "install: comfy-worker $(.venv/bin/python -c 'import comfy_worker; print(comfy_worker.__version__)') in .venv"
 
+# Azurite (Azure Blob Storage's emulator, an npm package) for the az:// storage tests, in the ignored .azurite/
+if command -v npm >/dev/null && [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
+    echo "install: npm install azurite into .azurite/"
+    npm install --prefix .azurite --no-audit --no-fund --silent azurite@3 >/dev/null || echo "install: azurite failed (the az:// tests will be skipped)" >&2
+fi
+
 if ((with_comfyui)); then
     bash scripts/setup_test_comfyui.sh
     bash scripts/setup_test_comfyui_0364.sh

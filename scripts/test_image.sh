@@ -2,9 +2,11 @@
 # Build docker/Dockerfile without a registry, GPU or GitHub, and run the image:
 #   1. a Debian bookworm base from debootstrap (cached under $IMAGE_TEST_DIR), imported with buildah;
 #   2. the image, built with buildah (chroot isolation) from that base with CUDA=0 CUSTOM_NODES=0, CPU torch
-#      (TORCH_SPEC), ComfyUI 0.3.64 from ../shared/vendor/comfyui-0.3.64.tar.gz (no GitHub here) and WAN2GP=1
-#      with the Wan2GP stand-in (tests/standins/wan2gp, no requirements) as docker/vendor/wan2gp.tar.gz: the
-#      stage's layout and wiring are real, Wan2GP and its multi-GB requirements are not;
+#      (TORCH_SPEC), ComfyUI 0.3.64 from a source tarball (scripts/lib/comfyui_0364.sh: COMFY_0364_TARBALL,
+#      else ../shared/vendor/comfyui-0.3.64.tar.gz, else GitHub's archive of the pinned commit, checked) and
+#      WAN2GP=1 with the Wan2GP stand-in (tests/standins/wan2gp, no requirements) as
+#      docker/vendor/wan2gp.tar.gz: the stage's layout and wiring are real, Wan2GP and its multi-GB requirements
+#      are not;
 #   3. checks on the image, each through its real ENTRYPOINT: refusals for a bad environment (exit 2, one line
 #      per variable), `comfy-worker --version`, `comfy-worker migrate` + a `comfy` task on the embedded SQLite
 #      queue run by the worker against the image's own CPU ComfyUI, a `t2v` task run by the same worker through
@@ -14,11 +16,11 @@
 # phase; docs/benchmarks.md has the figures. Options: --keep (keep the image and storage for another run),
 # --only-checks (reuse the image built by a previous --keep run).
 # Env: IMAGE_TEST_DIR (default <repo>/.image-test), IMAGE_TEST_STORAGE_DRIVER (overlay, else vfs),
-#      TORCH_SPEC (default torch==2.14.1 torchvision==0.29.1), DEBIAN_MIRROR.
+#      TORCH_SPEC (default torch==2.14.1 torchvision==0.29.1), DEBIAN_MIRROR, COMFY_0364_TARBALL, COMFY_TEST_HOME
+#      (its downloads/ keeps a downloaded ComfyUI archive, shared with scripts/setup_test_comfyui_0364.sh).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${IMAGE_TEST_DIR:-$REPO/.image-test}"
-VENDOR="${COMFYUI_TARBALL:-$REPO/../shared/vendor/comfyui-0.3.64.tar.gz}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE=localhost/comfy-worker-test-base
@@ -47,7 +49,9 @@ timed() { # timed NAME command...
 for c in buildah debootstrap; do
     command -v "$c" >/dev/null || fail "$c is not installed: apt-get install -y buildah debootstrap (scripts/install.sh does)"
 done
-[[ -f "$VENDOR" ]] || fail "no ComfyUI tarball at $VENDOR (set COMFYUI_TARBALL)"
+# shellcheck source-path=SCRIPTDIR source=lib/comfyui_0364.sh
+source "$REPO/scripts/lib/comfyui_0364.sh"
+VENDOR="$(comfyui_0364_tarball test_image "$REPO" "${COMFY_TEST_HOME:-$REPO/.test-env}/downloads")" || exit 1
 mkdir -p "$WORK"
 
 driver="${IMAGE_TEST_STORAGE_DRIVER:-}"

@@ -18,9 +18,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.s3_server import BUCKET, MotoServer
+
 ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 def run_sync(coro: Any) -> Any:
@@ -92,3 +93,13 @@ async def pg_conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(pg_dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real S3 server (moto in server mode) on 127.0.0.1 for the module, with the bucket ``renders``."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    server.create_bucket(BUCKET)
+    yield server
+    server.stop()

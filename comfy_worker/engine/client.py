@@ -3,6 +3,8 @@
 One ``httpx.AsyncClient`` and (lazily) one websocket per :class:`ComfyClient`. A single reader task routes
 websocket events by ``prompt_id`` into per-prompt buffers, so a prompt queued while another runs (pipelining)
 loses no events, and a dropped socket is reconnected and reconciled with ``/history`` and ``/queue``.
+``on_disconnect`` (optional) is called when the socket drops and after each failed reopen: for an attached server
+the supervisor then finds out whether it went away (:meth:`ComfySupervisor.connection_lost`).
 httpx / websockets exceptions are mapped here to :mod:`comfy_worker.errors`; nothing above sees them.
 """
 
@@ -67,6 +69,7 @@ class ComfyClient:
         self._waiters: set[asyncio.Queue[ev.Event]] = set()
         self.reconnect_grace_s = reconnect_grace_s
         self.poll_interval_s = poll_interval_s
+        self.on_disconnect: Callable[[], None] | None = None
 
     async def __aenter__(self) -> ComfyClient:
         return self
@@ -242,7 +245,9 @@ class ComfyClient:
     # --- websocket --------------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the websocket (once) and start the reader; call before queueing so no event is missed."""
+        """Open the websocket (once) and start the reader; call before queueing so no event is missed. While the
+        reader is reopening a dropped socket, wait for it (at most ``reconnect_grace_s``; a prompt queued without
+        the socket is still followed, by polling ``/history``)."""
         if self._reader is None or self._reader.done():
             self._closing = False
             self._connected.clear()
@@ -250,6 +255,9 @@ class ComfyClient:
             self._reader = asyncio.create_task(
                 self._read_loop(), name=f"comfy-ws-{self.client_id[:8]}", context=background_context()
             )
+        elif not self._connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), self.reconnect_grace_s)
 
     async def _open_ws(self) -> None:
         ws_url = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -282,16 +290,25 @@ class ComfyClient:
             self._connected.clear()
             self._broadcast(_DISCONNECTED)
             log.warning("comfy_ws_disconnected", client_id=self.client_id)
+            self._lost()
             while not self._closing:
                 await asyncio.sleep(backoff)
                 try:
                     await self._open_ws()
                 except EngineUnavailable:
                     backoff = min(backoff * 2, 5.0)
+                    self._lost()
                     continue
                 log.info("comfy_ws_reconnected", client_id=self.client_id)
                 self._broadcast(_RECONNECTED)
                 break
+
+    def _lost(self) -> None:
+        if self.on_disconnect is not None and not self._closing:
+            try:
+                self.on_disconnect()
+            except Exception as exc:  # a hook must never stop the reader
+                log.warning("comfy_disconnect_hook_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _buffer(self, prompt_id: str) -> asyncio.Queue[ev.Event]:
         q = self._buffers.get(prompt_id)
@@ -372,7 +389,7 @@ class ComfyClient:
                         return outcome
                     continue
                 if event is _DISCONNECTED:
-                    await self._await_reconnect(prompt_id)
+                    await self._await_reconnect(prompt_id, cancel)
                     continue
                 if event.prompt_id != prompt_id:
                     continue
@@ -394,10 +411,18 @@ class ComfyClient:
             self._waiters.discard(q)
             self._buffers.pop(prompt_id, None)
 
-    async def _await_reconnect(self, prompt_id: str) -> None:
+    async def _await_reconnect(self, prompt_id: str, cancel: asyncio.Event | None) -> None:
+        """Until the socket is back, or ``cancel`` is set (the caller then stops: e.g. the server died and the
+        daemon interrupts its tasks); EngineUnavailable after ``reconnect_grace_s``."""
+        waits = {asyncio.ensure_future(self._connected.wait())}
+        if cancel is not None:
+            waits.add(asyncio.ensure_future(cancel.wait()))
         try:
-            await asyncio.wait_for(self._connected.wait(), self.reconnect_grace_s)
-        except TimeoutError:
+            await asyncio.wait(waits, timeout=self.reconnect_grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if not (self._connected.is_set() or (cancel is not None and cancel.is_set())):
             raise EngineUnavailable(
                 f"lost ComfyUI's websocket while prompt {prompt_id} ran and could not reconnect within "
                 f"{self.reconnect_grace_s:.0f} s",

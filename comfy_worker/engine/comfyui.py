@@ -10,6 +10,10 @@ server at COMFY_URL) and the shared client (HTTP + one websocket), plus ComfyUI'
   figure and nothing to wait for. :meth:`ComfyEngine.gpu_bytes` is the same figure.
 * **Housekeeping**: :meth:`ComfyEngine.housekeeper` (ComfyUI's folders and per-task cleanup) for the daemon's
   upkeep.
+* **Attached and gone**: with COMFY_URL the client's websocket drops tell the supervisor to check the server
+  (:meth:`ComfySupervisor.connection_lost`); one that went away is ``unreachable`` (not ``accepting``: nothing is
+  claimed for it) until it answers again, and :attr:`ComfyEngine.gone` says where and why, for the failure of
+  the task it took down.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class ComfyEngine:
         self._start_lock = asyncio.Lock()
         self._stats: dict[str, Any] = {}
         self._on_exit: Callable[[int | None], None] | None = None
+        if supervisor.attached:  # no process to watch: a dropped websocket is how its death shows
+            client.on_disconnect = supervisor.connection_lost
 
     @classmethod
     def from_settings(cls, settings: Settings, *, worker_id: str) -> ComfyEngine:
@@ -150,9 +156,21 @@ class ComfyEngine:
     def current_model(self) -> str | None:
         return None  # ComfyUI holds whatever the last graph loaded
 
+    @property
+    def gone(self) -> dict[str, Any] | None:
+        """Attached (COMFY_URL): where and why the server was last found gone (``url``, ``reason``, ``at``), also
+        after it answers again; None for a child (its exit is its own story: the restart) or if it never went."""
+        return self.supervisor.lost if self.supervisor.attached else None
+
     def health(self) -> dict[str, Any]:
-        state = "failed" if self._failed else ("stopped" if not self._started else
-                                               ("ready" if self.supervisor.healthy else "restarting"))
+        if self._failed:
+            state = "failed"
+        elif not self._started:
+            state = "stopped"
+        elif self.supervisor.healthy:
+            state = "ready"
+        else:
+            state = "unreachable" if self.supervisor.unreachable else "restarting"
         out: dict[str, Any] = {
             "engine": self.name, "state": state, "healthy": self.healthy, "pid": self.pid,
             "restarts": self.restarts, "url": self.supervisor.base_url,
@@ -160,6 +178,8 @@ class ComfyEngine:
         }
         if self._failed:
             out["error"] = self._failed[:500]
+        if state == "unreachable" and self.supervisor.lost:
+            out["error"] = f"went away ({self.supervisor.lost['reason']})"
         return out
 
     def metadata(self) -> dict[str, Any]:

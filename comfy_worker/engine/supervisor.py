@@ -2,6 +2,15 @@
 
 The child's stdout/stderr are read continuously line by line into the worker's log (event
 ``comfyui_output``) and the last lines are kept for error details; the pipe is never left unread.
+
+An attached ComfyUI is not ours to restart, and its death has no exit code to see. What we see is its websocket
+dropping: :meth:`ComfySupervisor.connection_lost` (the client calls it) then asks ``/system_stats``. A refused
+(or impossible) connection, or an HTTP error, means it **went away**: ``comfy_unreachable`` is logged, the
+supervisor turns unhealthy (the worker claims nothing for it), ``on_exit(None)`` is called as for a dead child (the
+daemon fails the task that was running in it, retryable), and ``/system_stats`` is probed with backoff until it
+answers again (``comfy_reachable``). A server that accepts the connection but answers slowly is alive (busy or
+stalled): that is left to the task's stall and deadline timers, never reported as gone. A websocket that drops
+while the server answers (a network blip) is reconnected by the client and costs nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +30,15 @@ from typing import Any
 
 import httpx
 
-from comfy_worker.errors import EngineStartupError, EngineUnavailable
+from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
 from comfy_worker.logs import background_context, get_logger
 
 log = get_logger(__name__)
 TAIL_LINES = 200
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PROBE_TIMEOUT_S = 2.0
+REACH_BASE_S = 0.5  # an attached ComfyUI that went away is probed after 0.5 s, then 1, 2, 4, … up to REACH_MAX_S
+REACH_MAX_S = 5.0  # as the websocket's own reconnect backoff: a server back is found within 5 s
 
 
 def _die_with_parent() -> None:
@@ -70,6 +82,13 @@ class ComfySupervisor:
         self._failures_in_row = 0
         self._ready_at = 0.0
         self.attached = bool(settings.comfy_url)
+        # attached: why the server was last found gone ({"url", "reason", "at"}; kept after it answers again, for
+        # the failure of the task it took down), the background check after a websocket drop, the reach loop
+        self.lost: dict[str, Any] | None = None
+        self.unreachable = False
+        self._reachable = asyncio.Event()
+        self._check_task: asyncio.Task[None] | None = None
+        self._reach_task: asyncio.Task[None] | None = None
 
     # --- properties -------------------------------------------------------------------------------------
 
@@ -136,6 +155,8 @@ class ComfySupervisor:
         while True:
             if await self._probe():
                 self._healthy = True
+                self.unreachable = False
+                self._reachable.set()
                 log.info("comfyui_attached", url=self.base_url)
                 return
             if time.monotonic() >= deadline:
@@ -146,12 +167,77 @@ class ComfySupervisor:
             await asyncio.sleep(0.5)
 
     async def _probe(self) -> bool:
+        return (await self._reach())[0] == "up"
+
+    async def _reach(self) -> tuple[str, str]:
+        """Ask ``/system_stats``: ("up", ""), ("gone", why) when nothing answers there (connection refused, no
+        route, connect timeout) or it answers with an HTTP error, ("busy", why) when it accepts the connection
+        but does not answer in time (alive: stalled or busy)."""
         try:
-            async with httpx.AsyncClient(timeout=2.0) as http:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
                 resp = await http.get(f"{self.base_url}/system_stats")
-            return resp.status_code == 200
-        except httpx.HTTPError:
-            return False
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return "gone", _connect_failure(exc)
+        except httpx.HTTPError as exc:
+            return "busy", f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if resp.status_code != 200:
+            return "gone", f"HTTP {resp.status_code} from /system_stats"
+        return "up", ""
+
+    # --- attached: gone and back ------------------------------------------------------------------------
+
+    def connection_lost(self) -> None:
+        """The websocket to an attached ComfyUI dropped (or could not be reopened): find out in the background
+        whether the server went away. No-op for a child (its exit is seen directly), while a check runs, while
+        it is already known gone, and while stopping."""
+        if not self.attached or self._stopping or self.unreachable or not self._healthy:
+            return
+        if self._check_task is not None and not self._check_task.done():
+            return
+        self._check_task = asyncio.create_task(
+            self._check_attached(), name="comfyui-check", context=background_context()
+        )
+
+    async def _check_attached(self) -> None:
+        while not self._stopping and not self.unreachable:
+            state, why = await self._reach()
+            if state == "up":
+                return  # a network blip: the client reopens its websocket by itself
+            if state == "gone":
+                self._went_away(why)
+                return
+            await asyncio.sleep(REACH_BASE_S)  # alive but slow to answer: not gone; look again
+
+    def _went_away(self, reason: str) -> None:
+        self._healthy = False
+        self.unreachable = True
+        self._reachable.clear()
+        self.lost = {"url": self.base_url, "reason": reason, "at": time.time()}
+        log.error("comfy_unreachable", url=self.base_url, reason=reason)
+        self.died.set()
+        if self.on_exit is not None:
+            self.on_exit(None)
+        if self._reach_task is None or self._reach_task.done():
+            self._reach_task = asyncio.create_task(
+                self._reach_loop(), name="comfyui-reach", context=background_context()
+            )
+
+    async def _reach_loop(self) -> None:
+        """Probe a ComfyUI that went away with backoff until it answers again."""
+        t0, delay, probes = time.monotonic(), REACH_BASE_S, 0
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            probes += 1
+            state, why = await self._reach()
+            if state == "up":
+                self._healthy = True
+                self.unreachable = False
+                self.died.clear()
+                self._reachable.set()
+                log.info("comfy_reachable", url=self.base_url, down_s=round(time.monotonic() - t0, 1), probes=probes)
+                return
+            log.debug("comfy_still_unreachable", url=self.base_url, reason=why, retry_in_s=delay)
+            delay = min(delay * 2, REACH_MAX_S)
 
     async def _port_taken(self) -> bool:
         """True when something already answers on COMFY_LISTEN:COMFY_PORT (checked before each launch)."""
@@ -263,8 +349,20 @@ class ComfySupervisor:
 
     async def ensure_running(self) -> None:
         """Return when ComfyUI answers; restart it with backoff if it died (EngineStartupError after
-        COMFY_RESTART_MAX failed restarts in a row). Attached: EngineUnavailable when it does not answer."""
+        COMFY_RESTART_MAX failed restarts in a row). Attached: when it went away, wait (up to COMFY_STARTUP_TIMEOUT)
+        until it answers again, else EngineGone; EngineUnavailable when it does not answer."""
         if self.attached:
+            if self.unreachable:
+                try:
+                    await asyncio.wait_for(self._reachable.wait(), self.settings.comfy_startup_timeout)
+                except TimeoutError:
+                    lost = self.lost or {}
+                    raise EngineGone(
+                        f"ComfyUI at {self.base_url} went away ({lost.get('reason', 'unreachable')}) and did not "
+                        f"answer again within {self.settings.comfy_startup_timeout:.0f} s (COMFY_STARTUP_TIMEOUT)",
+                        details={"url": self.base_url, "reason": lost.get("reason")},
+                    ) from None
+                return
             self._healthy = await self._probe()
             if not self._healthy:
                 raise EngineUnavailable(f"ComfyUI at {self.base_url} does not answer /system_stats")
@@ -297,10 +395,11 @@ class ComfySupervisor:
         """SIGTERM, then SIGKILL after ``grace_s``. Idempotent; a no-op when attached."""
         self._stopping = True
         self._healthy = False
-        if self._restart_task is not None and not self._restart_task.done():
-            self._restart_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restart_task
+        for bg in (self._restart_task, self._check_task, self._reach_task):
+            if bg is not None and not bg.done():
+                bg.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bg
         if self._proc is not None:
             await self._terminate(self._proc, grace_s)
         for task in (self._watcher, self._reader):
@@ -327,3 +426,15 @@ class ComfySupervisor:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in a few words ("connection refused", "connect timed out", …)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect timed out"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
+    return f"cannot connect: {exc}"

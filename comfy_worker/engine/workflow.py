@@ -41,7 +41,7 @@ KNOWN_FILE_INPUTS: frozenset[tuple[str, str]] = frozenset(
         ("CWLoadVideo", "video"),
     }
 )
-_URL = re.compile(r"^https?://", re.I)
+_URL = re.compile(r"^(https?|s3|gs|az|azure)://", re.I)  # config.INPUT_URL_PREFIXES
 # Loader inputs that name a model file → the folder under ComfyUI's models/ where that file belongs.
 MODEL_FOLDERS: dict[tuple[str, str], str] = {
     ("UNETLoader", "unet_name"): "diffusion_models",

@@ -214,6 +214,10 @@ def op_enqueue(conn: sqlite3.Connection, now: str, task: NewTask) -> sqlite3.Row
             "now": now,
         },
     ).fetchone()
+    if row is not None and task.callback_url is not None:  # sql/sqlite/008_webhooks.sql's column
+        row = conn.execute(
+            "update tasks set callback_url = ? where task_id = ? returning *", (task.callback_url, row["task_id"])
+        ).fetchone()
     if row is not None:
         return row
     # idempotent: an existing task_id, or a dedupe_key held by a queued or running task, returns that task
@@ -245,10 +249,18 @@ def op_claim(
     status = worker_row(conn, "claim_tasks", worker_id, hint=REGISTER_HINT)["status"]
     if status in ("draining", "stopped"):
         return []
-    types = json.dumps([str(t) for t in task_types]) if task_types else None
-    picked = [r[0] for r in conn.execute(q("claimable_task_ids"), {"now": now, "types": types, "n": n})]
-    if max_wait is not None:
-        picked = preferred_order(conn, now_dt, picked, task_types, n, preference["weights"], max_wait)
+    if task_types:
+        # sql/007: the first n of each type through its part of tasks_claim_type_idx, merged into claim order
+        # (the first n of the merged candidates, in plain order or with the preference)
+        candidates = [
+            r[0] for task_type in sorted({str(t) for t in task_types})
+            for r in conn.execute(q("claimable_task_ids_of_type"), {"now": now, "task_type": task_type, "n": n})]
+        weights = preference["weights"] if max_wait is not None else {}
+        picked = claim_order(conn, now_dt, candidates, n, weights, max_wait)
+    else:
+        picked = [r[0] for r in conn.execute(q("claimable_task_ids"), {"now": now, "n": n})]
+        if max_wait is not None:
+            picked = preferred_order(conn, now_dt, picked, n, preference["weights"], max_wait)
     if not picked:
         return []
     expires = ts(now_dt + timedelta(seconds=seconds))
@@ -292,20 +304,29 @@ def preference_max_wait(preference: Any) -> float:
 
 
 def preferred_order(
-    conn: sqlite3.Connection, now_dt: datetime, plain: list[str], task_types: list[str] | None, n: int,
-    weights: dict[str, float], max_wait: float,
+    conn: sqlite3.Connection, now_dt: datetime, plain: list[str], n: int, weights: dict[str, float],
+    max_wait: float,
 ) -> list[str]:
-    """sql/006's claim order with a preference: the first n in plain order plus the first n of each preferred
-    type are the candidates; priority, then overdue (waited max_wait since run_at) first, then weight, then
-    the plain order. The write lock is held, so no candidate can be taken meanwhile."""
+    """sql/006's claim order with a preference, for a claim of any type: the first n in plain order plus the
+    first n of each preferred type are the candidates; priority, then overdue (waited max_wait since run_at)
+    first, then weight, then the plain order. The write lock is held, so no candidate can be taken meanwhile."""
     now = ts(now_dt)
     candidates = list(plain)
     for task_type in sorted(weights):
-        if task_types and task_type not in task_types:
-            continue
         candidates += [r[0] for r in conn.execute(q("claimable_task_ids_of_type"),
                                                   {"now": now, "task_type": task_type, "n": n})]
-    cutoff = ts(now_dt - timedelta(seconds=max_wait))
+    return claim_order(conn, now_dt, candidates, n, weights, max_wait)
+
+
+def claim_order(
+    conn: sqlite3.Connection, now_dt: datetime, candidates: list[str], n: int, weights: dict[str, float],
+    max_wait: float | None,
+) -> list[str]:
+    """The first n of ``candidates`` in claim order: with a preference (``max_wait``) sql/006's, else the
+    plain order (priority, run_at, created_at, insertion)."""
+    if not candidates:
+        return []
+    cutoff = ts(now_dt - timedelta(seconds=max_wait)) if max_wait is not None else None
     return [r[0] for r in conn.execute(q("preferred_claim_order"), {
         "ids": json.dumps(candidates), "cutoff": cutoff, "weights": json.dumps(weights), "n": n})]
 
@@ -471,5 +492,7 @@ def op_requeue_stale(conn: sqlite3.Connection, now_dt: datetime, worker_timeout_
 
 
 def has_claimable(conn: sqlite3.Connection, now: str, task_types: list[str] | None) -> bool:
-    types = json.dumps(list(task_types)) if task_types else None
-    return bool(conn.execute(q("claimable_exists"), {"now": now, "types": types}).fetchone()[0])
+    if not task_types:
+        return bool(conn.execute(q("claimable_exists"), {"now": now}).fetchone()[0])
+    return any(conn.execute(q("claimable_task_ids_of_type"), {"now": now, "task_type": t, "n": 1}).fetchone()
+               for t in sorted({str(t) for t in task_types}))

@@ -13,10 +13,23 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.models import (
+    ClaimPreference,
+    HeartbeatReply,
+    NewTask,
+    StaleReport,
+    Task,
+    WebhookEvent,
+    WorkerInfo,
+)
 
 DEFAULT_BACKOFF_BASE_S = 5.0
 DEFAULT_BACKOFF_CAP_S = 300.0
+# webhook deliveries (sql/008_webhooks.sql): 5 s, 10 s, 20 s, … doubling to 1 h between tries, each times
+# uniform(0.5, 1), for 24 h after the first attempt
+WEBHOOK_BACKOFF_BASE_S = 5.0
+WEBHOOK_BACKOFF_CAP_S = 3600.0
+WEBHOOK_RETRY_FOR_S = 86400.0
 
 
 @runtime_checkable
@@ -81,6 +94,34 @@ class TaskStore(Protocol):
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Return when new work may be claimable (True) or after ``timeout`` seconds (False)."""
+        ...
+
+    # webhooks (sql/008_webhooks.sql): the outbox rows are written by triggers when a task ends
+    async def webhook_configure(self, default_url: bool, events: list[str] | None) -> None:
+        """Tell the fleet whether events without a callback_url have somewhere to go (a WEBHOOK_URL), and
+        which events to record."""
+
+    async def claim_webhooks(
+        self, worker_id: str, n: int, lease_seconds: float, default_url: bool
+    ) -> list[WebhookEvent]:
+        """Up to ``n`` due deliveries (each task's oldest undelivered event only), leased to ``worker_id``."""
+        ...
+
+    async def report_webhook(
+        self, event_id: int, lease_token: str, outcome: str, status: int | None = None, error: str | None = None,
+        backoff_base_s: float = WEBHOOK_BACKOFF_BASE_S, backoff_cap_s: float = WEBHOOK_BACKOFF_CAP_S,
+        retry_for_s: float = WEBHOOK_RETRY_FOR_S,
+    ) -> WebhookEvent:
+        """Record one attempt: ``delivered``, ``retry`` (backs off, or gives up after ``retry_for_s``) or
+        ``failed``. ``LeaseLost`` when another worker took the delivery over."""
+        ...
+
+    async def replay_webhooks(self, task_id: str) -> int:
+        """Send a task's events again (same webhook-id); one for how it ended if it has none."""
+        ...
+
+    async def webhook_deliveries(self, task_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Rows of the ``webhook_deliveries`` view, newest first."""
         ...
 
 

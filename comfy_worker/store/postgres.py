@@ -27,9 +27,23 @@ from comfy_worker.errors import (
     store_error_for,
 )
 from comfy_worker.logs import get_logger
-from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
+from comfy_worker.models import (
+    ClaimPreference,
+    HeartbeatReply,
+    NewTask,
+    StaleReport,
+    Task,
+    WebhookEvent,
+    WorkerInfo,
+)
 from comfy_worker.store._pg_presence import CONNECTION_ERRORS, Presence, prepare_connection, set_client_keepalive
-from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
+from comfy_worker.store.base import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_CAP_S,
+    WEBHOOK_BACKOFF_BASE_S,
+    WEBHOOK_BACKOFF_CAP_S,
+    WEBHOOK_RETRY_FOR_S,
+)
 from comfy_worker.store.migrations import postgres_migrations
 
 CHANNEL = "comfy_worker_tasks"
@@ -259,11 +273,14 @@ class PostgresStore:
     # --- tasks ----------------------------------------------------------------------------------------------
 
     async def enqueue(self, task: NewTask) -> Task:
-        row = await self._call(
-            "row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8)",
-            task.task_type, task.params, task.task_id, task.priority, task.max_attempts,
-            list(task.depends_on), task.dedupe_key, task.run_at,
-        )
+        args = [task.task_type, task.params, task.task_id, task.priority, task.max_attempts,
+                list(task.depends_on), task.dedupe_key, task.run_at]
+        if task.callback_url is None:  # eight arguments: also works on a schema from before 008
+            row = await self._call("row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+        else:
+            row = await self._call(
+                "row", "select * from enqueue_task($1, $2, $3, $4, $5, $6, $7, $8, $9)", *args, task.callback_url
+            )
         return Task.from_row(row)
 
     async def get_task(self, task_id: str) -> Task:
@@ -328,6 +345,41 @@ class PostgresStore:
 
     async def fleet_snapshot(self) -> dict[str, Any]:
         return dict(await self._call("val", "select fleet_snapshot()"))
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def webhook_configure(self, default_url: bool, events: list[str] | None) -> None:
+        await self._call("val", "select (webhook_configure($1, $2)).id", default_url, events)
+
+    async def claim_webhooks(
+        self, worker_id: str, n: int, lease_seconds: float, default_url: bool
+    ) -> list[WebhookEvent]:
+        rows = await self._call(
+            "rows", "select * from claim_webhook_events($1, $2, $3, $4)", worker_id, n, float(lease_seconds),
+            default_url,
+        )
+        return [WebhookEvent.from_row(r) for r in rows]
+
+    async def report_webhook(
+        self, event_id: int, lease_token: str, outcome: str, status: int | None = None, error: str | None = None,
+        backoff_base_s: float = WEBHOOK_BACKOFF_BASE_S, backoff_cap_s: float = WEBHOOK_BACKOFF_CAP_S,
+        retry_for_s: float = WEBHOOK_RETRY_FOR_S,
+    ) -> WebhookEvent:
+        row = await self._call(
+            "row", "select * from report_webhook_event($1, $2::uuid, $3, $4, $5, $6, $7, $8)",
+            event_id, str(lease_token), outcome, status, error, float(backoff_base_s), float(backoff_cap_s),
+            float(retry_for_s),
+        )
+        return WebhookEvent.from_row(row)
+
+    async def replay_webhooks(self, task_id: str) -> int:
+        return int(await self._call("val", "select replay_webhook_events($1)", task_id))
+
+    async def webhook_deliveries(self, task_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self._call(
+            "rows", "select * from list_webhook_deliveries($1, $2)", task_id, limit
+        )
+        return [dict(r) for r in rows]
 
     # --- wake-ups -------------------------------------------------------------------------------------------
 

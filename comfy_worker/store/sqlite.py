@@ -34,11 +34,19 @@ from comfy_worker.models import (
     StaleReport,
     Task,
     TaskStatus,
+    WebhookEvent,
     WorkerInfo,
 )
 from comfy_worker.store import _sqlite_common as common
 from comfy_worker.store import _sqlite_ops as ops
-from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
+from comfy_worker.store import _sqlite_webhooks as hooks
+from comfy_worker.store.base import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_CAP_S,
+    WEBHOOK_BACKOFF_BASE_S,
+    WEBHOOK_BACKOFF_CAP_S,
+    WEBHOOK_RETRY_FOR_S,
+)
 from comfy_worker.store.migrations import Migration, sql_dir, sqlite_file
 
 log = get_logger(__name__)
@@ -80,6 +88,17 @@ def _snapshot_row(row: sqlite3.Row) -> dict[str, Any]:
     if "alive" in out and out["alive"] is not None:
         out["alive"] = bool(out["alive"])
     return out
+
+
+def _apply_statement(conn: sqlite3.Connection, statement: str) -> None:
+    """One migration statement. SQLite has no ADD COLUMN IF NOT EXISTS: a re-run's ADD COLUMN of a column
+    that is there is skipped, so the files stay re-runnable."""
+    try:
+        conn.execute(statement)
+    except sqlite3.OperationalError as exc:
+        code = "\n".join(ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")).strip()
+        if not (code.lower().startswith("alter table") and "duplicate column name" in str(exc)):
+            raise
 
 
 def _exec_script(conn: sqlite3.Connection, _now: str, sql: str) -> None:
@@ -176,7 +195,7 @@ class SqliteStore:
                 if done.get(m.version) == m.checksum:
                     continue
                 for statement in split_statements(m.sql):
-                    conn.execute(statement)
+                    _apply_statement(conn, statement)
                 conn.execute(
                     "insert into comfy_worker_migrations (version, checksum, applied_at) values (?, ?, ?)"
                     " on conflict (version) do update set checksum = excluded.checksum,"
@@ -243,7 +262,7 @@ class SqliteStore:
                 present = self._schema_present()
             except sqlite3.Error:
                 present = True
-            if not present:
+            if not present or str(exc).startswith("no such table"):  # e.g. a file from before 008_webhooks
                 return SchemaMissing(
                     f"the queue schema is not installed in {self._path} ({exc}): run `comfy-worker migrate`",
                     details=details,
@@ -381,6 +400,35 @@ class SqliteStore:
 
     async def fleet_snapshot(self) -> dict[str, Any]:
         return await self._run(self._snapshot)
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def webhook_configure(self, default_url: bool, events: list[str] | None) -> None:
+        await self._write(hooks.op_configure, default_url, list(events) if events is not None else None,
+                          as_datetime=True)
+
+    async def claim_webhooks(
+        self, worker_id: str, n: int, lease_seconds: float, default_url: bool
+    ) -> list[WebhookEvent]:
+        rows = await self._write(hooks.op_claim, worker_id, n, lease_seconds, default_url, as_datetime=True)
+        return [WebhookEvent.from_row(r) for r in rows]
+
+    async def report_webhook(
+        self, event_id: int, lease_token: str, outcome: str, status: int | None = None, error: str | None = None,
+        backoff_base_s: float = WEBHOOK_BACKOFF_BASE_S, backoff_cap_s: float = WEBHOOK_BACKOFF_CAP_S,
+        retry_for_s: float = WEBHOOK_RETRY_FOR_S,
+    ) -> WebhookEvent:
+        row = await self._write(
+            hooks.op_report, event_id, lease_token, outcome, status, error, float(backoff_base_s),
+            float(backoff_cap_s), float(retry_for_s), as_datetime=True,
+        )
+        return WebhookEvent.from_row(row)
+
+    async def replay_webhooks(self, task_id: str) -> int:
+        return int(await self._write(hooks.op_replay, task_id))
+
+    async def webhook_deliveries(self, task_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._run(self._read, hooks.op_deliveries, task_id, limit)
 
     # --- wake-ups -------------------------------------------------------------------------------------------
 

@@ -38,8 +38,22 @@ from comfy_worker.errors import (
     store_error_for,
 )
 from comfy_worker.logs import get_logger, register_secret
-from comfy_worker.models import ClaimPreference, HeartbeatReply, NewTask, StaleReport, Task, WorkerInfo
-from comfy_worker.store.base import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_CAP_S
+from comfy_worker.models import (
+    ClaimPreference,
+    HeartbeatReply,
+    NewTask,
+    StaleReport,
+    Task,
+    WebhookEvent,
+    WorkerInfo,
+)
+from comfy_worker.store.base import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_CAP_S,
+    WEBHOOK_BACKOFF_BASE_S,
+    WEBHOOK_BACKOFF_CAP_S,
+    WEBHOOK_RETRY_FOR_S,
+)
 from comfy_worker.store.migrations import postgres_migrations
 
 log = get_logger(__name__)
@@ -283,19 +297,19 @@ class SupabaseStore:
         return Task.from_row(data)
 
     async def enqueue(self, task: NewTask) -> Task:
-        data = await self._rpc(
-            "enqueue_task",
-            {
-                "p_task_type": task.task_type,
-                "p_params": _jsonable(task.params),
-                "p_task_id": task.task_id,
-                "p_priority": task.priority,
-                "p_max_attempts": task.max_attempts,
-                "p_depends_on": list(task.depends_on),
-                "p_dedupe_key": task.dedupe_key,
-                "p_run_at": _timestamp(task.run_at),
-            },
-        )
+        args: dict[str, Any] = {
+            "p_task_type": task.task_type,
+            "p_params": _jsonable(task.params),
+            "p_task_id": task.task_id,
+            "p_priority": task.priority,
+            "p_max_attempts": task.max_attempts,
+            "p_depends_on": list(task.depends_on),
+            "p_dedupe_key": task.dedupe_key,
+            "p_run_at": _timestamp(task.run_at),
+        }
+        if task.callback_url is not None:  # only when given: a schema from before 008 has no p_callback_url
+            args["p_callback_url"] = task.callback_url
+        data = await self._rpc("enqueue_task", args)
         return self._task("enqueue_task", data)
 
     async def get_task(self, task_id: str) -> Task:
@@ -401,6 +415,46 @@ class SupabaseStore:
 
     async def orchestrator_fleet(self) -> dict[str, Any]:
         return dict(await self._rpc("orchestrator_fleet", {}))
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def webhook_configure(self, default_url: bool, events: list[str] | None) -> None:
+        await self._rpc("webhook_configure", {"p_default_url": default_url, "p_events": events})
+
+    async def claim_webhooks(
+        self, worker_id: str, n: int, lease_seconds: float, default_url: bool
+    ) -> list[WebhookEvent]:
+        rows = await self._rpc(
+            "claim_webhook_events",
+            {"p_worker_id": worker_id, "p_n": n, "p_lease_seconds": float(lease_seconds), "p_default_url": default_url},
+        )
+        if not isinstance(rows, list):
+            raise StoreError(f"claim_webhook_events returned {str(rows)[:200]!r}, not a JSON array")
+        return [WebhookEvent.from_row(r) for r in rows]
+
+    async def report_webhook(
+        self, event_id: int, lease_token: str, outcome: str, status: int | None = None, error: str | None = None,
+        backoff_base_s: float = WEBHOOK_BACKOFF_BASE_S, backoff_cap_s: float = WEBHOOK_BACKOFF_CAP_S,
+        retry_for_s: float = WEBHOOK_RETRY_FOR_S,
+    ) -> WebhookEvent:
+        row = await self._rpc(
+            "report_webhook_event",
+            {
+                "p_id": event_id, "p_lease_token": str(lease_token), "p_outcome": outcome, "p_status": status,
+                "p_error": error, "p_backoff_base_s": float(backoff_base_s), "p_backoff_cap_s": float(backoff_cap_s),
+                "p_retry_for_s": float(retry_for_s),
+            },
+        )
+        if not isinstance(row, dict):
+            raise StoreError(f"report_webhook_event returned {str(row)[:200]!r}, not an object")
+        return WebhookEvent.from_row(row)
+
+    async def replay_webhooks(self, task_id: str) -> int:
+        return int(await self._rpc("replay_webhook_events", {"p_task_id": task_id}))
+
+    async def webhook_deliveries(self, task_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self._rpc("list_webhook_deliveries", {"p_task_id": task_id, "p_limit": limit})
+        return list(rows or [])
 
     # --- wake-ups -------------------------------------------------------------------------------------------
 

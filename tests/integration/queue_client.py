@@ -1,11 +1,12 @@
 """A worker process at the queue level, for the concurrency and crash tests (run with ``python -m``).
 
 ``drain``: run N claimers (each its own registered worker) until the queue is empty; print one JSON line
-with every task id each claimer completed. ``hold``: claim one task, print its id and lease token, then
-sit on it forever (the test kills the process with SIGKILL). ``work``: a worker as the daemon is to the queue
-(Postgres presence lock, heartbeats) that claims one task and "runs" it for ``--run-s`` seconds, then
-completes it; it prints a JSON line per event (claimed, heartbeat lost, completed or rejected), so a test can
-stop and continue it and see what it did.
+with every task id each claimer completed. ``--types a,b;b,c;…``: claimer i claims only the i-th (cyclically)
+comma-separated list of task types (as TASK_TYPES narrows a worker). ``hold``: claim one task, print its id
+and lease token, then sit on it forever (the test kills the process with SIGKILL). ``work``: a worker as the
+daemon is to the queue (Postgres presence lock, heartbeats) that claims one task and "runs" it for
+``--run-s`` seconds, then completes it; it prints a JSON line per event (claimed, heartbeat lost, completed or
+rejected), so a test can stop and continue it and see what it did.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ def build_store(kind: str, target: str, key: str | None, presence: bool = False)
     return SupabaseStore(target, key or "", poll_interval=0.05)
 
 
-async def drain(store: TaskStore, prefix: str, claimers: int, batch: int) -> dict[str, Any]:
+async def drain(store: TaskStore, prefix: str, claimers: int, batch: int,
+                types: list[list[str]] | None = None) -> dict[str, Any]:
     done: dict[str, list[str]] = {}
 
     async def claimer(i: int) -> None:
         wid = f"{prefix}-{i}"
-        await store.register_worker(WorkerInfo(wid, "test", 0, "test"))
+        mine_types = types[i % len(types)] if types else None
+        await store.register_worker(WorkerInfo(wid, "test", 0, "test", tuple(mine_types or ())))
         mine = done.setdefault(wid, [])
         empty = 0
         while empty < 3:
-            tasks = await store.claim(wid, None, batch, 120)
+            tasks = await store.claim(wid, mine_types, batch, 120)
             if not tasks:
                 empty += 1
                 await asyncio.sleep(0.05)
@@ -103,6 +106,7 @@ async def main(argv: list[str]) -> None:
     p.add_argument("--prefix", default="w")
     p.add_argument("--claimers", type=int, default=8)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--types", help="drain: task types per claimer, 'a,b;b,c' (claimer i takes list i mod count)")
     p.add_argument("--presence", action="store_true", help="hold the Postgres presence lock, as the daemon does")
     p.add_argument("--lease-s", type=float, default=60.0)
     p.add_argument("--heartbeat-s", type=float, default=0.5)
@@ -112,7 +116,8 @@ async def main(argv: list[str]) -> None:
     await store.connect()
     try:
         if a.mode == "drain":
-            print(json.dumps(await drain(store, a.prefix, a.claimers, a.batch)), flush=True)
+            types = [g.split(",") for g in a.types.split(";")] if a.types else None
+            print(json.dumps(await drain(store, a.prefix, a.claimers, a.batch, types)), flush=True)
         elif a.mode == "work":
             await work(store, a.prefix, a.lease_s, a.heartbeat_s, a.run_s)
         else:

@@ -7,6 +7,9 @@
   exactly the specified order, and checks the rules themselves; a simulated stream of arrivals with a worker
   that always prefers one type never lets any task wait past the bound: once a task has waited max_wait it is
   claimed within as many claims as there were older tasks still queued at that moment.
+* Narrowed claims (sql/007_claim_index.sql looks each task type up on its own): without a preference a claim
+  with task types takes exactly the plain order of the claimable tasks of those types (property test), and
+  exact ties across types go in insertion order, as one walk of the whole queue gave them.
 """
 
 from __future__ import annotations
@@ -252,6 +255,76 @@ def test_one_claim_follows_the_specified_order(
                 assert qx.age_s >= qy.age_s  # an overdue task is passed by nothing behind it
             if qx.priority == qy.priority and max(qx.age_s, qy.age_s) < max_wait:
                 assert weights.get(qx.task_type, 0) >= weights.get(qy.task_type, 0)  # preferred first
+
+
+
+@dataclass(frozen=True)
+class Plain:
+    task_type: str
+    priority: int
+    age_s: int
+    blocked: bool  # depends on the first task of the queue, which is still queued
+
+
+@PROPERTY
+@given(
+    queue=st.lists(st.builds(Plain, st.sampled_from(TYPES), st.sampled_from((0, 0, 1, 2)), st.sampled_from((0, 5, 60)),
+                             st.booleans()), min_size=1, max_size=12),
+    n=st.integers(1, 5),
+    types=st.sampled_from((["i2v"], ["comfy", "i2v"], ["t2v", "i2v_22", "t2v"], ["i2v", "s2v"], ["s2v"])),
+)
+def test_a_narrowed_claim_takes_the_plain_order_of_its_types(
+    db: tuple[str, str], queue: list[Plain], n: int, types: list[str],
+) -> None:
+    async def scenario() -> list[str]:
+        h = await open_harness(*db)
+        try:
+            w = await worker(h.store)
+            base = datetime.now(UTC)
+            ids: list[str] = []
+            for i, q in enumerate(queue):
+                deps = (ids[0],) if q.blocked and i > 0 else ()
+                task = NewTask(q.task_type, {}, priority=q.priority, run_at=base - timedelta(seconds=q.age_s),
+                               depends_on=deps)
+                ids.append((await h.store.enqueue(task)).task_id)
+            claimed = await h.store.claim(w, types, n, LEASE)
+            index = {task_id: i for i, task_id in enumerate(ids)}
+            return [index[t.task_id] for t in claimed]  # type: ignore[misc]
+        finally:
+            await close_harness(h)
+
+    got: list[int] = run_sync(scenario())  # type: ignore[assignment]
+    eligible = [i for i, q in enumerate(queue) if q.task_type in types and not (q.blocked and i > 0)]
+    want = sorted(eligible, key=lambda i: (-queue[i].priority, -queue[i].age_s, i))[:n]
+    # exact ties (same priority and run_at) are ordered by created_at, i.e. enqueue order, in both stores
+    assert got == want
+
+
+def test_exact_ties_across_types_go_in_insertion_order(db: tuple[str, str]) -> None:
+    """Six tasks of two types inserted in one statement share run_at and created_at: a claim narrowed to both
+    types takes them in insertion order, the order one walk of the queue's claim index gave."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        h = await open_harness(*db)
+        try:
+            w = await worker(h.store)
+            if h.kind == "postgres":
+                await h.sql("insert into tasks (task_id, task_type) select 't' || g, "
+                            "case when g % 2 = 0 then 'i2v' else 't2v' end from generate_series(1, 6) g")
+            else:
+                await h.sql("insert into tasks (task_id, task_type, run_at, created_at, updated_at) "
+                            "select 't' || value, case when value % 2 = 0 then 'i2v' else 't2v' end, "
+                            "'2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', "
+                            "'2026-01-01T00:00:00.000000Z' from json_each('[1, 2, 3, 4, 5, 6]')")
+            one_by_one = [t.task_id for _ in range(3) for t in await h.store.claim(w, ["i2v", "t2v"], 1, LEASE)]
+            batch = [t.task_id for t in await h.store.claim(w, ["t2v", "i2v"], 2, LEASE)]
+            return one_by_one, batch
+        finally:
+            await close_harness(h)
+
+    one_by_one, batch = run_sync(scenario())  # type: ignore[misc]
+    assert one_by_one == ["t1", "t2", "t3"]
+    assert sorted(batch) == ["t4", "t5"]
 
 
 STEP_S = 10

@@ -2,6 +2,8 @@
 
 * 16 claimers in 2 processes drain 5,000 tasks: every task ends complete, claimed exactly once, on its first
   attempt (zero double claims, zero lost tasks), for every store (Supabase through the PostgREST stand-in).
+* 12 claimers in 2 processes, each narrowed to two of three task types (a narrowed claim locks the first
+  candidates of each of its types, sql/007), drain 1,500 mixed tasks: the same invariants.
 * A worker process killed with SIGKILL while holding a lease: after expiry its task is requeued and completed
   by another worker, and the dead worker's late completion is rejected.
 """
@@ -83,6 +85,45 @@ async def test_16_claimers_in_2_processes_drain_5000_tasks(
             t = await store.get_task(tid)
             assert t.status is TaskStatus.COMPLETE and t.attempts == 1, (tid, t.status, t.attempts)
             assert t.result is not None and tid in per_worker[t.result["by"]]
+    finally:
+        await store.close()
+        if extra is not None:
+            await extra.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+async def test_claimers_narrowed_to_overlapping_task_types_drain_a_mixed_queue(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store, extra = await make_store(kind, request, tmp_path)
+    types = ("comfy", "i2v", "t2v")
+    try:
+        ids = [f"task-{i:05d}" for i in range(1500)]
+        await store.test_exec(
+            "insert into tasks (task_id, task_type, params, priority) values "
+            + ",".join(f"('{t}', '{types[k % 3]}', '{{}}', {k % 2})" for k, t in enumerate(ids))
+        )
+        procs = [
+            await _spawn("drain", "--store", kind, "--target", _target(store, kind), "--prefix", f"p{p}",
+                         "--claimers", "6", "--batch", "2", "--types", "comfy,i2v;i2v,t2v;t2v,comfy")
+            for p in range(2)
+        ]
+        outs = await asyncio.gather(*(asyncio.wait_for(pr.communicate(), 600) for pr in procs))
+        for pr, (_out, err) in zip(procs, outs, strict=True):
+            assert pr.returncode == 0, err.decode()[-3000:]
+        per_worker: dict[str, list[str]] = {}
+        for out, _err in outs:
+            per_worker.update(json.loads(out.decode().strip().splitlines()[-1]))
+        claims = Counter(t for tasks in per_worker.values() for t in tasks)
+        assert [t for t, c in claims.items() if c > 1] == []
+        assert set(claims) == set(ids), f"{len(set(ids) - set(claims))} tasks never completed"
+        allowed = {f"p{p}-{i}": ({"comfy", "i2v"}, {"i2v", "t2v"}, {"t2v", "comfy"})[i % 3]
+                   for p in range(2) for i in range(6)}
+        for tid in ids:  # the final state of every single task, and who took it
+            t = await store.get_task(tid)
+            assert t.status is TaskStatus.COMPLETE and t.attempts == 1, (tid, t.status, t.attempts)
+            assert t.result is not None and t.task_type in allowed[t.result["by"]], (tid, t.task_type, t.result)
     finally:
         await store.close()
         if extra is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.integration.pg_plans import executed_plans, log_plans
+from tests.integration.pg_plans import buffers, executed_plans, log_plans, rows_removed_by_filter
 
 
 async def test_hot_path_never_scans_the_tasks_table(pg_conn: asyncpg.Connection) -> None:
@@ -38,3 +38,48 @@ async def test_hot_path_never_scans_the_tasks_table(pg_conn: asyncpg.Connection)
     # that runs in 0.5 ms. The queue functions turn JIT off.
     jitted = [p for p in executed if "JIT:" in p]
     assert jitted == [], jitted[0][:3000]
+
+
+async def test_a_claim_narrowed_to_task_types_reads_its_types_not_the_backlog(pg_conn: asyncpg.Connection) -> None:
+    """Issue 20: a worker with TASK_TYPES behind 200k queued tasks of other types. The claim once walked the
+    whole queue in claim order (tasks_claim_idx) and filtered on the type: an index scan, so the test above
+    passed, but it read and dropped all 200k rows per claim (50-70 ms). The table is analyzed while it holds
+    only `comfy` tasks (the statistics then show one type: the case where even a per-type lookup written as
+    an equality went back to walking tasks_claim_idx), then `i2v` and `t2v` tasks arrive. Every executed plan
+    of the claim, with or without a preference, and of work_ready() must drop no more than a handful of rows
+    and touch a handful of buffers (rows and buffers from EXPLAIN ANALYZE, not timing)."""
+    await pg_conn.execute(
+        "insert into tasks (task_type, params) select 'comfy', jsonb_build_object('i', g) "
+        "from generate_series(1, 200000) g"
+    )
+    await pg_conn.execute("analyze tasks")
+    await pg_conn.execute(
+        "insert into tasks (task_type, params, priority) select case when g % 2 = 0 then 'i2v' else 't2v' end, "
+        "'{}', g % 3 from generate_series(1, 200) g"
+    )
+    await pg_conn.execute("select register_worker('w1')")
+    plans = await log_plans(pg_conn, analyze=True)
+    preference = '{"weights": {"t2v": 2}, "max_wait_s": 300}'
+    for _ in range(8):  # past PL/pgSQL's first custom plans, into the cached ones
+        claimed = [
+            *await pg_conn.fetch("/* test */ select * from claim_tasks('w1', array['i2v'], 1, 60)"),
+            *await pg_conn.fetch("/* test */ select * from claim_tasks('w1', array['i2v', 't2v', 'i2v'], 2, 60)"),
+            *await pg_conn.fetch("/* test */ select * from claim_tasks('w1', array['i2v', 't2v'], 1, 60, $1)",
+                                 preference),
+        ]
+        assert [r["task_type"] for r in claimed][:1] == ["i2v"] and len(claimed) == 4
+        assert {r["priority"] for r in claimed} == {2}  # 67 of the 200 have the highest priority
+        assert await pg_conn.fetchval("/* test */ select work_ready(array['t2v'])") is True
+        assert await pg_conn.fetchval("/* test */ select work_ready(array['s2v'])") is False
+        for r in claimed:
+            await pg_conn.execute("/* test */ select complete_task($1, $2, '{}', null)", r["task_id"], r["lease_token"])
+    executed = await executed_plans(pg_conn, plans)
+    assert len(executed) > 40, "auto_explain captured no plans"
+    assert [p for p in executed if "Seq Scan on tasks" in p] == []
+    assert any("tasks_claim_type_idx" in p for p in executed)
+    on_tasks = [p for p in executed if " on tasks " in p]  # not asyncpg's own catalog queries
+    walked = [p for p in on_tasks if rows_removed_by_filter(p) > 20]
+    assert walked == [], walked[0][:3000]
+    # the function bodies' statements (the test's own calls also count catalog reads of a first call)
+    heavy = [p for p in on_tasks if "/* test */" not in p and buffers(p) > 100]
+    assert heavy == [], heavy[0][:3000]

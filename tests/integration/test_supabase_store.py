@@ -67,7 +67,12 @@ async def exercise_every_method(store: SupabaseStore) -> None:
     [task] = await store.claim("w1", ["comfy"], 1, 30)
     await store.update_progress(task.task_id, task.lease_token or "", {"percent": 10}, {"step": 1})
     await store.heartbeat("w1", 30, {"vram": 1}, [task.task_id])
+    await store.webhook_configure(True, ["task.completed"])
     await store.complete(task.task_id, task.lease_token or "", {"ok": True}, "https://x/y.mp4")
+    [event] = await store.claim_webhooks("w1", 4, 30, True)
+    await store.report_webhook(event.id, event.lease_token or "", "delivered", 200)
+    await store.replay_webhooks(task.task_id)
+    await store.webhook_deliveries(task.task_id)
     [second] = await store.claim("w1", None, 1, 30)
     await store.fail(
         second.task_id,
@@ -112,6 +117,11 @@ async def test_every_call_is_a_post_rpc_with_the_headers_postgrest_expects(
         "cancel_task",
         "requeue_stale",
         "fleet_snapshot",
+        "webhook_configure",
+        "claim_webhook_events",
+        "report_webhook_event",
+        "replay_webhook_events",
+        "list_webhook_deliveries",
     }
     for r in standin.requests:
         assert r.method == "POST" and r.path.startswith("/rest/v1/rpc/")
@@ -139,6 +149,7 @@ async def test_bodies_name_exactly_the_sql_parameters(
     }
     # claim_tasks' p_preference (sql/006) is sent only with a preference, so a schema from before 006 still works
     params["claim_tasks"] -= {"p_preference"}
+    params["enqueue_task"] -= {"p_callback_url"}  # likewise (sql/008): sent only with a callback_url
     for r in standin.requests:
         fn = r.path.rsplit("/", 1)[1]
         # every parameter is sent (an explicit null means null, as in the asyncpg store): no hidden defaults

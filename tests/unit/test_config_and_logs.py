@@ -31,6 +31,12 @@ def test_env_example_lists_every_setting() -> None:
         ({"SUPABASE_URL": "https://x.supabase.co"}, "SUPABASE_SERVICE_ROLE_KEY", "set together"),
         ({"HEARTBEAT_INTERVAL": "90"}, "HEARTBEAT_INTERVAL", "shorter than LEASE_SECONDS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "one of auto, json, console"),
+        ({"WEBHOOK_URL": "https://example.com/hook"}, "WEBHOOK_SECRET", "required with WEBHOOK_URL"),
+        ({"WEBHOOK_SECRET": "hunter2hunter2"}, "WEBHOOK_SECRET", "whsec_"),
+        ({"WEBHOOK_SECRET": "whsec_not*base64"}, "WEBHOOK_SECRET", "not valid base64"),
+        ({"WEBHOOK_SECRET": "whsec_c2hvcnQ="}, "WEBHOOK_SECRET", "24 to 64 bytes"),
+        ({"WEBHOOK_URL": "ftp://x/hook"}, "WEBHOOK_URL", "http:// or https://"),
+        ({"WEBHOOK_EVENTS": "task.done"}, "WEBHOOK_EVENTS", "unknown event"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str, text: str) -> None:
@@ -89,3 +95,12 @@ def test_log_lines_carry_context_and_never_secrets() -> None:
     text = out.getvalue()
     for secret in ("sb-very-secret-key", "abc.def.ghi", ":pw@", "rp_x"):
         assert secret not in text, secret
+
+
+def test_a_bad_webhook_secret_is_not_repeated_in_the_error() -> None:
+    for bad in ("hunter2hunter2", "whsec_not*base64", "whsec_c2hvcnQ="):
+        with pytest.raises(ConfigError) as info:
+            load_settings({"WEBHOOK_SECRET": bad})
+        assert bad not in str(info.value) and bad.removeprefix("whsec_") not in str(info.value)
+    assert "webhook_secret" in Settings.__dataclass_fields__
+    assert load_settings({"WEBHOOK_SECRET": "whsec_" + "a" * 44}).redacted()["webhook_secret"] == "***"

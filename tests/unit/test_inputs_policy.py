@@ -11,14 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from comfy_worker.errors import InputRejected
-from comfy_worker.inputs import (
-    address_problem,
-    decode_base64_input,
-    display_url,
-    host_allowlisted,
-    prepare_request,
-    safe_filename,
-)
+from comfy_worker.inputs import decode_base64_input, safe_filename
+from comfy_worker.urlpolicy import address_problem, display_url, host_allowlisted, prepare_request
 
 
 @pytest.mark.parametrize(

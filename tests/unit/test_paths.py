@@ -1,5 +1,5 @@
 """Task values that name files: comfy_worker.pathsafe (task ids, relative names) and comfy_worker.engine.paths
-(workflow file inputs), against the shared ComfyUI 0.3.64 /object_info and real folders with symlinks."""
+(workflow file inputs), against ComfyUI 0.3.64's /object_info (tests/fixtures) and real folders with symlinks."""
 
 from __future__ import annotations
 
@@ -17,16 +17,12 @@ from comfy_worker.engine.paths import (
 )
 from comfy_worker.errors import InputRejected
 from comfy_worker.pathsafe import contained, path_key, relative_problem
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "comfyui" / "object_info_0.3.64.json"
+from tests.fixture_files import OBJECT_INFO_0364
 
 
 @pytest.fixture(scope="module")
 def info() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"shared fixture missing: {FIXTURE}")
-    return json.loads(FIXTURE.read_text())
+    return json.loads(OBJECT_INFO_0364.read_text())
 
 
 def node(class_type: str, **inputs: object) -> dict:

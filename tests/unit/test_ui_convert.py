@@ -9,9 +9,7 @@ import pytest
 
 from comfy_worker.engine import problems, ui_to_api
 from comfy_worker.errors import WorkflowInvalid
-from tests.wan_cases import OBJECT_INFO_0364, object_info_0364
-
-pytestmark = pytest.mark.skipif(not OBJECT_INFO_0364.exists(), reason="shared 0.3.64 fixture missing")
+from tests.wan_cases import object_info_0364
 
 
 def node(nid: int, kind: str, inputs: list[dict[str, Any]] | None = None, widgets: Any = None, **kw: Any) -> dict:

@@ -1,27 +1,23 @@
-"""engine/workflow.py against /object_info of a current ComfyUI (0.3.64, shared fixture) and the prompt-runner
+"""engine/workflow.py against /object_info of a current ComfyUI (0.3.64, tests/fixtures) and the prompt-runner
 Wan 2.2 graphs (which need custom nodes that fixture lacks)."""
 
 from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
 from comfy_worker.engine import find_media_inputs, is_ui_format, problems, set_input, ui_to_api, validate
 from comfy_worker.errors import WorkflowInvalid
+from tests.fixture_files import OBJECT_INFO_0364, VACE_WORKFLOWS
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "comfyui" / "object_info_0.3.64.json"
-WAN = SHARED / "fixtures" / "prompt_runner" / "wan22_vace_v2v" / "prompt.json"
+WAN = VACE_WORKFLOWS / "prompt.json"
 
 
 @pytest.fixture(scope="module")
 def info() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"shared fixture missing: {FIXTURE}")
-    return json.loads(FIXTURE.read_text())
+    return json.loads(OBJECT_INFO_0364.read_text())
 
 
 def wf_ok() -> dict:

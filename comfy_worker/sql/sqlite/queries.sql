@@ -20,10 +20,10 @@ on conflict do nothing
 returning *;
 
 -- name: claimable_task_ids
--- queued, due, of one of :types (a JSON array, or null for any), every dependency complete; in claim order.
+-- queued, due, every dependency complete; in claim order. A claim for any type (with task types the claim
+-- takes claimable_task_ids_of_type for each: this walk would pass every queued task of the other types).
 select t.task_id from tasks t
 where t.status = 'queued' and t.run_at <= :now
-  and (:types is null or t.task_type in (select value from json_each(:types)))
   and (t.depends_on = '[]' or not exists (
         select 1 from json_each(t.depends_on) d left join tasks dt on dt.task_id = d.value
         where dt.status is not 'complete'))
@@ -31,8 +31,9 @@ order by t.priority desc, t.run_at, t.created_at, t.rowid  -- rowid: insertion o
 limit :n;
 
 -- name: claimable_task_ids_of_type
--- claimable_task_ids for one task type (sql/006: a preferred type's candidates); the planner would rather walk
--- tasks_claim_idx past every queued task of other types
+-- claimable_task_ids for one task type (sql/007: a claim narrowed to task types takes each type's first :n;
+-- sql/006: a preferred type's candidates); the planner would rather walk tasks_claim_idx past every queued
+-- task of other types
 select t.task_id from tasks t indexed by tasks_claim_type_idx
 where t.status = 'queued' and t.run_at <= :now and t.task_type = :task_type
   and (t.depends_on = '[]' or not exists (
@@ -43,7 +44,8 @@ limit :n;
 
 -- name: preferred_claim_order
 -- sql/006's order among the candidate :ids: priority, overdue (run_at <= :cutoff) first, then the weight of
--- the type (:weights, a JSON object; 0 when absent, and for overdue tasks), then the plain order
+-- the type (:weights, a JSON object; 0 when absent, and for overdue tasks), then the plain order. With a null
+-- :cutoff and '{}' :weights it is the plain order (sql/007 merges the candidates of several types with it).
 select t.task_id from tasks t
 where t.task_id in (select value from json_each(:ids))
 order by t.priority desc, (t.run_at <= :cutoff) desc,
@@ -235,10 +237,10 @@ where status in ('idle', 'busy', 'draining') and last_heartbeat < :cutoff
 returning id;
 
 -- name: claimable_exists
+-- any claimable task, of any type (with task types: claimable_task_ids_of_type, n = 1, for each)
 select exists (
   select 1 from tasks t
   where t.status = 'queued' and t.run_at <= :now
-    and (:types is null or t.task_type in (select value from json_each(:types)))
     and (t.depends_on = '[]' or not exists (
           select 1 from json_each(t.depends_on) d left join tasks dt on dt.task_id = d.value
           where dt.status is not 'complete'))

@@ -66,5 +66,5 @@ async def test_submit_rejects_bad_input_flags_and_files(harness: Harness, tmp_pa
     code, _out, err = await cli(harness, "submit", str(graph), "--input", "video=clip.mp4")
     assert code == 1 and "expected NODE.FIELD=URL or NODE.FIELD=PATH" in err
     code, _out, err = await cli(harness, "submit", str(graph), "--input", "1.video=/nope/clip.mp4")
-    assert code == 1 and "neither an http(s) URL nor an existing file" in err
+    assert code == 1 and "neither an http(s) / s3 / gs / az URL nor an existing file" in err
     assert (await harness.store.fleet_snapshot())["queue"] == []  # nothing was queued

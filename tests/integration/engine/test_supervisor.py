@@ -10,10 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from comfy_worker.config import load_settings
 from comfy_worker.engine import ComfyClient, ComfySupervisor, events
-from comfy_worker.errors import EngineStartupError, EngineUnavailable
+from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
 from tests.comfy_server import comfy_args, comfy_test_paths, free_port
 
 from .conftest import require_test_comfyui
@@ -238,3 +239,85 @@ async def test_the_child_dies_with_a_killed_worker(tmp_path: Path) -> None:
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the worker's ComfyUI outlived it")
+
+
+class StatsServer:
+    """A real HTTP server on 127.0.0.1 answering ``/system_stats`` like ComfyUI (in this process): ``stop()``
+    closes the port (connections are refused), ``start()`` opens it again on the same port, and while ``frozen``
+    is set it accepts requests but never answers (a busy or stalled server)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.frozen = asyncio.Event()
+        self.requests = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.frozen.is_set():
+            await asyncio.sleep(3600)
+        return web.json_response({"system": {}, "devices": []})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/system_stats", self._stats)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def test_an_attached_server_that_went_away_is_unreachable_until_it_answers_again() -> None:
+    server = StatsServer()
+    url = await server.start()
+    exits: list[int | None] = []
+    sup = ComfySupervisor(settings(COMFY_URL=url, COMFY_STARTUP_TIMEOUT="1"), on_exit=exits.append)
+    try:
+        await sup.start()
+        sup.connection_lost()  # a websocket blip while it answers: nothing happens
+        await asyncio.wait_for(sup._check_task, 5)  # type: ignore[arg-type]
+        assert sup.healthy and not sup.unreachable and sup.lost is None and exits == []
+        await server.stop()
+        sup.connection_lost()
+        await asyncio.wait_for(sup.died.wait(), 5)
+        assert not sup.healthy and sup.unreachable and exits == [None]
+        assert sup.lost is not None and sup.lost["url"] == url and sup.lost["reason"] == "connection refused"
+        # a task that had nothing in it waits (COMFY_STARTUP_TIMEOUT) and is given up on: released, not failed
+        with pytest.raises(EngineGone, match=r"went away \(connection refused\) and did not answer again within 1 s"):
+            await sup.ensure_running()
+        await server.start()  # the same port
+        await asyncio.wait_for(sup.ensure_running(), 15)  # the probe with backoff finds it
+        assert sup.healthy and not sup.unreachable and not sup.died.is_set()
+        assert sup.lost["reason"] == "connection refused"  # kept: the failed task's story
+    finally:
+        await sup.stop()
+        await server.stop()
+
+
+async def test_an_attached_server_that_accepts_but_does_not_answer_is_not_gone() -> None:
+    server = StatsServer()
+    url = await server.start()
+    exits: list[int | None] = []
+    sup = ComfySupervisor(settings(COMFY_URL=url), on_exit=exits.append)
+    try:
+        await sup.start()
+        server.frozen.set()
+        seen = server.requests
+        sup.connection_lost()
+        for _ in range(200):  # two probes timed out: still alive (busy or stalled), so the task's timers decide
+            if server.requests >= seen + 2:
+                break
+            await asyncio.sleep(0.05)
+        assert server.requests >= seen + 2
+        assert sup.healthy and not sup.unreachable and exits == [] and sup.lost is None
+        server.frozen.clear()
+        await asyncio.wait_for(sup._check_task, 10)  # type: ignore[arg-type]
+        assert sup.healthy and exits == []
+    finally:
+        await sup.stop()
+        await server.stop()

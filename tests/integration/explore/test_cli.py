@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixture_files import OBJECT_INFO_0364
 from tests.integration.daemon.conftest import Harness, harness  # noqa: F401 - fixture re-export
 from tests.integration.engine.conftest import ComfyServer
 from tests.integration.explore.workflows import tiny_video, write_batch
@@ -19,7 +20,6 @@ from tests.integration.explore.workflows import tiny_video, write_batch
 pytestmark = pytest.mark.comfyui
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
-OBJECT_INFO = REPO.parent / "shared" / "fixtures" / "comfyui" / "object_info_0.3.64.json"
 
 
 async def sh(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, str, str]:
@@ -104,7 +104,7 @@ async def test_bad_batch_config_fails_before_anything_runs(comfyui_server: Comfy
         "frames": {"path": "nodes.3.inputs.frames", "type": "linear", "min": 2, "max": 6, "step": 2},
         "color": {"path": "nodes.2.inputs.color", "type": "values", "values": [1, 2, 3]}},
         output={"run_name_pattern": "{run_id:03d}_f{frames}"})
-    code, out, err = await sh(str(BIN / "cr-batch"), str(config), "--dry-run", "--object-info", str(OBJECT_INFO),
+    code, out, err = await sh(str(BIN / "cr-batch"), str(config), "--dry-run", "--object-info", str(OBJECT_INFO_0364),
                               "--fleet", cwd=tmp_path)
     assert code == 0, err
     assert "grid: 3 frames x 3 color = 9 points" in err and err.strip().endswith("9 runs")

@@ -12,15 +12,15 @@ from comfy_worker.handlers.prompt_runner.build import build_job_workflow
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for
 from comfy_worker.handlers.prompt_runner.profile import load_profile
 from comfy_worker.handlers.prompt_runner.prompt_file import parse_file
+from tests.fixture_files import PROMPT_FILES
 from tests.integration.wan.conftest import Comfy0364, ffmpeg_media
-from tests.wan_cases import SHARED
 
 pytestmark = pytest.mark.comfyui
 
 
 async def test_chain_steps_accepted_by_comfyui_0364(comfyui_0364: Comfy0364, comfy64: ComfyClient) -> None:
     profile = load_profile("wan22_i2v_chain")
-    spec = parse_file(SHARED / "fixtures" / "prompt_runner" / "prompt_files" / "city_rain.txt", frames_per_chunk=81)
+    spec = parse_file(PROMPT_FILES / "city_rain.txt", frames_per_chunk=81)
     plan = plan_for(spec, profile)
     root = comfyui_0364.workdir / "output" / "cw_chains" / "t-chain"
     steps = [j for j in plan.render_jobs if j.chunk_index < 2]  # HIGH 1, LOW 1, HIGH 2 (with a reference), LOW 2

@@ -31,10 +31,9 @@ from comfy_worker.builders.params import FLF2V, I2V, S2V, T2V, TI2V
 from comfy_worker.engine import problems, ui_to_api
 from comfy_worker.errors import WorkflowInvalid
 from tests.template_parity import NEWER_NODES, edges, fold_constants, samplers, signatures, template
-from tests.wan_cases import OBJECT_INFO_0364, object_info_0364, with_models
+from tests.wan_cases import object_info_0364, with_models
 
 pytest.importorskip("comfyui_workflow_templates_json")
-pytestmark = pytest.mark.skipif(not OBJECT_INFO_0364.exists(), reason="shared 0.3.64 fixture missing")
 
 
 def _end_at_steps(graph: dict[str, Any]) -> None:

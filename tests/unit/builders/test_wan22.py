@@ -1,4 +1,4 @@
-"""The Wan 2.2 builders: graphs pass our validator against ComfyUI 0.3.64's /object_info (the shared fixture,
+"""The Wan 2.2 builders: graphs pass our validator against ComfyUI 0.3.64's /object_info (tests/fixtures,
 with the graph's models installed), use core nodes only, and have the shapes of the official templates."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import pytest
 from comfy_worker.builders import build, build_i2v, build_s2v, build_t2v, build_ti2v
 from comfy_worker.engine import problems
 from comfy_worker.errors import InputRejected
-from tests.wan_cases import AUDIO, CASES, IMAGE, OBJECT_INFO_0364, object_info_0364, with_models
-
-pytestmark = pytest.mark.skipif(not OBJECT_INFO_0364.exists(), reason="shared 0.3.64 fixture missing")
+from tests.wan_cases import AUDIO, CASES, IMAGE, object_info_0364, with_models
 
 
 def of_type(graph: dict[str, Any], class_type: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""analyze: categories on the shared prompt-runner workflow and on the official Wan 2.2 templates (PyPI
+"""analyze: categories on the prompt-runner workflow (tests/fixtures) and on the official Wan 2.2 templates (PyPI
 comfyui-workflow-templates-json, UI format converted by engine.ui_to_api), ranges from the 0.3.64 /object_info,
 and a template that is a valid batch config as written and with everything uncommented."""
 
@@ -17,11 +17,11 @@ from comfy_worker.engine import ui_to_api
 from comfy_worker.errors import WorkflowInvalid
 from comfy_worker.explore.analyze import Finding, analyze, template
 from comfy_worker.explore.batch_config import parse_config
+from tests.fixture_files import OBJECT_INFO_0364, VACE_WORKFLOWS
 from tests.template_parity import NEWER_NODES, fold_constants
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-OBJECT_INFO = json.loads((SHARED / "fixtures" / "comfyui" / "object_info_0.3.64.json").read_text())
-PROMPT_RUNNER = SHARED / "fixtures" / "prompt_runner" / "wan22_vace_v2v" / "prompt.json"
+OBJECT_INFO = json.loads(OBJECT_INFO_0364.read_text())
+PROMPT_RUNNER = VACE_WORKFLOWS / "prompt.json"
 
 
 def template_json(name: str) -> dict[str, Any]:

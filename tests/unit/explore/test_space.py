@@ -15,6 +15,7 @@ from scipy.stats import qmc
 from comfy_worker.errors import BatchConfigInvalid
 from comfy_worker.explore.batch_config import load_config, parse_config
 from comfy_worker.explore.space import InputPath, Parameter, plan, unit_points
+from tests.fixture_files import OBJECT_INFO_0364
 from tests.integration.explore.workflows import tiny_video, write_batch
 
 P = (InputPath("3", "x"),)
@@ -170,8 +171,7 @@ def test_bad_configs_name_the_key(tmp_path: Path, overrides: dict[str, Any], key
 
 
 def test_empty_grid_and_values_outside_the_servers_range_are_refused(tmp_path: Path) -> None:
-    info = json.loads((Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "comfyui"
-                       / "object_info_0.3.64.json").read_text())
+    info = json.loads(OBJECT_INFO_0364.read_text())
     wf = {"1": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "cfg": 6.0, "sampler_name": "euler",
                                                      "scheduler": "simple", "denoise": 1.0, "model": ["9", 0],
                                                      "positive": ["9", 0], "negative": ["9", 0],

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixture_files import OBJECT_INFO_0364 as OBJECT_INFO
+from tests.fixture_files import PROMPT_FILES
+from tests.fixture_files import VACE_WORKFLOWS as WORKFLOWS
+
 REPO = Path(__file__).resolve().parents[3]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-PROMPT_FILES = FIXTURES / "prompt_runner" / "prompt_files"
-WORKFLOWS = FIXTURES / "prompt_runner" / "wan22_vace_v2v"
-OBJECT_INFO = FIXTURES / "comfyui" / "object_info_0.3.64.json"
+__all__ = ["OBJECT_INFO", "PROMPT_FILES", "REPO", "WORKFLOWS"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,585 @@
+"""Output storage on any object store: ``STORAGE_URL`` = ``s3://bucket/prefix``, ``gs://…``, ``az://…``.
+
+Built on obstore (Python bindings of Rust's ``object_store``: S3 and every S3-compatible service, Google
+Cloud Storage, Azure Blob behind one async API, with its own retries). Credentials come from each cloud's
+standard environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_STORAGE_*``), read by obstore itself; none is ever
+logged. Object keys are ``{prefix}/{storage_path}``; ``storage_path`` (what rows record) is relative to the
+prefix, as for the other backends.
+
+Uploads stream from disk with bounded memory:
+
+* files up to ``part_size`` (8 MiB): one PUT (the bytes are read once, hashed and sent);
+* larger files on S3-compatible stores with a static key: a multipart upload driven by
+  :class:`~comfy_worker.storage.s3multipart.S3Multipart`, whose upload id goes to the task's
+  :class:`~comfy_worker.storage.base.UploadJournal` as soon as it exists. The next attempt (any worker) asks
+  the server which parts it holds and sends only the others. An upload that fails for good, or a journalled
+  one of another file, is aborted; :meth:`ObjectStorage.check` also aborts uploads under the prefix that
+  were left open longer than ``abandon_after_s`` (a worker that died and whose task was never retried);
+* larger files elsewhere (GCS native, Azure, S3 with instance credentials): obstore's streamed multipart
+  upload (``put_async`` over a generator of 1 MiB blocks, ``part_size`` parts, two in flight). It is not
+  resumable across processes: ``object_store`` keeps the upload id to itself.
+
+URLs are ``PUBLIC_BASE_URL`` + object key when set, else presigned GET URLs valid for ``SIGNED_URL_TTL_S``
+(capped at the clouds' 7-day limit). Downloads stream to ``.NAME.part``: obstore itself continues a body cut
+mid-way with a range request; when its retries run out, the next try here resumes after the bytes on disk with
+a range pinned to the object's ETag (``If-Match``), and starts over if the object changed.
+:func:`fetch_object_url` serves ``s3://…`` task inputs with the input size cap and disk floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import obstore
+from obstore.exceptions import (
+    BaseError,
+    GenericError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import from_url
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
+from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
+from comfy_worker.logs import get_logger, register_secret
+from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
+from comfy_worker.storage.s3multipart import NoSuchUpload, Part, S3Multipart
+
+log = get_logger(__name__)
+
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB
+MAX_PARTS = 10_000
+MAX_SIGNED_TTL_S = 7 * 24 * 3600  # S3 and GCS V4 signatures, Azure user-delegation SAS: at most 7 days
+CHECK_PREFIX = ".comfy-worker-check"
+_CLOUD = {"s3": "S3", "gs": "Google Cloud Storage", "az": "Azure Blob Storage"}
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service-account JSON file) or GOOGLE_SERVICE_ACCOUNT_KEY",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_KEY",
+}
+_SECRET_VARS = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+)
+RoomCheck = Callable[[int, str], None]
+_S3_CONFIG = {
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "token",
+    "AWS_REGION": "region",
+    "AWS_ENDPOINT_URL": "endpoint",
+}
+
+
+def split_object_url(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket, key) of ``s3://bucket/key`` (``azure`` normalised to ``az``)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return ("az" if scheme == "azure" else scheme), parts.netloc, parts.path.strip("/")
+
+
+def _client_options(env: Mapping[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"connect_timeout": dt.timedelta(seconds=15), "timeout": dt.timedelta(seconds=300)}
+    flags = ("AWS_ALLOW_HTTP", "AZURE_ALLOW_HTTP", "GOOGLE_ALLOW_HTTP", "ALLOW_HTTP", "AZURE_STORAGE_USE_EMULATOR")
+    if any((env.get(name) or "").strip().lower() in ("1", "true", "yes") for name in flags):
+        options["allow_http"] = True  # a plain http:// endpoint (MinIO, Azurite, ...): the operator asked for it
+    return options
+
+
+def open_object_store(scheme: str, bucket: str, prefix: str, env: Mapping[str, str]) -> Any:
+    """The obstore store for ``scheme://bucket/prefix``, configured from the cloud's environment."""
+    url = f"{scheme}://{bucket}/{prefix}".rstrip("/")
+    retry = {"max_retries": 5, "retry_timeout": dt.timedelta(seconds=120)}
+    config: dict[str, str] = {}
+    if scheme == "s3":  # obstore reads os.environ too; an explicit mapping (tests, one-off clients) wins
+        for var, name in _S3_CONFIG.items():
+            if env.get(var):
+                config[name] = env[var]
+    try:
+        return from_url(url, client_options=_client_options(env), retry_config=retry, config=config or None)
+    except BaseError as exc:
+        raise ConfigError("STORAGE_URL", f"cannot open {url!r}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+
+
+class ObjectStorage:
+    """A :class:`~comfy_worker.storage.base.Storage` on one bucket (and prefix) of S3, GCS or Azure."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        signed_url_ttl_s: int,
+        public_base_url: str = "",
+        env: Mapping[str, str] | None = None,
+        part_size: int = PART_SIZE,
+        concurrency: int = 4,
+        abandon_after_s: float = 24 * 3600,
+        retry_attempts: int = 5,
+        retry_wait_s: float = 0.5,
+    ) -> None:
+        check_storage_url(url)
+        env = os.environ if env is None else env
+        self.url = url.rstrip("/")
+        self.scheme, self.bucket, self.prefix = split_object_url(url)
+        if self.scheme not in OBJECT_STORE_SCHEMES and self.scheme != "az":
+            raise ConfigError("STORAGE_URL", f"{url!r} is not an s3://, gs:// or az:// URL")
+        for name in _SECRET_VARS:
+            register_secret(env.get(name, ""))
+        self.public_base_url = public_base_url.rstrip("/")
+        # the default (a year, for Supabase) is capped silently; a longer value the operator chose is said once
+        chosen = signed_url_ttl_s != Settings.signed_url_ttl_s
+        if signed_url_ttl_s > MAX_SIGNED_TTL_S and not self.public_base_url and chosen:
+            log.warning(
+                "storage_signed_url_ttl_capped", requested_s=signed_url_ttl_s, used_s=MAX_SIGNED_TTL_S,
+                hint="signed URLs of S3, GCS and Azure last at most 7 days; set PUBLIC_BASE_URL for longer-lived URLs",
+            )
+        self.signed_url_ttl_s = min(signed_url_ttl_s, MAX_SIGNED_TTL_S)
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.abandon_after_s = abandon_after_s
+        self._retry_attempts, self._retry_wait_s = retry_attempts, retry_wait_s
+        self._store = open_object_store(self.scheme, self.bucket, self.prefix, env)
+        self._s3 = (
+            S3Multipart.from_env(self.bucket, env, retry_attempts=retry_attempts, retry_wait_s=retry_wait_s)
+            if self.scheme == "s3"
+            else None
+        )
+        self._what = f"STORAGE_URL {self.url}"
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def key(self, path: str) -> str:
+        """The object key of a storage path (the prefix joined in front)."""
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(StorageUnavailable),
+            stop=stop_after_attempt(self._retry_attempts),
+            wait=wait_exponential(multiplier=self._retry_wait_s, max=30),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "storage_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
+            ),
+        )
+
+    def _mapped(self, exc: BaseException, what: str, path: str | None) -> Exception:
+        """An obstore error as StorageRejected (permanent) or StorageUnavailable (retryable)."""
+        text = _first_line(exc)
+        details = {"path": path, "url": self.url}
+        cloud = _CLOUD[self.scheme]
+        if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+            return StorageRejected(
+                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
+                details=details,
+            )
+        if isinstance(exc, NotFoundError | FileNotFoundError):
+            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc) or "bucket does not exist" in str(exc):
+                return StorageRejected(
+                    f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
+                    details=details,
+                )
+            return StorageRejected(f"{cloud}: {what}: not found ({text})", details={**details, "status": 404})
+        if isinstance(exc, PreconditionError):
+            return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
+        lowered = str(exc).lower()
+        if any(s in lowered for s in ("403 forbidden", "401 unauthorized", "accessdenied", "invalidaccesskeyid",
+                                      "signaturedoesnotmatch", "authenticationfailed")):
+            return StorageRejected(
+                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
+                details=details,
+            )
+        if "nosuchbucket" in lowered:
+            return StorageRejected(
+                f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
+                details=details,
+            )
+        if isinstance(exc, GenericError | OSError | BaseError):
+            return StorageUnavailable(f"{cloud} failed {what}: {text}", details=details)
+        return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
+
+    async def _call(self, what: str, path: str | None, fn: Callable[[], Any]) -> Any:
+        """``await fn()`` with obstore's errors mapped; StorageUnavailable is retried with backoff."""
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    return await fn()
+                except (BaseError, OSError) as exc:
+                    raise self._mapped(exc, what, path) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- Storage protocol -----------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Write and delete a small object under the prefix; abort multipart uploads left open too long."""
+        probe = self.key(f"{CHECK_PREFIX}/{uuid.uuid4().hex}")
+        rel = probe[len(self.prefix) + 1 :] if self.prefix else probe
+        try:
+            await obstore.put_async(self._store, rel, b"ok", use_multipart=False)
+            await obstore.delete_async(self._store, rel)
+        except (BaseError, OSError) as exc:
+            mapped = self._mapped(exc, f"a test write to {self._what}", None)
+            if isinstance(mapped, StorageUnavailable):
+                raise StorageRejected(
+                    f"{self._what} is not reachable ({_first_line(exc)}): check the endpoint "
+                    "(AWS_ENDPOINT_URL, AWS_ALLOW_HTTP for http://) and the network",
+                    details=mapped.details,
+                ) from exc
+            raise mapped from exc
+        if self._s3 is not None:
+            await self._abort_abandoned()
+
+    async def _abort_abandoned(self) -> None:
+        try:
+            uploads = await self._s3.list_uploads(f"{self.prefix}/" if self.prefix else "")  # type: ignore[union-attr]
+        except (StorageRejected, StorageUnavailable) as exc:
+            log.warning("storage_multipart_sweep_failed", error=str(exc))
+            return
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.abandon_after_s)
+        for up in uploads:
+            if up.initiated is None or up.initiated >= cutoff:
+                continue
+            # an upload that still receives parts is alive, however old its start (a long upload being resumed)
+            try:
+                parts = await self._s3.list_parts(up.key, up.upload_id)  # type: ignore[union-attr]
+            except (StorageRejected, StorageUnavailable):
+                continue
+            newest = max((p.last_modified for p in parts.values() if p.last_modified), default=None)
+            if newest is not None and newest >= cutoff:
+                continue
+            log.info("storage_multipart_abandoned", object_name=up.key, initiated=up.initiated.isoformat())
+            await self._abort_quietly(up.key, up.upload_id)
+
+    async def upload(
+        self,
+        local_path: Path,
+        dest_path: str,
+        *,
+        content_type: str | None = None,
+        sha256: str | None = None,
+        journal: UploadJournal | None = None,
+    ) -> StoredObject:
+        validate_path(dest_path)
+        local_path = Path(local_path)
+        content_type = content_type or guess_content_type(dest_path)
+        try:
+            size = local_path.stat().st_size
+        except FileNotFoundError as exc:
+            raise StorageRejected(
+                f"cannot upload {str(local_path)!r}: the file does not exist", details={"path": dest_path}
+            ) from exc
+        what = f"uploading {dest_path!r}"
+        attributes = {"Content-Type": content_type}
+        mode = "single"
+        if size <= self.part_size:
+            data, sha = await asyncio.to_thread(_read_hashed, local_path)
+            await self._call(
+                what,
+                dest_path,
+                lambda: obstore.put_async(self._store, dest_path, data, attributes=attributes, use_multipart=False),
+            )
+            del data
+        elif self._s3 is not None:
+            mode = "resumable"
+            sha = await self._upload_resumable(local_path, dest_path, size, content_type, sha256, journal)
+        else:
+            mode = "multipart"
+            hasher = hashlib.sha256()
+
+            def blocks() -> Iterator[bytes]:
+                hasher.__init__()  # type: ignore[misc]  # a retry starts the stream (and the digest) over
+                with open(local_path, "rb") as fh:
+                    while block := fh.read(READ_BLOCK):
+                        hasher.update(block)
+                        yield block
+
+            await self._call(
+                what,
+                dest_path,
+                lambda: obstore.put_async(
+                    self._store, dest_path, blocks(), attributes=attributes, chunk_size=self.part_size,
+                    max_concurrency=2,
+                ),
+            )
+            sha = hasher.hexdigest()
+        if sha256 is not None:
+            sha = sha256
+        url = await self.url_for(dest_path)
+        log.info("storage_uploaded", backend=self.scheme, path=dest_path, bytes=size, mode=mode)
+        return StoredObject(path=dest_path, url=url, bytes=size, sha256=sha, content_type=content_type)
+
+    def _part_size_for(self, size: int) -> int:
+        need = -(-size // MAX_PARTS)
+        return max(self.part_size, -(-need // MiB) * MiB)
+
+    async def _upload_resumable(
+        self,
+        local_path: Path,
+        dest_path: str,
+        size: int,
+        content_type: str,
+        sha256: str | None,
+        journal: UploadJournal | None,
+    ) -> str:
+        s3 = self._s3
+        assert s3 is not None
+        key = self.key(dest_path)
+        if sha256 is None:  # a resume must know it sends the rest of the same file: one read to hash it
+            sha256 = await asyncio.to_thread(_file_sha256, local_path)
+        part_size = self._part_size_for(size)
+        upload_id, held = await self._resume_point(journal, dest_path, key, size, sha256, part_size)
+        if upload_id is None:
+            upload_id = await s3.create(key, content_type)
+            if journal is not None:
+                entry = {
+                    "backend": "s3", "bucket": self.bucket, "key": key, "upload_id": upload_id,
+                    "size": size, "sha256": sha256, "part_size": part_size,
+                }
+                await journal.save(dest_path, entry)
+        count = -(-size // part_size)
+        expected = {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+        parts = {n: p for n, p in held.items() if expected.get(n) == p.size}
+        todo = [n for n in expected if n not in parts]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def send(n: int) -> Part:
+            async with gate:
+                return await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
+
+        try:
+            for part in await asyncio.gather(*(send(n) for n in todo)):
+                parts[part.number] = part
+            await s3.complete(key, upload_id, list(parts.values()))
+        except (StorageRejected, StorageUnavailable) as exc:
+            # never finishable, or nobody will resume it (no journal): abort, so no part is left billed. An
+            # unavailable store with a journal keeps the upload for the next attempt.
+            if isinstance(exc, StorageRejected) or journal is None:
+                log.warning("storage_upload_failed", path=dest_path, error=str(exc))
+                await self._abort_quietly(key, upload_id)
+                if journal is not None:
+                    await journal.forget(dest_path)
+            raise
+        if journal is not None:
+            await journal.forget(dest_path)
+        log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=len(held) > 0)
+        return sha256
+
+    async def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            await self._s3.abort(key, upload_id)  # type: ignore[union-attr]
+        except (StorageRejected, StorageUnavailable) as exc:
+            log.warning("storage_multipart_abort_failed", object_name=key, error=str(exc))
+
+    async def _resume_point(
+        self, journal: UploadJournal | None, dest_path: str, key: str, size: int, sha256: str, part_size: int
+    ) -> tuple[str | None, dict[int, Part]]:
+        """(upload id, parts the server holds) of a journalled upload of this very file, or (None, {})."""
+        entry = journal.get(dest_path) if journal is not None else None
+        if not entry or journal is None:
+            return None, {}
+        upload_id = entry.get("upload_id")
+        ours = entry.get("backend") == "s3" and entry.get("bucket") == self.bucket and isinstance(upload_id, str)
+        same = ours and (entry.get("key"), entry.get("size"), entry.get("sha256"), entry.get("part_size")) == (
+            key, size, sha256, part_size,
+        )
+        if not same:
+            # another file's upload to this same key: nobody will finish it. (The entry comes back from the task
+            # row: only an upload to the key this very path maps to is ever aborted.)
+            if ours and entry.get("key") == key:
+                await self._abort_quietly(str(entry["key"]), str(upload_id))
+            log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not this store")
+            await journal.forget(dest_path)
+            return None, {}
+        try:
+            held = await self._s3.list_parts(key, str(upload_id))  # type: ignore[union-attr]
+        except NoSuchUpload:
+            log.info("storage_resume_skipped", path=dest_path, reason="the upload is gone")
+            await journal.forget(dest_path)
+            return None, {}
+        log.info("storage_upload_resumed", path=dest_path, parts_held=len(held), bytes=size)
+        return str(upload_id), held
+
+    async def download(
+        self, storage_path: str, local_path: Path, *, max_bytes: int | None = None, room: RoomCheck | None = None
+    ) -> Path:
+        validate_path(storage_path)
+        return await download_object(
+            self._store, storage_path, Path(local_path), shown=f"{self.url}/{storage_path}",
+            mapped=lambda exc, what: self._mapped(exc, what, storage_path), max_bytes=max_bytes, room=room,
+            retrying=self._retrying,
+        )
+
+    async def delete(self, paths: list[str]) -> None:
+        for p in paths:
+            validate_path(p)
+        for p in paths:
+            # a path may name a "folder" (the prompt runner removes a chain's intermediates by prefix)
+            listed = await self._call(
+                f"listing {p!r}", p, lambda p=p: obstore.list(self._store, prefix=f"{p}/").collect_async()
+            )
+            doomed = [p, *(m["path"] for m in listed)]
+            try:
+                await obstore.delete_async(self._store, doomed)
+            except (BaseError, OSError) as exc:
+                mapped = self._mapped(exc, f"deleting {p!r}", p)
+                if not (isinstance(mapped, StorageRejected) and mapped.details.get("status") == 404):
+                    raise mapped from exc
+
+    async def url_for(self, path: str) -> str:
+        validate_path(path)
+        if self.public_base_url:
+            return f"{self.public_base_url}/{quote(self.key(path))}"
+        ttl = dt.timedelta(seconds=self.signed_url_ttl_s)
+        return str(await self._call(f"signing a URL for {path!r}", path,
+                                    lambda: obstore.sign_async(self._store, "GET", path, ttl)))
+
+    async def aclose(self) -> None:
+        if self._s3 is not None:
+            await self._s3.aclose()
+
+
+def _read_hashed(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def download_object(
+    store: Any,
+    path: str,
+    dest: Path,
+    *,
+    shown: str,
+    mapped: Callable[[BaseException, str], Exception],
+    retrying: Callable[[], AsyncRetrying],
+    max_bytes: int | None = None,
+    room: RoomCheck | None = None,
+) -> Path:
+    """Stream the object at ``path`` to ``dest`` (via ``.NAME.part``), resuming after a cut with a range
+    request pinned to the first response's ETag; the size cap and disk floor are checked before a byte is
+    written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    what = f"downloading {shown}"
+    state: dict[str, Any] = {"etag": None, "size": None}
+
+    async def once() -> None:
+        held = tmp.stat().st_size if state["etag"] and tmp.exists() else 0
+        options: dict[str, Any] = {}
+        if held:
+            options = {"if_match": state["etag"], "range": {"offset": held}}
+        try:
+            result = await obstore.get_async(store, path, options=options or None)
+            meta = result.meta
+            if state["size"] is None:
+                size = int(meta["size"])
+                if max_bytes is not None and size > max_bytes:
+                    raise StorageRejected(
+                        f"{shown} is {size} bytes, over INPUT_MAX_BYTES ({max_bytes})",
+                        details={"bytes": size, "max_bytes": max_bytes},
+                    )
+                if room is not None:
+                    room(size, shown)
+                state["size"], state["etag"] = size, meta.get("e_tag")
+            elif held:
+                log.info("storage_download_resumed", path=shown, offset=held)
+            with open(tmp, "r+b" if held else "wb") as out:  # noqa: ASYNC230 - writes go through to_thread
+                out.seek(held)
+                async for chunk in result.stream(min_chunk_size=READ_BLOCK):
+                    await asyncio.to_thread(out.write, chunk)
+        except PreconditionError:
+            tmp.unlink(missing_ok=True)  # the object changed: start over
+            state["etag"] = state["size"] = None
+            raise StorageUnavailable(f"{shown} changed during the download; starting over") from None
+        except (BaseError, OSError) as exc:
+            if isinstance(exc, BaseError | FileNotFoundError):
+                raise mapped(exc, what) from exc
+            raise StorageUnavailable(f"{what} failed: {_first_line(exc)}") from exc
+        got = tmp.stat().st_size
+        if got != state["size"]:
+            raise StorageUnavailable(f"{what}: the connection ended after {got} of {state['size']} bytes")
+
+    try:
+        async for attempt in retrying():
+            with attempt:
+                await once()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dest)
+    return dest
+
+
+async def fetch_object_url(
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    room: RoomCheck | None = None,
+    env: Mapping[str, str] | None = None,
+    retry_attempts: int = 4,
+    retry_wait_s: float = 1.0,
+) -> Path:
+    """Download a task input given as ``s3://bucket/key`` (``gs://``, ``az://``) with the store's own
+    credentials. The endpoint is operator configuration, so the private-address guard of http inputs does not
+    apply; the size cap and disk floor do."""
+    env = os.environ if env is None else env
+    scheme, bucket, key = split_object_url(url)
+    if not bucket or not key:
+        raise StorageRejected(f"input URL {url!r} must name a bucket and a key: s3://bucket/path/to/file")
+    validate_path(key)
+    store = open_object_store(scheme, bucket, "", env)
+    cloud = _CLOUD[scheme]
+
+    def mapped(exc: BaseException, what: str) -> Exception:
+        lowered = str(exc).lower()
+        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or "403" in lowered or "401" in lowered:
+            return StorageRejected(f"{cloud} refused {what} ({_first_line(exc)}): check {_CREDENTIALS[scheme]}")
+        if isinstance(exc, NotFoundError | FileNotFoundError):
+            if "nosuchbucket" in lowered:
+                return StorageRejected(f"input URL {url}: bucket {bucket!r} does not exist")
+            return StorageRejected(f"input URL {url}: no such object")
+        return StorageUnavailable(f"{cloud} failed {what}: {_first_line(exc)}")
+
+    def retrying() -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(StorageUnavailable),
+            stop=stop_after_attempt(retry_attempts),
+            wait=wait_exponential(multiplier=retry_wait_s, max=30),
+            reraise=True,
+        )
+
+    result = await download_object(
+        store, key, dest, shown=url, mapped=mapped, retrying=retrying, max_bytes=max_bytes, room=room
+    )
+    log.info("input_fetched", url=url, path=str(dest), bytes=result.stat().st_size)
+    return result
