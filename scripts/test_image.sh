@@ -281,7 +281,9 @@ check_sigterm() {
     local pid code=0 log="$WORK/sigterm.log" tini
     run "${GOOD[@]}" python -c "import pathlib; p = pathlib.Path('/home/worker/models/vae'); p.mkdir(parents=True, exist_ok=True); (p / 'volume_test_vae.safetensors').write_bytes(b'')" \
         || fail "could not place a model file on the test volume"
-    run "${GOOD[@]}" >"$log" 2>&1 &
+    # ComfyUI alone (WAN2GP_PATH set empty): with both engines each starts on its first task, and this check
+    # asks ComfyUI for its model list as soon as the worker has registered
+    run "${GOOD[@]}" WAN2GP_PATH= >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 1 240); do
         grep -q '"worker_registered"' "$log" && break

@@ -42,6 +42,7 @@ WORK = Path(os.environ.get("GPU_WORK", "/root/cwgpu"))
 OUT = Path(os.environ.get("OUT", WORK / "out"))
 DB = WORK / "wan2gp_checks.db"
 results: list[dict[str, Any]] = []
+DAEMON: list[DaemonProcess] = []  # the running daemon: waits stop when it has died
 
 
 def check(name: str, ok: bool, **data: Any) -> bool:
@@ -73,6 +74,9 @@ def wait(task_id: str, timeout: float, seen: list[dict[str, Any]] | None = None,
             return r
         if r["status"] in ("complete", "failed", "cancelled"):
             return r
+        if DAEMON and DAEMON[0].proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({DAEMON[0].proc.returncode}) with task {task_id} "
+                               f"{r['status']}: see {DAEMON[0].log_path}")
         time.sleep(0.2)
     raise TimeoutError(f"task {task_id} still {row(task_id)['status']} after {timeout} s")
 
@@ -132,6 +136,7 @@ def main() -> int:
     daemon = DaemonProcess("wan2gp-real-checks", env, OUT / "daemon_wan2gp_checks.log", stop_wait_s=120)
     daemon.migrate()
     daemon.start()
+    DAEMON.append(daemon)
     params = {"prompt": "a red fox runs through the snow", "model": a.model, "resolution": f"{a.width}x{a.height}",
               "video_length": a.frames, "num_inference_steps": a.steps, "seed": 1}
     try:
