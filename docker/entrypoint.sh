@@ -2,7 +2,10 @@
 # comfy-worker container entrypoint (tini runs it; it ends by exec'ing the CMD, so SIGTERM reaches the worker).
 #
 # 1. Validates the environment: one line per missing or bad variable, exit 2 if any.
-# 2. Points ComfyUI at the model folders on the network volume (an extra_model_paths.yaml for MODELS_DIR).
+# 2. Points ComfyUI at the model folders on the network volume (an extra_model_paths.yaml for MODELS_DIR), and
+#    an image built with WAN2GP=1 at Wan2GP's (MODELS_DIR/wan2gp for its checkpoints, MODELS_DIR/loras/wan2gp
+#    for its LoRAs) with WAN2GP_PATH / WAN2GP_PYTHON set (WAN2GP_PATH= (empty) turns Wan2GP off;
+#    WAN2GP_IMAGE_PATH, default /opt/Wan2GP, is where the image has it: tests point it elsewhere).
 # 3. MODELS_SYNC=true: `comfy-worker models sync` first (a failure is reported, the worker still starts and
 #    lists what is missing in its heartbeat metadata).
 # 4. Started as root (RunPod does): makes the volume's model folder writable for the `worker` user and drops
@@ -49,6 +52,19 @@ if [[ -n "${MODELS_MANIFEST:-}" && ! -f "$MODELS_MANIFEST" ]]; then
 fi
 COMFY_PATH="${COMFY_PATH:-/opt/ComfyUI}"
 [[ -f "$COMFY_PATH/main.py" ]] || problem "COMFY_PATH: no ComfyUI at ${COMFY_PATH} (main.py missing)"
+
+# Wan2GP in the image (WAN2GP=1 builds): on unless WAN2GP_PATH is set (empty: off; a path: that checkout)
+WAN2GP_IMAGE_PATH="${WAN2GP_IMAGE_PATH:-/opt/Wan2GP}"
+if [[ -z "${WAN2GP_PATH+set}" && -f "$WAN2GP_IMAGE_PATH/wgp.py" ]]; then
+    export WAN2GP_PATH="$WAN2GP_IMAGE_PATH"
+    export WAN2GP_PYTHON="${WAN2GP_PYTHON:-/opt/wan2gp-venv/bin/python}"
+fi
+if [[ -n "${WAN2GP_PATH:-}" ]]; then
+    [[ -f "$WAN2GP_PATH/wgp.py" ]] || problem "WAN2GP_PATH: no Wan2GP at ${WAN2GP_PATH} (wgp.py missing): point it at a checkout, or set it empty to run ComfyUI alone"
+    if [[ -n "${WAN2GP_PYTHON:-}" && ! -x "$WAN2GP_PYTHON" ]]; then
+        problem "WAN2GP_PYTHON: ${WAN2GP_PYTHON} is not an executable: set it to the python of Wan2GP's environment"
+    fi
+fi
 
 if ((${#problems[@]})); then
     for p in "${problems[@]}"; do echo "entrypoint: ERROR: $p" >&2; done
@@ -98,6 +114,17 @@ comfy_worker_volume:
 EOF
 ((${#run_as[@]})) && chown worker:worker "$paths_yaml"
 export COMFY_ARGS="${COMFY_ARGS:-} --extra-model-paths-config ${paths_yaml}"
+# Wan2GP's model folders on the volume too: the image's ckpts/ and loras/ links point at them (re-pointed when
+# MODELS_DIR is not the default); the folders are created so that Wan2GP can write into them
+if [[ -n "${WAN2GP_PATH:-}" && "$WAN2GP_PATH" == "$WAN2GP_IMAGE_PATH" ]]; then
+    for link in "ckpts:wan2gp" "loras:loras/wan2gp"; do
+        name="${link%%:*}" target="$MODELS_DIR/${link#*:}"
+        mkdir -p "$target" 2>/dev/null && ((${#run_as[@]})) && chown worker:worker "$target" "$(dirname "$target")"
+        if [[ -L "$WAN2GP_PATH/$name" && "$(readlink "$WAN2GP_PATH/$name")" != "$target" ]]; then
+            ln -sfn "$target" "$WAN2GP_PATH/$name" || say "warning: cannot point $WAN2GP_PATH/$name at $target"
+        fi
+    done
+fi
 # node packs that download their own checkpoints keep them on the volume, once for every pod
 export AUX_ANNOTATOR_CKPTS_PATH="${AUX_ANNOTATOR_CKPTS_PATH:-$MODELS_DIR/annotator_ckpts}"
 export HOME="$home"

@@ -2,11 +2,16 @@
 # Build docker/Dockerfile without a registry, GPU or GitHub, and run the image:
 #   1. a Debian bookworm base from debootstrap (cached under $IMAGE_TEST_DIR), imported with buildah;
 #   2. the image, built with buildah (chroot isolation) from that base with CUDA=0 CUSTOM_NODES=0, CPU torch
-#      (TORCH_SPEC) and ComfyUI 0.3.64 from a source tarball (scripts/lib/comfyui_0364.sh: COMFY_0364_TARBALL,
-#      else ../shared/vendor/comfyui-0.3.64.tar.gz, else GitHub's archive of the pinned commit, checked);
+#      (TORCH_SPEC), ComfyUI 0.3.64 from a source tarball (scripts/lib/comfyui_0364.sh: COMFY_0364_TARBALL,
+#      else ../shared/vendor/comfyui-0.3.64.tar.gz, else GitHub's archive of the pinned commit, checked) and
+#      WAN2GP=1 with the Wan2GP stand-in (tests/standins/wan2gp, no requirements) as
+#      docker/vendor/wan2gp.tar.gz: the stage's layout and wiring are real, Wan2GP and its multi-GB requirements
+#      are not;
 #   3. checks on the image, each through its real ENTRYPOINT: refusals for a bad environment (exit 2, one line
 #      per variable), `comfy-worker --version`, `comfy-worker migrate` + a `comfy` task on the embedded SQLite
-#      queue run by the worker against the image's own CPU ComfyUI, and SIGTERM → exit 0 after draining.
+#      queue run by the worker against the image's own CPU ComfyUI, a `t2v` task run by the same worker through
+#      the image's Wan2GP stage (its venv, WAN2GP_PATH set by the entrypoint, ckpts/ and loras/ on the
+#      volume), and SIGTERM → exit 0 after draining.
 # Needs root, buildah and debootstrap (scripts/install.sh installs them when root). Prints the time of every
 # phase; docs/benchmarks.md has the figures. Options: --keep (keep the image and storage for another run),
 # --only-checks (reuse the image built by a previous --keep run).
@@ -44,7 +49,7 @@ timed() { # timed NAME command...
 for c in buildah debootstrap; do
     command -v "$c" >/dev/null || fail "$c is not installed: apt-get install -y buildah debootstrap (scripts/install.sh does)"
 done
-# shellcheck source=lib/comfyui_0364.sh
+# shellcheck source-path=SCRIPTDIR source=lib/comfyui_0364.sh
 source "$REPO/scripts/lib/comfyui_0364.sh"
 VENDOR="$(comfyui_0364_tarball test_image "$REPO" "${COMFY_TEST_HOME:-$REPO/.test-env}/downloads")" || exit 1
 mkdir -p "$WORK"
@@ -121,12 +126,19 @@ build_image() {
     ctx="$(mktemp -d)"
     cp -r "$REPO"/{pyproject.toml,README.md,.dockerignore,comfy_worker,gpu_orchestrator,worker_wgp,docker} "$ctx/"
     cp "$VENDOR" "$ctx/docker/vendor/comfyui.tar.gz"
+    # the Wan2GP stand-in as the vendored checkout (one top-level folder, like a GitHub tarball)
+    mkdir -p "$ctx/wan2gp-src/Wan2GP"
+    cp -r "$REPO/tests/standins/wan2gp/." "$ctx/wan2gp-src/Wan2GP/"
+    echo "# the test stand-in of Wan2GP needs nothing beyond the standard library and ffmpeg" \
+        >"$ctx/wan2gp-src/Wan2GP/requirements.txt"
+    tar --exclude=__pycache__ -czf "$ctx/docker/vendor/wan2gp.tar.gz" -C "$ctx/wan2gp-src" Wan2GP
+    rm -rf "$ctx/wan2gp-src"
     # overlay: keep each step as a layer (a rebuild after a code change reuses the rest); vfs would copy the
     # whole root for every step, so there one working container is committed once
     local layers=--layers=false
     [[ "$driver" == overlay ]] && layers=--layers
     "${B[@]}" bud --isolation chroot --format docker "$layers" -q \
-        --build-arg BASE_IMAGE="$BASE" --build-arg CUDA=0 --build-arg CUSTOM_NODES=0 \
+        --build-arg BASE_IMAGE="$BASE" --build-arg CUDA=0 --build-arg CUSTOM_NODES=0 --build-arg WAN2GP=1 \
         --build-arg TORCH_SPEC="$TORCH_SPEC" "${mounts[@]}" \
         -f "$ctx/docker/Dockerfile" -t "$IMAGE" "$ctx" >"$WORK/build.log" 2>&1 \
         || { tail -40 "$WORK/build.log" >&2; fail "the image did not build (log: $WORK/build.log)"; }
@@ -210,6 +222,48 @@ print(row[0], row[1] or '', json.loads(row[2] or '{}').get('outputs', [{}])[0].g
     step "comfy task on the image's ComfyUI 0.3.64 (CPU): $out"
 }
 
+check_wan2gp() {
+    local out tid
+    # the stage's layout as built (a fresh container: the checks above ran the entrypoint, which re-points the
+    # links at their MODELS_DIR): the checkout, its venv, its model folders linked to the default volume
+    local fresh; fresh=$("${B[@]}" from "$IMAGE")
+    out=$("${B[@]}" run --isolation chroot "$fresh" -- sh -c 'cat /opt/Wan2GP/.wan2gp-ref; readlink /opt/Wan2GP/ckpts /opt/Wan2GP/loras; stat -c %U /opt/Wan2GP/wgp.py; /opt/wan2gp-venv/bin/python -c "import sys; print(sys.prefix)"' 2>&1) \
+        || { "${B[@]}" rm "$fresh" >/dev/null; fail "the Wan2GP stage is incomplete: $out"; }
+    "${B[@]}" rm "$fresh" >/dev/null
+    [[ "$out" == $'vendor/wan2gp.tar.gz\n/runpod-volume/models/wan2gp\n/runpod-volume/models/loras/wan2gp\nworker\n/opt/wan2gp-venv' ]] \
+        || fail "unexpected Wan2GP layout: $out"
+    # the entrypoint's wiring: WAN2GP_PATH / WAN2GP_PYTHON set, ckpts/ and loras/ re-pointed at MODELS_DIR
+    # shellcheck disable=SC2016  # expanded by the container's shell
+    out=$(run "${GOOD[@]}" sh -c 'echo "$WAN2GP_PATH $WAN2GP_PYTHON"; readlink /opt/Wan2GP/ckpts /opt/Wan2GP/loras; test -d /opt/Wan2GP/ckpts/ && test -w /opt/Wan2GP/loras/ && echo writable' 2>/dev/null) \
+        || fail "the entrypoint's Wan2GP wiring failed: $out"
+    [[ "$out" == $'/opt/Wan2GP /opt/wan2gp-venv/bin/python\n/home/worker/models/wan2gp\n/home/worker/models/loras/wan2gp\nwritable' ]] \
+        || fail "unexpected Wan2GP wiring: $out"
+    # a t2v task through the worker (both engines configured; Wan2GP starts on its first task)
+    tid=$(run "${GOOD[@]}" python -c "
+import asyncio
+from comfy_worker.config import load_settings
+from comfy_worker.models import NewTask
+from comfy_worker.store import open_store
+async def main():
+    store = open_store(load_settings(dotenv=None))
+    await store.connect(); await store.migrate()
+    task = await store.enqueue(NewTask('t2v', {'prompt': 'image test', 'resolution': '64x48', 'video_length': 9,
+                                              'num_inference_steps': 3}))
+    print(task.task_id); await store.close()
+asyncio.run(main())" 2>/dev/null) || fail "could not queue the t2v task"
+    run "${GOOD[@]}" python -m comfy_worker --exit-when-idle >"$WORK/worker-wan2gp.log" 2>&1 \
+        || { tail -30 "$WORK/worker-wan2gp.log" >&2; fail "the worker exited non-zero on the t2v task"; }
+    out=$(run "${GOOD[@]}" python -c "
+import json, sqlite3, sys
+row = sqlite3.connect('/home/worker/queue.db').execute(
+    'select status, error, result from tasks where task_id = ?', (sys.argv[1],)).fetchone()
+print(row[0], row[1] or '', json.loads(row[2] or '{}').get('outputs', [{}])[0].get('storage_path', ''))
+" "$tid" 2>/dev/null)
+    [[ "$out" == complete* && "$out" == *.mp4 ]] || { tail -30 "$WORK/worker-wan2gp.log" >&2; fail "t2v task $tid: $out"; }
+    grep -q '"wan2gp_starting"' "$WORK/worker-wan2gp.log" || fail "the t2v task did not start the Wan2GP child"
+    step "t2v task on the image's Wan2GP stage (stand-in): $out"
+}
+
 # the first process under $1 (by parent links in /proc) whose command is $2
 descendant_running() {
     local todo=("$1") p c
@@ -227,7 +281,9 @@ check_sigterm() {
     local pid code=0 log="$WORK/sigterm.log" tini
     run "${GOOD[@]}" python -c "import pathlib; p = pathlib.Path('/home/worker/models/vae'); p.mkdir(parents=True, exist_ok=True); (p / 'volume_test_vae.safetensors').write_bytes(b'')" \
         || fail "could not place a model file on the test volume"
-    run "${GOOD[@]}" >"$log" 2>&1 &
+    # ComfyUI alone (WAN2GP_PATH set empty): with both engines each starts on its first task, and this check
+    # asks ComfyUI for its model list as soon as the worker has registered
+    run "${GOOD[@]}" WAN2GP_PATH= >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 1 240); do
         grep -q '"worker_registered"' "$log" && break
@@ -252,5 +308,6 @@ timed refusals check_refusals
 timed volume check_volume
 timed version check_version
 timed task check_task
+timed wan2gp check_wan2gp
 timed sigterm check_sigterm
 step "all checks passed in $(( $(date +%s) - t0 )) s (base ${took[base]:-cached} s, build ${took[build]:-reused} s)"

@@ -120,6 +120,73 @@ def classify(exc: BaseException) -> str:
     return "failed"
 
 
+def floor_frame_count(count: int, minimum: int, step: int, offset: int) -> int:
+    """The frame count Wan2GP's generate_media makes of ``count`` (shared/utils/frame_scheduler.py upstream):
+    at least ``minimum``, then rounded down to ``step``·n + ``offset``."""
+    count = max(minimum, count)
+    step, offset = max(1, step), max(0, offset)
+    if step <= 1:
+        return count
+    lower = (count - offset) // step * step + offset
+    if lower >= minimum:
+        return lower
+    return minimum if (minimum - offset) % step == 0 else ((minimum - offset) // step + 1) * step + offset
+
+
+def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
+    """Refuse what Wan2GP would not run as asked, naming the key and the values it accepts (GenerationFailure
+    ``invalid``). Upstream never refuses these: an unknown ``model_type`` fails deep inside its settings merge
+    with an AttributeError, a ``sample_solver`` the model does not declare raises NotImplementedError once the
+    model is loaded (Wan) or is ignored (models without solvers), a ``video_guide`` / ``video_mask`` without the
+    ``video_prompt_type`` letter that enables it is dropped, and ``generate_media`` silently rounds the
+    resolution down to the model's VAE block (16 by default) and the frame count down to its latent step
+    (``4n+1`` for Wan), so a task would get another size or length than it asked for."""
+    model_def = wgp.get_model_def(model)
+    if model_def is None:
+        raise GenerationFailure("invalid", f"params.model: {model!r} is not a model of this Wan2GP checkout (no "
+                                "defaults/ or finetunes/ definition): use a model type Wan2GP lists",
+                                {"field": "model"})
+    block = int(model_def.get("vae_block_size", 16) or 16)
+    resolution = settings.get("resolution")
+    if isinstance(resolution, str) and resolution.count("x") == 1:
+        width, height = (int(side) for side in resolution.split("x"))
+        if width % block or height % block:
+            down = f"{max(block, width // block * block)}x{max(block, height // block * block)}"
+            up = f"{-(-width // block) * block}x{-(-height // block) * block}"
+            raise GenerationFailure(
+                "invalid", f"params.resolution must have both sides multiples of {block} for {model}, got "
+                f"{resolution!r} (Wan2GP would render {down}): use {down} or {up}",
+                {"field": "resolution", "multiple_of": block})
+    solver = settings.get("sample_solver")
+    if solver:
+        declared = model_def.get("sample_solvers") or []
+        choices = [str(c[1] if isinstance(c, (list, tuple)) else c) for c in declared]
+        if solver not in choices:  # upstream: NotImplementedError after the model loaded, or silently ignored
+            accepted = f"one of {', '.join(choices)}" if choices else "left out: it has no choice of solver"
+            raise GenerationFailure("invalid", f"params.sample_solver must be {accepted} for {model}, got {solver!r}",
+                                    {"field": "sample_solver", "accepted": choices})
+    letters = str(settings.get("video_prompt_type") or "")
+    if settings.get("video_guide") and "V" not in letters:  # upstream's validate_settings drops it silently
+        raise GenerationFailure("invalid", f"params.video_prompt_type must contain V when video_guide is given, got "
+                                f"{letters!r} (Wan2GP would ignore the control video): e.g. 'V' (VACE raw format), "
+                                "'PV' (poses), 'DV' (depth)", {"field": "video_prompt_type"})
+    if settings.get("video_mask") and ("A" not in letters or "U" in letters):
+        raise GenerationFailure("invalid", f"params.video_prompt_type must contain A (and not U) when video_mask is "
+                                f"given, got {letters!r} (Wan2GP would ignore the mask): e.g. 'VA'",
+                                {"field": "video_prompt_type"})
+    length = settings.get("video_length")
+    if isinstance(length, int) and not model_def.get("image_outputs", False):
+        minimum, _, step = wgp.get_model_min_frames_and_step(model)
+        offset = int(model_def.get("frames_offset", 1))
+        made = floor_frame_count(length, int(minimum), int(step), offset)
+        if made != length:
+            options = sorted({made, made + int(step)} if length > made else {made})
+            raise GenerationFailure(
+                "invalid", f"params.video_length must be {step}n+{offset} frames and at least {minimum} for "
+                f"{model}, got {length} (Wan2GP would render {made}): use {' or '.join(map(str, options))}",
+                {"field": "video_length", "minimum": minimum, "step": step, "offset": offset})
+
+
 # Wan2GP's generate_media catches a CUDA OOM itself and reports only a message; these are its words
 # (wgp.py: "it is likely that you have unsufficient VRAM" / "... unsufficient RAM"), plus torch's own.
 _OOM_WORDS = ("unsufficient vram", "unsufficient ram", "insufficient vram", "cuda out of memory", "out of memory")
@@ -177,6 +244,7 @@ class WanApiBackend:
         self, request_id: str, model: str, settings: dict[str, Any], on_progress: ProgressFn,
         cancel: threading.Event,
     ) -> Outcome:
+        check_settings(self.wgp, model, settings)
         switched = self.loaded_model() != model
         self._last_exc = None
         reset_peak()
@@ -190,8 +258,12 @@ class WanApiBackend:
                 cancel_sent = True
             if event is None:
                 continue
-            if event.kind == "status" and "model loaded" in str(event.data).lower():
-                load_s = time.monotonic() - t0
+            if event.kind == "status":
+                text = str(event.data)
+                if text.lower().startswith("loading model"):  # upstream reports the load as a status only
+                    on_progress(p.Progress(request_id, "loading_model", None, None, None, text))
+                elif "model loaded" in text.lower():
+                    load_s = time.monotonic() - t0
             elif event.kind == "progress":
                 u = event.data
                 phase = api_phase(str(u.phase))

@@ -30,7 +30,8 @@ Every type takes ``prompt`` (required), ``negative_prompt``, ``resolution`` ("Wx
 ``guidance_scale``, ``flow_shift``, ``seed``, ``loras`` and ``model`` (another Wan2GP model of the same kind,
 e.g. a finetune such as ``i2v_2_2_Enhanced_Lightning_v2``), plus ``timeout_s``. Video types add
 ``video_length`` (frames), ``guidance2_scale``, ``switch_threshold`` and ``sample_solver``; image types
-``batch_size``; VACE types ``video_prompt_type``, ``control_net_weight``, ``control_net_weight2``. A media
+``batch_size``; VACE types ``video_prompt_type`` (Wan2GP's letters; default ``V``, ``VA`` with a ``video_mask``:
+without ``V`` Wan2GP ignores the control video), ``control_net_weight``, ``control_net_weight2``. A media
 value is a URL, or an object with exactly one of ``url`` / ``storage_path`` / ``base64`` (and an optional
 ``filename``); ``image_refs`` is a list of those. ``loras`` is a list of ``{"url": …, "multiplier": 1.0}`` (or
 ``"name"``: a file already in Wan2GP's LoRA folder); a multiplier is a number or Wan2GP's phase syntax
@@ -93,7 +94,9 @@ VIDEO: dict[str, Spec] = {
     "video_length": Spec("int", lo=1, hi=2049),
     "guidance2_scale": Spec("float", lo=0, hi=50),
     "switch_threshold": Spec("int", lo=0, hi=1000),
-    "sample_solver": Spec("choice", choices=("unipc", "euler", "dpm++", "dpm++_sde", "causvid", "lcm")),
+    # the union of what Wan2GP's models declare (wan_handler: unipc, euler, dpm++, causvid, lcm); the child
+    # checks the model's own list (worker_wgp.backend.check_settings)
+    "sample_solver": Spec("choice", choices=("unipc", "euler", "dpm++", "causvid", "lcm")),
 }
 IMAGE: dict[str, Spec] = {**COMMON, "batch_size": Spec("int", lo=1, hi=16)}
 I2V: dict[str, Spec] = {**VIDEO, "image_start": Spec("media", required=True, media="image"),
@@ -217,6 +220,10 @@ def parse_params(task_type: str, params: Mapping[str, Any]) -> WanJob:
             settings[key] = _scalar(key, spec, value)
         else:
             _scalar(key, spec, value)
+    if kind.params is VACE and "video_prompt_type" not in settings:
+        # Wan2GP uses video_guide / video_mask only when video_prompt_type says so ("V": the control video in
+        # VACE's raw format, "A": a mask); its default "" would drop both without a word
+        settings["video_prompt_type"] = "VA" if params.get("video_mask") is not None else "V"
     timeout = params.get("timeout_s")
     return WanJob(task_type, model_for(task_type, params), settings, tuple(media), loras,
                   float(timeout) if timeout is not None else None, kind.output)
@@ -324,9 +331,58 @@ async def fetch_lora(spec: LoraSpec, lora_dir: Path, fetch: Fetcher, max_bytes: 
                                 details={"field": "loras", **exc.details}) from exc
 
 
+# Wan2GP tells images from videos by the file name only (shared/utils/utils.py: has_image_file_extension /
+# has_video_file_extension): "start.bin" or a signed URL's extension-less name is refused ("Start Image should be
+# an Image") or silently dropped, so every media file is given one of these suffixes from its first bytes.
+WAN2GP_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pjpeg")
+WAN2GP_VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
+
+
+def sniff_media(head: bytes) -> tuple[str, str] | None:
+    """(media, suffix) from a file's first bytes, for the formats Wan2GP reads; None when none matches."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", ".png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", ".jpg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", ".gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", ".webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", ".tiff"
+    if head[:2] == b"BM":
+        return "image", ".bmp"
+    if head[4:8] == b"ftyp":
+        return "video", ".mov" if head[8:12] == b"qt  " else ".mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM (a Matroska subset)
+        return "video", ".mkv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video", ".avi"
+    return None
+
+
+def wan2gp_media_file(path: Path, item: MediaInput) -> Path:
+    """``path`` under a name whose suffix Wan2GP recognises as the media the key takes (renamed when its suffix
+    is not one); InputRejected naming the key when the bytes are no image (or video) Wan2GP reads."""
+    suffixes = WAN2GP_IMAGE_SUFFIXES if item.media == "image" else WAN2GP_VIDEO_SUFFIXES
+    if path.suffix.lower() in suffixes:
+        return path
+    with path.open("rb") as f:
+        sniffed = sniff_media(f.read(16))
+    key = item.key if item.index is None else f"{item.key}[{item.index}]"
+    if sniffed is None or sniffed[0] != item.media:
+        formats = "PNG, JPEG, WebP, GIF, BMP or TIFF" if item.media == "image" else "MP4, MOV, MKV/WebM or AVI"
+        found = f"a {sniffed[0]}" if sniffed else "not a format Wan2GP reads"
+        path.unlink(missing_ok=True)
+        raise reject(key, f"must be {'an image' if item.media == 'image' else 'a video'} ({formats}); the file "
+                     f"given ({path.name}) is {found}", media=item.media)
+    return path.rename(path.with_name(path.stem + sniffed[1]))
+
+
 async def fetch_media(item: MediaInput, dest: Path, fetch: Fetcher, storage: Storage, max_bytes: int) -> Path:
     name = f"{item.key}{'' if item.index is None else f'_{item.index}'}"
-    return await fetch_source(item.source, dest, fetch=fetch, storage=storage, max_bytes=max_bytes, stem=name)
+    path = await fetch_source(item.source, dest, fetch=fetch, storage=storage, max_bytes=max_bytes, stem=name)
+    return wan2gp_media_file(path, item)
 
 
 async def build_request(

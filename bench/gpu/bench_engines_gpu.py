@@ -13,10 +13,12 @@ Wan2GP, two ways (``--wan2gp``):
 * ``holder`` (default) — ``bench/gpu/wan2gp_holder/wgp.py``: a checkout that holds and releases GPU memory the
   way Wan2GP does (weights copied from pinned RAM to the GPU block by block, bf16 matmul steps, release =
   drop + gc + ``torch.cuda.empty_cache()``), driven by the real child through Wan2GP's API shape. Real Wan2GP
-  cannot run on the GPU machine: docs/engines.md ("The GPU benchmark") says precisely why.
+  could not run on the GPU machine before bench/gpu/wan2gp_real (its environment in one carried batch, random
+  weights written from Wan2GP's own classes): docs/engines.md ("The GPU benchmark").
 * ``real`` — ``--wan2gp-path`` / ``--wan2gp-python``: a real Wan2GP checkout whose environment imports, with its
-  model files present (a pod with network). A preflight names every module Wan2GP imports at start that the
-  python lacks, and stops. ``--wan2gp-model`` picks the model (default ``t2v_1.3B``, the smallest video one).
+  model files present (a pod with network, or bench/gpu/wan2gp_real/setup.sh on the GPU machine). A preflight
+  names every module Wan2GP imports at start that the python lacks, and stops. ``--wan2gp-model`` picks the
+  model (default ``t2v_1.3B``, the smallest video one).
 
 Figures: each Wan2GP task's ``holder_stats`` line (load, s/step, torch's peak) or, for real Wan2GP, its result
 (``load_s``, ``execution_s``, ``peak_gpu_bytes``) and progress; each ``engine_switch`` event of the daemon's JSON
@@ -64,10 +66,12 @@ COMFY_SIDE = {
     "ti2v": ("comfyui_ti2v", ["ti2v_5b", "vae22", "umt5"]),  # 5B: 10 GB + UMT5 on the GPU
     "i2v": ("comfyui_i2v", ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "lora_i2v_high", "lora_i2v_low"]),
 }
-# what wgp.py imports at start (its top-level imports and shared/ modules'): a real Wan2GP needs all of them
-WAN2GP_IMPORTS = ["torch", "mmgp", "gradio", "cv2", "diffusers", "transformers", "accelerate", "einops",
-                  "safetensors", "numpy", "PIL", "imageio", "moviepy", "ffmpeg", "decord", "librosa", "soundfile",
-                  "matplotlib", "huggingface_hub", "requests", "tqdm", "omegaconf", "pydantic", "psutil"]
+# what importing wgp.py loads (Wan2GP 8681e9f, measured by bench/gpu/wan2gp_real/import_closure.py): a real Wan2GP
+# needs all of them (gradio may be bench/gpu/wan2gp_real/standins' stand-in); moviepy and decord are not among them
+WAN2GP_IMPORTS = ["torch", "mmgp", "optimum", "gradio", "cv2", "diffusers", "transformers", "accelerate", "einops",
+                  "safetensors", "numpy", "PIL", "imageio", "ffmpeg", "librosa", "soundfile", "matplotlib",
+                  "huggingface_hub", "requests", "tqdm", "omegaconf", "psutil", "rembg", "whisper", "smplfitter",
+                  "ftfy", "easydict", "git", "skimage", "onnxruntime", "loguru", "pydub"]
 
 
 def png_b64(width: int, height: int) -> str:

@@ -168,3 +168,21 @@ def test_a_task_naming_a_missing_model_says_how_to_fetch_it() -> None:
     [found] = problems(wf, info)
     assert "model wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors is not installed" in found["message"]
     assert found["message"].endswith("comfy-worker models sync")
+
+
+def test_every_wan2gp_task_type_has_a_group_with_its_model_in_wan2gps_folders() -> None:
+    """docker/models.yaml's wan2gp_<type> groups: one per task type worker_wgp serves, each naming at least one
+    transformer file under MODELS_DIR/wan2gp (the image's Wan2GP ckpts/) from DeepBeepMeep's repositories."""
+    pytest.importorskip("worker_wgp")
+    from worker_wgp.tasks import TASK_TYPES
+
+    m = load_manifest(SHIPPED)
+    for task_type in TASK_TYPES:
+        entries = m.select([f"wan2gp_{task_type}"])
+        models = [e for e in entries if e.folder == "wan2gp" and e.name.endswith(".safetensors")]
+        assert models, task_type
+        assert all(isinstance(e.source, HubSource) and e.source.repo.startswith("DeepBeepMeep/") for e in models)
+    core = m.select(["wan2gp_core"])
+    assert {e.folder for e in core} >= {"wan2gp/pose", "wan2gp/depth", "wan2gp/mask"}
+    assert all(e.folder.startswith(("wan2gp", "loras/wan2gp")) for e in m.entries if any(
+        g.startswith("wan2gp_") for g in e.groups))

@@ -62,6 +62,12 @@ def get_model_def(model_type: str) -> dict[str, Any] | None:
     return {"name": f"holder {model_type}", "architecture": model_type} if model_type in MODELS else None
 
 
+def get_model_min_frames_and_step(model_type: str) -> tuple[int, int, int]:
+    """Upstream's frames rule for Wan models (frames_minimum 5, frames_steps = latent_size 4): what
+    worker_wgp.backend.check_settings reads."""
+    return 5, 4, 4
+
+
 def get_lora_dir(model_type: str) -> str:
     path = os.path.join("loras", model_type.split("_", 1)[0])
     os.makedirs(path, exist_ok=True)

@@ -146,3 +146,74 @@ def test_models_sync_failure_is_reported_and_the_worker_still_starts(tmp_path: P
     assert "manual" in r.stdout and "loras/private.safetensors" in r.stdout
     assert "models sync did not install everything" in r.stderr
     assert r.stdout.strip().endswith("worker-started")
+
+
+def image_wan2gp(tmp_path: Path) -> tuple[Path, Path]:
+    """A /opt/Wan2GP as a WAN2GP=1 build leaves it: a checkout whose ckpts/ and loras/ link to the default volume,
+    and a venv python."""
+    wan = tmp_path / "opt" / "Wan2GP"
+    (wan / "shared").mkdir(parents=True)
+    (wan / "wgp.py").write_text("")
+    (wan / "shared" / "api.py").write_text("")
+    (wan / "ckpts").symlink_to("/runpod-volume/models/wan2gp")
+    (wan / "loras").symlink_to("/runpod-volume/models/loras/wan2gp")
+    python = tmp_path / "opt" / "wan2gp-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    return wan, python
+
+
+def test_an_image_with_wan2gp_turns_it_on_with_its_model_folders_on_the_volume(tmp_path: Path) -> None:
+    wan, python = image_wan2gp(tmp_path)
+    models = tmp_path / "volume" / "models"
+    r = entrypoint(
+        tmp_path,
+        {"WORKER_ID": "w1", "DATABASE_URL": "sqlite:///q.db", "MODELS_DIR": str(models),
+         "WAN2GP_IMAGE_PATH": str(wan), "WAN2GP_PYTHON": str(python)},
+        sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))",
+    )
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    assert env["WAN2GP_PATH"] == str(wan) and env["WAN2GP_PYTHON"] == str(python)
+    # Wan2GP's checkpoints and LoRA roots now resolve to folders on the (non-default) volume, which exist
+    assert (wan / "ckpts").resolve() == (models / "wan2gp").resolve() and (models / "wan2gp").is_dir()
+    assert (wan / "loras").resolve() == (models / "loras" / "wan2gp").resolve()
+    assert (models / "loras" / "wan2gp").is_dir()
+
+
+def test_wan2gp_path_set_empty_keeps_the_image_on_comfyui_alone(tmp_path: Path) -> None:
+    wan, _ = image_wan2gp(tmp_path)
+    r = entrypoint(
+        tmp_path,
+        {"WORKER_ID": "w1", "DATABASE_URL": "sqlite:///q.db", "WAN2GP_PATH": "", "WAN2GP_IMAGE_PATH": str(wan)},
+        sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))",
+    )
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    assert env["WAN2GP_PATH"] == "" and "WAN2GP_PYTHON" not in env
+    assert os.readlink(wan / "ckpts") == "/runpod-volume/models/wan2gp"  # untouched
+
+
+def test_a_wan2gp_path_without_wan2gp_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    r = entrypoint(
+        tmp_path,
+        {"WORKER_ID": "w1", "DATABASE_URL": "sqlite:///q.db", "WAN2GP_PATH": str(tmp_path),
+         "WAN2GP_PYTHON": str(tmp_path / "nope")},
+        "true",
+    )
+    assert r.returncode == 2
+    errors = [x for x in r.stderr.splitlines() if x.startswith("entrypoint: ERROR: ")]
+    assert [e.split(":")[2].strip() for e in errors] == ["WAN2GP_PATH", "WAN2GP_PYTHON"]
+    assert "set it empty to run ComfyUI alone" in errors[0]
+
+
+def test_the_wan2gp_stage_is_off_by_default_and_pinned_to_a_full_commit() -> None:
+    import re
+
+    text = (DOCKER / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (WAN2GP\w*)=(\S+)$", text, re.M))
+    assert args["WAN2GP"] == "0"
+    assert re.fullmatch(r"[0-9a-f]{40}", args["WAN2GP_REF"])
+    # Wan2GP's model folders are links to the volume, which the entrypoint re-points
+    assert "ln -s /runpod-volume/models/wan2gp /opt/Wan2GP/ckpts" in text
+    assert "ln -s /runpod-volume/models/loras/wan2gp /opt/Wan2GP/loras" in text

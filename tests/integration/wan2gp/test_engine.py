@@ -53,9 +53,13 @@ async def test_generate_routes_progress_and_files_and_keeps_the_model_loaded(eng
     assert len(first.files) == 1 and first.files[0].is_file() and frames(first.files[0]) == 9
     assert first.files[0].parent == engine.config.output_dir.resolve()
     assert first.model == "i2v" and first.switched and first.load_s >= 0.3
-    steps = [e.step for e in seen if e.phase == "inference"]
-    assert steps == [1, 2, 3, 4], seen
-    assert seen[0].phase == "loading_model" and all(e.id == seen[0].id for e in seen)
+    # as upstream reports them: the load as a status (turned into loading_model by the child), the prompt's
+    # encoding, the denoising callback from step 0, VAE decoding at the last step
+    assert [e.phase for e in seen][:2] == ["loading_model", "encoding_text"], seen
+    assert seen[0].status.startswith("Loading model i2v") and seen[0].step is None
+    assert [e.step for e in seen if e.phase == "inference"] == [0, 1, 2, 3], seen
+    assert [(e.phase, e.step, e.total) for e in seen][-1] == ("decoding", 4, 4)
+    assert all(e.id == seen[0].id for e in seen)
     assert engine.loaded_model == "i2v"
 
     again = await engine.generate("i2v", settings("a blue fox"))
@@ -242,3 +246,52 @@ async def test_the_child_needs_nothing_but_the_standard_library(
     engine = make_engine(python=str(python))
     out = await engine.generate("t2v", settings())
     assert out.files[0].is_file()
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "field", "text"),
+    [
+        ("t2v", {"video_length": 10}, "video_length", "must be 4n+1 frames and at least 5 for t2v, got 10 "
+         "(Wan2GP would render 9): use 9 or 13"),
+        ("t2v", {"video_length": 2}, "video_length", "(Wan2GP would render 5): use 5"),
+        ("ltxv_13B", {"video_length": 9, "resolution": "64x64"}, "video_length", "must be 8n+1 frames and at least 17"),
+        ("t2v", {"resolution": "70x48"}, "resolution", "multiples of 16 for t2v, got '70x48' (Wan2GP would "
+         "render 64x48): use 64x48 or 80x48"),
+        ("ltxv_13B", {"resolution": "64x48"}, "resolution", "multiples of 32"),
+        ("no_such_model", {}, "model", "is not a model of this Wan2GP checkout"),
+        ("t2v", {"sample_solver": "dpm++_sde"}, "sample_solver", "must be one of unipc, euler, dpm++, causvid, "
+         "lcm for t2v, got 'dpm++_sde'"),
+        ("hunyuan", {"sample_solver": "euler"}, "sample_solver", "must be left out: it has no choice of solver"),
+    ],
+)
+async def test_what_wan2gp_would_silently_change_is_refused_naming_the_key(
+    engine: WanEngine, model: str, change: dict[str, object], field: str, text: str
+) -> None:
+    """Upstream rounds the size down to the VAE block and the length down to the latent step without a word
+    (and an unknown model fails deep in its settings merge): the child refuses those, naming key and fix."""
+    with pytest.raises(EngineRejected) as info:
+        await engine.generate(model, {**settings(), **change})
+    assert not is_retryable(info.value)
+    assert info.value.details["field"] == field and f"params.{field}" in str(info.value)
+    assert text in str(info.value)
+    assert engine.loaded_model is None  # refused before anything was loaded
+
+
+async def test_frame_counts_and_sizes_wan2gp_accepts_come_out_exactly(engine: WanEngine) -> None:
+    out = await engine.generate("t2v", settings(video_length=13))
+    assert frames(out.files[0]) == 13
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"video_prompt_type": "PI"}, "must contain V when video_guide is given, got 'PI'"),
+        ({"video_prompt_type": "UV", "video_mask": "/m.mp4"}, "must contain A (and not U) when video_mask is given"),
+    ],
+)
+async def test_media_wan2gp_would_drop_for_its_letters_is_refused(
+    engine: WanEngine, change: dict[str, object], text: str
+) -> None:
+    with pytest.raises(EngineRejected) as info:
+        await engine.generate("vace_14B", {**settings(), "video_guide": "/g.mp4", **change})
+    assert info.value.details["field"] == "video_prompt_type" and text in str(info.value)

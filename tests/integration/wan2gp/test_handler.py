@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ async def source() -> AsyncIterator[tuple[str, list[str]]]:
     async def serve(request: web.Request) -> web.Response:
         hits.append(request.path)
         name = request.match_info["name"]
-        if name.endswith(".png"):
+        if name.endswith(".png") or name.startswith("signed-image"):
             return web.Response(body=PNG, content_type="image/png")
         size = int(request.query.get("size", len(LORA)))
         return web.Response(body=(LORA * (size // len(LORA) + 1))[:size], content_type="application/octet-stream")
@@ -102,7 +103,7 @@ async def test_i2v_task_fetches_inputs_and_loras_and_stores_the_video(
     assert (ctx.work_dir / "inputs" / "image_start.png").read_bytes() == PNG
     assert not list((tmp_path / "wan2gp-out").glob("*.mp4"))  # moved out of Wan2GP's folder
     steps = [u["step"] for u in ctx.recorded if u["phase"] == "inference"]  # type: ignore[attr-defined]
-    assert steps == [1, 2, 3] and ctx.started.is_set()
+    assert steps == [0, 1, 2] and ctx.started.is_set()  # Wan2GP's callback runs from step 0; step 3 is decoding
 
     # the same LoRA again: served from Wan2GP's folder, not downloaded twice
     await run(WanHandler("i2v"), make_ctx("i2v", params, task_id="t2"))
@@ -151,3 +152,54 @@ async def test_cancel_and_deadline_interrupt_the_generation(
     with pytest.raises(ExecutionTimeout, match="within 1 s"):
         await handler.execute(ctx, await handler.prepare(ctx))
     assert not (await engine.status()).busy  # the child stopped working on it
+
+
+@pytest.mark.parametrize(
+    "image_start",
+    [
+        {"base64": base64.b64encode(PNG).decode()},  # no filename: fetched as image_start.bin
+        "{base}/f/signed-image?X-Amz-Signature=abc",  # a URL whose name has no extension
+    ],
+)
+async def test_an_image_without_an_image_extension_reaches_wan2gp_as_an_image(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], source: tuple[str, list[str]],
+    image_start: Any,
+) -> None:
+    """Wan2GP knows images by their file extension only (the stand-in, like upstream, refuses an image_start
+    named .bin with "Start Image should be an Image"): the file is renamed after its first bytes."""
+    base, _ = source
+    if isinstance(image_start, str):
+        image_start = image_start.format(base=base)
+    ctx = make_ctx("i2v", {"prompt": "a cat", "image_start": image_start, "resolution": "64x48",
+                           "video_length": 5, "num_inference_steps": 2})
+    result = await run(WanHandler("i2v"), ctx)
+    assert [o["kind"] for o in result.result["outputs"]] == ["video"]
+    assert [f.name for f in (ctx.work_dir / "inputs").iterdir()] == ["image_start.png"]
+
+
+async def test_a_file_that_is_no_image_is_refused_naming_the_key(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext]
+) -> None:
+    text = base64.b64encode(b"hello, not a picture").decode()
+    ctx = make_ctx("i2v", {"prompt": "a cat", "image_start": {"base64": text}})
+    with pytest.raises(InputRejected, match=r"params\.image_start must be an image \(PNG, JPEG") as info:
+        await WanHandler("i2v").prepare(ctx)
+    assert info.value.details["field"] == "image_start" and not info.value.retryable
+    assert engine.pid is None and list((ctx.work_dir / "inputs").iterdir()) == []
+
+
+async def test_a_vace_task_gets_its_control_video_to_wan2gp(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], tmp_path: Path
+) -> None:
+    """Without "V" in video_prompt_type Wan2GP (and the stand-in) drops video_guide silently; the task's
+    default enables it, and the control video (base64, no name: sniffed as MP4) reaches generate_media."""
+    guide = tmp_path / "guide.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=16", "-frames:v", "5",
+                    "-pix_fmt", "yuv420p", str(guide)], check=True)
+    video = base64.b64encode(guide.read_bytes()).decode()
+    ctx = make_ctx("vace", {"prompt": "a dancer", "video_guide": {"base64": video},
+                            "resolution": "64x48", "video_length": 5, "num_inference_steps": 2})
+    with capture_logs() as logs:
+        result = await run(WanHandler("vace"), ctx)
+    assert [o["kind"] for o in result.result["outputs"]] == ["video"]
+    assert any(e.get("line", "") == "Control video: video_guide.mp4 mask: None" for e in logs), logs

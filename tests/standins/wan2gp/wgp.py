@@ -8,7 +8,22 @@ What it reproduces (names and behaviour read from upstream wgp.py / shared/api.p
 
 * module state ``transformer_type`` / ``wan_model`` / ``reload_needed``; ``load_models`` when the requested
   ``model_type`` differs from the loaded one, announced with ``send_cmd("status", "Loading model …")`` and
-  ``"Model loaded"``; ``release_model()`` drops the model (the API's ``session.close()`` calls it);
+  ``"Model loaded"`` only (upstream sends no progress while it loads); ``release_model()`` drops the model
+  (the API's ``session.close()`` calls it);
+* ``get_model_def`` (``None`` for an unknown type; upstream's ``validate_task`` then fails with an
+  AttributeError in its settings merge, which the API reports as a ``runtime`` error, not a validation one),
+  ``get_model_min_frames_and_step``, and ``generate_media`` rounding the resolution down to the model's
+  ``vae_block_size`` (16 by default) and ``video_length`` down to ``latent_size``·n + ``frames_offset`` (at
+  least ``frames_minimum``: 4n+1 from 5 for Wan) without saying so, as upstream does;
+* ``video_guide`` / ``video_mask`` dropped without a word unless ``video_prompt_type`` has ``V`` (and ``A``
+  without ``U`` for the mask), as upstream's ``validate_settings`` does; one used is printed ("Control video: …");
+* a ``sample_solver`` the Wan model does not declare raising NotImplementedError after the load, as
+  upstream's any2video does (models without ``sample_solvers`` ignore it);
+* attachments recognised by their file extension only (upstream's ``has_image_file_extension``): an
+  ``image_start`` path without an image extension is refused with "Start Image should be an Image";
+* progress as upstream sends it: ``[0, "… | Encoding Prompt"]`` before denoising, then
+  ``[(step, total), "… | Denoising | …", total]`` from step 0 (the callback before the first step) and
+  ``"VAE Decoding"`` at step ``total`` (the callback after the last step);
 * a loaded model holds real memory (``WGP_STANDIN_MODEL_MB``, default 32 MiB of written pages, so the child's
   RSS shows it) until ``release_model()``; loading takes ``WGP_STANDIN_LOAD_S`` seconds (default 0.05);
 * ``generate_media(task, send_cmd, …)`` with upstream's parameter names, reporting steps as
@@ -117,10 +132,39 @@ def directives(prompt: str) -> dict[str, str]:
     return {m.group(1): m.group(2) or "" for m in _DIRECTIVE.finditer(prompt or "")}
 
 
+# what upstream's family handlers add to these model definitions (frames and VAE block; defaults 5 / 4 / 16)
+_MODEL_EXTRAS: dict[str, dict[str, Any]] = {
+    "ltxv_13B": {"frames_minimum": 17, "frames_steps": 8, "vae_block_size": 32},
+    "hunyuan": {"frames_minimum": 5, "frames_steps": 4},
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pjpeg")
+
+
+WAN_SOLVERS = [("unipc", "unipc"), ("euler", "euler"), ("dpm++", "dpm++"), ("flowmatch causvid", "causvid"),
+               ("lcm + ltx", "lcm")]  # models/wan/wan_handler.py upstream
+
+
 def get_model_def(model_type: str) -> dict[str, Any] | None:
     if model_type in VIDEO_MODELS or model_type in IMAGE_MODELS:
-        return {"name": f"standin {model_type}", "architecture": model_type}
+        wan = model_type.startswith(("t2v", "i2v", "vace"))
+        return {"name": f"standin {model_type}", "architecture": model_type,
+                "image_outputs": model_type in IMAGE_MODELS, **({"sample_solvers": WAN_SOLVERS} if wan else {}),
+                **_MODEL_EXTRAS.get(model_type, {})}
     return None
+
+
+def get_model_min_frames_and_step(model_type: str) -> tuple[int, int, int]:
+    model_def = get_model_def(model_type)
+    assert model_def is not None
+    frames_minimum = model_def.get("frames_minimum", 5)
+    frames_steps = model_def.get("frames_steps", 4)
+    return frames_minimum, frames_steps, model_def.get("latent_size", frames_steps)
+
+
+def _floor_frame_count(count: int, minimum: int, step: int, offset: int = 1) -> int:
+    count = max(minimum, count)
+    lower = (count - offset) // step * step + offset
+    return lower if lower >= minimum else minimum
 
 
 def _lora_root() -> str:
@@ -161,8 +205,18 @@ def release_model() -> None:
 def validate_task(task: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     settings = dict(task["params"])
     model_type = settings.get("model_type", "")
-    if get_model_def(model_type) is None:
-        return None, f"Unknown model type {model_type!r}"
+    if not model_type:
+        return None, "No model_type specified"
+    model_def = get_model_def(model_type)
+    settings = {**model_def.get("settings", {}), **settings}  # upstream: AttributeError for an unknown type
+    image_start = settings.get("image_start")
+    if isinstance(image_start, str) and not image_start.lower().endswith(IMAGE_EXTENSIONS):
+        return None, "Start Image should be an Image"
+    letters = settings.get("video_prompt_type") or ""
+    if "V" not in letters:  # upstream's validate_settings: no control video (nor mask) without "V"
+        settings["video_guide"] = settings["video_mask"] = None
+    elif "A" not in letters or "U" in letters:
+        settings["video_mask"] = None
     if not re.fullmatch(r"\d+x\d+", str(settings.get("resolution", "832x480"))):
         return None, f"Invalid resolution {settings.get('resolution')!r}"
     missing = [lora for lora in settings.get("activated_loras") or [] if not os.path.isfile(lora)]
@@ -218,15 +272,28 @@ def generate_media(
     if model_type != transformer_type or reload_needed or wan_model is None:
         release_model()
         send_cmd("status", f"Loading model {model_type}...")
-        send_cmd("progress", [0, "Loading model"])
         wan_model, _ = load_models(model_type, prompt=prompt)
         transformer_type = model_type
         reload_needed = False
         send_cmd("status", "Model loaded")
+    if video_guide is not None:
+        print(f"Control video: {os.path.basename(video_guide)} mask: {video_mask and os.path.basename(video_mask)}")
     if activated_loras:
         print(f"Loras: {[os.path.basename(lora) for lora in activated_loras]} multipliers: {loras_multipliers!r}")
     if "raise" in d:
         raise RuntimeError("standin: a node raised during denoising")
+    model_def = get_model_def(model_type) or {}
+    block = model_def.get("vae_block_size", 16)
+    width, height = (int(side) // block * block for side in resolution.split("x"))
+    resolution = f"{width}x{height}"
+    if not model_def.get("image_outputs"):
+        minimum, _, latent_size = get_model_min_frames_and_step(model_type)
+        video_length = _floor_frame_count(video_length, minimum, latent_size, model_def.get("frames_offset", 1))
+    solvers = [value for _, value in model_def.get("sample_solvers", [])]
+    if solvers and sample_solver not in ("", *solvers):
+        raise NotImplementedError(f"Unsupported Scheduler {sample_solver}")  # upstream: after the load
+    send_cmd("progress", [0, "Prompt 1/1 | Encoding Prompt"])
+    send_cmd("progress", [(0, num_inference_steps), "Prompt 1/1 | Denoising | 0.0s", num_inference_steps])
     step_s = float(d.get("step_s") or os.environ.get("WGP_STANDIN_STEP_S", "0.01"))
     for step in range(1, num_inference_steps + 1):
         time.sleep(step_s)
@@ -240,8 +307,9 @@ def generate_media(
             send_cmd("error", "The generation of the video has encountered an error: it is likely that you have "
                      "unsufficient VRAM and you should therefore reduce the video resolution or its number of frames.")
             return False
-        send_cmd("progress", [(step, num_inference_steps), f"Denoising | step {step}", num_inference_steps])
-    send_cmd("progress", [(num_inference_steps, num_inference_steps), "VAE Decoding", num_inference_steps])
+        phase = "VAE Decoding" if step == num_inference_steps else "Denoising"
+        send_cmd("progress", [(step, num_inference_steps), f"Prompt 1/1 | {phase} | 0.{step}s",
+                              num_inference_steps])
     path = _write_output(model_type, resolution, video_length, seed)
     print(f"New video saved to Path: {path}")
     gen["file_list"].append(path)

@@ -40,7 +40,8 @@ def test_every_type_maps_to_its_model_and_needs_a_prompt(task_type: str) -> None
     assert set(MINIMAL) == set(TASK_TYPES) == set(EXPECTED_MODELS)
     job = parse_params(task_type, {"prompt": "a fox", **MINIMAL[task_type]})
     assert job.model == EXPECTED_MODELS[task_type] == model_for(task_type)
-    assert job.settings == {"prompt": "a fox"}
+    vace = {"video_prompt_type": "V"} if task_type.startswith("vace") else {}  # see the VACE test below
+    assert job.settings == {"prompt": "a fox", **vace}
     assert rejected(task_type, MINIMAL[task_type]).details["field"] == "prompt"
     for key in MINIMAL[task_type]:  # the required media of the type
         error = rejected(task_type, {"prompt": "a fox"})
@@ -153,3 +154,15 @@ def test_every_settings_key_is_a_wan2gp_generate_media_parameter() -> None:
     produced = {k for t in TASK_TYPES.values() for k in t.params} - {"loras", "model", "timeout_s"}
     assert produced | {"activated_loras", "loras_multipliers"} <= accepted
     assert {t.model for t in TASK_TYPES.values()} <= fake.VIDEO_MODELS | fake.IMAGE_MODELS
+
+
+def test_vace_tasks_enable_the_control_video_and_mask_wan2gp_would_otherwise_drop() -> None:
+    """Wan2GP reads video_guide only with "V" in video_prompt_type and video_mask only with "A" (its default is
+    ""): a VACE task that does not say gets them enabled; one that does is passed as given (the child refuses
+    letters that would drop a given file)."""
+    assert parse_params("vace", {"prompt": "a", "video_guide": VID}).settings["video_prompt_type"] == "V"
+    both = parse_params("vace_21", {"prompt": "a", "video_guide": VID, "video_mask": VID})
+    assert both.settings["video_prompt_type"] == "VA"
+    assert parse_params("vace", {"prompt": "a", "video_guide": VID, "video_prompt_type": "PV"}).settings[
+        "video_prompt_type"] == "PV"
+    assert "video_prompt_type" not in parse_params("t2v", {"prompt": "a"}).settings

@@ -1,15 +1,16 @@
 """Test-only stand-in for Wan2GP's documented Python API, ``shared/api.py`` (docs/API.md upstream).
 
 See ``../wgp.py`` for what the fake Wan2GP reproduces. This module keeps the API's surface and its run loop:
-``init(root=…, output_dir=…, cli_args=…)`` imports ``wgp`` from ``root`` (cwd = root, ``sys.argv`` = the
-cli args) and points its save paths at ``output_dir``; ``session.submit_task(settings)`` validates the task
-(``wgp.validate_task``: failures are errors of stage ``validation``), runs ``wgp.generate_media`` with the
-settings its signature accepts in a thread, and turns ``send_cmd`` into ``job.events``: ``progress``
-(:class:`ProgressUpdate` with a normalised phase), ``status``, ``output``, ``error`` (stage ``generation``)
-and ``completed``; an exception escaping ``generate_media`` becomes an error of stage ``generation`` with its
-text. ``job.cancel()`` sets ``gen["abort"]`` and the model's ``_interrupt``; ``job.result()`` waits and
-returns :class:`GenerationResult` with the absolute paths added to ``file_list``; ``session.close()`` calls
-``wgp.release_model()``. Simplified: one task per job, no manifests, previews, stdout capture or web UI mode.
+``init(root=…, output_dir=…, cli_args=…)`` imports ``wgp`` from ``root`` (cwd = root, ``sys.argv`` = the cli args)
+and points its save paths at ``output_dir``; ``session.submit_task(settings)`` validates the task
+(``wgp.validate_task``: failures are errors of stage ``validation``, an exception one of stage ``runtime``), runs
+``wgp.generate_media`` with the settings its signature accepts in a thread, and turns ``send_cmd`` into
+``job.events``: ``progress`` (:class:`ProgressUpdate` with a normalised phase), ``status``, ``output``, ``error``
+(stage ``generation``) and ``completed``; an exception escaping ``generate_media`` becomes an error of stage
+``generation`` with its text. ``job.cancel()`` sets ``gen["abort"]`` and the model's ``_interrupt``;
+``job.result()`` waits and returns :class:`GenerationResult` with the absolute paths added to ``file_list``;
+``session.close()`` calls ``wgp.release_model()``. Simplified: one task per job, no manifests, previews, stdout
+capture or web UI mode.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib
 import inspect
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -179,12 +181,17 @@ class WanGPSession:
             gen["abort"] = False
             job.events.put("started", {"tasks": 1})
             task = {"id": 1, "params": settings, "plugin_data": {}}
-            validated, problem = wgp.validate_task(task, self._state)
-            if validated is None:
-                errors.append(GenerationError(problem, 1, 1, "validation"))
+            try:
+                validated, problem = wgp.validate_task(task, self._state)
+            except Exception as exc:  # upstream's worker thread reports it as a runtime error
+                errors.append(GenerationError(str(exc) or type(exc).__name__, None, None, "runtime"))
                 job.events.put("error", errors[-1])
             else:
-                errors += self._generate(job, task, validated)
+                if validated is None:
+                    errors.append(GenerationError(problem, 1, 1, "validation"))
+                    job.events.put("error", errors[-1])
+                else:
+                    errors += self._generate(job, task, validated)
             files = [str(Path(f).resolve()) for f in gen["file_list"][base:]]
             if gen.get("abort") or job.cancel_requested:
                 errors.append(GenerationError("Generation was cancelled", 1, 1, "cancelled"))
@@ -221,6 +228,9 @@ class WanGPSession:
 
 
 def _progress(data: Any) -> ProgressUpdate:
+    """Upstream's ``_build_progress_update`` for the messages the stand-in sends: ``[(step, total), status,
+    total]`` or ``[0, status]``; the phase from the status's last ``|`` part (``Encoding Prompt`` →
+    encoding_text, ``Denoising`` → inference, ``VAE Decoding`` → decoding), steps only for those phases."""
     step = total = None
     status = ""
     if isinstance(data, list) and data and isinstance(data[0], tuple):
@@ -228,15 +238,26 @@ def _progress(data: Any) -> ProgressUpdate:
         status = str(data[1])
     elif isinstance(data, list) and data:
         status = str(data[1] if len(data) > 1 else data[0])
-    lowered = status.lower()
+    parts = [part.strip() for part in status.split("|") if part.strip() and not part.strip().startswith("Prompt ")]
+    label = next((part for part in parts if not re.fullmatch(r"[\d:.]+\s*[smh]?", part)), status)
+    lowered = label.lower()
     if lowered.startswith("loading"):
         phase = "loading_model"
+    elif "encoding" in lowered:
+        phase = "encoding_text"
     elif "decoding" in lowered:
         phase = "decoding"
     else:
         phase = "inference"
-    percent = 10 if step is None or not total else min(90, 20 + int(step / total * 65))
-    return ProgressUpdate(phase, status, percent, step, total, status)
+    if phase == "loading_model":
+        step = total = None
+    if step is None or not total:
+        percent = {"loading_model": 10, "encoding_text": 18, "decoding": 90}.get(phase, 15)
+    elif phase == "decoding":
+        percent = min(95, 85 + int(step / total * 10))
+    else:
+        percent = min(90, 20 + int(step / total * 65))
+    return ProgressUpdate(phase, status, percent, step, total, label)
 
 
 def init(*, root: str | os.PathLike[str] | None = None, config_path: Any = None,
