@@ -8,6 +8,13 @@ as its supervised child, the embedded SQLite queue, local storage), inserts task
 * ``i2v``   — ``comfyui_i2v`` 14B HIGH/LOW at 832x480x81 with ``use_lora`` (4 steps) and without (20 steps):
   per-pass sampling time, the HIGH→LOW switch, peak VRAM; then a 3-chunk ``prompt_runner`` chain on the
   stock-node profile: total time vs the sum of its ComfyUI prompts.
+* ``warm`` — issue 24's warm start, 5B ti2v at 1280x704 x 121 frames (4 steps: the cold overhead is model reading
+  and loading, not sampling), page cache dropped before each daemon start, baseline and warm start in one run:
+  a task queued before the daemon starts (``WARM_PREFETCH`` reads the models while ComfyUI boots; the warm-up
+  gives way to the waiting task), and a task inserted once the worker is up (without warm start: when it
+  registered; with ``WARM_UP``: when its warm-up finished). Cold overhead = first task's insert-to-complete
+  minus the next (warm) task's, same daemon. ``warm14`` does the same for the 14B HIGH/LOW ``comfyui_i2v``
+  (832x480x81, 4-step LoRA).
 * ``coverage`` — every Wan 2.2 task type (t2v with and without the LoRA, i2v with a user LoRA, flf2v, ti2v
   with and without an image, s2v over two audio windows) executed by the real nodes through the daemon, with
   models 2 blocks deep at full width (the same types to ComfyUI): each output probed with ffprobe.
@@ -335,6 +342,73 @@ def phase_ti2v(results: dict[str, Any]) -> None:
     vram.stop()
 
 
+def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, arrive: str) -> dict[str, Any]:
+    """One daemon start with the page cache dropped: the first task (queued ``before`` the start, or inserted
+    ``after`` the worker is up) and a second, warm one; the cold overhead is the difference."""
+    env = {"WARM_PREFETCH": "true", "WARM_UP": "true", "TASK_TYPES": task_type} if warm else {"TASK_TYPES": task_type}
+    d = Daemon(name, env)
+    fresh_sqlite(d.db)
+    d.migrate()
+    tid = ""
+    t_ins = 0.0
+    if arrive == "before":
+        t_ins = time.time()
+        tid = enqueue(d, task_type, {**params, "seed": 1})
+    cache = drop_page_cache()
+    t0 = d.start()
+    ready = d.wait_event("comfyui_ready", 300)
+    if arrive == "after":
+        d.wait_event("warm_up_finished" if warm else "worker_registered", 600)
+        t_ins = time.time()
+        tid = enqueue(d, task_type, {**params, "seed": 1})
+    row = wait_task(d, tid, 900)
+    first_s = ts(row, "completed_at") - t_ins
+    t2 = time.time()
+    tid2 = enqueue(d, task_type, {**params, "seed": 2})
+    row2 = wait_task(d, tid2, 900)
+    warm_s = ts(row2, "completed_at") - t2
+    pre, wup = d.first("warm_prefetch_done"), d.first("warm_up_finished")
+    out = {
+        "case": name, "warm_start": warm, "task_arrives": arrive, "page_cache": cache,
+        "comfyui_ready_s": round(ready["_t"] - t0, 2),
+        "task_inserted_s": round(t_ins - t0, 2),
+        "first_insert_to_complete_s": round(first_s, 2),
+        "warm_insert_to_complete_s": round(warm_s, 2),
+        "cold_overhead_s": round(first_s - warm_s, 2),
+        "daemon_start_to_first_complete_s": round(ts(row, "completed_at") - t0, 2),
+        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s")} if pre else None,
+        "prefetch_done_s": round(pre["_t"] - t0, 2) if pre else None,
+        "warm_up": {"outcome": wup.get("outcome"), "seconds": wup.get("seconds"),
+                    "at_s": round(wup["_t"] - t0, 2)} if wup else None,
+    }  # fmt: skip
+    say("cold_case", json.dumps(out))
+    out["daemon_exit"] = d.stop()
+    return out
+
+
+def phase_warm(results: dict[str, Any], only: str = "") -> None:
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    cases = [("ti2v_before_cold", False, "before"), ("ti2v_before_warm", True, "before"),
+             ("ti2v_after_warm", True, "after"), ("ti2v_after_cold", False, "after")]  # fmt: skip
+    results.setdefault("warm", [])
+    for name, warm, arrive in cases:
+        results["warm"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive=arrive))
+        (OUT / "results_warm.json").write_text(json.dumps(results, indent=2))
+
+
+def phase_warm14(results: dict[str, Any]) -> None:
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    params = i2v_params(0, True, image_b64(832, 480))
+    params.pop("seed")
+    results.setdefault("warm14", [])
+    for name, warm, arrive in [("i2v_before_cold", False, "before"), ("i2v_before_warm", True, "before"),
+                               ("i2v_after_warm", True, "after")]:  # fmt: skip
+        results["warm14"].append(cold_case(name, "comfyui_i2v", params, warm=warm, arrive=arrive))
+        (OUT / "results_warm14.json").write_text(json.dumps(results, indent=2))
+
+
 def i2v_params(seed: int, lora: bool, b64: str) -> dict[str, Any]:
     p: dict[str, Any] = {"prompt": "a sunset over the beach, waves", "width": 832, "height": 480, "num_frames": 81,
                          "seed": seed, "image": {"base64": b64, "filename": "start.png"}}  # fmt: skip
@@ -558,7 +632,7 @@ def main() -> int:
     results["device"] = {"gpu": smi, "torch": torch.__version__, "python": sys.version.split()[0]}
     say("device", json.dumps(results["device"]))
     table = {"ti2v": phase_ti2v, "i2v": phase_i2v, "chain": phase_chain, "efficiency": phase_efficiency,
-             "coverage": phase_coverage}
+             "coverage": phase_coverage, "warm": phase_warm, "warm14": phase_warm14}
     kill_leftovers()
     try:
         for phase in phases:
