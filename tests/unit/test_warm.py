@@ -172,3 +172,24 @@ def test_settings_defaults_and_valid_values() -> None:
     s = load_settings({"WARM_PREFETCH": "true", "WARM_MODELS": "/abs/a.safetensors, vae/b.safetensors",
                        "COMFY_PATH": "/c", "WARM_UP": "yes", "WARM_PREFETCH_STREAMS": "16"})  # fmt: skip
     assert s.warm_models == ("/abs/a.safetensors", "vae/b.safetensors") and s.warm_up and s.warm_prefetch_streams == 16
+
+
+@pytest.mark.parametrize("task_type", list(DEFAULTS))
+def test_compile_param_wraps_each_diffusion_model_and_is_off_by_default(task_type: str) -> None:
+    from comfy_worker.builders import build
+    from comfy_worker.builders.params import MEDIA
+    from comfy_worker.errors import InputRejected
+
+    media = {k: "x.png" if k != "audio" else "x.wav" for k in MEDIA[task_type]}
+    plain = build(task_type, {"seed": 1}, media)
+    assert not [n for n in plain.values() if n["class_type"] == "TorchCompileModel"]
+    g = build(task_type, {"seed": 1, "compile": True}, media)
+    compiled = {k: n for k, n in g.items() if n["class_type"] == "TorchCompileModel"}
+    unets = [k for k, n in g.items() if n["class_type"] == "UNETLoader"]
+    assert len(compiled) == len(unets) and all(n["inputs"]["backend"] == "inductor" for n in compiled.values())
+    for node in g.values():  # every sampler takes a compiled model
+        model = node["inputs"].get("model")
+        if node["class_type"].startswith("KSampler"):
+            assert model[0] in compiled
+    with pytest.raises(InputRejected, match="compile must be true or false"):
+        build(task_type, {"compile": "yes"}, media)
