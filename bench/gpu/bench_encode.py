@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,16 @@ from comfy_worker.builders.params import DEFAULTS
 
 
 def frames(width: int, height: int, count: int, fps: float, source: str = "testsrc2") -> torch.Tensor:
-    """(count, H, W, 3) float32 in 0..1, as ComfyUI's IMAGE tensors are, from ffmpeg's lavfi ``source``."""
+    """(count, H, W, 3) float32 in 0..1, as ComfyUI's IMAGE tensors are, from ffmpeg's lavfi ``source`` (the
+    ffmpeg command when there is one, else PyAV's own libavfilter)."""
+    if not shutil.which("ffmpeg"):
+        got = []
+        with av.open(f"{source}=size={width}x{height}:rate={fps}", format="lavfi") as src:
+            for frame in src.decode(video=0):
+                got.append(frame.to_ndarray(format="rgb24"))
+                if len(got) == count:
+                    break
+        return torch.from_numpy(np.stack(got)).float() / 255.0
     raw = subprocess.run(
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate={fps}",
          "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
