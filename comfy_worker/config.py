@@ -149,6 +149,12 @@ class Settings:
     models_dir: str = ""
     models_manifest: str = ""
     models_groups: tuple[str, ...] = ()
+    # warm start (daemon/warm.py; README "Performance")
+    warm_prefetch: bool = False
+    warm_models: tuple[str, ...] = ()
+    warm_prefetch_streams: int = 8
+    warm_prefetch_ram_fraction: float = 0.8
+    warm_up: bool = False
     # prompt runner
     dry_run: bool = False
     dry_run_temp_dir: str = ""
@@ -326,6 +332,11 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "webhook_backoff_base_s": _number(float, 0),
     "webhook_backoff_cap_s": _number(float, 0),
     "webhook_url_allowlist": _csv,
+    "warm_prefetch": _bool,
+    "warm_models": _csv,
+    "warm_prefetch_streams": _number(int, 1),
+    "warm_prefetch_ram_fraction": _number(float, 0.01),
+    "warm_up": _bool,
     "dry_run": _bool,
 }
 
@@ -382,6 +393,7 @@ def _validate(s: Settings) -> None:
     if s.comfy_url and not s.comfy_url.startswith(("http://", "https://")):
         raise ConfigError("COMFY_URL", f"expected http://host:port, got {s.comfy_url!r}")
     _validate_webhooks(s)
+    _validate_warm(s)
     if s.heartbeat_interval >= s.lease_seconds:
         raise ConfigError(
             "HEARTBEAT_INTERVAL",
@@ -427,6 +439,30 @@ def _validate_webhooks(s: Settings) -> None:
     for event in s.webhook_events:
         if event not in WEBHOOK_EVENT_NAMES:
             raise ConfigError("WEBHOOK_EVENTS", f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENT_NAMES)}")
+
+
+def _validate_warm(s: Settings) -> None:
+    if s.warm_prefetch_ram_fraction > 1:
+        raise ConfigError(
+            "WARM_PREFETCH_RAM_FRACTION", f"a fraction of MemAvailable in (0, 1], got {s.warm_prefetch_ram_fraction}"
+        )
+    for name in s.warm_models:
+        p = Path(name)
+        if ".." in p.parts:
+            raise ConfigError("WARM_MODELS", f"{name!r}: give folder/file under MODELS_DIR or an absolute path, not ..")
+        if not p.is_absolute() and s.models_path is None:
+            raise ConfigError(
+                "WARM_MODELS", f"{name!r} is relative to MODELS_DIR, which is unset (set MODELS_DIR or COMFY_PATH)"
+            )
+    if s.warm_models and not s.warm_prefetch:
+        raise ConfigError("WARM_MODELS", "names files for WARM_PREFETCH, which is off: set WARM_PREFETCH=true")
+    if s.warm_prefetch and not s.warm_models and s.models_path is None:
+        raise ConfigError(
+            "WARM_PREFETCH",
+            "needs to know where the models are: set MODELS_DIR (or COMFY_PATH), or list absolute paths in WARM_MODELS",
+        )
+    if s.warm_up and not (s.comfy_path or s.comfy_url):
+        raise ConfigError("WARM_UP", "loads models into ComfyUI: set COMFY_PATH or COMFY_URL, or WARM_UP=false")
 
 
 def default_worker_id() -> str:

@@ -8,6 +8,13 @@ as its supervised child, the embedded SQLite queue, local storage), inserts task
 * ``i2v``   — ``comfyui_i2v`` 14B HIGH/LOW at 832x480x81 with ``use_lora`` (4 steps) and without (20 steps):
   per-pass sampling time, the HIGH→LOW switch, peak VRAM; then a 3-chunk ``prompt_runner`` chain on the
   stock-node profile: total time vs the sum of its ComfyUI prompts.
+* ``warm`` — issue 24's warm start, 5B ti2v at 1280x704 x 121 frames (4 steps: the cold overhead is model reading
+  and loading, not sampling), page cache dropped before each daemon start, baseline and warm start in one run:
+  a task queued before the daemon starts (``WARM_PREFETCH`` reads the models while ComfyUI boots; the warm-up
+  gives way to the waiting task), and a task inserted once the worker is up (without warm start: when it
+  registered; with ``WARM_UP``: when its warm-up finished). Cold overhead = first task's insert-to-complete
+  minus the next (warm) task's, same daemon. ``warm14`` does the same for the 14B HIGH/LOW ``comfyui_i2v``
+  (832x480x81, 4-step LoRA).
 * ``coverage`` — every Wan 2.2 task type (t2v with and without the LoRA, i2v with a user LoRA, flf2v, ti2v
   with and without an image, s2v over two audio windows) executed by the real nodes through the daemon, with
   models 2 blocks deep at full width (the same types to ComfyUI): each output probed with ffprobe.
@@ -51,8 +58,16 @@ BASE = f"http://127.0.0.1:{PORT}"
 I2V_MODELS = ["i2v_14b_high", "i2v_14b_low", "vae21", "umt5", "loras_i2v"]
 TI2V_MODELS = ["ti2v_5b", "vae22", "umt5"]
 # coverage: every Wan model 2 blocks deep at full width (the same model types to ComfyUI, a fraction of the disk)
-COVERAGE_SHALLOW = ["t2v_14b_high", "t2v_14b_low", "loras_t2v", "i2v_14b_high", "i2v_14b_low", "loras_i2v",
-                    "s2v_14b", "ti2v_5b"]
+COVERAGE_SHALLOW = [
+    "t2v_14b_high",
+    "t2v_14b_low",
+    "loras_t2v",
+    "i2v_14b_high",
+    "i2v_14b_low",
+    "loras_i2v",
+    "s2v_14b",
+    "ti2v_5b",
+]
 COVERAGE_FULL = ["vae21", "vae22", "umt5", "wav2vec2"]
 COVERAGE_SIZE = (480, 288)  # multiples of 32, as ti2v needs
 
@@ -105,12 +120,27 @@ def wav_b64(seconds: float, rate: int = 16000) -> str:
 
 def probe(path: Path) -> dict[str, Any]:
     """ffprobe's view of an output: streams (codec, frames, size) and duration."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-                          "stream=codec_type,codec_name,width,height,nb_read_frames:format=duration", "-of", "json",
-                          str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height,nb_read_frames:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(out.stdout)
-    return {"duration_s": round(float(info["format"].get("duration") or 0), 3),
-            "streams": [{k: v for k, v in st.items() if k != "disposition"} for st in info["streams"]]}
+    return {
+        "duration_s": round(float(info["format"].get("duration") or 0), 3),
+        "streams": [{k: v for k, v in st.items() if k != "disposition"} for st in info["streams"]],
+    }
 
 
 def image_b64(width: int, height: int) -> str:
@@ -335,6 +365,146 @@ def phase_ti2v(results: dict[str, Any]) -> None:
     vram.stop()
 
 
+def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, arrive: str) -> dict[str, Any]:
+    """One daemon start with the page cache dropped: the first task (queued ``before`` the start, or inserted
+    ``after`` the worker is up) and a second, warm one; the cold overhead is the difference."""
+    env = {"WARM_PREFETCH": "true", "WARM_UP": "true", "TASK_TYPES": task_type} if warm else {"TASK_TYPES": task_type}
+    d = Daemon(name, env)
+    fresh_sqlite(d.db)
+    d.migrate()
+    tid = ""
+    t_ins = 0.0
+    if arrive == "before":
+        t_ins = time.time()
+        tid = enqueue(d, task_type, {**params, "seed": 1})
+    cache = drop_page_cache()
+    t0 = d.start()
+    ready = d.wait_event("comfyui_ready", 300)
+    if arrive == "after":
+        d.wait_event("warm_up_finished" if warm else "worker_registered", 600)
+        t_ins = time.time()
+        tid = enqueue(d, task_type, {**params, "seed": 1})
+    row = wait_task(d, tid, 900)
+    first_s = ts(row, "completed_at") - t_ins
+    t2 = time.time()
+    tid2 = enqueue(d, task_type, {**params, "seed": 2})
+    row2 = wait_task(d, tid2, 900)
+    warm_s = ts(row2, "completed_at") - t2
+    pre, wup = d.first("warm_prefetch_done"), d.first("warm_up_finished")
+    out = {
+        "case": name, "warm_start": warm, "task_arrives": arrive, "page_cache": cache,
+        "comfyui_ready_s": round(ready["_t"] - t0, 2),
+        "task_inserted_s": round(t_ins - t0, 2),
+        "first_insert_to_complete_s": round(first_s, 2),
+        "warm_insert_to_complete_s": round(warm_s, 2),
+        "cold_overhead_s": round(first_s - warm_s, 2),
+        "daemon_start_to_first_complete_s": round(ts(row, "completed_at") - t0, 2),
+        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s")} if pre else None,
+        "prefetch_done_s": round(pre["_t"] - t0, 2) if pre else None,
+        "warm_up": {"outcome": wup.get("outcome"), "seconds": wup.get("seconds"),
+                    "at_s": round(wup["_t"] - t0, 2)} if wup else None,
+    }  # fmt: skip
+    say("cold_case", json.dumps(out))
+    out["daemon_exit"] = d.stop()
+    return out
+
+
+def phase_warm(results: dict[str, Any]) -> None:
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    cases = [("ti2v_before_cold", False, "before"), ("ti2v_before_warm", True, "before"),
+             ("ti2v_after_warm", True, "after"), ("ti2v_after_cold", False, "after")]  # fmt: skip
+    results.setdefault("warm", [])
+    for name, warm, arrive in cases[: int(os.environ.get("WARM_CASES", len(cases)))]:  # the first N, to fit a call
+        results["warm"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive=arrive))
+        (OUT / "results_warm.json").write_text(json.dumps(results, indent=2))
+
+
+def phase_warm14(results: dict[str, Any]) -> None:
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    params = i2v_params(0, True, image_b64(832, 480))
+    params.pop("seed")
+    results.setdefault("warm14", [])
+    for name, warm, arrive in [("i2v_before_cold", False, "before"), ("i2v_before_warm", True, "before"),
+                               ("i2v_after_warm", True, "after")]:  # fmt: skip
+        results["warm14"].append(cold_case(name, "comfyui_i2v", params, warm=warm, arrive=arrive))
+        (OUT / "results_warm14.json").write_text(json.dumps(results, indent=2))
+
+
+def one_step_latent(d: Daemon, params: dict[str, Any], tag: str) -> Any:
+    """The latent after one denoising step (steps=1, same seed and inputs) of the ti2v graph the builder makes for
+    ``params``, saved by SaveLatent in place of the decode: sent straight to the daemon's ComfyUI."""
+    import safetensors.torch
+
+    from comfy_worker.builders import build
+
+    img = params["image"]
+    name = f"fid_{tag}.png"
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + base64.b64decode(img["base64"])
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        BASE + "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    urllib.request.urlopen(req, timeout=60).read()
+    p = {k: v for k, v in params.items() if k != "image"}
+    graph = build("comfyui_ti2v", {**p, "steps": 1, "seed": 7}, {"image": name})
+    sampler = next(k for k, n in graph.items() if n["class_type"] == "KSampler")
+    for k in [k for k, n in graph.items() if n["class_type"] in ("VAEDecode", "CreateVideo", "SaveVideo")]:
+        del graph[k]
+    graph["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": f"fid/{tag}"}}
+    pid = http("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})["prompt_id"]
+    while True:
+        h = http(f"/history/{pid}")
+        if pid in h and h[pid]["status"].get("completed") is not None:
+            break
+        time.sleep(0.2)
+    item = h[pid]["outputs"]["900"]["latents"][0]
+    path = COMFY / "output" / item["subfolder"] / item["filename"]
+    return safetensors.torch.load_file(str(path))["latent_tensor"].float()
+
+
+def phase_speed(results: dict[str, Any]) -> None:
+    """compile: true against the default path, 5B ti2v 1280x704x121, 6 steps uni_pc cfg 5 (s/step after the first
+    step is the figure; the first includes torch.compile), a second compiled task of the same shape (recompile?),
+    and the fidelity of one denoising step's latent (relative L2, cosine) against the default."""
+    import torch
+
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    vram = VramSampler()
+    d = registered_daemon("speed")
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "steps": 6, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    rows = results.setdefault("speed", [])
+    for i, (label, extra) in enumerate([("default (first: loads)", {}), ("default", {}),
+                                        ("compile (first: compiles)", {"compile": True}),
+                                        ("compile (second, same shape)", {"compile": True}),
+                                        ("default (again)", {})]):  # fmt: skip
+        t_ins = time.time()
+        tid = enqueue(d, "comfyui_ti2v", {**params, **extra, "seed": 40 + i})
+        row = wait_task(d, tid, 900)
+        s = summarize_task(d, vram, tid, f"speed {label}")
+        s["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+        rows.append(s)
+        (OUT / "results_speed.json").write_text(json.dumps(results, indent=2))
+    ref = one_step_latent(d, params, "default")
+    comp = one_step_latent(d, {**params, "compile": True}, "compile")
+    rel = float((comp - ref).norm() / ref.norm())
+    cos = float(torch.nn.functional.cosine_similarity(comp.flatten(), ref.flatten(), dim=0))
+    fid = {"compile_vs_default_one_step": {"relative_l2": round(rel, 6), "cosine": round(cos, 7)}}
+    say("fidelity", json.dumps(fid))
+    results["fidelity"] = fid
+    results["speed_daemon_exit"] = d.stop()
+    vram.stop()
+
+
 def i2v_params(seed: int, lora: bool, b64: str) -> dict[str, Any]:
     p: dict[str, Any] = {"prompt": "a sunset over the beach, waves", "width": 832, "height": 480, "num_frames": 81,
                          "seed": seed, "image": {"base64": b64, "filename": "start.png"}}  # fmt: skip
@@ -458,11 +628,18 @@ def phase_coverage(results: dict[str, Any]) -> None:
             nodes = sorted({t.get("class_type") for t in result.get("node_timings") or []} - {None})
             frames = [int(st["nb_read_frames"]) for p in probes for st in p["streams"] if st["codec_type"] == "video"]
             asked = result.get("num_frames")
-            entry = {"label": label, "task_type": task_type, "ok": bool(probes) and frames == [asked],
-                     "frames_asked": asked, "videos": probes,
-                     "notes": result.get("notes"), "seed": result.get("seed"), "nodes_executed": nodes,
-                     "claim_to_complete_s": round(ts(row, "completed_at") - ts(row, "started_at"), 2),
-                     "peak_vram_mib": vram.peak(ts(row, "started_at"), ts(row, "completed_at"))}
+            entry = {
+                "label": label,
+                "task_type": task_type,
+                "ok": bool(probes) and frames == [asked],
+                "frames_asked": asked,
+                "videos": probes,
+                "notes": result.get("notes"),
+                "seed": result.get("seed"),
+                "nodes_executed": nodes,
+                "claim_to_complete_s": round(ts(row, "completed_at") - ts(row, "started_at"), 2),
+                "peak_vram_mib": vram.peak(ts(row, "started_at"), ts(row, "completed_at")),
+            }
             rows.append(entry)
             say("coverage", json.dumps(entry))
     finally:
@@ -557,8 +734,16 @@ def main() -> int:
 
     results["device"] = {"gpu": smi, "torch": torch.__version__, "python": sys.version.split()[0]}
     say("device", json.dumps(results["device"]))
-    table = {"ti2v": phase_ti2v, "i2v": phase_i2v, "chain": phase_chain, "efficiency": phase_efficiency,
-             "coverage": phase_coverage}
+    table = {
+        "ti2v": phase_ti2v,
+        "i2v": phase_i2v,
+        "chain": phase_chain,
+        "efficiency": phase_efficiency,
+        "coverage": phase_coverage,
+        "warm": phase_warm,
+        "warm14": phase_warm14,
+        "speed": phase_speed,
+    }
     kill_leftovers()
     try:
         for phase in phases:

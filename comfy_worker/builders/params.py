@@ -119,7 +119,7 @@ MEDIA: dict[str, dict[str, bool]] = {  # media key → required
     S2V: {"image": True, "audio": True},
     FLF2V: {"image": True, "last_image": True},
 }
-COMMON_KEYS = ("negative_prompt", "seed", "loras", "filename_prefix", "timeout_s", "stall_timeout_s")
+COMMON_KEYS = ("negative_prompt", "seed", "loras", "filename_prefix", "timeout_s", "stall_timeout_s", "compile")
 # Model names the caller may override (the LoRA names of use_lora are fixed by the templates).
 _INTERNAL = ("high_noise_lora", "low_noise_lora", "lora")
 
@@ -274,6 +274,10 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
         elif key.endswith(("_model", "_encoder")):
             values[key] = _model_name(task_type, key, value)
         elif key == "use_lora":
+            values[key] = value
+        elif key == "compile":  # torch.compile of each diffusion model (core TorchCompileModel, inductor)
+            if not isinstance(value, bool):
+                raise _refuse(task_type, key, f"must be true or false, got {value!r}")
             values[key] = value
         elif key == "loras":
             values[key] = _loras(task_type, value)

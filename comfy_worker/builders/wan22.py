@@ -96,7 +96,11 @@ def _model(g: Graph, v: Mapping[str, Any], name: str, label: str, which: str, li
             lora_name=lightning,
             strength_model=1.0,
         )
-    return g.add("ModelSamplingSD3", f"Shift ({label})", shift=v["shift"], model=out(node))
+    node = g.add("ModelSamplingSD3", f"Shift ({label})", shift=v["shift"], model=out(node))
+    if v.get("compile"):  # opt-in: torch.compile (inductor) of the diffusion model; compiled on its first steps
+        node = g.add("TorchCompileModel", f"torch.compile ({label})", f"{which}_compile", model=out(node),
+                     backend="inductor")  # fmt: skip
+    return node
 
 
 def _sampler(

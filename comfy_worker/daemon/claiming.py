@@ -18,6 +18,7 @@ from comfy_worker.logs import get_logger
 if TYPE_CHECKING:
     from comfy_worker.config import Settings
     from comfy_worker.daemon.inflight import Inflight
+    from comfy_worker.daemon.warm import WarmStart
     from comfy_worker.engine_host import EngineHost
     from comfy_worker.models import Task
     from comfy_worker.store.base import TaskStore
@@ -40,6 +41,7 @@ class ClaimLoop:
     _inflight: dict[str, Inflight]
     _stop: asyncio.Event
     _draining: bool
+    warm: WarmStart
 
     if TYPE_CHECKING:  # the Daemon's other parts
 
@@ -77,6 +79,7 @@ class ClaimLoop:
                     continue
                 backoff = self.settings.poll_interval
                 if tasks:
+                    self.warm.claimed()  # a warm-up prompt still running gives way
                     self._start_task(tasks[0])
                     handed_over = True
                     continue

@@ -40,6 +40,7 @@ from comfy_worker.config import Settings
 from comfy_worker.daemon.claiming import ClaimLoop
 from comfy_worker.daemon.heartbeat import Heartbeat
 from comfy_worker.daemon.inflight import Inflight, TaskLifecycle
+from comfy_worker.daemon.warm import WarmStart
 from comfy_worker.engine.comfyui import ComfyEngine
 from comfy_worker.engine_host import AUTO, EngineHost
 from comfy_worker.errors import StoreError
@@ -112,6 +113,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         self._models_report: dict[str, Any] = {}
         self._ending: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.exit_reason = ""
+        self.warm = WarmStart(settings, self.task_types)  # WARM_PREFETCH / WARM_UP (daemon/warm.py)
         for engine in registry.engines.values():
             if hasattr(engine, "on_exit"):  # ComfyUI: its prompts' waits must be interrupted when it dies
                 engine.on_exit = functools.partial(self._on_engine_exit, engine.name)
@@ -132,6 +134,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
         self.host.configure()
         self.upkeep.configure()
+        self.warm.start_prefetch()  # reads model files into the page cache while ComfyUI boots
         await self.store.connect()
         if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
             applied = await self.store.migrate()
@@ -172,6 +175,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
             asyncio.create_task(self._stale_loop(), name="stale"),
             asyncio.create_task(self.upkeep.sweep_loop(), name="sweep"),
             asyncio.create_task(self.webhooks.run(), name="webhooks"),
+            asyncio.create_task(self.warm.warm_up(self.host.comfy, self.store), name="warm_up"),
         ]
         try:
             await self._claim_loop()
@@ -237,6 +241,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
                 log.warning("deregister_failed", error=str(exc))
 
     async def _close(self) -> None:
+        self.warm.stop()
         await self.host.stop(self.settings.shutdown_grace_s)
         with contextlib.suppress(Exception):
             await self.storage.aclose()
