@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from comfy_worker.errors import StorageRejected
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from comfy_worker.errors import StorageRejected, StorageUnavailable
+from comfy_worker.logs import get_logger
+
+log = get_logger(__name__)
 
 READ_BLOCK = 1024 * 1024  # bytes read from disk per step when streaming a file
 
@@ -142,6 +147,20 @@ def validate_path(path: str) -> str:
             details={"path": path},
         )
     return path
+
+
+def retrying(attempts: int, wait_s: float) -> AsyncRetrying:
+    """Every store's retry of a transient fault: StorageUnavailable only, ``attempts`` tries in all, exponential
+    waits from ``wait_s`` capped at 30 s, each retry logged as ``storage_retry``; the last error is raised."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(StorageUnavailable),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=wait_s, max=30),
+        reraise=True,
+        before_sleep=lambda rs: log.warning(
+            "storage_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
+        ),
+    )
 
 
 def upload_source(local_path: str | Path, dest_path: str, content_type: str | None) -> tuple[Path, int, str]:

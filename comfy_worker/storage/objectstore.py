@@ -57,6 +57,7 @@ from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
     UploadJournal,
+    retrying,
     upload_source,
     validate_path,
 )
@@ -181,15 +182,7 @@ class ObjectStorage:
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(StorageUnavailable),
-            stop=stop_after_attempt(self._retry_attempts),
-            wait=wait_exponential(multiplier=self._retry_wait_s, max=30),
-            reraise=True,
-            before_sleep=lambda rs: log.warning(
-                "storage_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
-            ),
-        )
+        return retrying(self._retry_attempts, self._retry_wait_s)
 
     def _mapped(self, exc: BaseException, what: str, path: str | None) -> Exception:
         """An obstore error as StorageRejected (permanent) or StorageUnavailable (retryable)."""

@@ -29,10 +29,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
+from comfy_worker.storage.base import retrying
 
 log = get_logger(__name__)
 
@@ -172,15 +173,7 @@ class S3Multipart:
     # --- requests -------------------------------------------------------------------------------------------
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(StorageUnavailable),
-            stop=stop_after_attempt(self._retry_attempts),
-            wait=wait_exponential(multiplier=self._retry_wait_s, max=30),
-            reraise=True,
-            before_sleep=lambda rs: log.warning(
-                "storage_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
-            ),
-        )
+        return retrying(self._retry_attempts, self._retry_wait_s)
 
     async def _request(
         self,

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
@@ -41,6 +41,7 @@ from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
     UploadJournal,
+    retrying,
     upload_source,
     validate_path,
 )
@@ -110,15 +111,7 @@ class SupabaseStorage:
     # --- plumbing ------------------------------------------------------------------------------------------
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(StorageUnavailable),
-            stop=stop_after_attempt(self._retry_attempts),
-            wait=wait_exponential(multiplier=self._retry_wait_s, max=30),
-            reraise=True,
-            before_sleep=lambda rs: log.warning(
-                "storage_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
-            ),
-        )
+        return retrying(self._retry_attempts, self._retry_wait_s)
 
     def _object_url(self, kind: str, path: str) -> str:
         prefix = f"{self._base}/object/{kind}/" if kind else f"{self._base}/object/"
