@@ -297,10 +297,11 @@ class ObjectStorage:
             sha = await self._upload_resumable(local_path, dest_path, size, content_type, sha256, journal)
         else:
             mode = "multipart"
-            hasher = hashlib.sha256()
+            hashers = [hashlib.sha256()]
 
             def blocks() -> Iterator[bytes]:
-                hasher.__init__()  # type: ignore[misc]  # a retry starts the stream (and the digest) over
+                # a retry starts the stream over, so it starts a new digest too (hashlib objects cannot be reset)
+                hasher = hashers[0] = hashlib.sha256()
                 with open(local_path, "rb") as fh:
                     while block := fh.read(READ_BLOCK):
                         hasher.update(block)
@@ -314,7 +315,7 @@ class ObjectStorage:
                     max_concurrency=2,
                 ),
             )
-            sha = hasher.hexdigest()
+            sha = hashers[0].hexdigest()
         if sha256 is not None:
             sha = sha256
         url = await self.url_for(dest_path)
