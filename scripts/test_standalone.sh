@@ -26,12 +26,21 @@ if [[ -z "$tarball" ]]; then
 fi
 tarball="$(cd "$(dirname "$tarball")" && pwd)/$(basename "$tarball")"
 
-work="${STANDALONE_DIR:-$(mktemp -d)}"
-clone="$work/comfy-worker"
-((keep)) || trap 'rm -rf "$work"' EXIT
+# a given STANDALONE_DIR must be empty (nothing beside the clone), checked before anything is removed on exit;
+# only what this script made is removed: the mktemp folder, or the clone inside a given folder
+if [[ -n "${STANDALONE_DIR:-}" ]]; then
+    work="$STANDALONE_DIR"
+    mkdir -p "$work"
+    [[ -z "$(ls -A "$work")" ]] || { echo "test_standalone: FAIL: STANDALONE_DIR=$work is not empty" >&2; exit 1; }
+    clone="$work/comfy-worker"
+    ((keep)) || trap 'rm -rf "$clone"' EXIT
+else
+    work="$(mktemp -d)"
+    clone="$work/comfy-worker"
+    ((keep)) || trap 'rm -rf "$work"' EXIT
+fi
 t0=$(date +%s)
 git clone -q "$REPO" "$clone"
-[[ -z "$(ls -A "$work" | grep -vx comfy-worker)" ]] || { echo "test_standalone: FAIL: $work is not empty besides the clone" >&2; exit 1; }
 step "clone of $(git -C "$clone" rev-parse --short HEAD) in $clone (nothing beside it); COMFY_0364_TARBALL=$tarball"
 
 export COMFY_0364_TARBALL="$tarball"
