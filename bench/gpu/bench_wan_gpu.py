@@ -15,6 +15,9 @@ as its supervised child, the embedded SQLite queue, local storage), inserts task
   registered; with ``WARM_UP``: when its warm-up finished). Cold overhead = first task's insert-to-complete
   minus the next (warm) task's, same daemon. ``warm14`` does the same for the 14B HIGH/LOW ``comfyui_i2v``
   (832x480x81, 4-step LoRA).
+* ``speed`` — issue 24's sampling options (compile, EasyCache / LazyCache, ``--fast``) on the 5B at 1280x704x121:
+  s/step and fidelity (final latent against the default's, same seed); ``goal`` — the 20-step 5B task, default
+  against ``speed: "fast"``, through the daemon.
 * ``coverage`` — every Wan 2.2 task type (t2v with and without the LoRA, i2v with a user LoRA, flf2v, ti2v
   with and without an image, s2v over two audio windows) executed by the real nodes through the daemon, with
   models 2 blocks deep at full width (the same types to ComfyUI): each output probed with ffprobe.
@@ -432,76 +435,123 @@ def phase_warm14(results: dict[str, Any]) -> None:
         (OUT / "results_warm14.json").write_text(json.dumps(results, indent=2))
 
 
-def one_step_latent(d: Daemon, params: dict[str, Any], tag: str) -> Any:
-    """The latent after one denoising step (steps=1, same seed and inputs) of the ti2v graph the builder makes for
-    ``params``, saved by SaveLatent in place of the decode: sent straight to the daemon's ComfyUI."""
-    import safetensors.torch
+SPEED_STEPS = int(os.environ.get("SPEED_STEPS", "8"))
+# (label, builder params, seed): same seed = same inputs, so the latents compare (fidelity); another seed for the
+# timing-only repeats, because ComfyUI would answer an identical prompt from its cache in 0 s
+SPEED_CASES: list[tuple[str, dict[str, Any], int]] = [
+    ("default (first: loads)", {}, 7), ("default", {}, 8),
+    ("compile (first: compiles)", {"compile": True}, 7), ("compile (second, same shape)", {"compile": True}, 8),
+    ("easycache (core defaults)", {"cache": "easycache"}, 7), ("lazycache (core defaults)", {"cache": "lazycache"}, 7),
+    ("default (again)", {}, 9),
+]  # fmt: skip
+FAST_CASES: list[tuple[str, dict[str, Any], int]] = [
+    ("--fast: default (first: loads)", {}, 7), ("--fast: default", {}, 8)]  # fmt: skip
 
+
+def latent_graph(params: dict[str, Any], seed: int, tag: str) -> dict[str, Any]:
+    """The ``comfyui_ti2v`` graph the builder makes for ``params`` (text only, no start image), plus a SaveLatent of
+    the sampler's output beside the decode and SaveVideo: the run is timed as a task and gives the final latent."""
     from comfy_worker.builders import build
 
-    img = params["image"]
-    name = f"fid_{tag}.png"
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + base64.b64decode(img["base64"])
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    req = urllib.request.Request(
-        BASE + "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-    urllib.request.urlopen(req, timeout=60).read()
-    p = {k: v for k, v in params.items() if k != "image"}
-    graph = build("comfyui_ti2v", {**p, "steps": 1, "seed": 7}, {"image": name})
+    graph = build("comfyui_ti2v", {**params, "seed": seed, "filename_prefix": f"video/speed_{tag}"}, {})
     sampler = next(k for k, n in graph.items() if n["class_type"] == "KSampler")
-    for k in [k for k, n in graph.items() if n["class_type"] in ("VAEDecode", "CreateVideo", "SaveVideo")]:
-        del graph[k]
-    graph["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": f"fid/{tag}"}}
-    pid = http("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})["prompt_id"]
-    while True:
-        h = http(f"/history/{pid}")
-        if pid in h and h[pid]["status"].get("completed") is not None:
-            break
-        time.sleep(0.2)
-    item = h[pid]["outputs"]["900"]["latents"][0]
+    graph["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": f"fid/{tag}"},
+                    "_meta": {"title": "Final latent (fidelity)"}}  # fmt: skip
+    return graph
+
+
+def task_latent(result: dict[str, Any]) -> Any:
+    import safetensors.torch
+
+    h = http(f"/history/{result['prompt_id']}")[result["prompt_id"]]
+    item = h["outputs"]["900"]["latents"][0]
     path = COMFY / "output" / item["subfolder"] / item["filename"]
     return safetensors.torch.load_file(str(path))["latent_tensor"].float()
 
 
-def phase_speed(results: dict[str, Any]) -> None:
-    """compile: true against the default path, 5B ti2v 1280x704x121, 6 steps uni_pc cfg 5 (s/step after the first
-    step is the figure; the first includes torch.compile), a second compiled task of the same shape (recompile?),
-    and the fidelity of one denoising step's latent (relative L2, cosine) against the default."""
+def fidelity(ref: Any, other: Any) -> dict[str, float]:
     import torch
 
-    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
-    vram = VramSampler()
-    d = registered_daemon("speed")
-    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
-              "steps": 6, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
-    rows = results.setdefault("speed", [])
-    for i, (label, extra) in enumerate([("default (first: loads)", {}), ("default", {}),
-                                        ("compile (first: compiles)", {"compile": True}),
-                                        ("compile (second, same shape)", {"compile": True}),
-                                        ("default (again)", {})]):  # fmt: skip
+    rel = float((other - ref).norm() / ref.norm())
+    cos = float(torch.nn.functional.cosine_similarity(other.flatten(), ref.flatten(), dim=0))
+    return {"relative_l2": round(rel, 6), "cosine": round(cos, 7)}
+
+
+def cache_lines(d: Daemon, after: float) -> list[str]:
+    """ComfyUI's own EasyCache / LazyCache summary lines ("skipped N/M steps") logged after ``after``."""
+    return [ev["line"] for ev in list(d.events) if ev.get("event") == "comfyui_output" and ev["_t"] >= after
+            and "Cache - skipped" in str(ev.get("line"))]  # fmt: skip
+
+
+def run_speed_cases(d: Daemon, vram: VramSampler, cases: list[tuple[str, dict[str, Any], int]], base: dict[str, Any],
+                    rows: list[dict[str, Any]], latents: dict[str, Any]) -> None:  # fmt: skip
+    for label, extra, seed in cases:
+        tag = f"{len(rows)}_{seed}"
         t_ins = time.time()
-        tid = enqueue(d, "comfyui_ti2v", {**params, **extra, "seed": 40 + i})
+        tid = enqueue(d, "comfy", {"workflow": latent_graph({**base, **extra}, seed, tag)})
         row = wait_task(d, tid, 900)
         s = summarize_task(d, vram, tid, f"speed {label}")
-        s["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+        s.update(insert_to_complete_s=round(ts(row, "completed_at") - t_ins, 2), params=extra, seed=seed,
+                 cache_log=cache_lines(d, t_ins))  # fmt: skip
+        if seed == 7:
+            latents[label] = task_latent(json.loads(row["result"]))
         rows.append(s)
-        (OUT / "results_speed.json").write_text(json.dumps(results, indent=2))
-    ref = one_step_latent(d, params, "default")
-    comp = one_step_latent(d, {**params, "compile": True}, "compile")
-    rel = float((comp - ref).norm() / ref.norm())
-    cos = float(torch.nn.functional.cosine_similarity(comp.flatten(), ref.flatten(), dim=0))
-    fid = {"compile_vs_default_one_step": {"relative_l2": round(rel, 6), "cosine": round(cos, 7)}}
-    say("fidelity", json.dumps(fid))
-    results["fidelity"] = fid
+        (OUT / "results_speed.json").write_text(json.dumps({"speed": rows}, indent=2))
+
+
+def phase_speed(results: dict[str, Any]) -> None:
+    """Issue 24's sampling options on the 5B ti2v graph at 1280x704x121, SPEED_STEPS (8) steps uni_pc cfg 5, as
+    ``comfy`` tasks through the daemon: the default path, ``compile: true`` (first run compiles; a second of the
+    same shape shows whether it recompiles), core EasyCache / LazyCache at their default settings, and, after a
+    ComfyUI restart with ``COMFY_ARGS=--fast``, the default graph again. s/step comes from each sampler's node
+    timing; fidelity is each option's final latent against the default's, same seed and inputs (relative L2,
+    cosine). With random weights the caches' skip decisions mean nothing: the skipped steps are reported as
+    ComfyUI logged them, and the speed is the speed at that skip ratio."""
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    vram = VramSampler()
+    base = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+            "steps": SPEED_STEPS}  # fmt: skip
+    rows: list[dict[str, Any]] = results.setdefault("speed", [])
+    latents: dict[str, Any] = {}
+    d = registered_daemon("speed")
+    run_speed_cases(d, vram, SPEED_CASES, base, rows, latents)
     results["speed_daemon_exit"] = d.stop()
+    if os.environ.get("SPEED_FAST", "1") == "1":
+        d = registered_daemon("speed_fast", {"COMFY_ARGS": "--fast"})
+        run_speed_cases(d, vram, FAST_CASES, base, rows, latents)
+        results["speed_fast_daemon_exit"] = d.stop()
+    ref = latents.pop("default (first: loads)")
+    fid = {label: fidelity(ref, lat) for label, lat in latents.items()}
+    say("fidelity", json.dumps(fid))
+    results["fidelity_vs_default_final_latent"] = fid
+    vram.stop()
+
+
+def phase_goal(results: dict[str, Any]) -> None:
+    """The goal runs: ``comfyui_ti2v`` 5B 1280x704x121 at its 20 template steps, default against ``speed: "fast"``
+    (and the default again under COMFY_ARGS=GOAL_COMFY_ARGS when set), each twice (the first loads / compiles),
+    through the daemon with a start image, as a user sends it."""
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    vram = VramSampler()
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    rows = results.setdefault("goal", [])
+    daemons = [("goal", {}, [("default", {})] * 2 + [("speed: fast", {"speed": "fast"})] * 2)]
+    if os.environ.get("GOAL_COMFY_ARGS"):
+        args = os.environ["GOAL_COMFY_ARGS"]
+        fast = [(f"COMFY_ARGS={args} + speed: fast", {"speed": "fast"})] * 2
+        daemons.append(("goal_args", {"COMFY_ARGS": args}, fast))
+    for name, env, cases in daemons:
+        d = registered_daemon(name, env)
+        for i, (label, extra) in enumerate(cases):
+            t_ins = time.time()
+            tid = enqueue(d, "comfyui_ti2v", {**params, **extra, "seed": 60 + i})
+            row = wait_task(d, tid, 900)
+            s = summarize_task(d, vram, tid, f"goal {label} #{i}")
+            s["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+            rows.append(s)
+            (OUT / "results_goal.json").write_text(json.dumps(results, indent=2))
+        results[f"{name}_daemon_exit"] = d.stop()
     vram.stop()
 
 
@@ -743,6 +793,7 @@ def main() -> int:
         "warm": phase_warm,
         "warm14": phase_warm14,
         "speed": phase_speed,
+        "goal": phase_goal,
     }
     kill_leftovers()
     try:

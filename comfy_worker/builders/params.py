@@ -119,7 +119,15 @@ MEDIA: dict[str, dict[str, bool]] = {  # media key → required
     S2V: {"image": True, "audio": True},
     FLF2V: {"image": True, "last_image": True},
 }
-COMMON_KEYS = ("negative_prompt", "seed", "loras", "filename_prefix", "timeout_s", "stall_timeout_s", "compile")
+COMMON_KEYS = (
+    "negative_prompt", "seed", "loras", "filename_prefix", "timeout_s", "stall_timeout_s", "compile", "cache", "speed",
+)  # fmt: skip
+# Step caching by core nodes (comfy_extras/nodes_easycache.py): their defaults, and the kinds accepted.
+CACHE_KINDS = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+CACHE_DEFAULTS = {"reuse_threshold": 0.2, "start_percent": 0.15, "end_percent": 0.95}
+# speed: "fast" fills in these params (values the caller sets explicitly win), plus the type's 4-step LoRA
+# (use_lora) where it has one. What each buys, and its fidelity, is in docs/benchmarks-gpu.md ("Faster sampling").
+SPEED_PRESETS: dict[str, dict[str, Any]] = {"default": {}, "fast": {"compile": True}}
 # Model names the caller may override (the LoRA names of use_lora are fixed by the templates).
 _INTERNAL = ("high_noise_lora", "low_noise_lora", "lora")
 
@@ -222,6 +230,38 @@ def _loras(task_type: str, value: Any) -> list[dict[str, Any]]:
     return out
 
 
+def speed_preset(task_type: str, speed: str) -> dict[str, Any]:
+    """The params ``speed`` stands for on ``task_type`` (``fast``: the preset plus the 4-step LoRA if it has one)."""
+    preset = dict(SPEED_PRESETS[speed])
+    if speed == "fast" and task_type in LORA_SETTINGS:
+        preset["use_lora"] = True
+    return preset
+
+
+def _cache(task_type: str, value: Any) -> dict[str, Any] | None:
+    """``"easycache"`` / ``"lazycache"`` / ``{"kind": ..., "reuse_threshold", "start_percent", "end_percent"}``
+    (None or ``"none"``: off) → the node's settings, defaults filled in."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        value = {"kind": value}
+    kinds = ", ".join(CACHE_KINDS)
+    if not isinstance(value, dict) or value.get("kind") not in CACHE_KINDS:
+        raise _refuse(task_type, "cache", f'must be one of {kinds} or {{"kind": ..., "reuse_threshold": 0.2, '
+                      f'"start_percent": 0.15, "end_percent": 0.95}}, got {value!r}')  # fmt: skip
+    extra = sorted(set(value) - {"kind", *CACHE_DEFAULTS})
+    if extra:
+        raise _refuse(task_type, f"cache.{extra[0]}", f"is not accepted; accepted: kind, {', '.join(CACHE_DEFAULTS)}")
+    out: dict[str, Any] = {"kind": value["kind"]}
+    for key, default in CACHE_DEFAULTS.items():
+        hi = 3.0 if key == "reuse_threshold" else 1.0
+        out[key] = _float(task_type, f"cache.{key}", value.get(key, default), 0.0, hi)
+    if out["start_percent"] >= out["end_percent"]:
+        raise _refuse(task_type, "cache.start_percent", f"must be below cache.end_percent ({out['end_percent']:g}): "
+                      "the cache works between the two points of the schedule")  # fmt: skip
+    return out
+
+
 def round_frames(n: int) -> int:
     """The nearest frame count Wan accepts (4k+1); ties round up."""
     return max(1, 4 * ((n - 1 + 2) // 4) + 1)
@@ -252,6 +292,11 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
         raw.pop(key, None)
 
     values = {"negative_prompt": NEGATIVE_PROMPT, **DEFAULTS[task_type]}
+    speed = raw.pop("speed", "default")
+    if speed not in SPEED_PRESETS:
+        raise _refuse(task_type, "speed", f"must be one of {', '.join(SPEED_PRESETS)}, got {speed!r}")
+    for key, value in speed_preset(task_type, speed).items():
+        raw.setdefault(key, value)
     use_lora = raw.get("use_lora", values.get("use_lora", False))
     if not isinstance(use_lora, bool):
         raise _refuse(task_type, "use_lora", f"must be true or false, got {use_lora!r}")
@@ -279,6 +324,8 @@ def resolve(task_type: str, params: Mapping[str, Any] | None) -> Resolved:
             if not isinstance(value, bool):
                 raise _refuse(task_type, key, f"must be true or false, got {value!r}")
             values[key] = value
+        elif key == "cache":
+            values[key] = _cache(task_type, value)
         elif key == "loras":
             values[key] = _loras(task_type, value)
         elif key == "boundary_step":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_worker.builders.params import (
+    CACHE_KINDS,
     FLF2V,
     I2V,
     MEDIA_KEYS,
@@ -97,6 +98,11 @@ def _model(g: Graph, v: Mapping[str, Any], name: str, label: str, which: str, li
             strength_model=1.0,
         )
     node = g.add("ModelSamplingSD3", f"Shift ({label})", shift=v["shift"], model=out(node))
+    cache = v.get("cache")
+    if cache:  # opt-in: core EasyCache / LazyCache reuse the model's output on steps whose input barely changed
+        node = g.add(CACHE_KINDS[cache["kind"]], f"Step cache ({label})", f"{which}_cache", model=out(node),
+                     reuse_threshold=cache["reuse_threshold"], start_percent=cache["start_percent"],
+                     end_percent=cache["end_percent"], verbose=False)  # fmt: skip
     if v.get("compile"):  # opt-in: torch.compile (inductor) of the diffusion model; compiled on its first steps
         node = g.add("TorchCompileModel", f"torch.compile ({label})", f"{which}_compile", model=out(node),
                      backend="inductor")  # fmt: skip

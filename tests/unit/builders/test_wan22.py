@@ -101,3 +101,54 @@ def test_build_from_task_params_and_media_names() -> None:
     assert of_type(g, "LoadImage")[0]["inputs"]["image"] == "comfy_worker/t1/a.png"
     with pytest.raises(InputRejected, match=r"params\.image is required"):
         build("comfyui_i2v", {"seed": 1})
+
+
+@pytest.mark.parametrize("kind", ["easycache", "lazycache"])
+@pytest.mark.parametrize("task_type", ["comfyui_i2v", "comfyui_ti2v", "comfyui_s2v"])
+def test_cache_param_adds_the_core_step_cache_to_each_model(task_type: str, kind: str) -> None:
+    from comfy_worker.builders.params import MEDIA
+
+    media = {k: "x.png" if k != "audio" else "x.wav" for k in MEDIA[task_type]}
+    plain = build(task_type, {"seed": 1}, media)
+    assert not [n for n in plain.values() if n["class_type"] in ("EasyCache", "LazyCache")]
+    g = build(task_type, {"seed": 1, "cache": {"kind": kind, "reuse_threshold": 0.3}, "compile": True}, media)
+    node = {"easycache": "EasyCache", "lazycache": "LazyCache"}[kind]
+    caches = {k: n for k, n in g.items() if n["class_type"] == node}
+    assert len(caches) == len(of_type(g, "UNETLoader"))
+    for c in caches.values():
+        assert c["inputs"] | {"model": None} == {"model": None, "reuse_threshold": 0.3, "start_percent": 0.15,
+                                                 "end_percent": 0.95, "verbose": False}  # fmt: skip
+        assert source(g, c["inputs"]["model"])["class_type"] == "ModelSamplingSD3"
+    for compiled in of_type(g, "TorchCompileModel"):  # the cache sits between the shift and torch.compile
+        assert source(g, compiled["inputs"]["model"])["class_type"] == node
+    info = object_info_0364()
+    assert problems(g, with_models(info, g), empty_model_lists="missing") == []
+
+
+@pytest.mark.parametrize(
+    ("cache", "field"),
+    [("teacache", "params.cache must be one of easycache, lazycache"),
+     ({"kind": "easycache", "skip": 2}, "params.cache.skip is not accepted"),
+     ({"kind": "easycache", "reuse_threshold": 4}, "params.cache.reuse_threshold is out of range"),
+     ({"kind": "lazycache", "start_percent": 0.9, "end_percent": 0.5}, "params.cache.start_percent must be below")],
+)  # fmt: skip
+def test_cache_param_errors_name_the_field(cache: Any, field: str) -> None:
+    with pytest.raises(InputRejected, match=field.replace(".", r"\.")):
+        build("comfyui_t2v", {"cache": cache}, {})
+
+
+def test_speed_fast_fills_in_the_preset_and_the_4_step_lora_and_explicit_values_win() -> None:
+    from comfy_worker.builders.params import SPEED_PRESETS, resolve
+
+    fast = resolve("comfyui_i2v", {"image": {"url": "https://x/y.png"}, "speed": "fast", "seed": 1}).values
+    assert fast["use_lora"] is True and fast["steps"] == 4  # the 4-step LoRA's settings come with it
+    for key, value in SPEED_PRESETS["fast"].items():
+        assert fast[key] == value
+    ti2v = resolve("comfyui_ti2v", {"speed": "fast", "seed": 1}).values
+    assert "use_lora" not in ti2v or not ti2v["use_lora"]  # the 5B has no 4-step LoRA
+    mine = resolve("comfyui_i2v", {"image": {"url": "https://x/y.png"}, "speed": "fast", "use_lora": False,
+                                   "compile": False, "seed": 1}).values  # fmt: skip
+    assert mine["use_lora"] is False and mine["compile"] is False and mine["steps"] != 4
+    assert resolve("comfyui_t2v", {"seed": 1}).values == resolve("comfyui_t2v", {"seed": 1, "speed": "default"}).values
+    with pytest.raises(InputRejected, match=r"params\.speed must be one of default, fast, got 'turbo'"):
+        resolve("comfyui_t2v", {"speed": "turbo"})
