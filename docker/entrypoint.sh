@@ -55,9 +55,13 @@ COMFY_PATH="${COMFY_PATH:-/opt/ComfyUI}"
 
 # Wan2GP in the image (WAN2GP=1 builds): on unless WAN2GP_PATH is set (empty: off; a path: that checkout)
 WAN2GP_IMAGE_PATH="${WAN2GP_IMAGE_PATH:-/opt/Wan2GP}"
+WAN2GP_IMAGE_PYTHON="${WAN2GP_IMAGE_PYTHON:-/opt/wan2gp-venv/bin/python}"
 if [[ -z "${WAN2GP_PATH+set}" && -f "$WAN2GP_IMAGE_PATH/wgp.py" ]]; then
     export WAN2GP_PATH="$WAN2GP_IMAGE_PATH"
-    export WAN2GP_PYTHON="${WAN2GP_PYTHON:-/opt/wan2gp-venv/bin/python}"
+fi
+# the image's Wan2GP runs on the image's venv, whether WAN2GP_PATH was left unset or set to it by hand
+if [[ -n "${WAN2GP_PATH:-}" && "$WAN2GP_PATH" == "$WAN2GP_IMAGE_PATH" && -z "${WAN2GP_PYTHON:-}" ]]; then
+    export WAN2GP_PYTHON="$WAN2GP_IMAGE_PYTHON"
 fi
 if [[ -n "${WAN2GP_PATH:-}" ]]; then
     [[ -f "$WAN2GP_PATH/wgp.py" ]] || problem "WAN2GP_PATH: no Wan2GP at ${WAN2GP_PATH} (wgp.py missing): point it at a checkout, or set it empty to run ComfyUI alone"

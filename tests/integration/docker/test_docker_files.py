@@ -181,6 +181,19 @@ def test_an_image_with_wan2gp_turns_it_on_with_its_model_folders_on_the_volume(t
     assert (models / "loras" / "wan2gp").is_dir()
 
 
+def test_wan2gp_path_set_by_hand_to_the_image_s_checkout_gets_the_image_s_venv(tmp_path: Path) -> None:
+    wan, python = image_wan2gp(tmp_path)
+    r = entrypoint(
+        tmp_path,
+        {"WORKER_ID": "w1", "DATABASE_URL": "sqlite:///q.db", "MODELS_DIR": str(tmp_path / "models"),
+         "WAN2GP_PATH": str(wan), "WAN2GP_IMAGE_PATH": str(wan), "WAN2GP_IMAGE_PYTHON": str(python)},
+        sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    assert env["WAN2GP_PATH"] == str(wan) and env["WAN2GP_PYTHON"] == str(python)
+
+
 def test_wan2gp_path_set_empty_keeps_the_image_on_comfyui_alone(tmp_path: Path) -> None:
     wan, _ = image_wan2gp(tmp_path)
     r = entrypoint(
