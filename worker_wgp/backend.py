@@ -138,7 +138,8 @@ def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
     ``invalid``). Upstream never refuses these: an unknown ``model_type`` fails deep inside its settings merge
     with an AttributeError, a ``sample_solver`` the model does not declare raises NotImplementedError once the
     model is loaded (Wan) or is ignored (models without solvers), a ``video_guide`` / ``video_mask`` without the
-    ``video_prompt_type`` letter that enables it is dropped, and ``generate_media`` silently rounds the
+    ``video_prompt_type`` letter that enables it is dropped (so are ``image_refs`` without ``I``), and
+    ``generate_media`` silently rounds the
     resolution down to the model's VAE block (16 by default) and the frame count down to its latent step
     (``4n+1`` for Wan), so a task would get another size or length than it asked for."""
     model_def = wgp.get_model_def(model)
@@ -173,6 +174,10 @@ def check_settings(wgp: Any, model: str, settings: dict[str, Any]) -> None:
     if settings.get("video_mask") and ("A" not in letters or "U" in letters):
         raise GenerationFailure("invalid", f"params.video_prompt_type must contain A (and not U) when video_mask is "
                                 f"given, got {letters!r} (Wan2GP would ignore the mask): e.g. 'VA'",
+                                {"field": "video_prompt_type"})
+    if settings.get("image_refs") and "video_prompt_type" in settings and "I" not in letters:
+        raise GenerationFailure("invalid", f"params.video_prompt_type must contain I when image_refs are given, got "
+                                f"{letters!r} (Wan2GP would ignore the reference images): e.g. 'VI'",
                                 {"field": "video_prompt_type"})
     length = settings.get("video_length")
     if isinstance(length, int) and not model_def.get("image_outputs", False):

@@ -221,9 +221,10 @@ def parse_params(task_type: str, params: Mapping[str, Any]) -> WanJob:
         else:
             _scalar(key, spec, value)
     if kind.params is VACE and "video_prompt_type" not in settings:
-        # Wan2GP uses video_guide / video_mask only when video_prompt_type says so ("V": the control video in
-        # VACE's raw format, "A": a mask); its default "" would drop both without a word
-        settings["video_prompt_type"] = "VA" if params.get("video_mask") is not None else "V"
+        # Wan2GP uses video_guide / video_mask / image_refs only when video_prompt_type says so ("V": the control
+        # video in raw format, "A": a mask, "I": reference images); its default "" would drop them without a word
+        letters = "V" + ("A" if params.get("video_mask") is not None else "")
+        settings["video_prompt_type"] = letters + ("I" if params.get("image_refs") else "")
     timeout = params.get("timeout_s")
     return WanJob(task_type, model_for(task_type, params), settings, tuple(media), loras,
                   float(timeout) if timeout is not None else None, kind.output)

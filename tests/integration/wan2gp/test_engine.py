@@ -287,6 +287,7 @@ async def test_frame_counts_and_sizes_wan2gp_accepts_come_out_exactly(engine: Wa
     [
         ({"video_prompt_type": "PI"}, "must contain V when video_guide is given, got 'PI'"),
         ({"video_prompt_type": "UV", "video_mask": "/m.mp4"}, "must contain A (and not U) when video_mask is given"),
+        ({"video_prompt_type": "V", "image_refs": ["/r.png"]}, "must contain I when image_refs are given, got 'V'"),
     ],
 )
 async def test_media_wan2gp_would_drop_for_its_letters_is_refused(

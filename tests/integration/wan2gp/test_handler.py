@@ -203,3 +203,21 @@ async def test_a_vace_task_gets_its_control_video_to_wan2gp(
         result = await run(WanHandler("vace"), ctx)
     assert [o["kind"] for o in result.result["outputs"]] == ["video"]
     assert any(e.get("line", "") == "Control video: video_guide.mp4 mask: None" for e in logs), logs
+
+
+async def test_a_vace_task_gets_its_reference_images_to_wan2gp(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], tmp_path: Path
+) -> None:
+    """Wan2GP drops image_refs silently unless video_prompt_type has "I" (validate_settings): the VACE default
+    enables it when image_refs are given, and they reach generate_media."""
+    guide = tmp_path / "guide.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=16", "-frames:v", "5",
+                    "-pix_fmt", "yuv420p", str(guide)], check=True)
+    video = base64.b64encode(guide.read_bytes()).decode()
+    ctx = make_ctx("vace", {"prompt": "a dancer", "video_guide": {"base64": video},
+                            "image_refs": [{"base64": base64.b64encode(PNG).decode()}],
+                            "resolution": "64x48", "video_length": 5, "num_inference_steps": 2})  # fmt: skip
+    with capture_logs() as logs:
+        result = await run(WanHandler("vace"), ctx)
+    assert [o["kind"] for o in result.result["outputs"]] == ["video"]
+    assert any(e.get("line", "").startswith("Reference images: ['image_refs") for e in logs), logs

@@ -16,7 +16,8 @@ What it reproduces (names and behaviour read from upstream wgp.py / shared/api.p
   ``vae_block_size`` (16 by default) and ``video_length`` down to ``latent_size``·n + ``frames_offset`` (at
   least ``frames_minimum``: 4n+1 from 5 for Wan) without saying so, as upstream does;
 * ``video_guide`` / ``video_mask`` dropped without a word unless ``video_prompt_type`` has ``V`` (and ``A``
-  without ``U`` for the mask), as upstream's ``validate_settings`` does; one used is printed ("Control video: …");
+  without ``U`` for the mask), and ``image_refs`` unless it has ``I``, as upstream's ``validate_settings`` does;
+  those used are printed ("Control video: …", "Reference images: …");
 * a ``sample_solver`` the Wan model does not declare raising NotImplementedError after the load, as
   upstream's any2video does (models without ``sample_solvers`` ignore it);
 * attachments recognised by their file extension only (upstream's ``has_image_file_extension``): an
@@ -217,6 +218,10 @@ def validate_task(task: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str
         settings["video_guide"] = settings["video_mask"] = None
     elif "A" not in letters or "U" in letters:
         settings["video_mask"] = None
+    if "I" not in letters:  # upstream's validate_settings: no reference images without "I"
+        settings["image_refs"] = None
+    elif not settings.get("image_refs"):
+        return None, "You must provide at least one Reference Image"
     if not re.fullmatch(r"\d+x\d+", str(settings.get("resolution", "832x480"))):
         return None, f"Invalid resolution {settings.get('resolution')!r}"
     missing = [lora for lora in settings.get("activated_loras") or [] if not os.path.isfile(lora)]
@@ -278,6 +283,8 @@ def generate_media(
         send_cmd("status", "Model loaded")
     if video_guide is not None:
         print(f"Control video: {os.path.basename(video_guide)} mask: {video_mask and os.path.basename(video_mask)}")
+    if image_refs:
+        print(f"Reference images: {[os.path.basename(str(r)) for r in image_refs]}")
     if activated_loras:
         print(f"Loras: {[os.path.basename(lora) for lora in activated_loras]} multipliers: {loras_multipliers!r}")
     if "raise" in d:

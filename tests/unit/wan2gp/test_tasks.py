@@ -166,3 +166,7 @@ def test_vace_tasks_enable_the_control_video_and_mask_wan2gp_would_otherwise_dro
     assert parse_params("vace", {"prompt": "a", "video_guide": VID, "video_prompt_type": "PV"}).settings[
         "video_prompt_type"] == "PV"
     assert "video_prompt_type" not in parse_params("t2v", {"prompt": "a"}).settings
+    refs = parse_params("vace", {"prompt": "a", "video_guide": VID, "image_refs": [VID.replace(".mp4", ".png")]})
+    assert refs.settings["video_prompt_type"] == "VI"  # "I": Wan2GP reads image_refs only with it
+    all3 = parse_params("vace", {"prompt": "a", "video_guide": VID, "video_mask": VID, "image_refs": [VID]})
+    assert all3.settings["video_prompt_type"] == "VAI"
