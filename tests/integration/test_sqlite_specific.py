@@ -220,7 +220,9 @@ async def test_migrate_twice_is_harmless_and_a_changed_file_is_reapplied(store: 
         conn.execute(
             "update comfy_worker_migrations set checksum = 'old' where version in ('002_views', '008_webhooks')"
         )
-    assert await store.migrate() == ["002_views", "008_webhooks"]  # 008's ADD COLUMN is skipped when re-run
+    # a re-applied file brings every later one with it (their triggers and views must win); 008's ADD COLUMN is
+    # skipped when re-run
+    assert await store.migrate() == ["002_views", "003_worker_disk", "008_webhooks"]
     assert await store.migrate() == []
     assert (await store.get_task("keep-me")).params == {"keep": 1}
     with sqlite3.connect(store.path) as conn:
