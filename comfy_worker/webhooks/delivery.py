@@ -36,10 +36,16 @@ class Attempt:
     error: str | None = None
 
 
+def rfc3339(at: datetime) -> str:
+    """``2026-12-07T02:56:14.123456Z``: RFC 3339 UTC with microseconds, the form of the data's timestamps on
+    every store (sql/009_webhooks_review.sql's _cw_rfc3339; the SQLite store's own text)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def body_of(event: WebhookEvent) -> bytes:
     """The request body: ``{"type", "timestamp", "data"}``; the same bytes on every attempt."""
     at = event.created_at or datetime.now(UTC)
-    payload = {"type": event.event_type, "timestamp": at.astimezone(UTC).isoformat(), "data": event.payload}
+    payload = {"type": event.event_type, "timestamp": rfc3339(at), "data": event.payload}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
