@@ -700,6 +700,64 @@ async def complete_new(store: TaskStore, wid: str, task: NewTask) -> str:
     return task_id
 
 
+async def test_a_callback_url_is_opened_only_by_webhook_url_allowlist(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    """The operator's WEBHOOK_URL is trusted as configured (here a loopback address); a task's callback_url is
+    not: neither the inputs' settings (ALLOW_PRIVATE_URLS, INPUT_URL_ALLOWLIST) nor sharing WEBHOOK_URL's host
+    let a task author make the worker POST to a private address, another port or another path of it."""
+    await store.webhook_configure(True, None)
+    w = await worker(store)
+    origin = receiver.url.removesuffix("/hook")
+    cases = {"default": None, "same-url": receiver.url, "other-path": f"{origin}/admin",
+             "other-port": "http://127.0.0.1:9/hook", "metadata": "http://169.254.169.254/latest/meta-data"}
+    ids = {name: await complete_new(store, w, NewTask("comfy", {"case": name}, callback_url=url))
+           for name, url in cases.items()}
+    inputs_open = {"ALLOW_PRIVATE_URLS": "true", "INPUT_URL_ALLOWLIST": "127.0.0.1,169.254.169.254"}
+    dispatchers.start(hook_settings(receiver, **inputs_open), store)
+    for name in ("default", "same-url"):
+        await wait_outbox(store, ids[name], "delivered")
+    for name in ("other-path", "other-port", "metadata"):
+        row = await wait_outbox(store, ids[name], "failed")
+        assert row["attempts"] == 1 and row["last_status"] is None, row
+        assert "refused" in row["last_error"] and "add the host to WEBHOOK_URL_ALLOWLIST" in row["last_error"], row
+        assert "ALLOW_PRIVATE_URLS" not in row["last_error"]  # it does not apply to callbacks: not offered
+    assert sorted(verify(h)["data"]["task_id"] for h in receiver.hits) == sorted([ids["default"], ids["same-url"]])
+
+
+async def test_clearing_webhook_url_stops_default_deliveries_for_new_events(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    w = await worker(store)
+    d = dispatchers.start(hook_settings(receiver, WEBHOOK_EVENTS="task.completed,task.cancelled"), store)
+    await asyncio.wait_for(d.ready.wait(), 10)
+    before = await complete_new(store, w, NewTask("comfy", {}))
+    await wait_outbox(store, before, "delivered")
+    await dispatchers.stop()
+
+    # the fleet restarts with WEBHOOK_URL cleared; the secret stays (tasks' own callback_urls)
+    d = dispatchers.start(hook_settings(None, WEBHOOK_URL=""), store)
+    await asyncio.wait_for(d.ready.wait(), 10)
+    after = await complete_new(store, w, NewTask("comfy", {}))
+    assert await outbox(store, after) == []  # no event: nobody would send it
+    own = await complete_new(store, w, NewTask("comfy", {}, callback_url=receiver.url))
+    assert [r["event"] for r in await outbox(store, own)] == ["task.completed"]
+    # a worker without WEBHOOK_EVENTS keeps the fleet's: task.failed is still not wanted
+    failing = (await store.enqueue(NewTask("comfy", {}, callback_url=receiver.url, max_attempts=1))).task_id
+    t = await run_one(store, w, failing)
+    await store.fail(failing, t.lease_token, "for good", retryable=False)
+    assert await outbox(store, failing) == []
+    await dispatchers.stop()
+
+    # webhooks removed altogether (no WEBHOOK_URL, no WEBHOOK_SECRET): the same
+    await store.webhook_configure(True, None)
+    bare = WebhookDispatcher(load_settings({}, dotenv=None), store, "w2")
+    await asyncio.wait_for(bare.run(), 10)
+    assert not bare.enabled
+    gone = await complete_new(store, w, NewTask("comfy", {}))
+    assert await outbox(store, gone) == []
+
+
 async def test_replay_starts_each_delivery_afresh(store: TaskStore) -> None:
     await store.webhook_configure(True, None)
     w = await worker(store)
