@@ -33,18 +33,22 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 @dataclass(frozen=True)
 class UrlPolicy:
     """Who uses the policy, for messages and errors: ``what`` names the URL ("input URL", "webhook URL"),
-    ``allowlist_var`` the setting that opens a host, ``rejected`` / ``unavailable`` the exceptions for a
-    refused URL and for a name that cannot be resolved right now."""
+    ``allowlist_var`` the setting that opens a host, ``private_var`` the one that opens private addresses (if
+    any), ``rejected`` / ``unavailable`` the exceptions for a refused URL and for a name that cannot be
+    resolved right now."""
 
     what: str = "input URL"
     allowlist_var: str = "INPUT_URL_ALLOWLIST"
     schemes: str = "http, https, s3, gs or az"  # what the message offers (s3/gs/az never reach this check)
     rejected: type[ComfyWorkerError] = InputRejected
     unavailable: type[ComfyWorkerError] = InputUnavailable
+    private_var: str | None = "ALLOW_PRIVATE_URLS"  # the setting that opens private addresses; None: only the list
 
     @property
     def fix_hint(self) -> str:
-        return f"set ALLOW_PRIVATE_URLS=true or add the host to {self.allowlist_var}"
+        if self.private_var is None:
+            return f"add the host to {self.allowlist_var}"
+        return f"set {self.private_var}=true or add the host to {self.allowlist_var}"
 
 
 INPUT_POLICY = UrlPolicy()

@@ -7,7 +7,7 @@
 -- tasks_claim_type_idx (006: task_type, priority desc, run_at, created_at, queued rows only), which is in
 -- claim order within a type: the first p_n claimable tasks of each type are the candidates, and the best
 -- p_n of them are claimed, in the same order as before. A claim for any type (no TASK_TYPES) is unchanged
--- but for its preferred types' lookups (006's loop), which take the same per-type shape.
+-- but for its preferred types' lookups (006's loop), which are the same per-type lookup (written once below).
 --
 -- Why the candidates suffice: within one type, claim order is priority, then (run_at, created_at), with or
 -- without a preference (an overdue task is due earlier than any task of its type and priority that is not;
@@ -47,7 +47,7 @@ declare
   v_cutoff timestamptz;
   v_weights jsonb;
   v_ids text[];
-  v_type text;
+  v_types text[];
 begin
   if p_n is null or p_n < 1 or p_n > 1000 then
     raise exception using errcode = 'CW004', message = format('claim_tasks: n must be between 1 and 1000 (got %s)', p_n);
@@ -66,8 +66,10 @@ begin
     return;
   end if;
 
+  -- candidates: with no TASK_TYPES, the first p_n in plain order and the first p_n of each preferred type (006);
+  -- with TASK_TYPES, the first p_n of each wanted type (they include the first p_n in plain order and every
+  -- preferred type's first p_n that this worker takes). Each type's through its part of tasks_claim_type_idx.
   if v_any_type then
-    -- candidates: the first p_n in plain order, then the first p_n of each preferred type (006)
     v_ids := array(
       select t.task_id from tasks t
       where t.status = 'queued' and t.run_at <= now()
@@ -77,23 +79,15 @@ begin
       order by t.priority desc, t.run_at, t.created_at
       limit p_n
       for update of t skip locked);
-    for v_type in select k from jsonb_object_keys(v_weights) k order by k loop
-      v_ids := v_ids || array(
-        select t.task_id from tasks t
-        where t.status = 'queued' and t.task_type >= v_type and t.task_type <= v_type and t.run_at <= now()
-          and (cardinality(t.depends_on) = 0 or not exists (
-                select 1 from unnest(t.depends_on) d(id) left join tasks dt on dt.task_id = d.id
-                where dt.status is distinct from 'complete'))
-        order by t.task_type, t.priority desc, t.run_at, t.created_at  -- one type: its claim order
-        limit p_n
-        for update of t skip locked);
-    end loop;
+    v_types := array(select jsonb_object_keys(v_weights));  -- none without a preference
   else
-    -- candidates: the first p_n of each wanted type, each through its part of tasks_claim_type_idx (they
-    -- include the first p_n in plain order and every preferred type's first p_n that this worker takes)
-    v_ids := array(
+    v_ids := '{}';
+    v_types := p_task_types;
+  end if;
+  if cardinality(v_types) > 0 then
+    v_ids := v_ids || array(
       select c.task_id
-      from (select distinct u.task_type from unnest(p_task_types) u(task_type)) tt
+      from (select distinct u.task_type from unnest(v_types) u(task_type)) tt
       cross join lateral (
         select t.task_id from tasks t
         where t.status = 'queued' and t.task_type >= tt.task_type and t.task_type <= tt.task_type

@@ -1,8 +1,10 @@
-"""The webhook outbox's rules for the embedded SQLite store: sql/008_webhooks.sql's functions, in Python.
+"""The webhook outbox's rules for the embedded SQLite store: the functions of sql/008_webhooks.sql and
+sql/009_webhooks_review.sql, in Python.
 
 Each ``op_*`` runs inside the store's ``BEGIN IMMEDIATE`` transaction (nobody else writes meanwhile, so the
 claim needs no SKIP LOCKED) and gets ``now`` as a datetime read once the write lock was taken. The event rows
-themselves are written by the triggers of sql/sqlite/008_webhooks.sql, in the transaction that ended the task.
+themselves are written by the triggers of sql/sqlite/009_webhooks_review.sql, in the transaction that ended
+the task; their body's data is its ``_cw_webhook_data`` view, which replay reads too.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ _EVENT_OF_STATUS = {"complete": "task.completed", "failed": "task.failed", "canc
 
 
 def op_configure(conn: sqlite3.Connection, now: datetime, default_url: bool, events: list[str] | None) -> None:
-    chosen = list(events) if events is not None else list(DEFAULT_WEBHOOK_EVENTS)
-    for e in chosen:
+    """Whether some worker has a WEBHOOK_URL, and the fleet's events (None: keep them; the defaults at first)."""
+    for e in events or ():
         if e not in WEBHOOK_EVENTS:
             raise invalid(f"webhook_configure: unknown event {e!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+    chosen = json.dumps(list(events)) if events is not None else None
     conn.execute(
-        "insert into webhook_config (id, default_url, events, updated_at) values (1, ?, ?, ?)"
-        " on conflict (id) do update set default_url = excluded.default_url, events = excluded.events,"
-        " updated_at = excluded.updated_at"
-        " where default_url is not excluded.default_url or events is not excluded.events",
-        (int(bool(default_url)), json.dumps(chosen), ts(now)),
+        "insert into webhook_config (id, default_url, events, updated_at) values (1, :url, coalesce(:events, :dflt),"
+        " :now) on conflict (id) do update set default_url = excluded.default_url,"
+        " events = coalesce(:events, events), updated_at = excluded.updated_at"
+        " where default_url is not excluded.default_url or events is not coalesce(:events, events)",
+        {"url": int(bool(default_url)), "events": chosen, "dflt": json.dumps(list(DEFAULT_WEBHOOK_EVENTS)),
+         "now": ts(now)},
     )
 
 
@@ -44,9 +48,8 @@ def op_claim(
     ids = [
         r[0]
         for r in conn.execute(
-            "select e.id from webhook_events e"
+            "select e.id from webhook_events e"  # delivering: next_try_at is the lease's expiry
             " where e.state in ('pending', 'delivering') and e.next_try_at <= :now"
-            "   and (e.state = 'pending' or e.lease_expires_at < :now)"
             "   and (e.url is not null or :default_url)"
             "   and not exists (select 1 from webhook_events p where p.task_id = e.task_id and p.id < e.id"
             "                    and p.state in ('pending', 'delivering'))"
@@ -107,24 +110,22 @@ def op_report(
 
 
 def op_replay(conn: sqlite3.Connection, now: str, task_id: str) -> int:
+    """Every event of the task not being delivered now: pending, due now, as a new delivery (attempts 0, no last
+    status or error, a fresh retry window), the same webhook-id and body."""
     task = task_row(conn, "replay_webhook_events", task_id)
     count = conn.execute(
-        "update webhook_events set state = 'pending', next_try_at = ?, retry_until = null, lease_token = null,"
-        " lease_expires_at = null, delivered_at = null, updated_at = ? where task_id = ? and state <> 'delivering'",
+        "update webhook_events set state = 'pending', attempts = 0, next_try_at = ?, retry_until = null,"
+        " claimed_by = null, lease_token = null, lease_expires_at = null, last_status = null, last_error = null,"
+        " delivered_at = null, updated_at = ? where task_id = ? and state <> 'delivering'",
         (now, now, task_id),
     ).rowcount
     if count == 0 and conn.execute("select 1 from webhook_events where task_id = ?", (task_id,)).fetchone() is None:
-        event = _EVENT_OF_STATUS.get(task["status"])
-        if event is None:
+        if _EVENT_OF_STATUS.get(task["status"]) is None:
             raise invalid(f"replay_webhook_events: task {task_id} is {task['status']}: it has no end to report yet")
         conn.execute(
             "insert into webhook_events (task_id, event_type, payload, url, created_at, next_try_at, updated_at)"
-            " select task_id, ?, json_object('task_id', task_id, 'task_type', task_type, 'status', status,"
-            " 'attempts', attempts, 'max_attempts', max_attempts, 'worker_id', worker_id, 'output_url', output_url,"
-            " 'result', json(result), 'progress', json(progress), 'error', error,"
-            " 'error_details', json(error_details), 'created_at', created_at, 'started_at', started_at,"
-            " 'completed_at', completed_at), callback_url, ?, ?, ? from tasks where task_id = ?",
-            (event, now, now, now, task_id),
+            " select task_id, end_event, data, callback_url, ?, ?, ? from _cw_webhook_data where task_id = ?",
+            (now, now, now, task_id),
         )
         count = 1
     return count

@@ -173,7 +173,7 @@ class SqliteStore:
 
     async def migrate(self) -> list[str]:
         """Apply sql/sqlite/NNN_*.sql in order in one IMMEDIATE transaction (so concurrent migrations queue);
-        re-apply a file whose checksum changed (they are written to be re-runnable)."""
+        re-apply a file whose checksum changed, and every later one (they are written to be re-runnable)."""
         return await self._run(self._migrate)
 
     def _migrate(self) -> list[str]:
@@ -192,7 +192,9 @@ class SqliteStore:
             )
             done = dict(conn.execute("select version, checksum from comfy_worker_migrations").fetchall())
             for m in migrations:
-                if done.get(m.version) == m.checksum:
+                # once a file is (re)applied, apply every later one too (as the Postgres store does): a re-run
+                # 008 re-creates the triggers and view that 009 replaced, and 009's must win
+                if done.get(m.version) == m.checksum and not applied:
                     continue
                 for statement in split_statements(m.sql):
                     _apply_statement(conn, statement)

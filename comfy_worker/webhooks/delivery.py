@@ -3,7 +3,8 @@
 2xx: delivered. 410 Gone: the receiver wants no more, stop (``failed``). Any other status, a timeout or a
 connection error: ``retry`` on the schedule of sql/008_webhooks.sql. Redirects are not followed (a 3xx is a
 failed attempt, retried, its Location in the error). A callback URL that the URL policy refuses (a private or
-cloud metadata address, not http/https) is ``failed`` at once with the reason.
+cloud metadata address, not http/https; WEBHOOK_URL_ALLOWLIST opens a host) is ``failed`` at once with the
+reason. The operator's WEBHOOK_URL is trusted as configured (it may be on a private network).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from comfy_worker.webhooks.signing import sign
 
 WEBHOOK_POLICY = UrlPolicy(
     what="webhook URL", allowlist_var="WEBHOOK_URL_ALLOWLIST", schemes="http or https", rejected=WebhookRefused,
-    unavailable=WebhookUnavailable,
+    unavailable=WebhookUnavailable, private_var=None,
 )
 EXCERPT = 300  # characters of a refusing receiver's body kept in last_error
 
@@ -36,10 +37,16 @@ class Attempt:
     error: str | None = None
 
 
+def rfc3339(at: datetime) -> str:
+    """``2026-12-07T02:56:14.123456Z``: RFC 3339 UTC with microseconds, the form of the data's timestamps on
+    every store (sql/009_webhooks_review.sql's _cw_rfc3339; the SQLite store's own text)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def body_of(event: WebhookEvent) -> bytes:
     """The request body: ``{"type", "timestamp", "data"}``; the same bytes on every attempt."""
     at = event.created_at or datetime.now(UTC)
-    payload = {"type": event.event_type, "timestamp": at.astimezone(UTC).isoformat(), "data": event.payload}
+    payload = {"type": event.event_type, "timestamp": rfc3339(at), "data": event.payload}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
@@ -51,18 +58,25 @@ async def deliver(
     *,
     timeout_s: float,
     allowlist: tuple[str, ...],
-    allow_private: bool,
+    trusted: bool = False,
 ) -> Attempt:
-    """POST ``event`` to ``url`` once, within ``timeout_s`` in all (connect, send, the receiver's answer)."""
+    """POST ``event`` to ``url`` once, within ``timeout_s`` in all (connect, send, the receiver's answer).
+
+    ``trusted``: the operator's WEBHOOK_URL, sent as configured. Any other URL (a task's callback_url) must
+    resolve to public addresses only, unless its host is in ``allowlist`` (WEBHOOK_URL_ALLOWLIST)."""
     shown = display_url(url)
-    try:
-        target, headers, extensions = await prepare_request(
-            url, allowlist=allowlist, allow_private=allow_private, policy=WEBHOOK_POLICY
-        )
-    except WebhookRefused as exc:
-        return Attempt("failed", None, f"refused: {exc}")
-    except WebhookUnavailable as exc:
-        return Attempt("retry", None, str(exc))
+    if trusted:
+        target, headers, extensions = httpx.URL(url), {}, {}
+    else:
+        try:
+            # ALLOW_PRIVATE_URLS is the inputs' switch: it does not open private addresses to callbacks
+            target, headers, extensions = await prepare_request(
+                url, allowlist=allowlist, allow_private=False, policy=WEBHOOK_POLICY
+            )
+        except WebhookRefused as exc:
+            return Attempt("failed", None, f"refused: {exc}")
+        except WebhookUnavailable as exc:
+            return Attempt("retry", None, str(exc))
     body = body_of(event)
     headers = {
         **headers,

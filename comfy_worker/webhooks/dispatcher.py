@@ -8,14 +8,14 @@ worker takes the event over, with the same webhook-id. The loop wakes at once af
 (:meth:`WebhookDispatcher.wake`) and otherwise polls every WEBHOOK_POLL_S for events other workers (or a
 cancel from the CLI, or recovery of a dead worker's task) left.
 
-A worker without WEBHOOK_SECRET delivers nothing (it cannot sign). One with WEBHOOK_URL tells the fleet
-(``webhook_configure``), so events of tasks without a callback_url are recorded and sent there.
+A worker without WEBHOOK_SECRET delivers nothing (it cannot sign). Every worker tells the fleet at start
+whether it has a WEBHOOK_URL (``webhook_configure``): with one, events of tasks without a callback_url are
+recorded and sent there; without (WEBHOOK_URL cleared), new ones are not. The last worker to start decides.
 """
 
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -46,10 +46,11 @@ class WebhookDispatcher:
         self.ready = asyncio.Event()  # configured and delivering
         self._inflight: set[asyncio.Task[None]] = set()
         self.lease_s = 2 * settings.webhook_timeout_s + 30
-        # the operator's own WEBHOOK_URL is trusted (it may be on a private network); callback URLs from task rows
-        # go through the URL policy
-        host = urlsplit(settings.webhook_url).hostname if settings.webhook_url else None
-        self._allowlist = (*settings.input_url_allowlist, *settings.webhook_url_allowlist, *((host,) if host else ()))
+        # The operator's WEBHOOK_URL is trusted as configured (it may be on a private network). Callback URLs come
+        # from task rows, written by whoever may enqueue: they must resolve to public addresses, unless their host
+        # is in WEBHOOK_URL_ALLOWLIST (neither INPUT_URL_ALLOWLIST, ALLOW_PRIVATE_URLS nor WEBHOOK_URL's host
+        # opens them: a GET of an input is not a signed POST, and WEBHOOK_URL's host may serve other ports/paths).
+        self._allowlist = settings.webhook_url_allowlist
 
     @property
     def enabled(self) -> bool:
@@ -83,6 +84,7 @@ class WebhookDispatcher:
         """Deliver until cancelled. Deliveries in flight when cancelled are abandoned: their leases run out and
         another worker (or this one after a restart) sends them again."""
         if not self.enabled:
+            await self._announce_quietly()
             log.info("webhooks_off", reason="no WEBHOOK_SECRET")
             return
         timeout = httpx.Timeout(self.settings.webhook_timeout_s)
@@ -121,15 +123,30 @@ class WebhookDispatcher:
     def _events(self) -> tuple[str, ...]:
         return self.settings.webhook_events or DEFAULT_WEBHOOK_EVENTS
 
+    @property
+    def _announced_events(self) -> list[str] | None:
+        """The events this worker sets for the fleet: its WEBHOOK_EVENTS, or the defaults with a WEBHOOK_URL;
+        None (keep the fleet's) for a worker with neither."""
+        if self.settings.webhook_events or self.settings.webhook_url:
+            return list(self._events)
+        return None
+
+    async def _announce_quietly(self) -> None:
+        """A worker without WEBHOOK_SECRET has no WEBHOOK_URL either: it says so once (the fleet's default
+        deliveries stop for new events, as when WEBHOOK_URL is cleared), and never fails for it."""
+        try:
+            await self.store.webhook_configure(False, None)
+        except StoreError as exc:  # no 008 schema (webhooks never set up) or the store is away: nothing to stop
+            log.debug("webhook_configure_skipped", error=str(exc))
+
     async def _configure(self) -> None:
-        if not self.settings.webhook_url:
-            # only tasks with a callback_url; the events are what a worker with WEBHOOK_URL configured (or the
-            # defaults): a worker without a URL must not switch the fleet's default destination off
-            return
+        """Tell the fleet whether this worker has a WEBHOOK_URL (the trigger then records events of tasks without
+        a callback_url, or stops: clearing WEBHOOK_URL turns default deliveries off for new events). Fleet-wide,
+        like WEBHOOK_EVENTS: the last worker to start decides."""
         delay = 1.0
         while True:
             try:
-                await self.store.webhook_configure(bool(self.settings.webhook_url), list(self._events))
+                await self.store.webhook_configure(bool(self.settings.webhook_url), self._announced_events)
                 return
             except StoreUnavailable as exc:
                 log.warning("webhook_configure_failed", error=str(exc), retry_in_s=delay)
@@ -192,7 +209,7 @@ class WebhookDispatcher:
         else:
             attempt = await deliver(
                 client, event, url, self._keys, timeout_s=s.webhook_timeout_s, allowlist=self._allowlist,
-                allow_private=s.allow_private_urls,
+                trusted=event.url is None or event.url == s.webhook_url,
             )
         fields = {
             "task_id": event.task_id, "event_type": event.event_type, "webhook_id": event.webhook_id,

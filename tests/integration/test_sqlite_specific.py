@@ -220,13 +220,15 @@ async def test_migrate_twice_is_harmless_and_a_changed_file_is_reapplied(store: 
         conn.execute(
             "update comfy_worker_migrations set checksum = 'old' where version in ('002_views', '008_webhooks')"
         )
-    assert await store.migrate() == ["002_views", "008_webhooks"]  # 008's ADD COLUMN is skipped when re-run
+    # a re-applied file brings every later one with it (their triggers and views must win); 008's ADD COLUMN is
+    # skipped when re-run
+    assert await store.migrate() == ["002_views", "003_worker_disk", "008_webhooks", "009_webhooks_review"]
     assert await store.migrate() == []
     assert (await store.get_task("keep-me")).params == {"keep": 1}
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
         versions = [r[0] for r in conn.execute("select version from comfy_worker_migrations order by 1")]
-    assert versions == ["001_tables", "002_views", "003_worker_disk", "008_webhooks"]
+    assert versions == ["001_tables", "002_views", "003_worker_disk", "008_webhooks", "009_webhooks_review"]
 
 
 async def test_unmigrated_file_says_schema_missing(tmp_path: Path) -> None:
@@ -237,7 +239,8 @@ async def test_unmigrated_file_says_schema_missing(tmp_path: Path) -> None:
             await s.check_schema()
         with pytest.raises(SchemaMissing, match="comfy-worker migrate"):
             await s.claim("w", None, 1, 30)
-        assert await s.migrate() == ["001_tables", "002_views", "003_worker_disk", "008_webhooks"]
+        assert await s.migrate() == ["001_tables", "002_views", "003_worker_disk", "008_webhooks",
+                                     "009_webhooks_review"]
         await s.check_schema()
     finally:
         await s.close()

@@ -688,3 +688,172 @@ async def test_without_the_webhook_schema_the_loop_says_so_and_stops(store: Task
     d = WebhookDispatcher(hook_settings(receiver), store, "w1")
     await asyncio.wait_for(d.run(), 10)  # returns: no exception out of the daemon's background task
     assert not d.ready.is_set()
+
+
+# --- after review (sql/009_webhooks_review.sql) ---------------------------------------------------------------
+
+
+async def complete_new(store: TaskStore, wid: str, task: NewTask) -> str:
+    task_id = (await store.enqueue(task)).task_id
+    t = await run_one(store, wid, task_id)
+    await store.complete(task_id, t.lease_token, {"outputs": []}, "https://x/o.png")
+    return task_id
+
+
+async def test_a_callback_url_is_opened_only_by_webhook_url_allowlist(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    """The operator's WEBHOOK_URL is trusted as configured (here a loopback address); a task's callback_url is
+    not: neither the inputs' settings (ALLOW_PRIVATE_URLS, INPUT_URL_ALLOWLIST) nor sharing WEBHOOK_URL's host
+    let a task author make the worker POST to a private address, another port or another path of it."""
+    await store.webhook_configure(True, None)
+    w = await worker(store)
+    origin = receiver.url.removesuffix("/hook")
+    cases = {"default": None, "same-url": receiver.url, "other-path": f"{origin}/admin",
+             "other-port": "http://127.0.0.1:9/hook", "metadata": "http://169.254.169.254/latest/meta-data"}
+    ids = {name: await complete_new(store, w, NewTask("comfy", {"case": name}, callback_url=url))
+           for name, url in cases.items()}
+    inputs_open = {"ALLOW_PRIVATE_URLS": "true", "INPUT_URL_ALLOWLIST": "127.0.0.1,169.254.169.254"}
+    dispatchers.start(hook_settings(receiver, **inputs_open), store)
+    for name in ("default", "same-url"):
+        await wait_outbox(store, ids[name], "delivered")
+    for name in ("other-path", "other-port", "metadata"):
+        row = await wait_outbox(store, ids[name], "failed")
+        assert row["attempts"] == 1 and row["last_status"] is None, row
+        assert "refused" in row["last_error"] and "add the host to WEBHOOK_URL_ALLOWLIST" in row["last_error"], row
+        assert "ALLOW_PRIVATE_URLS" not in row["last_error"]  # it does not apply to callbacks: not offered
+    assert sorted(verify(h)["data"]["task_id"] for h in receiver.hits) == sorted([ids["default"], ids["same-url"]])
+
+
+async def test_clearing_webhook_url_stops_default_deliveries_for_new_events(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    w = await worker(store)
+    d = dispatchers.start(hook_settings(receiver, WEBHOOK_EVENTS="task.completed,task.cancelled"), store)
+    await asyncio.wait_for(d.ready.wait(), 10)
+    before = await complete_new(store, w, NewTask("comfy", {}))
+    await wait_outbox(store, before, "delivered")
+    await dispatchers.stop()
+
+    # the fleet restarts with WEBHOOK_URL cleared; the secret stays (tasks' own callback_urls)
+    d = dispatchers.start(hook_settings(None, WEBHOOK_URL=""), store)
+    await asyncio.wait_for(d.ready.wait(), 10)
+    after = await complete_new(store, w, NewTask("comfy", {}))
+    assert await outbox(store, after) == []  # no event: nobody would send it
+    own = await complete_new(store, w, NewTask("comfy", {}, callback_url=receiver.url))
+    assert [r["event"] for r in await outbox(store, own)] == ["task.completed"]
+    # a worker without WEBHOOK_EVENTS keeps the fleet's: task.failed is still not wanted
+    failing = (await store.enqueue(NewTask("comfy", {}, callback_url=receiver.url, max_attempts=1))).task_id
+    t = await run_one(store, w, failing)
+    await store.fail(failing, t.lease_token, "for good", retryable=False)
+    assert await outbox(store, failing) == []
+    await dispatchers.stop()
+
+    # webhooks removed altogether (no WEBHOOK_URL, no WEBHOOK_SECRET): the same
+    await store.webhook_configure(True, None)
+    bare = WebhookDispatcher(load_settings({}, dotenv=None), store, "w2")
+    await asyncio.wait_for(bare.run(), 10)
+    assert not bare.enabled
+    gone = await complete_new(store, w, NewTask("comfy", {}))
+    assert await outbox(store, gone) == []
+
+
+async def test_replay_starts_each_delivery_afresh(store: TaskStore) -> None:
+    await store.webhook_configure(True, None)
+    w = await worker(store)
+    task_id = await complete_new(store, w, NewTask("comfy", {}))
+    for outcome, status in (("retry", 503), ("retry", 503), ("failed", 410)):
+        [e] = await store.claim_webhooks("w1", 1, 30, True)
+        await store.report_webhook(e.id, e.lease_token or "", outcome, status, f"answered {status}", 0, 0, 3600)
+    [row] = await outbox(store, task_id)
+    assert (row["state"], row["attempts"], row["last_status"]) == ("failed", 3, 410)
+
+    assert await store.replay_webhooks(task_id) == 1
+    [row] = await outbox(store, task_id)
+    assert (row["state"], row["attempts"], row["last_status"], row["last_error"], row["claimed_by"]) == (
+        "pending", 0, None, None, None)
+    assert row["webhook_id"] == e.webhook_id  # the receiver's idempotency key is kept
+    [again] = await store.claim_webhooks("w1", 1, 30, True)
+    assert again.attempts == 1  # its first attempt, with the backoff and retry window of a first attempt
+    after = await store.report_webhook(again.id, again.lease_token or "", "retry", 503, "still down", 0, 0, 3600)
+    assert (after.state, after.attempts) == ("pending", 1)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pa%40ss@hooks.example.com:8443/a/b?token=x#frag",
+        "http://u@h.example/p@q",
+        "https://a:b@h.example#f?x",
+        "https://h.example/x#f",
+        "http://h.example",
+        "https://h.example/x?sig=1&t=2",
+    ],
+)
+async def test_the_view_shows_a_url_as_the_logs_do(store: TaskStore, url: str) -> None:
+    """No credentials, query or fragment, the same text on every store as urlpolicy.display_url writes."""
+    from comfy_worker.urlpolicy import display_url
+
+    await store.test_exec(  # type: ignore[attr-defined]
+        f"insert into tasks (task_id, task_type, callback_url) values ('u1', 'comfy', '{url}')")
+    await store.test_exec("update tasks set status = 'cancelled' where task_id = 'u1'")  # type: ignore[attr-defined]
+    [row] = await outbox(store, "u1")
+    assert row["url"] == display_url(url)
+
+
+async def test_timestamps_are_rfc3339_utc_with_microseconds_on_every_store(
+    store: TaskStore, receiver: Receiver, dispatchers: Dispatchers
+) -> None:
+    """The body's timestamp and the data's times, in the form (and pattern) docs/webhook-event.schema.json gives."""
+    import re
+
+    schema = json.loads((REPO / "docs" / "webhook-event.schema.json").read_text())
+    pattern = re.compile(schema["$defs"]["timestamp"]["pattern"])
+    await store.webhook_configure(True, None)
+    w = await worker(store)
+    done = await complete_new(store, w, NewTask("comfy", {}))
+    never_ran = (await store.enqueue(NewTask("comfy", {}))).task_id
+    await store.cancel(never_ran, "not needed")
+    dispatchers.start(hook_settings(receiver), store)
+    await receiver.wait(lambda: len(receiver.delivered()) == 2)
+    bodies = {verify(h)["data"]["task_id"]: verify(h) for h in receiver.delivered()}
+    for task_id, body in bodies.items():
+        assert pattern.match(body["timestamp"]), body["timestamp"]
+        times = {k: body["data"][k] for k in ("created_at", "started_at", "completed_at")}
+        expected_null = {"started_at"} if task_id == never_ran else set()
+        assert {k for k, v in times.items() if v is None} == expected_null, times
+        for v in times.values():
+            assert v is None or pattern.match(v), times
+    data = bodies[done]["data"]
+    assert data["completed_at"] >= data["started_at"] >= data["created_at"]  # the fixed width sorts as text
+
+
+async def test_a_replayed_event_carries_the_data_the_trigger_wrote(store: TaskStore) -> None:
+    """One definition of the body's data per store (PostgreSQL's _cw_webhook_data, SQLite's view of that name),
+    read by the trigger and by replay alike."""
+    await store.webhook_configure(True, None)
+    w = await worker(store)
+    task_id = await complete_new(store, w, NewTask("comfy", {"p": 1}, callback_url="https://hooks.example/x"))
+    [first] = await store.claim_webhooks("w1", 1, 30, True)
+    await store.report_webhook(first.id, first.lease_token or "", "delivered", 200)
+    await store.test_exec(f"delete from webhook_events where task_id = '{task_id}'")  # type: ignore[attr-defined]
+    assert await store.replay_webhooks(task_id) == 1  # written afresh by replay
+    [second] = await store.claim_webhooks("w1", 1, 30, True)
+    assert (second.event_type, second.url, second.payload) == (first.event_type, first.url, first.payload)
+    assert second.webhook_id != first.webhook_id
+
+
+async def test_a_reapplied_008_leaves_009_in_force(store: TaskStore) -> None:
+    """The migration runners re-apply a changed file and every later one (SQLite did only the file): 008's
+    re-created triggers and view must not replace 009's."""
+    if store.name == "supabase":
+        pytest.skip("the Supabase store does not migrate (its SQL is run in the SQL editor)")
+    await store.test_exec(  # type: ignore[attr-defined]
+        "update comfy_worker_migrations set checksum = 'old' where version = '008_webhooks'")
+    assert await store.migrate() == ["008_webhooks", "009_webhooks_review"]  # type: ignore[attr-defined]
+    await store.webhook_configure(True, None)
+    await store.test_exec(  # type: ignore[attr-defined]
+        "insert into tasks (task_id, task_type, callback_url) values ('u1', 'comfy', 'https://u:p@h.example/x')")
+    await store.test_exec("update tasks set status = 'cancelled' where task_id = 'u1'")  # type: ignore[attr-defined]
+    [row] = await outbox(store, "u1")
+    assert row["url"] == "https://h.example/x"
