@@ -199,6 +199,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         self.exit_reason = self.exit_reason or reason
         log.info("shutdown_requested", reason=reason, inflight=len(self._inflight))
         self._stop.set()
+        self.warm.shutdown()  # a warm-up prompt still in ComfyUI is interrupted
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

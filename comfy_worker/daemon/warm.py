@@ -12,10 +12,14 @@ Two opt-in parts (README "Performance"):
 * **Warm-up** (``WARM_UP=true``): once the worker is registered and no task is waiting, one tiny prompt per
   served ``comfyui_*`` type (64x64, one frame, the fewest steps; the type's default models) makes ComfyUI load
   those models into VRAM. It never delays a task: it is skipped when a task already waits, and a claim while it
-  runs interrupts it (ComfyUI keeps what it has loaded; the task's own prompt would load the same models).
+  runs interrupts it (ComfyUI keeps what it has loaded; the task's own prompt would load the same models). Nor
+  does it delay a shutdown: a stop request (SIGTERM, drain, idle exit), or the warm-up being cancelled,
+  interrupts its prompt in ComfyUI (deleted from the queue, or ``/interrupt`` while it runs), so the GPU is not
+  left computing a prompt nobody waits for (an attached ComfyUI outlives the worker).
 
 A :class:`WarmStart` belongs to the daemon (``core.py``): ``start_prefetch()`` before the engines start,
-``warm_up()`` as a background task beside the claim loop, ``claimed()`` from the claim loop, ``stop()`` at close.
+``warm_up()`` as a background task beside the claim loop, ``claimed()`` from the claim loop, ``shutdown()`` when a
+stop is requested, ``stop()`` at close.
 """
 
 from __future__ import annotations
@@ -249,6 +253,8 @@ class WarmStart:
         self._meminfo = meminfo
         self._stop = threading.Event()
         self._claimed = asyncio.Event()
+        self._shutting = asyncio.Event()
+        self._give_way = asyncio.Event()  # claimed or shutting: a running warm-up prompt is interrupted
         self._prefetch: threading.Thread | None = None
         self.prefetched_bytes = 0
         self.running = asyncio.Event()  # a warm-up prompt is in ComfyUI
@@ -296,6 +302,19 @@ class WarmStart:
     def claimed(self) -> None:
         """The claim loop took a task: a warm-up still running gives way."""
         self._claimed.set()
+        self._give_way.set()
+
+    def shutdown(self) -> None:
+        """The worker is stopping: a warm-up prompt in ComfyUI is interrupted and no other is queued."""
+        self._shutting.set()
+        self._give_way.set()
+
+    def _why_stopped(self) -> str | None:
+        if self._shutting.is_set():
+            return "shutdown"
+        if self._claimed.is_set():
+            return "claim"
+        return None
 
     async def warm_up(self, engine: Any, store: TaskStore) -> str:
         """Run the tiny prompts (WARM_UP) on ``engine`` (the ComfyUI engine, None without one), unless a task
@@ -306,6 +325,8 @@ class WarmStart:
         client: ComfyClient | None = getattr(engine, "client", None) if getattr(engine, "started", False) else None
         if client is None:
             return self._end("skipped_no_comfyui")
+        if not getattr(engine, "healthy", True):  # attached, and not answering (yet)
+            return self._end("skipped_comfyui_unreachable")
         types = [t for t in self.task_types if t in WAN_TYPES]
         if not types:
             return self._end("skipped_no_comfyui_types")
@@ -313,6 +334,8 @@ class WarmStart:
         done: list[str] = []
         try:
             for task_type in types:
+                if self._shutting.is_set():
+                    return self._end("skipped_shutdown" if not done else "stopped_shutdown", done=done)
                 if self._claimed.is_set() or await self._task_waiting(store):
                     return self._end("skipped_task_waiting" if not done else "stopped_task_waiting", done=done)
                 graph = warmup_graph(task_type)
@@ -326,13 +349,19 @@ class WarmStart:
                     pid = await client.queue_prompt(graph)
                     log.info("warm_up_started", task_type=task_type, prompt_id=pid)
                     self.running.set()
-                    hist = await client.wait(pid, cancel=self._claimed, deadline_s=self.settings.task_timeout_s,
+                    hist = await client.wait(pid, cancel=self._give_way, deadline_s=self.settings.task_timeout_s,
                                              stall_s=self.settings.stall_timeout_s)  # fmt: skip
                 except ComfyWorkerError as exc:
-                    if self._claimed.is_set():
-                        return self._end("aborted_claim", done=done, task_type=task_type)
+                    why = self._why_stopped()
+                    if why is not None:  # client.wait has interrupted the prompt
+                        return self._end(f"aborted_{why}", done=done, task_type=task_type, prompt_id=pid)
                     log.warning("warm_up_prompt_failed", task_type=task_type, error=str(exc)[:500])
                     continue
+                except asyncio.CancelledError:  # the daemon's close: the prompt must not go on in ComfyUI
+                    if pid is not None:
+                        await _interrupt(client, pid)
+                    self._end("aborted_cancelled", done=done, task_type=task_type, prompt_id=pid)
+                    raise
                 finally:
                     if pid is not None:
                         with contextlib.suppress(ComfyWorkerError, OSError):
@@ -397,6 +426,14 @@ class WarmStart:
     def stop(self) -> None:
         """Stop reading (at close)."""
         self._stop.set()
+
+
+async def _interrupt(client: ComfyClient, prompt_id: str, timeout_s: float = 5.0) -> None:
+    """Interrupt (or dequeue) a warm-up prompt from a task being cancelled, within ``timeout_s``."""
+    try:
+        await asyncio.wait_for(client.interrupt(prompt_id), timeout_s)
+    except (ComfyWorkerError, OSError, TimeoutError) as exc:
+        log.warning("warm_up_interrupt_failed", prompt_id=prompt_id, error=str(exc)[:300])
 
 
 def wait_prefetch(thread: threading.Thread | None, timeout: float) -> bool:
