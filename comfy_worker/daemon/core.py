@@ -134,7 +134,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
         self.host.configure()
         self.upkeep.configure()
-        self.warm.start_prefetch()  # reads model files into the page cache while ComfyUI boots
+        await self.warm.start_prefetch()  # reads model files into the page cache while ComfyUI boots
         await self.store.connect()
         if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
             applied = await self.store.migrate()

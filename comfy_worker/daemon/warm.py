@@ -8,7 +8,9 @@ Two opt-in parts (README "Performance"):
   ``WARM_MODELS`` when set; else the ``MODELS_GROUPS`` entries of ``MODELS_MANIFEST``; else the files the
   builders' default graphs load for the ``comfyui_*`` task types this worker serves. Bounded by free RAM: files
   are taken in that order while their total stays within ``WARM_PREFETCH_RAM_FRACTION`` of ``MemAvailable``
-  (``/proc/meminfo``); the rest are skipped, by name, in the log. Reading never blocks start-up or a claim.
+  (``/proc/meminfo``); the rest are skipped, by name, in the log. Choosing (it looks at each file) and reading
+  run in threads: neither blocks start-up or a claim. Each model file is looked at once: the warm-up's check
+  for absent models reuses what the choice found.
 * **Warm-up** (``WARM_UP=true``): once the worker is registered and no task is waiting, one tiny prompt per
   served ``comfyui_*`` type (64x64, one frame, the fewest steps; the type's default models) makes ComfyUI load
   those models into VRAM. It never delays a task: it is skipped when a task already waits, and a claim while it
@@ -62,19 +64,25 @@ WARMUP_PREFIX = "comfy-worker-warmup"
 # --- which files -------------------------------------------------------------------------------------------------
 
 
+def graph_model_files(graph: dict[str, Any]) -> list[tuple[str, str]]:
+    """(models folder, file name) for every model file ``graph`` loads, in node order, each once."""
+    seen: dict[tuple[str, str], None] = {}
+    for node in graph.values():
+        for name, value in (node.get("inputs") or {}).items():
+            folder = model_folder(str(node.get("class_type")), name)
+            if folder and isinstance(value, str):
+                seen.setdefault((folder, value), None)
+    return list(seen)
+
+
 def default_model_files(task_types: Iterable[str]) -> list[tuple[str, str]]:
     """(models folder, file name) for every model the builders' default graph of each served ``comfyui_*`` type
     loads, in task-type order, each once."""
     seen: dict[tuple[str, str], None] = {}
     for task_type in task_types:
-        if task_type not in WAN_TYPES:
-            continue
-        graph = build(task_type, {}, _media(task_type))
-        for node in graph.values():
-            for name, value in (node.get("inputs") or {}).items():
-                folder = model_folder(str(node.get("class_type")), name)
-                if folder and isinstance(value, str):
-                    seen.setdefault((folder, value), None)
+        if task_type in WAN_TYPES:
+            for found in graph_model_files(build(task_type, {}, _media(task_type))):
+                seen.setdefault(found, None)
     return list(seen)
 
 
@@ -85,6 +93,7 @@ class Selection:
     source: str
     files: list[tuple[Path, int]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    present: dict[str, bool] = field(default_factory=dict)  # each name as given: whether its file exists
 
 
 def select_files(settings: Settings, task_types: Iterable[str]) -> Selection:
@@ -119,8 +128,10 @@ def select_files(settings: Settings, task_types: Iterable[str]) -> Selection:
             size = path.stat().st_size
         except OSError:
             sel.missing.append(name)
+            sel.present[name] = False
             continue
         sel.files.append((path, size))
+        sel.present[name] = True
     return sel
 
 
@@ -256,6 +267,9 @@ class WarmStart:
         self._shutting = asyncio.Event()
         self._give_way = asyncio.Event()  # claimed or shutting: a running warm-up prompt is interrupted
         self._prefetch: threading.Thread | None = None
+        # "folder/name" under MODELS_DIR -> whether the file exists: each model file is looked at once (the
+        # prefetch's selection of the builders' defaults fills it; the warm-up adds what it still needs)
+        self._present: dict[str, bool] = {}
         self.prefetched_bytes = 0
         self.running = asyncio.Event()  # a warm-up prompt is in ComfyUI
         self.finished = asyncio.Event()  # the warm-up has ended (any outcome)
@@ -263,12 +277,13 @@ class WarmStart:
 
     # prefetch
 
-    def start_prefetch(self) -> threading.Thread | None:
-        """Start reading in a thread (returns at once); None when WARM_PREFETCH is off or nothing is to be read."""
+    async def start_prefetch(self) -> threading.Thread | None:
+        """Choose the files (in a thread: it looks at each of them) and start reading them in another; returns
+        once reading has started. None when WARM_PREFETCH is off or nothing is to be read."""
         if not self.settings.warm_prefetch:
             return None
-        sel = select_files(self.settings, self.task_types)
-        taken, skipped = within_ram(sel.files, self._meminfo(), self.settings.warm_prefetch_ram_fraction)
+        sel, available = await asyncio.to_thread(self._select)
+        taken, skipped = within_ram(sel.files, available, self.settings.warm_prefetch_ram_fraction)
         log.info(
             "warm_prefetch_planned",
             source=sel.source,
@@ -296,6 +311,12 @@ class WarmStart:
         self._prefetch = threading.Thread(target=run, name="warm-prefetch", daemon=True)
         self._prefetch.start()
         return self._prefetch
+
+    def _select(self) -> tuple[Selection, int | None]:
+        sel = select_files(self.settings, self.task_types)
+        if sel.source == "builder defaults":  # the models the warm-up loads: known now, not looked at again
+            self._present.update(sel.present)
+        return sel, self._meminfo()
 
     # warm-up
 
@@ -339,7 +360,7 @@ class WarmStart:
                 if self._claimed.is_set() or await self._task_waiting(store):
                     return self._end("skipped_task_waiting" if not done else "stopped_task_waiting", done=done)
                 graph = warmup_graph(task_type)
-                absent = self._absent_models(graph)
+                absent = await asyncio.to_thread(self.absent_models, graph)
                 if absent:
                     log.info("warm_up_type_skipped", task_type=task_type, models_missing=absent)
                     continue
@@ -373,26 +394,27 @@ class WarmStart:
         outcome = "done" if done else "nothing_loaded"
         return self._end(outcome, done=done, seconds=round(time.monotonic() - t0, 2))
 
-    def _absent_models(self, graph: dict[str, Any]) -> list[str]:
+    def absent_models(self, graph: dict[str, Any]) -> list[str]:
         """The graph's model files not under MODELS_DIR (none known absent when it is unset: ComfyUI may have
-        more model folders than we know of)."""
+        more model folders than we know of). A file the prefetch's selection already looked at is not again."""
         root = self.settings.models_path
         if root is None:
             return []
         absent = []
-        for node in graph.values():
-            for name, value in (node.get("inputs") or {}).items():
-                folder = model_folder(str(node.get("class_type")), name)
-                if folder and isinstance(value, str) and not (root / folder / value).exists():
-                    absent.append(f"{folder}/{value}")
+        for folder, value in graph_model_files(graph):
+            name = f"{folder}/{value}"
+            if name not in self._present:
+                self._present[name] = (root / folder / value).exists()
+            if not self._present[name]:
+                absent.append(name)
         return absent
 
     async def _task_waiting(self, store: TaskStore) -> bool:
+        """A task of this worker's types is queued and due (the claim's own lookup, ``TaskStore.work_ready``)."""
         try:
-            snap = await store.fleet_snapshot()
+            return await store.work_ready(self.task_types)
         except ComfyWorkerError:
             return True  # cannot tell: do not risk delaying one
-        return any(q.get("queued") for q in snap.get("queue", []) if q.get("task_type") in self.task_types)
 
     async def _upload_media(self, client: ComfyClient, graph: dict[str, Any]) -> None:
         names = {str(v) for node in graph.values() for v in (node.get("inputs") or {}).values()}
@@ -448,6 +470,7 @@ __all__ = [
     "Selection",
     "WarmStart",
     "default_model_files",
+    "graph_model_files",
     "mem_available",
     "read_into_cache",
     "select_files",
