@@ -33,7 +33,7 @@ from comfy_worker.engine.housekeeping import ComfyHousekeeper, comfy_folders
 from comfy_worker.engine.scoped import TaskClient
 from comfy_worker.engine.supervisor import ComfySupervisor
 from comfy_worker.errors import ComfyWorkerError, EngineStartupError, EngineUnavailable
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
 from comfy_worker.models import Task
 
 log = get_logger(__name__)
@@ -59,8 +59,10 @@ class ComfyEngine:
         self._stats: dict[str, Any] = {}
         self._stats_read = False
         self._on_exit: Callable[[int | None], None] | None = None
+        self._socket_task: asyncio.Task[None] | None = None
         if supervisor.attached:  # no process to watch: a dropped websocket is how its death shows
             client.on_disconnect = supervisor.connection_lost
+            supervisor.on_reachable = self._open_socket
 
     @classmethod
     def from_settings(cls, settings: Settings, *, worker_id: str) -> ComfyEngine:
@@ -118,6 +120,18 @@ class ComfyEngine:
             self._failed = None
         await self._read_stats()
 
+    def _open_socket(self) -> None:
+        """Attached, answering again (or for the first time): open the websocket now, so that the server going
+        away again is seen even before a prompt is sent (a reader already reopening it is left to do so)."""
+        if self._started and (self._socket_task is None or self._socket_task.done()):
+            self._socket_task = asyncio.create_task(
+                self._connect_quietly(), name="comfyui-socket", context=background_context()
+            )
+
+    async def _connect_quietly(self) -> None:
+        with contextlib.suppress(EngineUnavailable):  # told to the supervisor by the client (on_disconnect)
+            await self.client.connect()
+
     async def ensure_running(self) -> None:
         """Started (lazily: the first call starts it), and answering: after a crash, the supervisor restarts it
         with backoff (EngineStartupError when it gives up); attached, it waits for a server that is not answering
@@ -130,6 +144,10 @@ class ComfyEngine:
             await self._read_stats()
 
     async def stop(self, grace_s: float = 10.0) -> None:
+        if self._socket_task is not None and not self._socket_task.done():
+            self._socket_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._socket_task
         try:
             await self.client.aclose()
         finally:

@@ -97,6 +97,7 @@ class ComfySupervisor:
         self._check_task: asyncio.Task[None] | None = None
         self._reach_task: asyncio.Task[None] | None = None
         self._answered = False  # attached: the server has answered at least once
+        self.on_reachable: Callable[[], None] | None = None  # attached: called when it answers again
 
     # --- properties -------------------------------------------------------------------------------------
 
@@ -262,6 +263,8 @@ class ComfySupervisor:
             if state == "up":
                 self._answering()
                 log.info("comfy_reachable", url=self.base_url, down_s=round(time.monotonic() - t0, 1), probes=probes)
+                if self.on_reachable is not None:
+                    self.on_reachable()
                 return
             log.debug("comfy_still_unreachable", url=self.base_url, reason=why, retry_in_s=delay)
             delay = min(delay * 2, REACH_MAX_S)

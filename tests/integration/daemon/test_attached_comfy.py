@@ -7,7 +7,8 @@ the real test ComfyUI as a process of its own and ``python -m comfy_worker`` as 
   again (``comfy_reachable``) and both tasks complete there.
 * A prompt that makes no progress on a live attached ComfyUI is still a stall.
 * A worker attached to a port where no ComfyUI answers yet (past COMFY_STARTUP_TIMEOUT) starts and registers
-  anyway, claims nothing, and runs the queued task once a ComfyUI is started there.
+  anyway (unhealthy), finds ComfyUI when it comes up, sees it die again before any task ran, claims nothing
+  while it is down, and runs the queued task once it is started again.
 """
 
 from __future__ import annotations
@@ -168,30 +169,39 @@ async def test_a_prompt_without_progress_on_a_live_attached_comfyui_is_a_stall(h
 async def test_a_worker_attached_before_its_comfyui_answers_claims_once_it_does(
     harness: Harness, tmp_path: Path
 ) -> None:
-    port = free_port()  # nothing listens there yet
+    port, workdir = free_port(), tmp_path / "comfy"  # nothing listens on the port yet
     url = f"http://127.0.0.1:{port}"
     daemon = await harness.start_daemon("comfy-worker-early", settings=harness.settings(
         COMFY_URL=url, COMFY_STARTUP_TIMEOUT="1"))  # fmt: skip
-    comfy_proc = None
+    procs: list[Any] = []
     try:
         comfy = daemon.host.comfy
         assert comfy is not None and comfy.health()["state"] == "unreachable"
         assert comfy.health()["error"] == "not answering yet (connection refused)"
-        tid = await harness.submit(wf.slow(0.5))
         row = await _until("an unhealthy worker row", lambda: _row_of(harness, "comfy-worker-early"))
         assert row["metadata"]["engines"]["comfyui"]["state"] == "unreachable"
-        task = await harness.store.get_task(tid)
-        assert task.status is TaskStatus.QUEUED and task.attempts == 0  # not claimed only to fail
 
-        comfy_proc, _ = await asyncio.to_thread(start_test_comfyui, port, workdir=tmp_path / "comfy")
+        # it comes up: found; it dies before any task ran: seen (its websocket was opened when it came up)
+        procs.append((await asyncio.to_thread(start_test_comfyui, port, workdir=workdir))[0])
+        await _until("ComfyUI found", lambda: comfy.health()["state"] == "ready", timeout=30)
+        os.kill(procs[-1].pid, signal.SIGKILL)
+        await asyncio.to_thread(procs[-1].wait, 10)
+        await _until("ComfyUI seen gone", lambda: comfy.health()["state"] == "unreachable", timeout=15)
+        assert comfy.health()["error"] == "went away (connection refused)"
+
+        tid = await harness.submit(wf.slow(0.5))
+        passes = daemon.host.claimable_types()
+        task = await harness.store.get_task(tid)
+        assert passes == [] and task.status is TaskStatus.QUEUED and task.attempts == 0  # not claimed to fail
+        procs.append((await asyncio.to_thread(start_test_comfyui, port, workdir=workdir))[0])
         done = await wait_task(harness.store, tid, timeout=120)
         assert done.status is TaskStatus.COMPLETE and done.attempts == 1, done.error
         assert done.worker_id == "comfy-worker-early"
-        assert comfy.health()["state"] == "ready" and comfy.metadata().get("gpu")  # its figures, read once it answered
+        assert comfy.health()["state"] == "ready" and comfy.metadata().get("gpu")  # read once it answered
     finally:
         await harness.stop_all()
-        if comfy_proc is not None:
-            await asyncio.to_thread(stop_test_comfyui, comfy_proc)
+        for proc in procs:
+            await asyncio.to_thread(stop_test_comfyui, proc)
 
 
 async def _row_of(harness: Harness, worker_id: str) -> dict[str, Any] | None:
