@@ -14,10 +14,9 @@ while the server answers (a network blip) is reconnected by the client and costs
 
 An attached server that does not answer within COMFY_STARTUP_TIMEOUT when the worker starts does not stop it:
 ``start`` returns with the supervisor unreachable (``comfy_unreachable_at_start``) and the same backoff probe finds
-it once it answers. So,
-after ``start``, an attached supervisor is always either healthy or unreachable with the probe running (until
-``stop``): nothing leaves it unhealthy with nobody looking (a failed probe in :meth:`ensure_running` counts as
-going away).
+it once it answers (``on_reachable`` then lets the engine open its websocket). So, after ``start``, an attached
+supervisor is always either healthy or unreachable with the probe running (until ``stop``): nothing leaves it
+unhealthy with nobody looking (a failed probe in :meth:`ensure_running` counts as going away).
 """
 
 from __future__ import annotations
