@@ -134,7 +134,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         """Connect everything and register; raises ComfyWorkerError with one clear line on failure."""
         self.host.configure()
         self.upkeep.configure()
-        self.warm.start_prefetch()  # reads model files into the page cache while ComfyUI boots
+        await self.warm.start_prefetch()  # reads model files into the page cache while ComfyUI boots
         await self.store.connect()
         if self.settings.auto_migrate and self.store.name != "supabase":  # PostgREST cannot run DDL
             applied = await self.store.migrate()
@@ -199,6 +199,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         self.exit_reason = self.exit_reason or reason
         log.info("shutdown_requested", reason=reason, inflight=len(self._inflight))
         self._stop.set()
+        self.warm.shutdown()  # a warm-up prompt still in ComfyUI is interrupted
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,14 +8,20 @@ Two opt-in parts (README "Performance"):
   ``WARM_MODELS`` when set; else the ``MODELS_GROUPS`` entries of ``MODELS_MANIFEST``; else the files the
   builders' default graphs load for the ``comfyui_*`` task types this worker serves. Bounded by free RAM: files
   are taken in that order while their total stays within ``WARM_PREFETCH_RAM_FRACTION`` of ``MemAvailable``
-  (``/proc/meminfo``); the rest are skipped, by name, in the log. Reading never blocks start-up or a claim.
+  (``/proc/meminfo``); the rest are skipped, by name, in the log. Choosing (it looks at each file) and reading
+  run in threads: neither blocks start-up or a claim. Each model file is looked at once: the warm-up's check
+  for absent models reuses what the choice found.
 * **Warm-up** (``WARM_UP=true``): once the worker is registered and no task is waiting, one tiny prompt per
   served ``comfyui_*`` type (64x64, one frame, the fewest steps; the type's default models) makes ComfyUI load
   those models into VRAM. It never delays a task: it is skipped when a task already waits, and a claim while it
-  runs interrupts it (ComfyUI keeps what it has loaded; the task's own prompt would load the same models).
+  runs interrupts it (ComfyUI keeps what it has loaded; the task's own prompt would load the same models). Nor
+  does it delay a shutdown: a stop request (SIGTERM, drain, idle exit), or the warm-up being cancelled,
+  interrupts its prompt in ComfyUI (deleted from the queue, or ``/interrupt`` while it runs), so the GPU is not
+  left computing a prompt nobody waits for (an attached ComfyUI outlives the worker).
 
 A :class:`WarmStart` belongs to the daemon (``core.py``): ``start_prefetch()`` before the engines start,
-``warm_up()`` as a background task beside the claim loop, ``claimed()`` from the claim loop, ``stop()`` at close.
+``warm_up()`` as a background task beside the claim loop, ``claimed()`` from the claim loop, ``shutdown()`` when a
+stop is requested, ``stop()`` at close.
 """
 
 from __future__ import annotations
@@ -58,19 +64,25 @@ WARMUP_PREFIX = "comfy-worker-warmup"
 # --- which files -------------------------------------------------------------------------------------------------
 
 
+def graph_model_files(graph: dict[str, Any]) -> list[tuple[str, str]]:
+    """(models folder, file name) for every model file ``graph`` loads, in node order, each once."""
+    seen: dict[tuple[str, str], None] = {}
+    for node in graph.values():
+        for name, value in (node.get("inputs") or {}).items():
+            folder = model_folder(str(node.get("class_type")), name)
+            if folder and isinstance(value, str):
+                seen.setdefault((folder, value), None)
+    return list(seen)
+
+
 def default_model_files(task_types: Iterable[str]) -> list[tuple[str, str]]:
     """(models folder, file name) for every model the builders' default graph of each served ``comfyui_*`` type
     loads, in task-type order, each once."""
     seen: dict[tuple[str, str], None] = {}
     for task_type in task_types:
-        if task_type not in WAN_TYPES:
-            continue
-        graph = build(task_type, {}, _media(task_type))
-        for node in graph.values():
-            for name, value in (node.get("inputs") or {}).items():
-                folder = model_folder(str(node.get("class_type")), name)
-                if folder and isinstance(value, str):
-                    seen.setdefault((folder, value), None)
+        if task_type in WAN_TYPES:
+            for found in graph_model_files(build(task_type, {}, _media(task_type))):
+                seen.setdefault(found, None)
     return list(seen)
 
 
@@ -81,6 +93,7 @@ class Selection:
     source: str
     files: list[tuple[Path, int]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    present: dict[str, bool] = field(default_factory=dict)  # each name as given: whether its file exists
 
 
 def select_files(settings: Settings, task_types: Iterable[str]) -> Selection:
@@ -115,8 +128,10 @@ def select_files(settings: Settings, task_types: Iterable[str]) -> Selection:
             size = path.stat().st_size
         except OSError:
             sel.missing.append(name)
+            sel.present[name] = False
             continue
         sel.files.append((path, size))
+        sel.present[name] = True
     return sel
 
 
@@ -249,7 +264,12 @@ class WarmStart:
         self._meminfo = meminfo
         self._stop = threading.Event()
         self._claimed = asyncio.Event()
+        self._shutting = asyncio.Event()
+        self._give_way = asyncio.Event()  # claimed or shutting: a running warm-up prompt is interrupted
         self._prefetch: threading.Thread | None = None
+        # "folder/name" under MODELS_DIR -> whether the file exists: each model file is looked at once (the
+        # prefetch's selection of the builders' defaults fills it; the warm-up adds what it still needs)
+        self._present: dict[str, bool] = {}
         self.prefetched_bytes = 0
         self.running = asyncio.Event()  # a warm-up prompt is in ComfyUI
         self.finished = asyncio.Event()  # the warm-up has ended (any outcome)
@@ -257,12 +277,13 @@ class WarmStart:
 
     # prefetch
 
-    def start_prefetch(self) -> threading.Thread | None:
-        """Start reading in a thread (returns at once); None when WARM_PREFETCH is off or nothing is to be read."""
+    async def start_prefetch(self) -> threading.Thread | None:
+        """Choose the files (in a thread: it looks at each of them) and start reading them in another; returns
+        once reading has started. None when WARM_PREFETCH is off or nothing is to be read."""
         if not self.settings.warm_prefetch:
             return None
-        sel = select_files(self.settings, self.task_types)
-        taken, skipped = within_ram(sel.files, self._meminfo(), self.settings.warm_prefetch_ram_fraction)
+        sel, available = await asyncio.to_thread(self._select)
+        taken, skipped = within_ram(sel.files, available, self.settings.warm_prefetch_ram_fraction)
         log.info(
             "warm_prefetch_planned",
             source=sel.source,
@@ -291,11 +312,30 @@ class WarmStart:
         self._prefetch.start()
         return self._prefetch
 
+    def _select(self) -> tuple[Selection, int | None]:
+        sel = select_files(self.settings, self.task_types)
+        if sel.source == "builder defaults":  # the models the warm-up loads: known now, not looked at again
+            self._present.update(sel.present)
+        return sel, self._meminfo()
+
     # warm-up
 
     def claimed(self) -> None:
         """The claim loop took a task: a warm-up still running gives way."""
         self._claimed.set()
+        self._give_way.set()
+
+    def shutdown(self) -> None:
+        """The worker is stopping: a warm-up prompt in ComfyUI is interrupted and no other is queued."""
+        self._shutting.set()
+        self._give_way.set()
+
+    def _why_stopped(self) -> str | None:
+        if self._shutting.is_set():
+            return "shutdown"
+        if self._claimed.is_set():
+            return "claim"
+        return None
 
     async def warm_up(self, engine: Any, store: TaskStore) -> str:
         """Run the tiny prompts (WARM_UP) on ``engine`` (the ComfyUI engine, None without one), unless a task
@@ -306,6 +346,8 @@ class WarmStart:
         client: ComfyClient | None = getattr(engine, "client", None) if getattr(engine, "started", False) else None
         if client is None:
             return self._end("skipped_no_comfyui")
+        if not getattr(engine, "healthy", True):  # attached, and not answering (yet)
+            return self._end("skipped_comfyui_unreachable")
         types = [t for t in self.task_types if t in WAN_TYPES]
         if not types:
             return self._end("skipped_no_comfyui_types")
@@ -313,10 +355,12 @@ class WarmStart:
         done: list[str] = []
         try:
             for task_type in types:
+                if self._shutting.is_set():
+                    return self._end("skipped_shutdown" if not done else "stopped_shutdown", done=done)
                 if self._claimed.is_set() or await self._task_waiting(store):
                     return self._end("skipped_task_waiting" if not done else "stopped_task_waiting", done=done)
                 graph = warmup_graph(task_type)
-                absent = self._absent_models(graph)
+                absent = await asyncio.to_thread(self.absent_models, graph)
                 if absent:
                     log.info("warm_up_type_skipped", task_type=task_type, models_missing=absent)
                     continue
@@ -326,13 +370,19 @@ class WarmStart:
                     pid = await client.queue_prompt(graph)
                     log.info("warm_up_started", task_type=task_type, prompt_id=pid)
                     self.running.set()
-                    hist = await client.wait(pid, cancel=self._claimed, deadline_s=self.settings.task_timeout_s,
+                    hist = await client.wait(pid, cancel=self._give_way, deadline_s=self.settings.task_timeout_s,
                                              stall_s=self.settings.stall_timeout_s)  # fmt: skip
                 except ComfyWorkerError as exc:
-                    if self._claimed.is_set():
-                        return self._end("aborted_claim", done=done, task_type=task_type)
+                    why = self._why_stopped()
+                    if why is not None:  # client.wait has interrupted the prompt
+                        return self._end(f"aborted_{why}", done=done, task_type=task_type, prompt_id=pid)
                     log.warning("warm_up_prompt_failed", task_type=task_type, error=str(exc)[:500])
                     continue
+                except asyncio.CancelledError:  # the daemon's close: the prompt must not go on in ComfyUI
+                    if pid is not None:
+                        await _interrupt(client, pid)
+                    self._end("aborted_cancelled", done=done, task_type=task_type, prompt_id=pid)
+                    raise
                 finally:
                     if pid is not None:
                         with contextlib.suppress(ComfyWorkerError, OSError):
@@ -344,26 +394,27 @@ class WarmStart:
         outcome = "done" if done else "nothing_loaded"
         return self._end(outcome, done=done, seconds=round(time.monotonic() - t0, 2))
 
-    def _absent_models(self, graph: dict[str, Any]) -> list[str]:
+    def absent_models(self, graph: dict[str, Any]) -> list[str]:
         """The graph's model files not under MODELS_DIR (none known absent when it is unset: ComfyUI may have
-        more model folders than we know of)."""
+        more model folders than we know of). A file the prefetch's selection already looked at is not again."""
         root = self.settings.models_path
         if root is None:
             return []
         absent = []
-        for node in graph.values():
-            for name, value in (node.get("inputs") or {}).items():
-                folder = model_folder(str(node.get("class_type")), name)
-                if folder and isinstance(value, str) and not (root / folder / value).exists():
-                    absent.append(f"{folder}/{value}")
+        for folder, value in graph_model_files(graph):
+            name = f"{folder}/{value}"
+            if name not in self._present:
+                self._present[name] = (root / folder / value).exists()
+            if not self._present[name]:
+                absent.append(name)
         return absent
 
     async def _task_waiting(self, store: TaskStore) -> bool:
+        """A task of this worker's types is queued and due (the claim's own lookup, ``TaskStore.work_ready``)."""
         try:
-            snap = await store.fleet_snapshot()
+            return await store.work_ready(self.task_types)
         except ComfyWorkerError:
             return True  # cannot tell: do not risk delaying one
-        return any(q.get("queued") for q in snap.get("queue", []) if q.get("task_type") in self.task_types)
 
     async def _upload_media(self, client: ComfyClient, graph: dict[str, Any]) -> None:
         names = {str(v) for node in graph.values() for v in (node.get("inputs") or {}).values()}
@@ -399,6 +450,14 @@ class WarmStart:
         self._stop.set()
 
 
+async def _interrupt(client: ComfyClient, prompt_id: str, timeout_s: float = 5.0) -> None:
+    """Interrupt (or dequeue) a warm-up prompt from a task being cancelled, within ``timeout_s``."""
+    try:
+        await asyncio.wait_for(client.interrupt(prompt_id), timeout_s)
+    except (ComfyWorkerError, OSError, TimeoutError) as exc:
+        log.warning("warm_up_interrupt_failed", prompt_id=prompt_id, error=str(exc)[:300])
+
+
 def wait_prefetch(thread: threading.Thread | None, timeout: float) -> bool:
     """Join a prefetch thread (tests, benchmarks); True when it finished."""
     if thread is None:
@@ -411,6 +470,7 @@ __all__ = [
     "Selection",
     "WarmStart",
     "default_model_files",
+    "graph_model_files",
     "mem_available",
     "read_into_cache",
     "select_files",

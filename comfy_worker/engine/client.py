@@ -3,7 +3,8 @@
 One ``httpx.AsyncClient`` and (lazily) one websocket per :class:`ComfyClient`. A single reader task routes
 websocket events by ``prompt_id`` into per-prompt buffers, so a prompt queued while another runs (pipelining)
 loses no events, and a dropped socket is reconnected and reconciled with ``/history`` and ``/queue``.
-``on_disconnect`` (optional) is called when the socket drops and after each failed reopen: for an attached server
+``on_disconnect`` (optional) is called when the socket drops, after each failed reopen, and when it cannot be opened
+at all: for an attached server
 the supervisor then finds out whether it went away (:meth:`ComfySupervisor.connection_lost`).
 httpx / websockets exceptions are mapped here to :mod:`comfy_worker.errors`; nothing above sees them.
 """
@@ -251,7 +252,11 @@ class ComfyClient:
         if self._reader is None or self._reader.done():
             self._closing = False
             self._connected.clear()
-            await self._open_ws()
+            try:
+                await self._open_ws()
+            except EngineUnavailable:
+                self._lost()  # as a reopen that fails: an attached server that went away is found out
+                raise
             self._reader = asyncio.create_task(
                 self._read_loop(), name=f"comfy-ws-{self.client_id[:8]}", context=background_context()
             )

@@ -13,12 +13,14 @@ server at COMFY_URL) and the shared client (HTTP + one websocket), plus ComfyUI'
 * **Attached and gone**: with COMFY_URL the client's websocket drops tell the supervisor to check the server
   (:meth:`ComfySupervisor.connection_lost`); one that went away is ``unreachable`` (not ``accepting``: nothing is
   claimed for it) until it answers again, and :attr:`ComfyEngine.gone` says where and why, for the failure of
-  the task it took down.
+  the task it took down. One that does not answer when the worker starts is ``unreachable`` the same way (the
+  worker starts and registers; its websocket is opened by the first prompt once it answers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from comfy_worker.engine.housekeeping import ComfyHousekeeper, comfy_folders
 from comfy_worker.engine.scoped import TaskClient
 from comfy_worker.engine.supervisor import ComfySupervisor
 from comfy_worker.errors import ComfyWorkerError, EngineStartupError, EngineUnavailable
-from comfy_worker.logs import get_logger
+from comfy_worker.logs import background_context, get_logger
 from comfy_worker.models import Task
 
 log = get_logger(__name__)
@@ -55,9 +57,12 @@ class ComfyEngine:
         self._failed: str | None = None
         self._start_lock = asyncio.Lock()
         self._stats: dict[str, Any] = {}
+        self._stats_read = False
         self._on_exit: Callable[[int | None], None] | None = None
+        self._socket_task: asyncio.Task[None] | None = None
         if supervisor.attached:  # no process to watch: a dropped websocket is how its death shows
             client.on_disconnect = supervisor.connection_lost
+            supervisor.on_reachable = self._open_socket
 
     @classmethod
     def from_settings(cls, settings: Settings, *, worker_id: str) -> ComfyEngine:
@@ -103,7 +108,11 @@ class ComfyEngine:
                 return
             try:
                 await self.supervisor.start()
-                await self.client.connect()
+                if not self.supervisor.attached:
+                    await self.client.connect()
+                elif self.supervisor.healthy:  # attached: a socket that cannot open now is opened by the first prompt
+                    with contextlib.suppress(EngineUnavailable):
+                        await self.client.connect()
             except EngineStartupError as exc:
                 self._failed = str(exc)
                 raise
@@ -111,16 +120,34 @@ class ComfyEngine:
             self._failed = None
         await self._read_stats()
 
+    def _open_socket(self) -> None:
+        """Attached, answering again (or for the first time): open the websocket now, so that the server going
+        away again is seen even before a prompt is sent (a reader already reopening it is left to do so)."""
+        if self._started and (self._socket_task is None or self._socket_task.done()):
+            self._socket_task = asyncio.create_task(
+                self._connect_quietly(), name="comfyui-socket", context=background_context()
+            )
+
+    async def _connect_quietly(self) -> None:
+        with contextlib.suppress(EngineUnavailable):  # told to the supervisor by the client (on_disconnect)
+            await self.client.connect()
+
     async def ensure_running(self) -> None:
         """Started (lazily: the first call starts it), and answering: after a crash, the supervisor restarts it
-        with backoff (EngineStartupError when it gives up)."""
+        with backoff (EngineStartupError when it gives up); attached, it waits for a server that is not answering
+        (EngineGone after COMFY_STARTUP_TIMEOUT)."""
         if not self._started:
             await self.start()
-            return
         if not self.supervisor.healthy:
             await self.supervisor.ensure_running()
+        if not self._stats_read:  # attached to a server that was not answering at start
+            await self._read_stats()
 
     async def stop(self, grace_s: float = 10.0) -> None:
+        if self._socket_task is not None and not self._socket_task.done():
+            self._socket_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._socket_task
         try:
             await self.client.aclose()
         finally:
@@ -179,7 +206,8 @@ class ComfyEngine:
         if self._failed:
             out["error"] = self._failed[:500]
         if state == "unreachable" and self.supervisor.lost:
-            out["error"] = f"went away ({self.supervisor.lost['reason']})"
+            why = self.supervisor.lost["reason"]
+            out["error"] = f"went away ({why})" if self.supervisor.answered else f"not answering yet ({why})"
         return out
 
     def metadata(self) -> dict[str, Any]:
@@ -187,10 +215,13 @@ class ComfyEngine:
         return dict(self._stats)
 
     async def _read_stats(self) -> None:
+        if not self.supervisor.healthy:
+            return
         try:
             stats = await self.client.system_stats()
         except EngineUnavailable:
             return
+        self._stats_read = True
         system = stats.get("system") or {}
         devices = stats.get("devices") or [{}]
         dev = devices[0] if devices else {}

@@ -11,6 +11,12 @@ daemon fails the task that was running in it, retryable), and ``/system_stats`` 
 answers again (``comfy_reachable``). A server that accepts the connection but answers slowly is alive (busy or
 stalled): that is left to the task's stall and deadline timers, never reported as gone. A websocket that drops
 while the server answers (a network blip) is reconnected by the client and costs nothing.
+
+An attached server that does not answer within COMFY_STARTUP_TIMEOUT when the worker starts does not stop it:
+``start`` returns with the supervisor unreachable (``comfy_unreachable_at_start``) and the same backoff probe finds
+it once it answers (``on_reachable`` then lets the engine open its websocket). So, after ``start``, an attached
+supervisor is always either healthy or unreachable with the probe running (until ``stop``): nothing leaves it
+unhealthy with nobody looking (a failed probe in :meth:`ensure_running` counts as going away).
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class ComfySupervisor:
         self._reachable = asyncio.Event()
         self._check_task: asyncio.Task[None] | None = None
         self._reach_task: asyncio.Task[None] | None = None
+        self._answered = False  # attached: the server has answered at least once
+        self.on_reachable: Callable[[], None] | None = None  # attached: called when it answers again
 
     # --- properties -------------------------------------------------------------------------------------
 
@@ -105,6 +113,11 @@ class ComfySupervisor:
         if self.attached:
             return self._healthy
         return self._healthy and self._proc is not None and self._proc.returncode is None
+
+    @property
+    def answered(self) -> bool:
+        """Attached: the server has answered since the worker started (False: it has not come up yet)."""
+        return self._answered
 
     @property
     def pid(self) -> int | None:
@@ -142,29 +155,35 @@ class ComfySupervisor:
         return argv, path
 
     async def start(self) -> None:
-        """Launch (or attach) and wait until /system_stats answers; EngineStartupError otherwise."""
+        """Launch and wait until /system_stats answers (EngineStartupError otherwise). Attached: wait as long for
+        it, then, if it still does not answer, return with the supervisor unreachable (module docstring)."""
         self._stopping = False
         if self.attached:
-            await self._wait_attached()
+            await self._attach()
             return
         async with self._lock:
             await self._launch()
 
-    async def _wait_attached(self) -> None:
+    async def _attach(self) -> None:
         deadline = time.monotonic() + self.settings.comfy_startup_timeout
         while True:
-            if await self._probe():
-                self._healthy = True
-                self.unreachable = False
-                self._reachable.set()
+            state, why = await self._reach()
+            if state == "up":
+                self._answering()
                 log.info("comfyui_attached", url=self.base_url)
                 return
-            if time.monotonic() >= deadline:
-                raise EngineStartupError(
-                    f"COMFY_URL={self.base_url}: ComfyUI did not answer /system_stats within "
-                    f"{self.settings.comfy_startup_timeout:.0f} s"
-                )
+            if time.monotonic() >= deadline or self._stopping:
+                break
             await asyncio.sleep(0.5)
+        self._mark_unreachable(why)
+        log.warning(
+            "comfy_unreachable_at_start",
+            url=self.base_url,
+            reason=why,
+            waited_s=self.settings.comfy_startup_timeout,
+            hint="the worker starts anyway and claims nothing for ComfyUI until it answers at COMFY_URL "
+            "(probed with backoff)",
+        )
 
     async def _probe(self) -> bool:
         return (await self._reach())[0] == "up"
@@ -209,32 +228,42 @@ class ComfySupervisor:
             await asyncio.sleep(REACH_BASE_S)  # alive but slow to answer: not gone; look again
 
     def _went_away(self, reason: str) -> None:
-        self._healthy = False
-        self.unreachable = True
-        self._reachable.clear()
-        self.lost = {"url": self.base_url, "reason": reason, "at": time.time()}
+        self._mark_unreachable(reason)
         log.error("comfy_unreachable", url=self.base_url, reason=reason)
         self.died.set()
         if self.on_exit is not None:
             self.on_exit(None)
+
+    def _mark_unreachable(self, reason: str) -> None:
+        """Unhealthy, and probed with backoff until it answers (the one way back to healthy)."""
+        self._healthy = False
+        self.unreachable = True
+        self._reachable.clear()
+        self.lost = {"url": self.base_url, "reason": reason, "at": time.time()}
         if self._reach_task is None or self._reach_task.done():
             self._reach_task = asyncio.create_task(
                 self._reach_loop(), name="comfyui-reach", context=background_context()
             )
 
+    def _answering(self) -> None:
+        self._healthy = True
+        self._answered = True
+        self.unreachable = False
+        self.died.clear()
+        self._reachable.set()
+
     async def _reach_loop(self) -> None:
-        """Probe a ComfyUI that went away with backoff until it answers again."""
+        """Probe a ComfyUI that went away (or never answered) with backoff until it answers again."""
         t0, delay, probes = time.monotonic(), REACH_BASE_S, 0
         while not self._stopping:
             await asyncio.sleep(delay)
             probes += 1
             state, why = await self._reach()
             if state == "up":
-                self._healthy = True
-                self.unreachable = False
-                self.died.clear()
-                self._reachable.set()
+                self._answering()
                 log.info("comfy_reachable", url=self.base_url, down_s=round(time.monotonic() - t0, 1), probes=probes)
+                if self.on_reachable is not None:
+                    self.on_reachable()
                 return
             log.debug("comfy_still_unreachable", url=self.base_url, reason=why, retry_in_s=delay)
             delay = min(delay * 2, REACH_MAX_S)
@@ -349,23 +378,10 @@ class ComfySupervisor:
 
     async def ensure_running(self) -> None:
         """Return when ComfyUI answers; restart it with backoff if it died (EngineStartupError after
-        COMFY_RESTART_MAX failed restarts in a row). Attached: when it went away, wait (up to COMFY_STARTUP_TIMEOUT)
-        until it answers again, else EngineGone; EngineUnavailable when it does not answer."""
+        COMFY_RESTART_MAX failed restarts in a row). Attached: probe it (one that refuses went away); when it went
+        away (or never answered), wait up to COMFY_STARTUP_TIMEOUT until it answers again, else EngineGone."""
         if self.attached:
-            if self.unreachable:
-                try:
-                    await asyncio.wait_for(self._reachable.wait(), self.settings.comfy_startup_timeout)
-                except TimeoutError:
-                    lost = self.lost or {}
-                    raise EngineGone(
-                        f"ComfyUI at {self.base_url} went away ({lost.get('reason', 'unreachable')}) and did not "
-                        f"answer again within {self.settings.comfy_startup_timeout:.0f} s (COMFY_STARTUP_TIMEOUT)",
-                        details={"url": self.base_url, "reason": lost.get("reason")},
-                    ) from None
-                return
-            self._healthy = await self._probe()
-            if not self._healthy:
-                raise EngineUnavailable(f"ComfyUI at {self.base_url} does not answer /system_stats")
+            await self._ensure_attached()
             return
         async with self._lock:
             while not (self._proc is not None and self._proc.returncode is None and self._healthy):
@@ -388,6 +404,31 @@ class ComfySupervisor:
                     log.error("comfyui_restart_failed", error=str(exc), attempt=self._failures_in_row)
                     if self._proc is not None and self._proc.returncode is None:
                         await self._terminate(self._proc, 5.0)
+
+    async def _ensure_attached(self) -> None:
+        if self._stopping:
+            raise EngineUnavailable("ComfyUI is stopping")
+        if not self.unreachable and not self._healthy:  # never started: attach now (waits COMFY_STARTUP_TIMEOUT)
+            await self._attach()
+        else:
+            if not self.unreachable:
+                state, why = await self._reach()
+                if state == "gone":  # the probe is the only one to know: as if its websocket had dropped
+                    self._went_away(why)
+                # "busy": alive (stalled or busy), left to the task's timers, as in _check_attached
+            if self.unreachable:  # wait for the backoff probe to find it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reachable.wait(), self.settings.comfy_startup_timeout)
+        if self._healthy:
+            return
+        lost = self.lost or {}
+        why = lost.get("reason", "unreachable")
+        told = f"went away ({why}) and did not answer again" if self._answered else f"does not answer ({why})"
+        raise EngineGone(
+            f"ComfyUI at {self.base_url} {told} within {self.settings.comfy_startup_timeout:.0f} s "
+            "(COMFY_STARTUP_TIMEOUT)",
+            details={"url": self.base_url, "reason": lost.get("reason")},
+        )
 
     # --- stop -------------------------------------------------------------------------------------------
 

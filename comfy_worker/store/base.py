@@ -96,6 +96,11 @@ class TaskStore(Protocol):
         """Return when new work may be claimable (True) or after ``timeout`` seconds (False)."""
         ...
 
+    async def work_ready(self, task_types: list[str] | None = None) -> bool:
+        """Is a task of ``task_types`` (None or empty: any) queued and due now? The claim's own per-type lookup
+        (``work_ready()`` in sql/, the claim queries on SQLite), stopping at the first such task."""
+        ...
+
     # webhooks (sql/008_webhooks.sql): the outbox rows are written by triggers when a task ends
     async def webhook_configure(self, default_url: bool, events: list[str] | None) -> None:
         """Tell the fleet whether events without a callback_url have somewhere to go (a WEBHOOK_URL), and

@@ -399,6 +399,9 @@ class PostgresStore:
         if not self._task_types or payload in self._task_types:
             self._wake.set()
 
+    async def work_ready(self, task_types: list[str] | None = None) -> bool:
+        return bool(await self._call("val", "select work_ready($1::text[])", list(task_types) if task_types else None))
+
     async def wait_for_work(self, timeout: float) -> bool:
         if not self._wake.is_set():
             try:

@@ -435,7 +435,13 @@ class SqliteStore:
     # --- wake-ups -------------------------------------------------------------------------------------------
 
     def _claimable_now(self) -> bool:
-        return ops.has_claimable(self._require(), common.ts(datetime.now(UTC)), self._task_types)
+        return self._claimable(self._task_types)
+
+    def _claimable(self, task_types: list[str] | None) -> bool:
+        return ops.has_claimable(self._require(), common.ts(datetime.now(UTC)), task_types)
+
+    async def work_ready(self, task_types: list[str] | None = None) -> bool:
+        return await self._run(self._claimable, list(task_types) if task_types else None)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Poll for claimable work every ``poll_interval`` (±20% jitter, so workers do not poll in step) until

@@ -458,10 +458,13 @@ class SupabaseStore:
 
     # --- wake-ups -------------------------------------------------------------------------------------------
 
-    async def _work_ready(self) -> bool:
+    async def work_ready(self, task_types: list[str] | None = None) -> bool:
         # work_ready() stops at the first due task; fleet_snapshot() would summarise the whole queue per poll
-        types = sorted(self._task_types) if self._task_types else None
+        types = sorted(task_types) if task_types else None
         return bool(await self._rpc("work_ready", {"p_task_types": types}))
+
+    async def _work_ready(self) -> bool:
+        return await self.work_ready(sorted(self._task_types) if self._task_types else None)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Poll for due queued tasks every ``poll_interval`` (times 0.8-1.2, jitter); True as soon as some are

@@ -463,6 +463,19 @@ async def test_wait_for_work_wakes_on_enqueue(store: TaskStore) -> None:
     assert len(await store.claim(w, None, 1, LEASE)) == 1
 
 
+async def test_work_ready_says_whether_a_task_of_the_types_is_due(store: TaskStore) -> None:
+    assert not await store.work_ready(["comfy"]) and not await store.work_ready(None)
+    await enqueue(store, "i2v", run_at=datetime.now(UTC) + timedelta(hours=1))
+    assert not await store.work_ready(["i2v"]) and not await store.work_ready(None)  # queued, not due
+    await enqueue(store, "comfy")
+    assert await store.work_ready(["comfy"]) and await store.work_ready(["s2v", "comfy"])
+    assert await store.work_ready(None) and await store.work_ready([])
+    assert not await store.work_ready(["s2v"]) and not await store.work_ready(["i2v"])
+    w = await worker(store)
+    await store.claim(w, ["comfy"], 1, LEASE)
+    assert not await store.work_ready(["comfy"])  # running is not waiting
+
+
 async def test_a_worker_id_live_on_another_host_is_refused_and_keeps_its_task(store: TaskStore) -> None:
     w = await worker(store)  # test-host
     t = await enqueue(store)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,19 +113,47 @@ def test_read_into_cache_reads_every_byte_with_several_streams(tmp_path: Path) -
     assert read_into_cache(files, streams=2, stop=stop, piece=65536) == 0  # stopped before it began
 
 
-def test_prefetch_thread_is_bounded_by_ram(tmp_path: Path) -> None:
+async def test_prefetch_thread_is_bounded_by_ram(tmp_path: Path) -> None:
     models = tmp_path / "models"
     d = DEFAULTS["comfyui_ti2v"]
     _put(models, f"diffusion_models/{d['diffusion_model']}", 5000)
     _put(models, f"vae/{d['vae_model']}", 1000)
     s = load_settings({"MODELS_DIR": str(models), "WARM_PREFETCH": "true", "WARM_PREFETCH_RAM_FRACTION": "0.5"})
     warm = WarmStart(s, ["comfyui_ti2v"], meminfo=lambda: 4000)  # budget 2000: only the VAE fits
-    thread = warm.start_prefetch()
+    thread = await warm.start_prefetch()
     assert thread is not None and wait_prefetch(thread, 30)
     assert warm.prefetched_bytes == 1000
-    assert WarmStart(s, ["comfyui_ti2v"], meminfo=lambda: 100).start_prefetch() is None  # nothing fits
+    assert await WarmStart(s, ["comfyui_ti2v"], meminfo=lambda: 100).start_prefetch() is None  # nothing fits
     off = load_settings({"MODELS_DIR": str(models)})
-    assert WarmStart(off, ["comfyui_ti2v"]).start_prefetch() is None  # WARM_PREFETCH off: nothing read
+    assert await WarmStart(off, ["comfyui_ti2v"]).start_prefetch() is None  # WARM_PREFETCH off: nothing read
+
+
+async def test_the_model_files_are_looked_at_once_and_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    d = DEFAULTS["comfyui_ti2v"]
+    _put(models, f"diffusion_models/{d['diffusion_model']}", 5000)
+    _put(models, f"vae/{d['vae_model']}", 1000)  # the text encoder is absent
+    looked_at: list[tuple[str, str]] = []  # (file, thread) of every stat of a file under MODELS_DIR
+    real_stat = Path.stat
+
+    def stat(self: Path, *a: Any, **kw: Any) -> Any:
+        if self.is_relative_to(models):
+            looked_at.append((self.relative_to(models).as_posix(), threading.current_thread().name))
+        return real_stat(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    s = load_settings({"MODELS_DIR": str(models), "WARM_PREFETCH": "true", "WARM_UP": "true", "COMFY_URL": "http://h"})
+    warm = WarmStart(s, ["comfyui_ti2v"], meminfo=lambda: 10**9)
+    thread = await warm.start_prefetch()
+    assert thread is not None and wait_prefetch(thread, 30)
+    assert warm.absent_models(warmup_graph("comfyui_ti2v")) == [f"text_encoders/{d['text_encoder']}"]
+    names = [f for f, _ in looked_at]
+    assert sorted(names) == sorted(f"{k}/{d[v]}" for k, v in (("diffusion_models", "diffusion_model"),
+                                                               ("vae", "vae_model"),
+                                                               ("text_encoders", "text_encoder"))), looked_at
+    assert threading.main_thread().name not in {t for _, t in looked_at}, "chosen on the event loop's thread"
 
 
 @pytest.mark.parametrize("task_type", list(DEFAULTS))

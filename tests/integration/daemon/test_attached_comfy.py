@@ -6,6 +6,9 @@ the real test ComfyUI as a process of its own and ``python -m comfy_worker`` as 
   nothing is claimed while ComfyUI is down, though tasks are due; ComfyUI started again on the same port is found
   again (``comfy_reachable``) and both tasks complete there.
 * A prompt that makes no progress on a live attached ComfyUI is still a stall.
+* A worker attached to a port where no ComfyUI answers yet (past COMFY_STARTUP_TIMEOUT) starts and registers
+  anyway (unhealthy), finds ComfyUI when it comes up, sees it die again before any task ran, claims nothing
+  while it is down, and runs the queued task once it is started again.
 """
 
 from __future__ import annotations
@@ -161,3 +164,47 @@ async def test_a_prompt_without_progress_on_a_live_attached_comfyui_is_a_stall(h
     assert (task.error_details or {})["error_type"] == "ExecutionTimeout" and "went away" not in task.error
     comfy = daemon.host.comfy
     assert comfy is not None and comfy.health()["state"] == "ready" and getattr(comfy, "gone", None) is None
+
+
+async def test_a_worker_attached_before_its_comfyui_answers_claims_once_it_does(
+    harness: Harness, tmp_path: Path
+) -> None:
+    port, workdir = free_port(), tmp_path / "comfy"  # nothing listens on the port yet
+    url = f"http://127.0.0.1:{port}"
+    daemon = await harness.start_daemon("comfy-worker-early", settings=harness.settings(
+        COMFY_URL=url, COMFY_STARTUP_TIMEOUT="1"))  # fmt: skip
+    procs: list[Any] = []
+    try:
+        comfy = daemon.host.comfy
+        assert comfy is not None and comfy.health()["state"] == "unreachable"
+        assert comfy.health()["error"] == "not answering yet (connection refused)"
+        row = await _until("an unhealthy worker row", lambda: _row_of(harness, "comfy-worker-early"))
+        assert row["metadata"]["engines"]["comfyui"]["state"] == "unreachable"
+
+        # it comes up: found; it dies before any task ran: seen (its websocket was opened when it came up)
+        procs.append((await asyncio.to_thread(start_test_comfyui, port, workdir=workdir))[0])
+        await _until("ComfyUI found", lambda: comfy.health()["state"] == "ready", timeout=30)
+        os.kill(procs[-1].pid, signal.SIGKILL)
+        await asyncio.to_thread(procs[-1].wait, 10)
+        await _until("ComfyUI seen gone", lambda: comfy.health()["state"] == "unreachable", timeout=15)
+        assert comfy.health()["error"] == "went away (connection refused)"
+
+        tid = await harness.submit(wf.slow(0.5))
+        passes = daemon.host.claimable_types()
+        task = await harness.store.get_task(tid)
+        assert passes == [] and task.status is TaskStatus.QUEUED and task.attempts == 0  # not claimed to fail
+        procs.append((await asyncio.to_thread(start_test_comfyui, port, workdir=workdir))[0])
+        done = await wait_task(harness.store, tid, timeout=120)
+        assert done.status is TaskStatus.COMPLETE and done.attempts == 1, done.error
+        assert done.worker_id == "comfy-worker-early"
+        assert comfy.health()["state"] == "ready" and comfy.metadata().get("gpu")  # read once it answered
+    finally:
+        await harness.stop_all()
+        for proc in procs:
+            await asyncio.to_thread(stop_test_comfyui, proc)
+
+
+async def _row_of(harness: Harness, worker_id: str) -> dict[str, Any] | None:
+    snap = await harness.store.fleet_snapshot()
+    row = next((w for w in snap["workers"] if w["id"] == worker_id), None)
+    return row if row is not None and row["metadata"].get("healthy") is False else None

@@ -299,6 +299,54 @@ async def test_an_attached_server_that_went_away_is_unreachable_until_it_answers
         await server.stop()
 
 
+async def test_an_attached_server_down_at_start_is_found_once_it_answers() -> None:
+    server = StatsServer()  # nothing listens on its port yet
+    url = f"http://127.0.0.1:{server.port}"
+    exits: list[int | None] = []
+    sup = ComfySupervisor(settings(COMFY_URL=url, COMFY_STARTUP_TIMEOUT="1"), on_exit=exits.append)
+    try:
+        await asyncio.wait_for(sup.start(), 5)  # the worker starts: not ours to wait for, nor to give up on
+        assert not sup.healthy and sup.unreachable and not sup.answered and exits == []
+        assert sup.lost is not None and sup.lost["reason"] == "connection refused"
+        with pytest.raises(EngineGone, match=r"does not answer \(connection refused\) within 1 s"):
+            await sup.ensure_running()  # a task claimed meanwhile is released after COMFY_STARTUP_TIMEOUT
+        await server.start()
+        await asyncio.wait_for(sup._reachable.wait(), 15)  # found by the backoff probe, nobody asking
+        assert sup.healthy and sup.answered and not sup.unreachable and exits == []
+        await server.stop()  # and a later drop is seen as for a server that was up at start
+        sup.connection_lost()
+        await asyncio.wait_for(sup.died.wait(), 5)
+        assert sup.unreachable and exits == [None]
+    finally:
+        await sup.stop()
+        await server.stop()
+
+
+async def test_a_failed_probe_never_leaves_an_attached_server_unhealthy_for_good() -> None:
+    server = StatsServer()
+    url = await server.start()
+    exits: list[int | None] = []
+    sup = ComfySupervisor(settings(COMFY_URL=url, COMFY_STARTUP_TIMEOUT="1"), on_exit=exits.append)
+    try:
+        await sup.start()
+        await server.stop()
+        # ensure_running's own probe finds it gone: went away (as a dropped websocket would tell), not a bare
+        # "unhealthy" that no probe and no websocket drop would ever undo
+        with pytest.raises(EngineGone, match=r"went away \(connection refused\)"):
+            await sup.ensure_running()
+        assert sup.unreachable and exits == [None]
+        await server.start()
+        await asyncio.wait_for(sup._reachable.wait(), 15)
+        assert sup.healthy and not sup.unreachable
+        await server.stop()
+        sup.connection_lost()  # drops count again once it is back
+        await asyncio.wait_for(sup.died.wait(), 5)
+        assert exits == [None, None]
+    finally:
+        await sup.stop()
+        await server.stop()
+
+
 async def test_an_attached_server_that_accepts_but_does_not_answer_is_not_gone() -> None:
     server = StatsServer()
     url = await server.start()
