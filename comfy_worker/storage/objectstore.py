@@ -48,7 +48,7 @@ from obstore.exceptions import (
     UnauthenticatedError,
 )
 from obstore.store import from_url
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying
 
 from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
@@ -70,6 +70,7 @@ PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 MAX_SIGNED_TTL_S = 7 * 24 * 3600  # S3 and GCS V4 signatures, Azure user-delegation SAS: at most 7 days
 CHECK_PREFIX = ".comfy-worker-check"
+_STORED = "\x00stored"  # _resume_point: the journalled upload was completed already
 _CLOUD = {"s3": "S3", "gs": "Google Cloud Storage", "az": "Azure Blob Storage"}
 _CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL)",
@@ -124,6 +125,39 @@ def open_object_store(scheme: str, bucket: str, prefix: str, env: Mapping[str, s
         return from_url(url, client_options=_client_options(env), retry_config=retry, config=config or None)
     except BaseError as exc:
         raise ConfigError("STORAGE_URL", f"cannot open {url!r}: {_first_line(exc)}") from exc
+
+
+_DENIED = ("403 forbidden", "401 unauthorized", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
+           "authenticationfailed")
+
+
+def map_store_error(
+    exc: BaseException, what: str, *, scheme: str, bucket: str, source: str, setting: str, details: dict[str, Any]
+) -> Exception:
+    """An obstore error as StorageRejected (permanent: credentials refused, bucket or object missing) or
+    StorageUnavailable (retryable). ``source``: what was being used (``STORAGE_URL s3://b/p``, ``input URL
+    s3://b/k``, or empty where the caller names it); ``setting``: what to fix when the bucket is missing."""
+    text = _first_line(exc)
+    cloud = _CLOUD[scheme]
+    lowered = str(exc).lower()
+    of, used = (f" of {source}", f" for {source}") if source else ("", "")
+    denied = StorageRejected(f"{cloud} refused {what} ({text}): check {_CREDENTIALS[scheme]}{used}", details=details)
+    no_bucket = StorageRejected(f"bucket {bucket!r}{of} does not exist: create it or fix {setting}", details=details)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        return denied
+    if isinstance(exc, NotFoundError | FileNotFoundError):
+        if any(s in lowered for s in ("nosuchbucket", "containernotfound", "bucket does not exist")):
+            return no_bucket
+        return StorageRejected(f"{cloud}: {what}: no such object ({text})", details={**details, "status": 404})
+    if isinstance(exc, PreconditionError):
+        return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
+    if any(s in lowered for s in _DENIED):
+        return denied
+    if "nosuchbucket" in lowered:
+        return no_bucket
+    if isinstance(exc, GenericError | OSError | BaseError):
+        return StorageUnavailable(f"{cloud} failed {what}: {text}", details=details)
+    return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -186,38 +220,10 @@ class ObjectStorage:
 
     def _mapped(self, exc: BaseException, what: str, path: str | None) -> Exception:
         """An obstore error as StorageRejected (permanent) or StorageUnavailable (retryable)."""
-        text = _first_line(exc)
-        details = {"path": path, "url": self.url}
-        cloud = _CLOUD[self.scheme]
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-            return StorageRejected(
-                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
-                details=details,
-            )
-        if isinstance(exc, NotFoundError | FileNotFoundError):
-            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc) or "bucket does not exist" in str(exc):
-                return StorageRejected(
-                    f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
-                    details=details,
-                )
-            return StorageRejected(f"{cloud}: {what}: not found ({text})", details={**details, "status": 404})
-        if isinstance(exc, PreconditionError):
-            return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
-        lowered = str(exc).lower()
-        if any(s in lowered for s in ("403 forbidden", "401 unauthorized", "accessdenied", "invalidaccesskeyid",
-                                      "signaturedoesnotmatch", "authenticationfailed")):
-            return StorageRejected(
-                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
-                details=details,
-            )
-        if "nosuchbucket" in lowered:
-            return StorageRejected(
-                f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
-                details=details,
-            )
-        if isinstance(exc, GenericError | OSError | BaseError):
-            return StorageUnavailable(f"{cloud} failed {what}: {text}", details=details)
-        return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
+        return map_store_error(
+            exc, what, scheme=self.scheme, bucket=self.bucket, source=self._what, setting="STORAGE_URL",
+            details={"path": path, "url": self.url},
+        )
 
     async def _call(self, what: str, path: str | None, fn: Callable[[], Any]) -> Any:
         """``await fn()`` with obstore's errors mapped; StorageUnavailable is retried with backoff."""
@@ -342,8 +348,10 @@ class ObjectStorage:
             sha256 = await asyncio.to_thread(_file_sha256, local_path)
         part_size = self._part_size_for(size)
         upload_id, held = await self._resume_point(journal, dest_path, key, size, sha256, part_size)
+        if upload_id == _STORED:
+            return sha256
         if upload_id is None:
-            upload_id = await s3.create(key, content_type)
+            upload_id = await s3.create(key, content_type, sha256)
             if journal is not None:
                 entry = {
                     "backend": "s3", "bucket": self.bucket, "key": key, "upload_id": upload_id,
@@ -356,14 +364,20 @@ class ObjectStorage:
         todo = [n for n in expected if n not in parts]
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def send(n: int) -> Part:
+        async def send(n: int) -> None:
             async with gate:
-                return await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
+                parts[n] = await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
 
         try:
-            for part in await asyncio.gather(*(send(n) for n in todo)):
-                parts[part.number] = part
-            await s3.complete(key, upload_id, list(parts.values()))
+            # a TaskGroup: when one part fails for good the others are cancelled and awaited before anything
+            # else happens, so no part is still being sent when the upload is aborted or the error recorded
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for n in todo:
+                        group.create_task(send(n), name=f"s3-part-{n}")
+            except BaseExceptionGroup as failed:
+                raise _first_failure(failed) from None
+            await s3.complete(key, upload_id, list(parts.values()), size=size, sha256=sha256)
         except (StorageRejected, StorageUnavailable) as exc:
             # never finishable, or nobody will resume it (no journal): abort, so no part is left billed. An
             # unavailable store with a journal keeps the upload for the next attempt.
@@ -377,6 +391,17 @@ class ObjectStorage:
             await journal.forget(dest_path)
         log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=len(held) > 0)
         return sha256
+
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        """Abort the multipart uploads of this bucket the journal names (the task will not be attempted again)."""
+        for dest_path, entry in list(journal.entries.items()):
+            key, upload_id = entry.get("key"), entry.get("upload_id")
+            ours = entry.get("backend") == "s3" and entry.get("bucket") == self.bucket and self._s3 is not None
+            # the entry comes back from the task row: only the upload to the key its own path maps to is aborted
+            if ours and key == self.key(dest_path) and isinstance(upload_id, str):
+                log.info("storage_upload_discarded", path=dest_path, object_name=key)
+                await self._abort_quietly(str(key), upload_id)
+            journal.entries.pop(dest_path, None)
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -407,8 +432,12 @@ class ObjectStorage:
         try:
             held = await self._s3.list_parts(key, str(upload_id))  # type: ignore[union-attr]
         except NoSuchUpload:
-            log.info("storage_resume_skipped", path=dest_path, reason="the upload is gone")
             await journal.forget(dest_path)
+            # the last attempt may have completed it and died before it could say so
+            if await self._s3.stored_as(key, size, sha256):  # type: ignore[union-attr]
+                log.info("storage_upload_already_stored", path=dest_path, bytes=size)
+                return _STORED, {}
+            log.info("storage_resume_skipped", path=dest_path, reason="the upload is gone")
             return None, {}
         log.info("storage_upload_resumed", path=dest_path, parts_held=len(held), bytes=size)
         return str(upload_id), held
@@ -450,6 +479,24 @@ class ObjectStorage:
     async def aclose(self) -> None:
         if self._s3 is not None:
             await self._s3.aclose()
+
+
+def _first_failure(group: BaseExceptionGroup) -> BaseException:
+    """The error of a failed group of part uploads to raise: a permanent one first (the upload is then
+    aborted), else a retryable one, else whatever came first."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            flat.append(exc)
+    for kind in (StorageRejected, StorageUnavailable):
+        for exc in flat:
+            if isinstance(exc, kind):
+                return exc
+    return flat[0]
 
 
 def _read_hashed(path: Path) -> tuple[bytes, str]:
@@ -531,6 +578,22 @@ async def download_object(
     return dest
 
 
+_INPUT_STORES: dict[tuple[str, str, str], Any] = {}  # (scheme, bucket, digest of the cloud's settings) -> store
+_CLOUD_VARS = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_", "ALLOW_HTTP")
+
+
+def input_store(scheme: str, bucket: str, env: Mapping[str, str]) -> Any:
+    """The obstore store inputs of ``scheme://bucket/…`` are read through, opened once per process (its
+    connection pool and credentials are reused by every later input). The key holds a digest of the cloud's
+    settings too, so a changed environment (a test, a one-off client) gets a store of its own."""
+    settings = sorted((k, v) for k, v in env.items() if k.startswith(_CLOUD_VARS))
+    digest = hashlib.sha256(repr(settings).encode()).hexdigest()
+    store = _INPUT_STORES.get((scheme, bucket, digest))
+    if store is None:
+        store = _INPUT_STORES[(scheme, bucket, digest)] = open_object_store(scheme, bucket, "", env)
+    return store
+
+
 async def fetch_object_url(
     url: str,
     dest: Path,
@@ -542,36 +605,25 @@ async def fetch_object_url(
     retry_wait_s: float = 1.0,
 ) -> Path:
     """Download a task input given as ``s3://bucket/key`` (``gs://``, ``az://``) with the store's own
-    credentials. The endpoint is operator configuration, so the private-address guard of http inputs does not
-    apply; the size cap and disk floor do."""
+    credentials, through the process's store for that bucket, the stores' retry policy and error mapping. The
+    endpoint is operator configuration, so the private-address guard of http inputs does not apply; the size
+    cap and disk floor do."""
     env = os.environ if env is None else env
     scheme, bucket, key = split_object_url(url)
     if not bucket or not key:
         raise StorageRejected(f"input URL {url!r} must name a bucket and a key: s3://bucket/path/to/file")
     validate_path(key)
-    store = open_object_store(scheme, bucket, "", env)
-    cloud = _CLOUD[scheme]
+    store = input_store(scheme, bucket, env)
 
     def mapped(exc: BaseException, what: str) -> Exception:
-        lowered = str(exc).lower()
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or "403" in lowered or "401" in lowered:
-            return StorageRejected(f"{cloud} refused {what} ({_first_line(exc)}): check {_CREDENTIALS[scheme]}")
-        if isinstance(exc, NotFoundError | FileNotFoundError):
-            if "nosuchbucket" in lowered:
-                return StorageRejected(f"input URL {url}: bucket {bucket!r} does not exist")
-            return StorageRejected(f"input URL {url}: no such object")
-        return StorageUnavailable(f"{cloud} failed {what}: {_first_line(exc)}")
-
-    def retrying() -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(StorageUnavailable),
-            stop=stop_after_attempt(retry_attempts),
-            wait=wait_exponential(multiplier=retry_wait_s, max=30),
-            reraise=True,
+        return map_store_error(
+            exc, what, scheme=scheme, bucket=bucket, source="", setting="the input URL",
+            details={"url": url},
         )
 
     result = await download_object(
-        store, key, dest, shown=url, mapped=mapped, retrying=retrying, max_bytes=max_bytes, room=room
+        store, key, dest, shown=url, mapped=mapped, retrying=lambda: retrying(retry_attempts, retry_wait_s),
+        max_bytes=max_bytes, room=room,
     )
     log.info("input_fetched", url=url, path=str(dest), bytes=result.stat().st_size)
     return result

@@ -447,6 +447,10 @@ class SupabaseStorage:
             )
         return signed if signed.startswith(("http://", "https://")) else f"{self._base}/{signed.lstrip('/')}"
 
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        # Supabase expires an unfinished TUS upload by itself (after 24 h) and bills nothing for it meanwhile
+        return None
+
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()

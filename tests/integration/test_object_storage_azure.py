@@ -86,7 +86,7 @@ async def test_azure_check_upload_sas_url_download_and_delete(tmp_path: Path) ->
         back = await s.download(f"comfy/t1/{name}", tmp_path / "back" / name)
         assert back.read_bytes() == src.read_bytes()
     await s.delete(["comfy/t1"])
-    with pytest.raises(StorageRejected, match="not found"):
+    with pytest.raises(StorageRejected, match="no such object"):
         await s.download("comfy/t1/small.png", tmp_path / "gone.png")
     await s.aclose()
 
