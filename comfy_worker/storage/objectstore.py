@@ -53,6 +53,7 @@ from tenacity import AsyncRetrying
 from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
+from comfy_worker.storage.azblocks import AzureBlocks, block_id
 from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
@@ -149,6 +150,12 @@ def map_store_error(
         if any(s in lowered for s in ("nosuchbucket", "containernotfound", "bucket does not exist")):
             return no_bucket
         return StorageRejected(f"{cloud}: {what}: no such object ({text})", details={**details, "status": 404})
+    if "sas tokens auth is not supported" in lowered:  # obstore cannot sign a URL with a SAS token
+        return StorageRejected(
+            f"{cloud} cannot sign URLs with AZURE_STORAGE_SAS_KEY alone: set AZURE_STORAGE_ACCOUNT_KEY, or "
+            "PUBLIC_BASE_URL for a public container",
+            details=details,
+        )
     if isinstance(exc, PreconditionError):
         return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
     if any(s in lowered for s in _DENIED):
@@ -207,6 +214,11 @@ class ObjectStorage:
             if self.scheme == "s3"
             else None
         )
+        self._az = (
+            AzureBlocks.from_env(self.bucket, env, retry_attempts=retry_attempts, retry_wait_s=retry_wait_s)
+            if self.scheme == "az"
+            else None
+        )
         self._what = f"STORAGE_URL {self.url}"
 
     # --- plumbing -------------------------------------------------------------------------------------------
@@ -253,6 +265,8 @@ class ObjectStorage:
                     details=mapped.details,
                 ) from exc
             raise mapped from exc
+        if not self.public_base_url:  # every output's URL is signed: a store that cannot sign stops here
+            await self.url_for(rel)
         if self._s3 is not None:
             await self._abort_abandoned()
 
@@ -301,6 +315,9 @@ class ObjectStorage:
         elif self._s3 is not None:
             mode = "resumable"
             sha = await self._upload_resumable(local_path, dest_path, size, content_type, sha256, journal)
+        elif self._az is not None:
+            mode = "resumable"
+            sha = await self._upload_azure(local_path, dest_path, size, content_type, sha256, journal)
         else:
             mode = "multipart"
             hashers = [hashlib.sha256()]
@@ -395,13 +412,90 @@ class ObjectStorage:
     async def discard_uploads(self, journal: UploadJournal) -> None:
         """Abort the multipart uploads of this bucket the journal names (the task will not be attempted again)."""
         for dest_path, entry in list(journal.entries.items()):
-            key, upload_id = entry.get("key"), entry.get("upload_id")
-            ours = entry.get("backend") == "s3" and entry.get("bucket") == self.bucket and self._s3 is not None
+            key, upload_id, backend = entry.get("key"), entry.get("upload_id"), entry.get("backend")
             # the entry comes back from the task row: only the upload to the key its own path maps to is aborted
-            if ours and key == self.key(dest_path) and isinstance(upload_id, str):
+            mine = entry.get("bucket") == self.bucket and key == self.key(dest_path)
+            if mine and backend == "s3" and self._s3 is not None and isinstance(upload_id, str):
                 log.info("storage_upload_discarded", path=dest_path, object_name=key)
                 await self._abort_quietly(str(key), upload_id)
+            elif mine and backend == "az" and self._az is not None:
+                log.info("storage_upload_discarded", path=dest_path, object_name=key)
+                await self._discard_az_quietly(str(key))
             journal.entries.pop(dest_path, None)
+
+    async def _upload_azure(
+        self,
+        local_path: Path,
+        dest_path: str,
+        size: int,
+        content_type: str,
+        sha256: str | None,
+        journal: UploadJournal | None,
+    ) -> str:
+        """A block blob upload the next attempt can continue: block ids derived from the file's digest, the
+        upload's facts in the journal before the first block is sent, Get Block List on resume."""
+        az = self._az
+        assert az is not None
+        key = self.key(dest_path)
+        if sha256 is None:  # the block ids and a resume need the digest first: one read to hash it
+            sha256 = await asyncio.to_thread(_file_sha256, local_path)
+        part_size = self._part_size_for(size)
+        facts = {"backend": "az", "bucket": self.bucket, "key": key, "size": size, "sha256": sha256,
+                 "part_size": part_size}
+        entry = journal.get(dest_path) if journal is not None else None
+        held: dict[str, Any] = {}
+        if entry and journal is not None:
+            ours = entry.get("backend") == "az" and entry.get("bucket") == self.bucket
+            if ours and entry == facts:
+                held = await az.uncommitted(key)
+                if not held and await az.stored_as(key, size, sha256):  # committed by an attempt that then died
+                    await journal.forget(dest_path)
+                    log.info("storage_upload_already_stored", path=dest_path, bytes=size)
+                    return sha256
+                log.info("storage_upload_resumed", path=dest_path, parts_held=len(held), bytes=size)
+            else:
+                if ours and entry.get("key") == key:  # another file's blocks under this very name
+                    await self._discard_az_quietly(key)
+                log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not this store")
+                await journal.forget(dest_path)
+                entry = None
+        if journal is not None and not entry:
+            await journal.save(dest_path, facts)
+        count = -(-size // part_size)
+        expected = {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+        ids = {n: block_id(sha256, part_size, n) for n in expected}
+        todo = [n for n in expected if getattr(held.get(ids[n]), "size", None) != expected[n]]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def send(n: int) -> None:
+            async with gate:
+                await az.put_block(key, ids[n], local_path, (n - 1) * part_size, expected[n])
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for n in todo:
+                        group.create_task(send(n), name=f"az-block-{n}")
+            except BaseExceptionGroup as failed:
+                raise _first_failure(failed) from None
+            await az.commit(key, [ids[n] for n in expected], content_type, sha256)
+        except (StorageRejected, StorageUnavailable) as exc:
+            if isinstance(exc, StorageRejected) or journal is None:  # as for S3: nobody will finish it
+                log.warning("storage_upload_failed", path=dest_path, error=str(exc))
+                await self._discard_az_quietly(key)
+                if journal is not None:
+                    await journal.forget(dest_path)
+            raise
+        if journal is not None:
+            await journal.forget(dest_path)
+        log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=bool(held))
+        return sha256
+
+    async def _discard_az_quietly(self, key: str) -> None:
+        try:
+            await self._az.discard(key)  # type: ignore[union-attr]
+        except (StorageRejected, StorageUnavailable) as exc:
+            log.warning("storage_multipart_abort_failed", object_name=key, error=str(exc))
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -479,6 +573,8 @@ class ObjectStorage:
     async def aclose(self) -> None:
         if self._s3 is not None:
             await self._s3.aclose()
+        if self._az is not None:
+            await self._az.aclose()
 
 
 def _first_failure(group: BaseExceptionGroup) -> BaseException:
