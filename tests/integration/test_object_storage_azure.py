@@ -6,13 +6,10 @@ SharedKey-signed requests, block-blob multipart uploads, SAS-signed GET URLs. Th
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import os
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -24,51 +21,17 @@ from comfy_worker.errors import StorageRejected, StorageUnavailable
 from comfy_worker.inputs import fetch_url
 from comfy_worker.storage import ObjectStorage, UploadJournal
 from comfy_worker.storage.azblocks import block_id
-from tests.s3_server import CuttingProxy, free_port
+from tests.azurite_server import ACCOUNT, AZURITE, KEY, Azurite, container_at, uncommitted_at
+from tests.s3_server import CuttingProxy
 
-REPO = Path(__file__).resolve().parents[2]
-AZURITE = REPO / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
-ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and key (public, not a secret)
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not AZURITE.exists(), reason="Azurite not installed (scripts/install.sh needs npm)")
 
 
 @pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    data = tmp_path_factory.mktemp("azurite")
-    with open(data / "azurite.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(AZURITE),
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(port),
-                "--location",
-                str(data),
-                "--skipApiVersionCheck",
-                "--loose",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=1)
-            break
-        time.sleep(0.1)
-    from azure.storage.blob import BlobServiceClient
-
-    conn = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={url}/{ACCOUNT};"
-    BlobServiceClient.from_connection_string(conn).create_container("renders")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+def azurite(azurite_server: Azurite) -> str:
+    return azurite_server.url
 
 
 @pytest.fixture
@@ -136,22 +99,7 @@ async def az_proxy(azurite: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     await p.stop()
 
 
-def container(azurite: str) -> Any:
-    from azure.storage.blob import BlobServiceClient
-
-    conn = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={azurite}/{ACCOUNT};"
-    return BlobServiceClient.from_connection_string(conn).get_container_client("renders")
-
-
-def uncommitted(azurite: str, name: str) -> list[str]:
-    """The uncommitted block ids the service holds for blob ``name`` (none when it knows no such blob)."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        _committed, pending = container(azurite).get_blob_client(name).get_block_list("uncommitted")
-    except ResourceNotFoundError:
-        return []
-    return [base64.b64encode(b.id.encode()).decode() for b in pending]  # the SDK decodes the ids: as sent
+container, uncommitted = container_at, uncommitted_at
 
 
 def block_puts(proxy: CuttingProxy) -> list[str]:
