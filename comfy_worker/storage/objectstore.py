@@ -15,15 +15,23 @@ Uploads stream from disk with bounded memory:
   the server which parts it holds and sends only the others. An upload that fails for good, or a journalled
   one of another file, is aborted; :meth:`ObjectStorage.check` also aborts uploads under the prefix that
   were left open longer than ``abandon_after_s`` (a worker that died and whose task was never retried);
-* larger files elsewhere (GCS native, Azure, S3 with instance credentials): obstore's streamed multipart
-  upload (``put_async`` over a generator of 1 MiB blocks, ``part_size`` parts, two in flight). It is not
-  resumable across processes: ``object_store`` keeps the upload id to itself.
+* larger files on Azure with an account key or SAS: block blob uploads driven by
+  :class:`~comfy_worker.storage.azblocks.AzureBlocks`, resumable the same way (block ids derived from the file's
+  sha256, the upload's facts in the journal before the first block, Get Block List on resume);
+* larger files elsewhere (GCS native, S3 with instance credentials, Azure with Entra ID): obstore's streamed
+  multipart upload (``put_async`` over a generator of 1 MiB blocks, ``part_size`` parts, two in flight). It is
+  not resumable across processes: ``object_store`` keeps the upload id to itself.
+
+:meth:`ObjectStorage.discard_uploads` gives up a task's journalled uploads when the daemon knows the task will
+not run again (cancelled, failed for good).
 
 URLs are ``PUBLIC_BASE_URL`` + object key when set, else presigned GET URLs valid for ``SIGNED_URL_TTL_S``
 (capped at the clouds' 7-day limit). Downloads stream to ``.NAME.part``: obstore itself continues a body cut
 mid-way with a range request; when its retries run out, the next try here resumes after the bytes on disk with
 a range pinned to the object's ETag (``If-Match``), and starts over if the object changed.
-:func:`fetch_object_url` serves ``s3://…`` task inputs with the input size cap and disk floor.
+:func:`fetch_object_url` serves ``s3://…`` (``gs://``, ``az://``) task inputs with the input size cap and disk
+floor, through one store per bucket for the process (:func:`input_store`) and the outputs' retry policy and
+error mapping (:func:`map_store_error`).
 """
 
 from __future__ import annotations
