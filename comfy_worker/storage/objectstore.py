@@ -136,8 +136,14 @@ def open_object_store(scheme: str, bucket: str, prefix: str, env: Mapping[str, s
         raise ConfigError("STORAGE_URL", f"cannot open {url!r}: {_first_line(exc)}") from exc
 
 
-_DENIED = ("403 forbidden", "401 unauthorized", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-           "authenticationfailed")
+_DENIED = (
+    "403 forbidden",
+    "401 unauthorized",
+    "accessdenied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "authenticationfailed",
+)
 
 
 def map_store_error(
@@ -208,7 +214,9 @@ class ObjectStorage:
         chosen = signed_url_ttl_s != Settings.signed_url_ttl_s
         if signed_url_ttl_s > MAX_SIGNED_TTL_S and not self.public_base_url and chosen:
             log.warning(
-                "storage_signed_url_ttl_capped", requested_s=signed_url_ttl_s, used_s=MAX_SIGNED_TTL_S,
+                "storage_signed_url_ttl_capped",
+                requested_s=signed_url_ttl_s,
+                used_s=MAX_SIGNED_TTL_S,
                 hint="signed URLs of S3, GCS and Azure last at most 7 days; set PUBLIC_BASE_URL for longer-lived URLs",
             )
         self.signed_url_ttl_s = min(signed_url_ttl_s, MAX_SIGNED_TTL_S)
@@ -241,7 +249,12 @@ class ObjectStorage:
     def _mapped(self, exc: BaseException, what: str, path: str | None) -> Exception:
         """An obstore error as StorageRejected (permanent) or StorageUnavailable (retryable)."""
         return map_store_error(
-            exc, what, scheme=self.scheme, bucket=self.bucket, source=self._what, setting="STORAGE_URL",
+            exc,
+            what,
+            scheme=self.scheme,
+            bucket=self.bucket,
+            source=self._what,
+            setting="STORAGE_URL",
             details={"path": path, "url": self.url},
         )
 
@@ -342,7 +355,11 @@ class ObjectStorage:
                 what,
                 dest_path,
                 lambda: obstore.put_async(
-                    self._store, dest_path, blocks(), attributes=attributes, chunk_size=self.part_size,
+                    self._store,
+                    dest_path,
+                    blocks(),
+                    attributes=attributes,
+                    chunk_size=self.part_size,
                     max_concurrency=2,
                 ),
             )
@@ -379,8 +396,13 @@ class ObjectStorage:
             upload_id = await s3.create(key, content_type, sha256)
             if journal is not None:
                 entry = {
-                    "backend": "s3", "bucket": self.bucket, "key": key, "upload_id": upload_id,
-                    "size": size, "sha256": sha256, "part_size": part_size,
+                    "backend": "s3",
+                    "bucket": self.bucket,
+                    "key": key,
+                    "upload_id": upload_id,
+                    "size": size,
+                    "sha256": sha256,
+                    "part_size": part_size,
                 }
                 await journal.save(dest_path, entry)
         count = -(-size // part_size)
@@ -448,8 +470,14 @@ class ObjectStorage:
         if sha256 is None:  # the block ids and a resume need the digest first: one read to hash it
             sha256 = await asyncio.to_thread(_file_sha256, local_path)
         part_size = self._part_size_for(size)
-        facts = {"backend": "az", "bucket": self.bucket, "key": key, "size": size, "sha256": sha256,
-                 "part_size": part_size}
+        facts = {
+            "backend": "az",
+            "bucket": self.bucket,
+            "key": key,
+            "size": size,
+            "sha256": sha256,
+            "part_size": part_size,
+        }
         entry = journal.get(dest_path) if journal is not None else None
         held: dict[str, Any] = {}
         if entry and journal is not None:
@@ -521,7 +549,10 @@ class ObjectStorage:
         upload_id = entry.get("upload_id")
         ours = entry.get("backend") == "s3" and entry.get("bucket") == self.bucket and isinstance(upload_id, str)
         same = ours and (entry.get("key"), entry.get("size"), entry.get("sha256"), entry.get("part_size")) == (
-            key, size, sha256, part_size,
+            key,
+            size,
+            sha256,
+            part_size,
         )
         if not same:
             # another file's upload to this same key: nobody will finish it. (The entry comes back from the task
@@ -549,8 +580,13 @@ class ObjectStorage:
     ) -> Path:
         validate_path(storage_path)
         return await download_object(
-            self._store, storage_path, Path(local_path), shown=f"{self.url}/{storage_path}",
-            mapped=lambda exc, what: self._mapped(exc, what, storage_path), max_bytes=max_bytes, room=room,
+            self._store,
+            storage_path,
+            Path(local_path),
+            shown=f"{self.url}/{storage_path}",
+            mapped=lambda exc, what: self._mapped(exc, what, storage_path),
+            max_bytes=max_bytes,
+            room=room,
             retrying=self._retrying,
         )
 
@@ -575,8 +611,11 @@ class ObjectStorage:
         if self.public_base_url:
             return f"{self.public_base_url}/{quote(self.key(path))}"
         ttl = dt.timedelta(seconds=self.signed_url_ttl_s)
-        return str(await self._call(f"signing a URL for {path!r}", path,
-                                    lambda: obstore.sign_async(self._store, "GET", path, ttl)))
+        return str(
+            await self._call(
+                f"signing a URL for {path!r}", path, lambda: obstore.sign_async(self._store, "GET", path, ttl)
+            )
+        )
 
     async def aclose(self) -> None:
         if self._s3 is not None:
@@ -721,13 +760,24 @@ async def fetch_object_url(
 
     def mapped(exc: BaseException, what: str) -> Exception:
         return map_store_error(
-            exc, what, scheme=scheme, bucket=bucket, source="", setting="the input URL",
+            exc,
+            what,
+            scheme=scheme,
+            bucket=bucket,
+            source="",
+            setting="the input URL",
             details={"url": url},
         )
 
     result = await download_object(
-        store, key, dest, shown=url, mapped=mapped, retrying=lambda: retrying(retry_attempts, retry_wait_s),
-        max_bytes=max_bytes, room=room,
+        store,
+        key,
+        dest,
+        shown=url,
+        mapped=mapped,
+        retrying=lambda: retrying(retry_attempts, retry_wait_s),
+        max_bytes=max_bytes,
+        room=room,
     )
     log.info("input_fetched", url=url, path=str(dest), bytes=result.stat().st_size)
     return result
