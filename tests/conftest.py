@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.azurite_server import AZURITE, Azurite
 from tests.s3_server import BUCKET, MotoServer
 
 ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -101,5 +102,17 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
     server.start()
     server.create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite (the Azure Blob Storage emulator) on 127.0.0.1 for the module, with the container ``renders``;
+    the test is skipped where npm could not install it."""
+    if not AZURITE.exists():
+        pytest.skip("Azurite not installed (scripts/install.sh needs npm)")
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
     yield server
     server.stop()

@@ -54,7 +54,9 @@ class MotoServer:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.free_actions)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [*moto_command(), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                [*moto_command(), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env=env,
             )
         deadline = time.monotonic() + 30
@@ -80,11 +82,17 @@ class MotoServer:
         every signature against (the worker's SigV4 signer and presigned URLs included)."""
         import boto3
 
-        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
-                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
         iam.create_user(UserName="worker")
         iam.put_user_policy(
-            UserName="worker", PolicyName="s3",
+            UserName="worker",
+            PolicyName="s3",
             PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", '
             '"Resource": "*"}]}',
         )
@@ -105,7 +113,10 @@ class MotoServer:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.url, aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
         )
 
@@ -140,6 +151,8 @@ class CuttingProxy:
         self.cuts = 0
         self.throttle_bps: float | None = None  # upstream bytes per second per connection, when set
         self._cut_response: tuple[int, bytes] | None = None
+        self._answer: tuple[bytes, bytes, int] | None = None
+        self.answered = 0
         self.heads: list[bytes] = []  # the first bytes of every request (request line and headers)
         self.downstream_bytes = 0
         self._server: asyncio.Server | None = None
@@ -151,6 +164,11 @@ class CuttingProxy:
 
     def cut_after(self, nbytes: int, match: bytes) -> None:
         self._cut = (nbytes, match)
+
+    def answer_instead(self, match: bytes, response: bytes, *, skip: int = 0) -> None:
+        """Requests containing ``match``: the first ``skip`` go through, the next one is not forwarded and is
+        answered with ``response`` (a whole HTTP response), its connection closed after it."""
+        self._answer = (match, response, skip)
 
     def cut_response_after(self, nbytes: int, match: bytes) -> None:
         """The next connection whose request contains ``match`` has its response cut after ``nbytes``."""
@@ -188,6 +206,15 @@ class CuttingProxy:
                     for line in _request_lines(data):
                         self.requests.append(line)
                         self.heads.append(data[data.find(line.encode("latin-1")) :][:2048])
+                    if self._answer is not None and self._answer[0] in data:
+                        match, response, skip = self._answer
+                        if skip == 0:
+                            self._answer = None
+                            self.answered += 1
+                            writer.write(response)
+                            await writer.drain()
+                            return
+                        self._answer = (match, response, skip - 1)
                     if self._cut_response is not None and self._cut_response[1] in buffer:
                         response_limit[0], self._cut_response = self._cut_response[0], None
                     if self._cut is not None and limit is None and self._cut[1] in buffer:
@@ -245,4 +272,3 @@ def _request_lines(data: bytes) -> list[str]:
                     out.append(data[start:end].decode("latin-1"))
             start = data.find(method, start + 1)
     return out
-

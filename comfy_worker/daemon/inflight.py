@@ -164,6 +164,8 @@ class TaskLifecycle:
         )
         if outcome.action == "abandon":
             log.info("task_abandoned", reason=outcome.reason, error=str(exc))
+            if outcome.reason == "cancelled":  # nobody will resume its uploads (a lost lease: the new owner may)
+                await self._discard_uploads(ctx)
             return
         if outcome.action == "release":
             if outcome.reason == "disk_full":
@@ -174,29 +176,42 @@ class TaskLifecycle:
             return
         details = {**outcome.details, "engine": engine.name}
         log.warning("task_failed", error=outcome.message, error_type=details["error_type"], retryable=outcome.retryable)
-        await self._report(
+        failed = await self._report(
             lambda: self.store.fail(
                 task.task_id, task.lease_token or "", outcome.message, jsonable(details), outcome.retryable
             ),
             "fail",
         )
+        # failed for good: its open uploads are given up now. One the next attempt will make stays in the
+        # checkpoint for it to resume.
+        if isinstance(failed, Task) and failed.status.terminal:
+            await self._discard_uploads(ctx)
 
-    async def _report(self, call: Callable[[], Awaitable[Any]], what: str) -> None:
+    async def _discard_uploads(self, ctx: TaskContext) -> None:
+        if not ctx.uploads.entries:
+            return
+        try:
+            await self.storage.discard_uploads(ctx.uploads)
+        except Exception as exc:  # never in the way of the task's end; the start-up sweep is the fallback
+            log.warning("uploads_not_discarded", error=str(exc))
+
+    async def _report(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         """A final report, retried through short database outages; a lost lease ends it quietly. If the
-        database stays away, the lease expires and another worker recovers the task."""
+        database stays away, the lease expires and another worker recovers the task. Returns what the call
+        returned, None when it did not go through."""
         for attempt in range(6):
             try:
-                await call()
-                return
+                return await call()
             except LeaseLost as exc:
                 log.info("report_rejected", what=what, error=str(exc))
-                return
+                return None
             except StoreUnavailable as exc:
                 log.warning("report_failed", what=what, error=str(exc), attempt=attempt + 1)
                 await asyncio.sleep(min(2**attempt * 0.5, 10))
             except StoreError as exc:
                 log.error("report_refused", what=what, error=str(exc))
-                return
+                return None
+        return None
 
     def _abandon(self, task_id: str, reason: str) -> None:
         entry = self._inflight.get(task_id)

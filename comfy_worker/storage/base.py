@@ -121,6 +121,13 @@ class Storage(Protocol):
         """A URL a user can fetch the object from (public, signed, or file://)."""
         ...
 
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        """The task whose journal this is will not be attempted again (cancelled, or failed for good): give up
+        the resumable uploads it names, so none is left open on the server, and drop them from ``journal``
+        (in memory only: the task's row is final, nothing is written back). Never raises for an upload that
+        cannot be given up (it is logged; the start-up sweep or the server's expiry ends it)."""
+        ...
+
     async def aclose(self) -> None:
         """Release clients this storage owns."""
         ...

@@ -139,5 +139,8 @@ class LocalStorage:
             return f"{self.base_url}/{quote(path)}"
         return full.as_uri()
 
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        return None  # local uploads are never resumable: nothing is ever journalled
+
     async def aclose(self) -> None:
         return None

@@ -15,15 +15,23 @@ Uploads stream from disk with bounded memory:
   the server which parts it holds and sends only the others. An upload that fails for good, or a journalled
   one of another file, is aborted; :meth:`ObjectStorage.check` also aborts uploads under the prefix that
   were left open longer than ``abandon_after_s`` (a worker that died and whose task was never retried);
-* larger files elsewhere (GCS native, Azure, S3 with instance credentials): obstore's streamed multipart
-  upload (``put_async`` over a generator of 1 MiB blocks, ``part_size`` parts, two in flight). It is not
-  resumable across processes: ``object_store`` keeps the upload id to itself.
+* larger files on Azure with an account key or SAS: block blob uploads driven by
+  :class:`~comfy_worker.storage.azblocks.AzureBlocks`, resumable the same way (block ids derived from the file's
+  sha256, the upload's facts in the journal before the first block, Get Block List on resume);
+* larger files elsewhere (GCS native, S3 with instance credentials, Azure with Entra ID): obstore's streamed
+  multipart upload (``put_async`` over a generator of 1 MiB blocks, ``part_size`` parts, two in flight). It is
+  not resumable across processes: ``object_store`` keeps the upload id to itself.
+
+:meth:`ObjectStorage.discard_uploads` gives up a task's journalled uploads when the daemon knows the task will
+not run again (cancelled, failed for good).
 
 URLs are ``PUBLIC_BASE_URL`` + object key when set, else presigned GET URLs valid for ``SIGNED_URL_TTL_S``
 (capped at the clouds' 7-day limit). Downloads stream to ``.NAME.part``: obstore itself continues a body cut
 mid-way with a range request; when its retries run out, the next try here resumes after the bytes on disk with
 a range pinned to the object's ETag (``If-Match``), and starts over if the object changed.
-:func:`fetch_object_url` serves ``s3://…`` task inputs with the input size cap and disk floor.
+:func:`fetch_object_url` serves ``s3://…`` (``gs://``, ``az://``) task inputs with the input size cap and disk
+floor, through one store per bucket for the process (:func:`input_store`) and the outputs' retry policy and
+error mapping (:func:`map_store_error`).
 """
 
 from __future__ import annotations
@@ -48,11 +56,12 @@ from obstore.exceptions import (
     UnauthenticatedError,
 )
 from obstore.store import from_url
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying
 
 from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from comfy_worker.logs import get_logger, register_secret
+from comfy_worker.storage.azblocks import AzureBlocks, block_id
 from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
@@ -70,6 +79,7 @@ PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 MAX_SIGNED_TTL_S = 7 * 24 * 3600  # S3 and GCS V4 signatures, Azure user-delegation SAS: at most 7 days
 CHECK_PREFIX = ".comfy-worker-check"
+_STORED = "\x00stored"  # _resume_point: the journalled upload was completed already
 _CLOUD = {"s3": "S3", "gs": "Google Cloud Storage", "az": "Azure Blob Storage"}
 _CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL)",
@@ -126,6 +136,51 @@ def open_object_store(scheme: str, bucket: str, prefix: str, env: Mapping[str, s
         raise ConfigError("STORAGE_URL", f"cannot open {url!r}: {_first_line(exc)}") from exc
 
 
+_DENIED = (
+    "403 forbidden",
+    "401 unauthorized",
+    "accessdenied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "authenticationfailed",
+)
+
+
+def map_store_error(
+    exc: BaseException, what: str, *, scheme: str, bucket: str, source: str, setting: str, details: dict[str, Any]
+) -> Exception:
+    """An obstore error as StorageRejected (permanent: credentials refused, bucket or object missing) or
+    StorageUnavailable (retryable). ``source``: what was being used (``STORAGE_URL s3://b/p``, ``input URL
+    s3://b/k``, or empty where the caller names it); ``setting``: what to fix when the bucket is missing."""
+    text = _first_line(exc)
+    cloud = _CLOUD[scheme]
+    lowered = str(exc).lower()
+    of, used = (f" of {source}", f" for {source}") if source else ("", "")
+    denied = StorageRejected(f"{cloud} refused {what} ({text}): check {_CREDENTIALS[scheme]}{used}", details=details)
+    no_bucket = StorageRejected(f"bucket {bucket!r}{of} does not exist: create it or fix {setting}", details=details)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        return denied
+    if isinstance(exc, NotFoundError | FileNotFoundError):
+        if any(s in lowered for s in ("nosuchbucket", "containernotfound", "bucket does not exist")):
+            return no_bucket
+        return StorageRejected(f"{cloud}: {what}: no such object ({text})", details={**details, "status": 404})
+    if "sas tokens auth is not supported" in lowered:  # obstore cannot sign a URL with a SAS token
+        return StorageRejected(
+            f"{cloud} cannot sign URLs with AZURE_STORAGE_SAS_KEY alone: set AZURE_STORAGE_ACCOUNT_KEY, or "
+            "PUBLIC_BASE_URL for a public container",
+            details=details,
+        )
+    if isinstance(exc, PreconditionError):
+        return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
+    if any(s in lowered for s in _DENIED):
+        return denied
+    if "nosuchbucket" in lowered:
+        return no_bucket
+    if isinstance(exc, GenericError | OSError | BaseError):
+        return StorageUnavailable(f"{cloud} failed {what}: {text}", details=details)
+    return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
 
@@ -159,7 +214,9 @@ class ObjectStorage:
         chosen = signed_url_ttl_s != Settings.signed_url_ttl_s
         if signed_url_ttl_s > MAX_SIGNED_TTL_S and not self.public_base_url and chosen:
             log.warning(
-                "storage_signed_url_ttl_capped", requested_s=signed_url_ttl_s, used_s=MAX_SIGNED_TTL_S,
+                "storage_signed_url_ttl_capped",
+                requested_s=signed_url_ttl_s,
+                used_s=MAX_SIGNED_TTL_S,
                 hint="signed URLs of S3, GCS and Azure last at most 7 days; set PUBLIC_BASE_URL for longer-lived URLs",
             )
         self.signed_url_ttl_s = min(signed_url_ttl_s, MAX_SIGNED_TTL_S)
@@ -171,6 +228,11 @@ class ObjectStorage:
         self._s3 = (
             S3Multipart.from_env(self.bucket, env, retry_attempts=retry_attempts, retry_wait_s=retry_wait_s)
             if self.scheme == "s3"
+            else None
+        )
+        self._az = (
+            AzureBlocks.from_env(self.bucket, env, retry_attempts=retry_attempts, retry_wait_s=retry_wait_s)
+            if self.scheme == "az"
             else None
         )
         self._what = f"STORAGE_URL {self.url}"
@@ -186,38 +248,15 @@ class ObjectStorage:
 
     def _mapped(self, exc: BaseException, what: str, path: str | None) -> Exception:
         """An obstore error as StorageRejected (permanent) or StorageUnavailable (retryable)."""
-        text = _first_line(exc)
-        details = {"path": path, "url": self.url}
-        cloud = _CLOUD[self.scheme]
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-            return StorageRejected(
-                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
-                details=details,
-            )
-        if isinstance(exc, NotFoundError | FileNotFoundError):
-            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc) or "bucket does not exist" in str(exc):
-                return StorageRejected(
-                    f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
-                    details=details,
-                )
-            return StorageRejected(f"{cloud}: {what}: not found ({text})", details={**details, "status": 404})
-        if isinstance(exc, PreconditionError):
-            return StorageUnavailable(f"{cloud}: {what}: the object changed meanwhile ({text})", details=details)
-        lowered = str(exc).lower()
-        if any(s in lowered for s in ("403 forbidden", "401 unauthorized", "accessdenied", "invalidaccesskeyid",
-                                      "signaturedoesnotmatch", "authenticationfailed")):
-            return StorageRejected(
-                f"{cloud} refused {what} ({text}): check {_CREDENTIALS[self.scheme]} for {self._what}",
-                details=details,
-            )
-        if "nosuchbucket" in lowered:
-            return StorageRejected(
-                f"bucket {self.bucket!r} of {self._what} does not exist: create it or fix STORAGE_URL",
-                details=details,
-            )
-        if isinstance(exc, GenericError | OSError | BaseError):
-            return StorageUnavailable(f"{cloud} failed {what}: {text}", details=details)
-        return StorageUnavailable(f"{cloud} failed {what}: {type(exc).__name__}: {text}", details=details)
+        return map_store_error(
+            exc,
+            what,
+            scheme=self.scheme,
+            bucket=self.bucket,
+            source=self._what,
+            setting="STORAGE_URL",
+            details={"path": path, "url": self.url},
+        )
 
     async def _call(self, what: str, path: str | None, fn: Callable[[], Any]) -> Any:
         """``await fn()`` with obstore's errors mapped; StorageUnavailable is retried with backoff."""
@@ -247,6 +286,8 @@ class ObjectStorage:
                     details=mapped.details,
                 ) from exc
             raise mapped from exc
+        if not self.public_base_url:  # every output's URL is signed: a store that cannot sign stops here
+            await self.url_for(rel)
         if self._s3 is not None:
             await self._abort_abandoned()
 
@@ -295,6 +336,9 @@ class ObjectStorage:
         elif self._s3 is not None:
             mode = "resumable"
             sha = await self._upload_resumable(local_path, dest_path, size, content_type, sha256, journal)
+        elif self._az is not None:
+            mode = "resumable"
+            sha = await self._upload_azure(local_path, dest_path, size, content_type, sha256, journal)
         else:
             mode = "multipart"
             hashers = [hashlib.sha256()]
@@ -311,7 +355,11 @@ class ObjectStorage:
                 what,
                 dest_path,
                 lambda: obstore.put_async(
-                    self._store, dest_path, blocks(), attributes=attributes, chunk_size=self.part_size,
+                    self._store,
+                    dest_path,
+                    blocks(),
+                    attributes=attributes,
+                    chunk_size=self.part_size,
                     max_concurrency=2,
                 ),
             )
@@ -342,12 +390,19 @@ class ObjectStorage:
             sha256 = await asyncio.to_thread(_file_sha256, local_path)
         part_size = self._part_size_for(size)
         upload_id, held = await self._resume_point(journal, dest_path, key, size, sha256, part_size)
+        if upload_id == _STORED:
+            return sha256
         if upload_id is None:
-            upload_id = await s3.create(key, content_type)
+            upload_id = await s3.create(key, content_type, sha256)
             if journal is not None:
                 entry = {
-                    "backend": "s3", "bucket": self.bucket, "key": key, "upload_id": upload_id,
-                    "size": size, "sha256": sha256, "part_size": part_size,
+                    "backend": "s3",
+                    "bucket": self.bucket,
+                    "key": key,
+                    "upload_id": upload_id,
+                    "size": size,
+                    "sha256": sha256,
+                    "part_size": part_size,
                 }
                 await journal.save(dest_path, entry)
         count = -(-size // part_size)
@@ -356,14 +411,20 @@ class ObjectStorage:
         todo = [n for n in expected if n not in parts]
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def send(n: int) -> Part:
+        async def send(n: int) -> None:
             async with gate:
-                return await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
+                parts[n] = await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
 
         try:
-            for part in await asyncio.gather(*(send(n) for n in todo)):
-                parts[part.number] = part
-            await s3.complete(key, upload_id, list(parts.values()))
+            # a TaskGroup: when one part fails for good the others are cancelled and awaited before anything
+            # else happens, so no part is still being sent when the upload is aborted or the error recorded
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for n in todo:
+                        group.create_task(send(n), name=f"s3-part-{n}")
+            except BaseExceptionGroup as failed:
+                raise _first_failure(failed) from None
+            await s3.complete(key, upload_id, list(parts.values()), size=size, sha256=sha256)
         except (StorageRejected, StorageUnavailable) as exc:
             # never finishable, or nobody will resume it (no journal): abort, so no part is left billed. An
             # unavailable store with a journal keeps the upload for the next attempt.
@@ -377,6 +438,100 @@ class ObjectStorage:
             await journal.forget(dest_path)
         log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=len(held) > 0)
         return sha256
+
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        """Abort the multipart uploads of this bucket the journal names (the task will not be attempted again)."""
+        for dest_path, entry in list(journal.entries.items()):
+            key, upload_id, backend = entry.get("key"), entry.get("upload_id"), entry.get("backend")
+            # the entry comes back from the task row: only the upload to the key its own path maps to is aborted
+            mine = entry.get("bucket") == self.bucket and key == self.key(dest_path)
+            if mine and backend == "s3" and self._s3 is not None and isinstance(upload_id, str):
+                log.info("storage_upload_discarded", path=dest_path, object_name=key)
+                await self._abort_quietly(str(key), upload_id)
+            elif mine and backend == "az" and self._az is not None:
+                log.info("storage_upload_discarded", path=dest_path, object_name=key)
+                await self._discard_az_quietly(str(key))
+            journal.entries.pop(dest_path, None)
+
+    async def _upload_azure(
+        self,
+        local_path: Path,
+        dest_path: str,
+        size: int,
+        content_type: str,
+        sha256: str | None,
+        journal: UploadJournal | None,
+    ) -> str:
+        """A block blob upload the next attempt can continue: block ids derived from the file's digest, the
+        upload's facts in the journal before the first block is sent, Get Block List on resume."""
+        az = self._az
+        assert az is not None
+        key = self.key(dest_path)
+        if sha256 is None:  # the block ids and a resume need the digest first: one read to hash it
+            sha256 = await asyncio.to_thread(_file_sha256, local_path)
+        part_size = self._part_size_for(size)
+        facts = {
+            "backend": "az",
+            "bucket": self.bucket,
+            "key": key,
+            "size": size,
+            "sha256": sha256,
+            "part_size": part_size,
+        }
+        entry = journal.get(dest_path) if journal is not None else None
+        held: dict[str, Any] = {}
+        if entry and journal is not None:
+            ours = entry.get("backend") == "az" and entry.get("bucket") == self.bucket
+            if ours and entry == facts:
+                held = await az.uncommitted(key)
+                if not held and await az.stored_as(key, size, sha256):  # committed by an attempt that then died
+                    await journal.forget(dest_path)
+                    log.info("storage_upload_already_stored", path=dest_path, bytes=size)
+                    return sha256
+                log.info("storage_upload_resumed", path=dest_path, parts_held=len(held), bytes=size)
+            else:
+                if ours and entry.get("key") == key:  # another file's blocks under this very name
+                    await self._discard_az_quietly(key)
+                log.info("storage_resume_skipped", path=dest_path, reason="another file" if ours else "not this store")
+                await journal.forget(dest_path)
+                entry = None
+        if journal is not None and not entry:
+            await journal.save(dest_path, facts)
+        count = -(-size // part_size)
+        expected = {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+        ids = {n: block_id(sha256, part_size, n) for n in expected}
+        todo = [n for n in expected if getattr(held.get(ids[n]), "size", None) != expected[n]]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def send(n: int) -> None:
+            async with gate:
+                await az.put_block(key, ids[n], local_path, (n - 1) * part_size, expected[n])
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for n in todo:
+                        group.create_task(send(n), name=f"az-block-{n}")
+            except BaseExceptionGroup as failed:
+                raise _first_failure(failed) from None
+            await az.commit(key, [ids[n] for n in expected], content_type, sha256)
+        except (StorageRejected, StorageUnavailable) as exc:
+            if isinstance(exc, StorageRejected) or journal is None:  # as for S3: nobody will finish it
+                log.warning("storage_upload_failed", path=dest_path, error=str(exc))
+                await self._discard_az_quietly(key)
+                if journal is not None:
+                    await journal.forget(dest_path)
+            raise
+        if journal is not None:
+            await journal.forget(dest_path)
+        log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=bool(held))
+        return sha256
+
+    async def _discard_az_quietly(self, key: str) -> None:
+        try:
+            await self._az.discard(key)  # type: ignore[union-attr]
+        except (StorageRejected, StorageUnavailable) as exc:
+            log.warning("storage_multipart_abort_failed", object_name=key, error=str(exc))
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -394,7 +549,10 @@ class ObjectStorage:
         upload_id = entry.get("upload_id")
         ours = entry.get("backend") == "s3" and entry.get("bucket") == self.bucket and isinstance(upload_id, str)
         same = ours and (entry.get("key"), entry.get("size"), entry.get("sha256"), entry.get("part_size")) == (
-            key, size, sha256, part_size,
+            key,
+            size,
+            sha256,
+            part_size,
         )
         if not same:
             # another file's upload to this same key: nobody will finish it. (The entry comes back from the task
@@ -407,8 +565,12 @@ class ObjectStorage:
         try:
             held = await self._s3.list_parts(key, str(upload_id))  # type: ignore[union-attr]
         except NoSuchUpload:
-            log.info("storage_resume_skipped", path=dest_path, reason="the upload is gone")
             await journal.forget(dest_path)
+            # the last attempt may have completed it and died before it could say so
+            if await self._s3.stored_as(key, size, sha256):  # type: ignore[union-attr]
+                log.info("storage_upload_already_stored", path=dest_path, bytes=size)
+                return _STORED, {}
+            log.info("storage_resume_skipped", path=dest_path, reason="the upload is gone")
             return None, {}
         log.info("storage_upload_resumed", path=dest_path, parts_held=len(held), bytes=size)
         return str(upload_id), held
@@ -418,8 +580,13 @@ class ObjectStorage:
     ) -> Path:
         validate_path(storage_path)
         return await download_object(
-            self._store, storage_path, Path(local_path), shown=f"{self.url}/{storage_path}",
-            mapped=lambda exc, what: self._mapped(exc, what, storage_path), max_bytes=max_bytes, room=room,
+            self._store,
+            storage_path,
+            Path(local_path),
+            shown=f"{self.url}/{storage_path}",
+            mapped=lambda exc, what: self._mapped(exc, what, storage_path),
+            max_bytes=max_bytes,
+            room=room,
             retrying=self._retrying,
         )
 
@@ -444,12 +611,35 @@ class ObjectStorage:
         if self.public_base_url:
             return f"{self.public_base_url}/{quote(self.key(path))}"
         ttl = dt.timedelta(seconds=self.signed_url_ttl_s)
-        return str(await self._call(f"signing a URL for {path!r}", path,
-                                    lambda: obstore.sign_async(self._store, "GET", path, ttl)))
+        return str(
+            await self._call(
+                f"signing a URL for {path!r}", path, lambda: obstore.sign_async(self._store, "GET", path, ttl)
+            )
+        )
 
     async def aclose(self) -> None:
         if self._s3 is not None:
             await self._s3.aclose()
+        if self._az is not None:
+            await self._az.aclose()
+
+
+def _first_failure(group: BaseExceptionGroup) -> BaseException:
+    """The error of a failed group of part uploads to raise: a permanent one first (the upload is then
+    aborted), else a retryable one, else whatever came first."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            flat.append(exc)
+    for kind in (StorageRejected, StorageUnavailable):
+        for exc in flat:
+            if isinstance(exc, kind):
+                return exc
+    return flat[0]
 
 
 def _read_hashed(path: Path) -> tuple[bytes, str]:
@@ -531,6 +721,22 @@ async def download_object(
     return dest
 
 
+_INPUT_STORES: dict[tuple[str, str, str], Any] = {}  # (scheme, bucket, digest of the cloud's settings) -> store
+_CLOUD_VARS = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_", "ALLOW_HTTP")
+
+
+def input_store(scheme: str, bucket: str, env: Mapping[str, str]) -> Any:
+    """The obstore store inputs of ``scheme://bucket/…`` are read through, opened once per process (its
+    connection pool and credentials are reused by every later input). The key holds a digest of the cloud's
+    settings too, so a changed environment (a test, a one-off client) gets a store of its own."""
+    settings = sorted((k, v) for k, v in env.items() if k.startswith(_CLOUD_VARS))
+    digest = hashlib.sha256(repr(settings).encode()).hexdigest()
+    store = _INPUT_STORES.get((scheme, bucket, digest))
+    if store is None:
+        store = _INPUT_STORES[(scheme, bucket, digest)] = open_object_store(scheme, bucket, "", env)
+    return store
+
+
 async def fetch_object_url(
     url: str,
     dest: Path,
@@ -542,36 +748,36 @@ async def fetch_object_url(
     retry_wait_s: float = 1.0,
 ) -> Path:
     """Download a task input given as ``s3://bucket/key`` (``gs://``, ``az://``) with the store's own
-    credentials. The endpoint is operator configuration, so the private-address guard of http inputs does not
-    apply; the size cap and disk floor do."""
+    credentials, through the process's store for that bucket, the stores' retry policy and error mapping. The
+    endpoint is operator configuration, so the private-address guard of http inputs does not apply; the size
+    cap and disk floor do."""
     env = os.environ if env is None else env
     scheme, bucket, key = split_object_url(url)
     if not bucket or not key:
         raise StorageRejected(f"input URL {url!r} must name a bucket and a key: s3://bucket/path/to/file")
     validate_path(key)
-    store = open_object_store(scheme, bucket, "", env)
-    cloud = _CLOUD[scheme]
+    store = input_store(scheme, bucket, env)
 
     def mapped(exc: BaseException, what: str) -> Exception:
-        lowered = str(exc).lower()
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or "403" in lowered or "401" in lowered:
-            return StorageRejected(f"{cloud} refused {what} ({_first_line(exc)}): check {_CREDENTIALS[scheme]}")
-        if isinstance(exc, NotFoundError | FileNotFoundError):
-            if "nosuchbucket" in lowered:
-                return StorageRejected(f"input URL {url}: bucket {bucket!r} does not exist")
-            return StorageRejected(f"input URL {url}: no such object")
-        return StorageUnavailable(f"{cloud} failed {what}: {_first_line(exc)}")
-
-    def retrying() -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(StorageUnavailable),
-            stop=stop_after_attempt(retry_attempts),
-            wait=wait_exponential(multiplier=retry_wait_s, max=30),
-            reraise=True,
+        return map_store_error(
+            exc,
+            what,
+            scheme=scheme,
+            bucket=bucket,
+            source="",
+            setting="the input URL",
+            details={"url": url},
         )
 
     result = await download_object(
-        store, key, dest, shown=url, mapped=mapped, retrying=retrying, max_bytes=max_bytes, room=room
+        store,
+        key,
+        dest,
+        shown=url,
+        mapped=mapped,
+        retrying=lambda: retrying(retry_attempts, retry_wait_s),
+        max_bytes=max_bytes,
+        room=room,
     )
     log.info("input_fetched", url=url, path=str(dest), bytes=result.stat().st_size)
     return result

@@ -41,6 +41,7 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 _RETRYABLE_CODES = frozenset({"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable"})
 BLOCK = 1024 * 1024
+SHA256_META = "x-amz-meta-sha256"  # the file's digest, set on the object when its multipart upload is created
 
 
 class NoSuchUpload(StorageRejected):
@@ -143,6 +144,8 @@ class S3Multipart:
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         host = url.netloc.decode("ascii")
         signed_headers = {"host": host, "x-amz-content-sha256": _UNSIGNED, "x-amz-date": amz_date}
+        # S3 refuses x-amz-* headers left out of the signature (x-amz-meta-sha256 on CreateMultipartUpload)
+        signed_headers.update({k.lower(): v for k, v in headers.items() if k.lower().startswith("x-amz-")})
         if self._token:
             signed_headers["x-amz-security-token"] = self._token
         names = sorted(signed_headers)
@@ -166,7 +169,8 @@ class S3Multipart:
             f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, SignedHeaders={';'.join(names)}, "
             f"Signature={signature}"
         )
-        out = {**headers, **{k: v for k, v in signed_headers.items() if k != "host"}, "Authorization": auth}
+        unsigned = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-")}
+        out = {**unsigned, **{k: v for k, v in signed_headers.items() if k != "host"}, "Authorization": auth}
         full = f"{url}?{canonical_query}" if canonical_query else str(url)
         return full, out
 
@@ -217,10 +221,13 @@ class S3Multipart:
                 return await self._request(*args, **kw)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def create(self, key: str, content_type: str) -> str:
-        resp = await self._retried(
-            "POST", key, f"creating the multipart upload of {key!r}", {"uploads": ""}, {"Content-Type": content_type}
-        )
+    async def create(self, key: str, content_type: str, sha256: str | None = None) -> str:
+        """A new multipart upload; ``sha256`` is kept as the object's ``x-amz-meta-sha256`` (what
+        :meth:`stored_as` compares when a completion's answer was lost)."""
+        headers = {"Content-Type": content_type}
+        if sha256:
+            headers[SHA256_META] = sha256
+        resp = await self._retried("POST", key, f"creating the multipart upload of {key!r}", {"uploads": ""}, headers)
         upload_id = _find(_xml(resp.content), "UploadId")
         if not upload_id:
             raise StorageRejected(f"S3 returned no UploadId for {key!r}", details={"key": key})
@@ -260,21 +267,50 @@ class S3Multipart:
                 return parts
             marker = _find(root, "NextPartNumberMarker") or str(max(parts, default=0))
 
-    async def complete(self, key: str, upload_id: str, parts: list[Part]) -> None:
+    async def complete(
+        self, key: str, upload_id: str, parts: list[Part], *, size: int | None = None, sha256: str | None = None
+    ) -> None:
+        """CompleteMultipartUpload, retried. A retry answered NoSuchUpload may follow a try that did complete
+        the upload but whose answer was lost on the way (a cut connection, a timeout): the object is then asked
+        for, and accepted when its size (and ``x-amz-meta-sha256``, when ``sha256`` is given) are this upload's."""
         body = "<CompleteMultipartUpload>{}</CompleteMultipartUpload>".format(
             "".join(
                 f"<Part><PartNumber>{p.number}</PartNumber><ETag>{p.etag}</ETag></Part>"
                 for p in sorted(parts, key=lambda p: p.number)
             )
         ).encode()
-        await self._retried(
-            "POST",
-            key,
-            f"completing the multipart upload of {key!r}",
-            {"uploadId": upload_id},
-            {"Content-Type": "application/xml"},
-            body,
-        )
+        what = f"completing the multipart upload of {key!r}"
+        tries = 0
+        async for attempt in self._retrying():
+            with attempt:
+                tries += 1
+                try:
+                    await self._request(
+                        "POST", key, what, {"uploadId": upload_id}, {"Content-Type": "application/xml"}, body
+                    )
+                    return
+                except NoSuchUpload:
+                    if tries == 1 or size is None or not await self.stored_as(key, size, sha256):
+                        raise
+                    log.info("storage_multipart_completion_confirmed", object_name=key, bytes=size, tries=tries)
+                    return
+
+    async def stored_as(self, key: str, size: int, sha256: str | None) -> bool:
+        """Whether the object at ``key`` is ``size`` bytes (and carries ``x-amz-meta-sha256`` = ``sha256`` when
+        given): the upload this worker meant is there."""
+        url, signed = self._signed("HEAD", key, {}, {})
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    resp = await self._http.head(url, headers=signed)
+                except httpx.TransportError as exc:
+                    raise StorageUnavailable(f"S3 unreachable while checking {key!r}: {exc}") from exc
+                if resp.status_code >= 500:
+                    raise StorageUnavailable(f"S3 failed checking {key!r}: HTTP {resp.status_code}")
+        if resp.status_code != 200:
+            return False
+        same_size = resp.headers.get("Content-Length") == str(size)
+        return same_size and (sha256 is None or resp.headers.get(SHA256_META) == sha256)
 
     async def abort(self, key: str, upload_id: str) -> None:
         """Abort the upload (its parts stop being billed); one already gone is fine."""

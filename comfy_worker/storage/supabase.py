@@ -134,9 +134,7 @@ class SupabaseStorage:
         if resp.status_code >= 400:
             raise self._rejected(resp, what, path)
 
-    async def _request(
-        self, method: str, url: str, what: str, path: str | None = None, **kw: Any
-    ) -> httpx.Response:
+    async def _request(self, method: str, url: str, what: str, path: str | None = None, **kw: Any) -> httpx.Response:
         """One request, mapped at the boundary: transport error or 5xx → StorageUnavailable,
         4xx → StorageRejected."""
         headers = {**self._headers, **kw.pop("headers", {})}
@@ -162,8 +160,7 @@ class SupabaseStorage:
             status = exc.details.get("status")
             if status == 404 or exc.details.get("status_code") == "404":
                 raise StorageRejected(
-                    f"bucket {self.bucket!r} does not exist in Supabase Storage: "
-                    "create it or set STORAGE_BUCKET",
+                    f"bucket {self.bucket!r} does not exist in Supabase Storage: create it or set STORAGE_BUCKET",
                     details=exc.details,
                 ) from exc
             if status in (401, 403):
@@ -266,9 +263,7 @@ class SupabaseStorage:
                         offset = await self._tus_patch(location, offset, length, fh, hasher, dest_path)
                         resync = False
         if hasher.upto != size:  # only possible if the server claimed bytes we never sent
-            raise StorageRejected(
-                f"resumable upload of {dest_path!r} ended out of step", details={"path": dest_path}
-            )
+            raise StorageRejected(f"resumable upload of {dest_path!r} ended out of step", details={"path": dest_path})
         if journal is not None:
             await journal.forget(dest_path)
         return hasher.hexdigest()
@@ -324,9 +319,7 @@ class SupabaseStorage:
                     raise
         location = resp.headers.get("Location")
         if not location:
-            raise StorageRejected(
-                f"Supabase Storage gave no Location for {what}", details={"path": dest_path}
-            )
+            raise StorageRejected(f"Supabase Storage gave no Location for {what}", details={"path": dest_path})
         return urljoin(endpoint, location)
 
     async def _tus_patch(
@@ -442,10 +435,12 @@ class SupabaseStorage:
         body = resp.json()
         signed = body.get("signedURL") or body.get("signedUrl") if isinstance(body, dict) else None
         if not signed:
-            raise StorageRejected(
-                f"Supabase Storage returned no signed URL for {path!r}", details={"path": path}
-            )
+            raise StorageRejected(f"Supabase Storage returned no signed URL for {path!r}", details={"path": path})
         return signed if signed.startswith(("http://", "https://")) else f"{self._base}/{signed.lstrip('/')}"
+
+    async def discard_uploads(self, journal: UploadJournal) -> None:
+        # Supabase expires an unfinished TUS upload by itself (after 24 h) and bills nothing for it meanwhile
+        return None
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -165,7 +165,7 @@ async def test_download_and_delete_round_trip(moto: MotoServer, prefix: str, tmp
     out = await s.download("prompt_runner/t4/seg/x.latent", tmp_path / "back" / "x.latent")
     assert out.read_bytes() == src.read_bytes()
     await s.delete(["prompt_runner/t4/seg"])  # a folder: everything under it goes
-    with pytest.raises(StorageRejected, match="not found"):
+    with pytest.raises(StorageRejected, match="no such object"):
         await s.download("prompt_runner/t4/seg/x.latent", tmp_path / "gone")
     await s.delete(["prompt_runner/t4/never-existed"])
     await s.aclose()
@@ -329,12 +329,14 @@ async def test_a_storage_path_input_is_read_from_the_store_with_the_size_cap(
     src = tmp_path / "ref.png"
     write_random(src, 6000)
     await s.upload(src, "inputs/t9/ref.png")
-    got = await fetch_source({"storage_path": "inputs/t9/ref.png"}, tmp_path / "in", fetch=fetch_url, storage=s,
-                             max_bytes=6000)
+    got = await fetch_source(
+        {"storage_path": "inputs/t9/ref.png"}, tmp_path / "in", fetch=fetch_url, storage=s, max_bytes=6000
+    )
     assert got.read_bytes() == src.read_bytes()
     with pytest.raises(InputRejected, match="over INPUT_MAX_BYTES"):
-        await fetch_source({"storage_path": "inputs/t9/ref.png"}, tmp_path / "in2", fetch=fetch_url, storage=s,
-                           max_bytes=5999)
+        await fetch_source(
+            {"storage_path": "inputs/t9/ref.png"}, tmp_path / "in2", fetch=fetch_url, storage=s, max_bytes=5999
+        )
     assert not any((tmp_path / "in2").glob("*"))
     await s.aclose()
 
@@ -372,8 +374,9 @@ async def test_every_signature_verifies_on_a_server_that_checks_them(tmp_path: P
     try:
         server.iam_user()
         server.create_bucket(BUCKET)
-        s = ObjectStorage(f"s3://{BUCKET}/signed", signed_url_ttl_s=600, env=server.env(), retry_wait_s=0.01,
-                          retry_attempts=2)
+        s = ObjectStorage(
+            f"s3://{BUCKET}/signed", signed_url_ttl_s=600, env=server.env(), retry_wait_s=0.01, retry_attempts=2
+        )
         await s.check()
         src = tmp_path / "v.mp4"
         sha = write_random(src, 2 * 8 * MiB + 3)
@@ -388,8 +391,9 @@ async def test_every_signature_verifies_on_a_server_that_checks_them(tmp_path: P
         # the server really checks: the same calls signed with a wrong secret are refused
         from comfy_worker.storage.s3multipart import S3Multipart
 
-        forged = S3Multipart.from_env(BUCKET, {**server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
-                                      retry_attempts=1)
+        forged = S3Multipart.from_env(
+            BUCKET, {**server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, retry_attempts=1
+        )
         assert forged is not None
         with pytest.raises(StorageRejected, match="AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"):
             await forged.create("signed/x.bin", "application/octet-stream")
@@ -397,3 +401,171 @@ async def test_every_signature_verifies_on_a_server_that_checks_them(tmp_path: P
         await s.aclose()
     finally:
         server.stop()
+
+
+# --- review fixes: siblings stopped before an abort, a lost completion answer, discarding, one store per bucket ---
+
+NO_SUCH_UPLOAD = (
+    b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>NoSuchUpload</Code><Message>The specified multipart "
+    b"upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or "
+    b"completed.</Message></Error>"
+)
+# what AWS, MinIO and R2 answer a CompleteMultipartUpload sent again after it succeeded (moto's server treats
+# that retry as idempotent instead, so the proxy gives the answer those services give)
+NO_SUCH_UPLOAD_RESPONSE = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(NO_SUCH_UPLOAD)}\r\n\r\n".encode()
+    + NO_SUCH_UPLOAD
+)
+
+
+async def test_a_part_that_fails_for_good_stops_its_siblings_before_the_upload_is_aborted(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "six.mp4"
+    write_random(src, 6 * 8 * MiB)
+    s = storage(moto, prefix, endpoint=proxy.url, concurrency=2, retry_attempts=1)
+    proxy.throttle_bps = 32 * MiB  # part 1 (8 MiB) is still being sent when part 2 is cut after 1 MiB
+    proxy.cut_after(MiB, b"partNumber=2&")
+    with pytest.raises(Exception, match="part 2"):
+        await s.upload(src, "comfy/t12/six.mp4")  # no journal: the upload is aborted at once
+    # nothing of the upload runs any more, and no part was sent after the abort
+    sending = [t for t in asyncio.all_tasks() if "_upload_resumable" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+    assert not [t for t in sending if not t.done()]
+    lines = [line for line in proxy.requests if "uploadId=" in line]
+    [abort] = [i for i, line in enumerate(lines) if line.startswith("DELETE ")]
+    assert abort == len(lines) - 1, lines
+    proxy.throttle_bps = None
+    await s.aclose()
+    assert f"{prefix}/comfy/t12/six.mp4" not in moto.open_uploads(BUCKET)
+    assert moto.keys(BUCKET, f"{prefix}/comfy/t12/") == []
+
+
+async def test_a_completion_whose_answer_was_lost_is_confirmed_by_the_stored_object(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "done.mp4"
+    sha = write_random(src, 2 * 8 * MiB + 9)
+    rec = Recorder()
+    s = storage(moto, prefix, endpoint=proxy.url)
+    # the first CompleteMultipartUpload reaches the server and completes the upload; its answer is lost. The
+    # retry is answered NoSuchUpload, as a service that forgot the finished upload answers it.
+    proxy.cut_response_after(0, b"<CompleteMultipartUpload>")
+    proxy.answer_instead(b"<CompleteMultipartUpload>", NO_SUCH_UPLOAD_RESPONSE, skip=1)
+    obj = await s.upload(src, "comfy/t13/done.mp4", sha256=sha, journal=UploadJournal({}, rec))
+    await s.aclose()
+    assert (proxy.cuts, proxy.answered) == (1, 1)
+    assert obj.sha256 == sha and obj.bytes == src.stat().st_size
+    assert hashlib.sha256(moto.object(BUCKET, f"{prefix}/comfy/t13/done.mp4")).hexdigest() == sha
+    head = moto.client().head_object(Bucket=BUCKET, Key=f"{prefix}/comfy/t13/done.mp4")
+    assert head["Metadata"] == {"sha256": sha}
+    assert rec.saved[-1] == {} and moto.open_uploads(BUCKET) == []
+
+
+async def test_a_retried_completion_answered_no_such_upload_fails_when_the_object_is_not_ours(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "lost.mp4"
+    write_random(src, 2 * 8 * MiB + 9)
+    s = storage(moto, prefix, endpoint=proxy.url)
+    # the first completion never reaches the server (cut in its body); the retry is answered NoSuchUpload:
+    # no object of this size and digest is there, so the upload fails (and is aborted: nothing stored half)
+    proxy.cut_after(0, b"<CompleteMultipartUpload>")
+    proxy.answer_instead(b"<CompleteMultipartUpload>", NO_SUCH_UPLOAD_RESPONSE, skip=1)
+    with pytest.raises(StorageRejected, match="NoSuchUpload"):
+        await s.upload(src, "comfy/t14/lost.mp4")
+    await s.aclose()
+    assert moto.keys(BUCKET, f"{prefix}/comfy/t14/") == [] and moto.open_uploads(BUCKET) == []
+
+
+async def test_a_journalled_upload_completed_by_a_worker_that_died_before_saying_so_is_not_sent_again(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "twice.mp4"
+    sha = write_random(src, 2 * 8 * MiB + 1)
+    s = storage(moto, prefix, endpoint=proxy.url)
+    assert s._s3 is not None
+    key = f"{prefix}/comfy/t15/twice.mp4"
+    # what a worker killed between CompleteMultipartUpload and forgetting the journal entry leaves
+    upload_id = await s._s3.create(key, "video/mp4", sha)
+    parts = [
+        await s._s3.upload_part(
+            key, upload_id, n, src, (n - 1) * 8 * MiB, min(8 * MiB, src.stat().st_size - (n - 1) * 8 * MiB)
+        )
+        for n in (1, 2, 3)
+    ]
+    await s._s3.complete(key, upload_id, parts)
+    entry = {
+        "backend": "s3",
+        "bucket": BUCKET,
+        "key": key,
+        "upload_id": upload_id,
+        "size": src.stat().st_size,
+        "sha256": sha,
+        "part_size": 8 * MiB,
+    }
+    rec = Recorder()
+    proxy.requests.clear()
+    obj = await s.upload(
+        src, "comfy/t15/twice.mp4", sha256=sha, journal=UploadJournal({"comfy/t15/twice.mp4": entry}, rec)
+    )
+    await s.aclose()
+    assert obj.sha256 == sha and part_puts(proxy) == []
+    assert not [line for line in proxy.requests if line.startswith("POST ")]
+    assert rec.saved[-1] == {}
+
+
+async def test_discard_uploads_aborts_the_journalled_uploads_of_this_store_only(
+    moto: MotoServer, proxy: CuttingProxy, prefix: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "gone.mp4"
+    write_random(src, 3 * 8 * MiB)
+    rec = Recorder()
+    s = storage(moto, prefix, endpoint=proxy.url, concurrency=1, retry_attempts=1)
+    journal = UploadJournal({}, rec)
+    proxy.cut_after(MiB, b"partNumber=2&")
+    with pytest.raises(Exception, match="part 2"):
+        await s.upload(src, "comfy/t16/gone.mp4", journal=journal)
+    assert s._s3 is not None
+    other = await s._s3.create(f"{prefix}/elsewhere/x.mp4", "video/mp4")  # named by an entry of another path
+    journal.entries["comfy/t16/other.mp4"] = {
+        "backend": "s3",
+        "bucket": BUCKET,
+        "key": f"{prefix}/elsewhere/x.mp4",
+        "upload_id": other,
+    }
+    assert sorted(moto.open_uploads(BUCKET)) == [f"{prefix}/comfy/t16/gone.mp4", f"{prefix}/elsewhere/x.mp4"]
+    saves = len(rec.saved)
+    await s.discard_uploads(journal)
+    assert moto.open_uploads(BUCKET) == [f"{prefix}/elsewhere/x.mp4"]  # a key its path does not map to: kept
+    assert journal.entries == {} and len(rec.saved) == saves  # forgotten in memory: the task's row is final
+    await s._s3.abort(f"{prefix}/elsewhere/x.mp4", other)
+    await s.aclose()
+
+
+async def test_inputs_of_one_bucket_share_one_store_and_the_stores_error_mapping(
+    moto: MotoServer, prefix: str, tmp_path: Path
+) -> None:
+    from comfy_worker.storage import objectstore
+
+    moto.put(BUCKET, f"{prefix}/in/a.png", b"A" * 100)
+    moto.put(BUCKET, f"{prefix}/in/b.png", b"B" * 100)
+    before = dict(objectstore._INPUT_STORES)
+    for name in ("a", "b"):
+        got = await objectstore.fetch_object_url(
+            f"s3://{BUCKET}/{prefix}/in/{name}.png",
+            tmp_path / f"{name}.png",
+            max_bytes=1000,
+            env=moto.env(),
+            retry_wait_s=0.01,
+        )
+        assert got.read_bytes() == name.upper().encode() * 100
+    assert len(objectstore._INPUT_STORES) == len(before) + 1
+    with pytest.raises(StorageRejected, match=rf"{BUCKET}/{prefix}/in/c.png.*no such object"):
+        await objectstore.fetch_object_url(
+            f"s3://{BUCKET}/{prefix}/in/c.png", tmp_path / "c.png", max_bytes=1000, env=moto.env(), retry_wait_s=0.01
+        )
+    with pytest.raises(StorageRejected, match="bucket 'nope-bucket' does not exist: create it or fix the input URL"):
+        await objectstore.fetch_object_url(
+            "s3://nope-bucket/x.png", tmp_path / "x.png", max_bytes=1000, env=moto.env(), retry_wait_s=0.01
+        )

@@ -168,6 +168,77 @@ async def test_a_worker_killed_mid_upload_is_continued_by_the_next_not_started_o
     assert UPLOADS_KEY not in (task.checkpoint or {})
 
 
+async def test_a_task_cancelled_mid_upload_stops_the_upload_and_aborts_it_at_once(
+    harness: Harness, moto: MotoServer, proxy: CuttingProxy
+) -> None:
+    prefix = "cancelled"
+    proxy.throttle_bps = 512 * 1024  # the cancel lands in the middle of the upload
+    s3 = moto.client()
+    worker = await worker_process(harness, "comfy-worker-cancelled", **s3_env(moto, prefix, proxy.url))
+    try:
+        tid = await harness.submit(big_video(wf.tag()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 240
+        held: dict[str, Any] = {}
+        while loop.time() < deadline:
+            task = await harness.store.get_task(tid)
+            entries = (task.checkpoint or {}).get(UPLOADS_KEY) or {}
+            if entries:
+                [(_path, held)] = entries.items()
+                if s3.list_parts(Bucket=BUCKET, Key=held["key"], UploadId=held["upload_id"]).get("Parts"):
+                    break
+            assert task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING), task.error
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the upload never started")
+        assert moto.open_uploads(BUCKET) == [held["key"]]
+        await harness.store.cancel(tid, "changed my mind")
+        # the worker hears of it at its next heartbeat, stops the parts and aborts the upload: not left for the
+        # start-up sweep a day later
+        while loop.time() < deadline and moto.open_uploads(BUCKET):
+            await asyncio.sleep(0.1)
+        assert moto.open_uploads(BUCKET) == []
+    finally:
+        log = await stop(worker)
+    assert "storage_upload_discarded" in log and "storage_multipart_done" not in log, log[-3000:]
+    task = await harness.store.get_task(tid)
+    assert task.status is TaskStatus.CANCELLED
+    assert moto.keys(BUCKET, f"{prefix}/") == []  # nothing stored half
+
+
+async def test_a_task_whose_upload_fails_on_its_last_attempt_aborts_the_upload(
+    harness: Harness, moto: MotoServer, proxy: CuttingProxy
+) -> None:
+    prefix = "failed"
+    proxy.throttle_bps = 512 * 1024
+    worker = await worker_process(harness, "comfy-worker-failing", **s3_env(moto, prefix, proxy.url))
+    try:
+        tid = await harness.submit(big_video(wf.tag()), max_attempts=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 240
+        while loop.time() < deadline:  # wait for the upload to exist
+            task = await harness.store.get_task(tid)
+            if (task.checkpoint or {}).get(UPLOADS_KEY):
+                break
+            assert task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING), task.error
+            await asyncio.sleep(0.05)
+        [key] = moto.open_uploads(BUCKET)
+        # the store goes away: every connection through the proxy dies until the worker gives up the task
+        while loop.time() < deadline and task.status is not TaskStatus.FAILED:
+            proxy.abort_all()
+            await asyncio.sleep(0.2)
+            task = await harness.store.get_task(tid)
+        assert task.status is TaskStatus.FAILED and task.attempts == 1, task.error
+        # no attempt will resume it: the worker aborts it now, not the start-up sweep a day later
+        while loop.time() < deadline and moto.open_uploads(BUCKET):
+            await asyncio.sleep(0.1)
+        assert moto.open_uploads(BUCKET) == [] and key.startswith(f"{prefix}/")
+    finally:
+        log = await stop(worker)
+    assert "storage_upload_discarded" in log, log[-3000:]
+    assert moto.keys(BUCKET, f"{prefix}/") == []
+
+
 async def test_a_missing_bucket_stops_the_worker_at_start_with_one_line_naming_the_setting(
     harness: Harness, moto: MotoServer
 ) -> None:
