@@ -442,7 +442,6 @@ SPEED_CASES: list[tuple[str, dict[str, Any], int]] = [
     ("default (first: loads)", {}, 7), ("default", {}, 8),
     ("compile (first: compiles)", {"compile": True}, 7), ("compile (second, same shape)", {"compile": True}, 8),
     ("easycache (core defaults)", {"cache": "easycache"}, 7), ("lazycache (core defaults)", {"cache": "lazycache"}, 7),
-    ("default (again)", {}, 9),
 ]  # fmt: skip
 FAST_CASES: list[tuple[str, dict[str, Any], int]] = [
     ("--fast: default (first: loads)", {}, 7), ("--fast: default", {}, 8)]  # fmt: skip
