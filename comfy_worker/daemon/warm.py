@@ -381,7 +381,9 @@ class WarmStart:
                 except asyncio.CancelledError:  # the daemon's close: the prompt must not go on in ComfyUI
                     if pid is not None:
                         await _interrupt(client, pid)
-                    self._end("aborted_cancelled", done=done, task_type=task_type, prompt_id=pid)
+                    # a shutdown may cancel the warm-up before client.wait has seen _give_way: still a shutdown
+                    outcome = "aborted_shutdown" if self._shutting.is_set() else "aborted_cancelled"
+                    self._end(outcome, done=done, task_type=task_type, prompt_id=pid)
                     raise
                 finally:
                     if pid is not None:
