@@ -4,7 +4,8 @@ in server mode), real Postgres and the real test ComfyUI (issue 21):
 * ``comfy-worker submit --input NODE.FIELD=FILE`` stages the file in the bucket, and the daemon's task reads it
   from there (the local store does not even exist);
 * ``comfy-worker build TYPE --set image=FILE --submit`` stages the file in the bucket;
-* ``comfy-worker run WF --submit --wait`` downloads the task's outputs from the bucket.
+* ``comfy-worker run WF --submit --wait`` and ``comfy-worker batch CONFIG --fleet`` download the tasks' outputs
+  from the bucket.
 
 The CLIs are subprocesses that inherit the test's environment (``AWS_*`` and STORAGE_URL, set by the ``s3``
 fixture); the daemon runs in-process with the same STORAGE_URL in its settings.
@@ -12,6 +13,7 @@ fixture); the daemon runs in-process with the same STORAGE_URL in its settings.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -27,8 +29,9 @@ from tests.integration.daemon import workflows as wf
 from tests.integration.daemon.conftest import Harness
 from tests.integration.daemon.test_daemon_comfy import make_mp4
 from tests.integration.daemon.test_submit_cli import cli
+from tests.integration.explore.test_batch_local import batch_process, read_csv
 from tests.integration.explore.test_cli import sh
-from tests.integration.explore.workflows import tiny_video
+from tests.integration.explore.workflows import tiny_video, write_batch
 from tests.integration.wan.conftest import ffmpeg_media
 from tests.integration.wan.test_build_cli import cli as build_cli
 from tests.s3_server import BUCKET, MotoServer
@@ -109,4 +112,21 @@ async def test_run_submit_wait_downloads_the_outputs_from_the_bucket(
     [output] = task.result["outputs"]
     assert task.status is TaskStatus.COMPLETE and Path(video) == tmp_path / "output" / task_id / output["filename"]
     assert Path(video).read_bytes() == moto.object(BUCKET, f"{s3}/{output['storage_path']}")
+    assert not harness.storage_dir.exists()
+
+
+@pytest.mark.comfyui
+async def test_a_fleet_batch_downloads_each_runs_outputs_from_the_bucket(
+    harness: Harness, moto: MotoServer, s3: str, tmp_path: Path
+) -> None:
+    await s3_daemon(harness, "explore-fleet-s3", s3)
+    config = write_batch(tmp_path, workflow=tiny_video(seconds=0.3), num_samples=2, seeds_per_sample=1)
+    proc = await batch_process(config, "--fleet", env={"DATABASE_URL": harness.dsn})
+    _out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    [batch] = (tmp_path / "output").glob("batch_*")
+    rows = read_csv(batch / "metadata.csv")
+    assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows
+    stored = sorted(hashlib.sha256(moto.object(BUCKET, key)).hexdigest() for key in moto.keys(BUCKET, f"{s3}/comfy/"))
+    assert sorted(hashlib.sha256((batch / r["outputs"]).read_bytes()).hexdigest() for r in rows) == stored
     assert not harness.storage_dir.exists()
