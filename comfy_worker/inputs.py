@@ -341,11 +341,12 @@ def decode_base64_input(data: str, dest_dir: Path, filename: str, max_bytes: int
 
 
 async def fetch_storage_input(
-    storage: Storage, storage_path: str, dest_dir: Path, max_bytes: int | None = None
+    storage: Storage, storage_path: str, dest_dir: Path, max_bytes: int | None = None, *, filename: str | None = None
 ) -> Path:
-    """Download an object from output storage as a task input; storage errors become input errors. An object
-    store checks the object's size against ``max_bytes`` (INPUT_MAX_BYTES) before writing a byte."""
-    dest = Path(dest_dir) / safe_filename(posixpath.basename(storage_path))
+    """Download an object from output storage as a task input (named ``filename``, else after the object);
+    storage errors become input errors. An object store checks the object's size against ``max_bytes``
+    (INPUT_MAX_BYTES) before writing a byte."""
+    dest = Path(dest_dir) / safe_filename(filename or posixpath.basename(storage_path))
     try:
         if isinstance(storage, ObjectStorage):
             return await storage.download(storage_path, dest, max_bytes=max_bytes)
@@ -361,15 +362,17 @@ async def fetch_source(
     stem: str | None = None,
 ) -> Path:
     """One input given as ``{url | storage_path | base64[, filename]}``, as a local file under ``dest_dir``.
-    Without ``filename`` the file is named ``stem`` plus the URL's extension (or ``.bin`` for base64); without a
-    ``stem`` either, after the URL (base64: ``input.bin``)."""
+    Without ``filename`` the file is named ``stem`` plus the URL's / object's extension (or ``.bin`` for
+    base64); without a ``stem`` either, after the URL or object (base64: ``input.bin``)."""
     filename = spec.get("filename")
     if spec.get("url"):
         if not filename and stem:
             filename = f"{stem}{Path(filename_from_url(spec['url'])).suffix}"
         return await fetch(spec["url"], dest_dir, filename=filename)
     if spec.get("storage_path"):
-        return await fetch_storage_input(storage, spec["storage_path"], dest_dir, max_bytes)
+        if not filename and stem:
+            filename = f"{stem}{Path(safe_filename(posixpath.basename(spec['storage_path']))).suffix}"
+        return await fetch_storage_input(storage, spec["storage_path"], dest_dir, max_bytes, filename=filename)
     return decode_base64_input(spec["base64"], dest_dir, safe_filename(filename, f"{stem or 'input'}.bin"), max_bytes)
 
 

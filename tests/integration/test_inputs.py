@@ -12,7 +12,7 @@ from aiohttp import web
 
 from comfy_worker.config import load_settings
 from comfy_worker.errors import InputRejected, InputUnavailable
-from comfy_worker.inputs import fetch_storage_input, fetch_url, settings_fetcher
+from comfy_worker.inputs import fetch_source, fetch_storage_input, fetch_url, settings_fetcher
 from comfy_worker.storage import LocalStorage
 
 PAYLOAD = os.urandom(200_000)
@@ -251,3 +251,20 @@ async def test_fetch_storage_input(tmp_path: Path) -> None:
     assert got.read_bytes() == PAYLOAD
     with pytest.raises(InputRejected, match=r"input storage_path 'uploads/u1/none\.mp4'"):
         await fetch_storage_input(storage, "uploads/u1/none.mp4", tmp_path / "work")
+
+
+async def test_a_storage_path_input_takes_its_filename_or_stem_like_a_url(tmp_path: Path) -> None:
+    """``{storage_path, filename}``: the file is named ``filename`` (it was named after the object, the filename
+    dropped); without one, a handler's ``stem`` plus the object's extension, as for a URL."""
+    storage = LocalStorage(tmp_path / "store")
+    src = tmp_path / "v.mp4"
+    src.write_bytes(PAYLOAD)
+    await storage.upload(src, "uploads/u1/blob")
+    fetch = settings_fetcher(load_settings({}))
+    spec = {"storage_path": "uploads/u1/blob", "filename": "clip.mp4"}
+    got = await fetch_source(spec, tmp_path / "a", fetch=fetch, storage=storage, max_bytes=len(PAYLOAD))
+    assert got == tmp_path / "a" / "clip.mp4" and got.read_bytes() == PAYLOAD
+    await storage.upload(src, "uploads/u1/v.mp4")
+    spec = {"storage_path": "uploads/u1/v.mp4"}
+    got = await fetch_source(spec, tmp_path / "b", fetch=fetch, storage=storage, max_bytes=len(PAYLOAD), stem="guide")
+    assert got == tmp_path / "b" / "guide.mp4" and got.read_bytes() == PAYLOAD

@@ -1,4 +1,5 @@
-"""Fixtures for running the real daemon in-process against real Postgres, a real ComfyUI and local storage."""
+"""Fixtures for running the real daemon in-process against real Postgres, a real ComfyUI and local storage (or
+the object store a STORAGE_URL in ``Harness.settings`` names; its credentials come from os.environ)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from comfy_worker.cli import build_registry
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.daemon import Daemon
 from comfy_worker.models import NewTask, Task
-from comfy_worker.storage import LocalStorage
+from comfy_worker.storage import open_storage
 from comfy_worker.store.postgres import PostgresStore
 from tests.integration.engine.conftest import ComfyServer, comfyui_server  # noqa: F401 - fixture re-export
 
@@ -80,7 +81,7 @@ class Harness:
         daemon = Daemon(
             settings,
             store=store,
-            storage=LocalStorage(Path(settings.local_storage_dir)),
+            storage=open_storage(settings),  # STORAGE_URL in the settings: the store it names
             registry=build_registry(settings, worker_id=worker_id, only=kw.pop("only", ())),
             worker_id=worker_id,
             **kw,

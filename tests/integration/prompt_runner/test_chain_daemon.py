@@ -9,15 +9,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from comfy_worker.handlers.prompt_runner.join import count_frames
 from comfy_worker.models import NewTask, TaskStatus
 from tests.integration.daemon.conftest import FAST, Harness, wait_task
 from tests.integration.engine.conftest import ComfyServer
 from tests.integration.prompt_runner.conftest import CHAIN_PROFILE, chain_params, comfy_history, latent_saves
+from tests.s3_server import BUCKET, MotoServer
 
 pytestmark = [pytest.mark.comfyui]
 REPO = Path(__file__).resolve().parents[3]
@@ -97,10 +102,46 @@ async def test_without_comfy_output_dir_the_task_fails_naming_the_setting(harnes
     assert "COMFY_OUTPUT_DIR" in task.error
 
 
+@dataclass
+class ChainStorage:
+    """Where a chain's files are stored: ``env`` selects it (worker env and settings); ``read`` / ``names`` look
+    at it as the test sees it (a storage path's bytes; the file names under a storage folder)."""
+
+    env: dict[str, str]
+    read: Callable[[str], bytes]
+    names: Callable[[str], list[str]]
+
+
+@pytest.fixture(params=["local", "s3"])
+def chain_storage(request: pytest.FixtureRequest, harness: Harness, monkeypatch: pytest.MonkeyPatch) -> ChainStorage:
+    """The local store, or a bucket on a real S3 server (moto): its AWS_* go into os.environ for the daemon in
+    this process and the worker subprocess."""
+    if request.param == "local":
+        root = harness.storage_dir
+        return ChainStorage(
+            {},
+            lambda path: (root / path).read_bytes(),
+            lambda folder: sorted(p.name for p in (root / folder).iterdir()),
+        )
+    moto: MotoServer = request.getfixturevalue("moto")
+    for key, value in moto.env().items():
+        monkeypatch.setenv(key, value)
+    prefix = f"chain-{uuid.uuid4().hex[:8]}"
+
+    def names(folder: str) -> list[str]:
+        return sorted(key.rsplit("/", 1)[1] for key in moto.keys(BUCKET, f"{prefix}/{folder}/"))
+
+    return ChainStorage(
+        {"STORAGE_URL": f"s3://{BUCKET}/{prefix}"}, lambda path: moto.object(BUCKET, f"{prefix}/{path}"), names
+    )
+
+
 @pytest.mark.slow
 async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
-    harness: Harness, comfyui_server: ComfyServer
+    harness: Harness, comfyui_server: ComfyServer, chain_storage: ChainStorage, tmp_path: Path
 ) -> None:
+    """The rescuer is "another machine": it has none of the chain's files but what the store holds (on S3:
+    the intermediates come back from the bucket; the local store is never made)."""
     # every sampler call takes ~0.6 s so the kill lands between chunk 2 and the end of chunk 3
     params = chain_params(overrides={"nodes": {"54": {"delay_s": 0.6}}}, keep_intermediate=True)
     name = params["video_name"]
@@ -115,6 +156,7 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
         "LOCAL_STORAGE_DIR": str(harness.storage_dir),
         "PROFILES_DIR": str(CHAIN_PROFILE.parent),
         "PYTHONPATH": str(REPO),
+        **chain_storage.env,
     }
     tid = await enqueue(harness, params)
     proc = await asyncio.create_subprocess_exec(
@@ -148,12 +190,15 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
     shutil.rmtree(comfyui_server.output_dir / "comfy_worker" / tid, ignore_errors=True)
 
     # KEEP_COMFY_FILES: ComfyUI's history stays, to count what ran
-    await harness.start_daemon("comfy-worker-rescuer", settings=harness.settings(
-        COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), KEEP_COMFY_FILES="true", **lease))  # fmt: skip
-    task = await wait_task(harness.store, tid, timeout=240)
+    with capture_logs() as logs:
+        await harness.start_daemon("comfy-worker-rescuer", settings=harness.settings(
+            COMFY_OUTPUT_DIR=str(comfyui_server.output_dir), KEEP_COMFY_FILES="true", **lease,
+            **chain_storage.env))  # fmt: skip
+        task = await wait_task(harness.store, tid, timeout=240)
     assert task.status is TaskStatus.COMPLETE, (task.error, task.error_details)
     assert task.worker_id == "comfy-worker-rescuer" and task.attempts == 2
-    final = harness.storage_dir / "prompt_runner" / tid / name / "final" / f"{name}.mp4"
+    final = tmp_path / f"{name}.mp4"
+    final.write_bytes(chain_storage.read(f"prompt_runner/{tid}/{name}/final/{name}.mp4"))
     assert await count_frames(final, decode=True) == 25
 
     # chunks 1-2 were not re-rendered: same ComfyUI prompts as at the kill, and ComfyUI ran each HIGH once
@@ -163,9 +208,15 @@ async def test_worker_killed_after_chunk_2_another_resumes_at_chunk_3(
     saves = latent_saves(await comfy_history(comfyui_server.base_url), name)
     assert len(saves["chunk_001"]) == 1 and len(saves["chunk_002"]) == 1
     assert saves["chunk_003"][-1] in task.result["prompts"][f"{name}-005-high"]
+    # what chunks 1-2 left came back from the store: chunk 2's reference frame for chunk 3, their segments
+    fetched = {e["plan_path"] for e in logs if e["event"] == "artifact_fetched"}
+    assert {f"{name}/videos/{name}_chunk_{c:03d}.mp4" for c in (1, 2)} <= fetched, fetched
+    assert f"{name}/references/{name}_chunk_002_ref.png" in fetched, fetched
     # keep_intermediate: the segments the resumed run joined are all in storage
-    videos = harness.storage_dir / "prompt_runner" / tid / name / "videos"
-    assert sorted(p.name for p in videos.iterdir()) == [f"{name}_chunk_{c:03d}.mp4" for c in (1, 2, 3)]
+    videos = chain_storage.names(f"prompt_runner/{tid}/{name}/videos")
+    assert videos == [f"{name}_chunk_{c:03d}.mp4" for c in (1, 2, 3)]
+    if chain_storage.env:
+        assert not harness.storage_dir.exists()  # on S3 nothing went to a local store
 
 
 async def test_a_permanent_step_error_fails_the_task_naming_the_step(

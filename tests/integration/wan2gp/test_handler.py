@@ -21,7 +21,8 @@ from comfy_worker.errors import ExecutionInterrupted, ExecutionTimeout, InputRej
 from comfy_worker.handlers.base import TaskContext
 from comfy_worker.inputs import settings_fetcher
 from comfy_worker.models import Task, TaskStatus
-from comfy_worker.storage import LocalStorage
+from comfy_worker.storage import LocalStorage, open_storage
+from tests.s3_server import BUCKET, MotoServer
 from worker_wgp.engine import WanEngine
 from worker_wgp.handler import WanHandler, handlers
 from worker_wgp.tasks import lora_filename
@@ -221,3 +222,35 @@ async def test_a_vace_task_gets_its_reference_images_to_wan2gp(
         result = await run(WanHandler("vace"), ctx)
     assert [o["kind"] for o in result.result["outputs"]] == ["video"]
     assert any(e.get("line", "").startswith("Reference images: ['image_refs") for e in logs), logs
+
+
+async def test_a_task_on_s3_reads_its_image_from_the_bucket_and_stores_the_video_there(
+    make_ctx: Callable[..., TaskContext], moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """STORAGE_URL=s3://… (a real S3 server, moto): the Wan2GP task's storage_path input comes from the bucket and
+    its video goes there, like every other task type's."""
+    for key, value in moto.env().items():
+        monkeypatch.setenv(key, value)
+    storage = open_storage(load_settings({"STORAGE_URL": f"s3://{BUCKET}/wan2gp"}))
+    moto.put(BUCKET, "wan2gp/incoming/start.png", PNG)
+    params = {
+        "prompt": "a cat walks",
+        "image_start": {"storage_path": "incoming/start.png"},
+        "resolution": "64x48",
+        "video_length": 9,
+        "num_inference_steps": 2,
+    }
+    ctx = make_ctx("i2v", params, task_id="t-s3")
+    ctx.storage = storage
+    try:
+        result = await run(WanHandler("i2v"), ctx)
+    finally:
+        await storage.aclose()
+    [out] = result.result["outputs"]
+    body = moto.object(BUCKET, f"wan2gp/{out['storage_path']}")
+    assert out["storage_path"].startswith("i2v/t-s3/") and body[4:8] == b"ftyp"
+    assert out["sha256"] == hashlib.sha256(body).hexdigest() and "X-Amz-Signature=" in result.output_url
+    # named after its key, as a URL's is (the object's own name was kept before)
+    assert [f.name for f in (ctx.work_dir / "inputs").iterdir()] == ["image_start.png"]
+    assert (ctx.work_dir / "inputs" / "image_start.png").read_bytes() == PNG
+    assert not (tmp_path / "stored").exists()
