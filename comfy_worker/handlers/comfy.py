@@ -17,6 +17,7 @@ daemon's GPU grant); ``execute`` follows it; ``finish`` stores the outputs.
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from comfy_worker.engine.workflow import set_input
 from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
 from comfy_worker.handlers.outputs import pick_output_url, upload_outputs
-from comfy_worker.inputs import fetch_source
+from comfy_worker.inputs import fetch_source, filename_from_url, safe_filename
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -198,6 +199,17 @@ async def fetch_input(ctx: TaskContext, spec: dict[str, Any], dest: Path) -> Pat
     )
 
 
+def input_name(spec: dict[str, Any]) -> str:
+    """The file name an input spec is saved under (``fetch_source`` without a stem)."""
+    if spec.get("filename"):
+        return safe_filename(spec["filename"])
+    if spec.get("url"):
+        return filename_from_url(spec["url"])
+    if spec.get("storage_path"):
+        return safe_filename(posixpath.basename(spec["storage_path"]))
+    return safe_filename(None, "input.bin")
+
+
 def input_subfolder(ctx: TaskContext) -> str:
     """Where a task's inputs go in ComfyUI's input folder."""
     return f"{UPLOAD_SUBFOLDER}/{ctx.task_key}"
@@ -209,8 +221,15 @@ async def upload_input(ctx: TaskContext, path: Path) -> str:
 
 
 async def upload_inputs(ctx: TaskContext, workflow: dict[str, Any], specs: list[dict[str, Any]]) -> None:
-    """Fetch every input, upload it to ComfyUI and point its node's input at the uploaded file."""
+    """Fetch every input, upload it to ComfyUI and point its node's input at the uploaded file. Inputs whose
+    names would collide (two URLs ending in ``image.png``) get the node and field in front of the name, so each
+    node gets its own file."""
+    taken: set[str] = set()
     for spec in specs:
+        name = input_name(spec)
+        if name in taken:
+            spec = {**spec, "filename": safe_filename(f"{spec['node_id']}.{spec['field']}-{name}")}
+        taken.add(input_name(spec))
         path = await fetch_input(ctx, spec, ctx.work_dir / "inputs")
         name = await upload_input(ctx, path)
         set_input(workflow, spec["node_id"], spec["field"], name)

@@ -85,6 +85,28 @@ async def test_video_url_contract_fetches_uploads_and_sets_the_input(
     assert await count_frames(harness.storage_dir / video["storage_path"], decode=True) == 6
 
 
+async def test_two_inputs_with_the_same_file_name_each_reach_their_own_node(
+    harness: Harness, http_files, tmp_path: Path
+) -> None:
+    """Both URLs end in clip.mp4: each node must still get its own video (not the last one fetched)."""
+    (tmp_path / "www" / "a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "www" / "b").mkdir(parents=True, exist_ok=True)
+    six = http_files("a/clip.mp4", make_mp4(tmp_path / "six.mp4", frames=6))
+    three = http_files("b/clip.mp4", make_mp4(tmp_path / "three.mp4", frames=3))
+    graph = wf.video_in()
+    graph["3"] = {**graph["1"], "inputs": dict(graph["1"]["inputs"])}
+    prefix = graph["2"]["inputs"]["filename_prefix"] + "_b"
+    graph["4"] = {"class_type": "CWSaveVideoMP4", "inputs": {"images": ["3", 0], "fps": 8.0, "filename_prefix": prefix}}
+    await harness.start_daemon()
+    tid = await harness.submit(graph, inputs=[{"url": six, "node_id": "1", "field": "video"},
+                                              {"url": three, "node_id": "3", "field": "video"}])  # fmt: skip
+    task = await wait_task(harness.store, tid)
+    assert task.status is TaskStatus.COMPLETE, task.error
+    frames = {o["node_id"]: await count_frames(harness.storage_dir / o["storage_path"], decode=True)
+              for o in task.result["outputs"]}  # fmt: skip
+    assert frames == {"2": 6, "4": 3}
+
+
 @pytest.mark.parametrize(
     ("mutate", "expect"),
     [
