@@ -9,8 +9,9 @@ In one run, with the servers in other processes (their memory is not counted):
    (tests/standins/storage.py, streaming bodies to disk) on 127.0.0.1;
 3. in a fresh measuring process each: (a) ``ObjectStorage.upload`` with a journal: the resumable S3
    multipart path (8 MiB parts, 4 in flight, SigV4 over httpx); (b) ``ObjectStorage.upload`` through obstore's
-   own streamed multipart (the path of GCS native, Azure and S3 without a static key); (c) the baseline,
-   ``SupabaseStorage.upload`` (TUS, 6 MiB chunks) to the stand-in;
+   own streamed multipart (the path of GCS native and S3 without a static key); (c) with Azurite (npm, when
+   .azurite/ has it) ``ObjectStorage.upload`` to ``az://`` with a journal: the resumable block blob path;
+   (d) the baseline, ``SupabaseStorage.upload`` (TUS, 6 MiB chunks) to the stand-in;
 4. peak RSS growth over each process's RSS just before the upload (psutil every 5 ms, and ru_maxrss),
    seconds and MiB/s; each stored object's size and SHA-256 are checked. Goal: <= 64 MiB growth.
 """
@@ -44,7 +45,8 @@ GOAL_MIB = 64
 BUCKET = "renders"
 LABELS = {
     "s3_resumable": "`ObjectStorage.upload` to moto S3: resumable multipart (8 MiB parts, 4 in flight)",
-    "s3_obstore": "`ObjectStorage.upload` to moto S3: obstore streamed multipart (GCS / Azure path)",
+    "s3_obstore": "`ObjectStorage.upload` to moto S3: obstore streamed multipart (the GCS native path)",
+    "az_blocks": "`ObjectStorage.upload` to Azurite: resumable block blob (8 MiB blocks, 4 in flight)",
     "supabase": "baseline: `SupabaseStorage.upload` (TUS, 6 MiB chunks) to the stand-in",
 }
 
@@ -64,6 +66,8 @@ async def measure(kind: str, source: Path, urls: dict[str, str], env: dict[str, 
 
     if kind == "supabase":
         storage = SupabaseStorage(urls["supabase"], KEY, "outputs", public=False, signed_url_ttl_s=3600)
+    elif kind == "az_blocks":
+        storage = ObjectStorage(f"az://{BUCKET}/bench", signed_url_ttl_s=3600, env=env)
     else:
         storage = ObjectStorage(f"s3://{BUCKET}/bench", signed_url_ttl_s=3600, env=env)
         if kind == "s3_obstore":
@@ -71,7 +75,7 @@ async def measure(kind: str, source: Path, urls: dict[str, str], env: dict[str, 
     await storage.check()
     sampler = PeakSampler().start()
     t0 = time.perf_counter()
-    journal = UploadJournal({}, None) if kind == "s3_resumable" else None
+    journal = UploadJournal({}, None) if kind in ("s3_resumable", "az_blocks") else None
     stored = await storage.upload(source, f"bench/{kind}/big.bin", journal=journal)
     seconds = time.perf_counter() - t0
     sampler.mark(kind)
@@ -158,20 +162,22 @@ def main() -> None:
         asyncio.run(serve_supabase(Path(args.serve)))
         return
     if args.measure:
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "AZURE_", "AZURITE_"))}
         print(json.dumps(asyncio.run(measure(args.measure, Path(args.source), json.loads(args.urls), env))))
         return
 
+    from tests.azurite_server import AZURITE, Azurite
     from tests.s3_server import MotoServer
 
     size = int(args.size_gb * 2**30)
     workdir = Path(tempfile.mkdtemp(prefix="cw-bench-objstore-"))
     free = shutil.disk_usage(workdir).free
-    need = 3 * size + 2**30  # moto's copies (parts, then the object) and the stand-in's copy
+    need = 4 * size + 2**30  # moto's copies (parts, then the object), Azurite's and the stand-in's copy
     if free < need:
         shutil.rmtree(workdir)
         raise SystemExit(f"need {need / 2**30:.1f} GiB free in {workdir.parent}, have {free / 2**30:.1f} GiB")
     moto = MotoServer(workdir / "moto.log")
+    azurite = None
     supabase = None
     printed: list[str] = []
     try:
@@ -187,12 +193,24 @@ def main() -> None:
         )
         assert supabase.stdout is not None
         urls = json.loads(supabase.stdout.readline())
+        kinds = ["s3_resumable", "s3_obstore", "supabase"]
+        if AZURITE.exists():  # installed by scripts/install.sh (npm)
+            (workdir / "azurite").mkdir()
+            azurite = Azurite(workdir / "azurite")
+            azurite.start()
+            kinds.insert(2, "az_blocks")
         results = []
-        for kind in ("s3_resumable", "s3_obstore", "supabase"):
-            r = run_measurement(kind, source, urls, moto.env())
+        for kind in kinds:
+            env = azurite.env() if kind == "az_blocks" and azurite is not None else moto.env()
+            r = run_measurement(kind, source, urls, env)
             if r["bytes"] != size or r["sha256"] != expected:
                 raise SystemExit(f"{kind}: the upload reported {r['bytes']} bytes / {r['sha256']}")
-            if kind != "supabase":
+            if kind == "az_blocks" and azurite is not None:
+                blob = azurite.container().get_blob_client(f"bench/bench/{kind}/big.bin")
+                if blob.get_blob_properties().size != size or azurite.uncommitted(f"bench/bench/{kind}/big.bin"):
+                    raise SystemExit(f"{kind}: Azurite does not hold the whole blob, or blocks are left uncommitted")
+                blob.delete_blob()
+            elif kind != "supabase":
                 head = moto.client().head_object(Bucket=BUCKET, Key=f"bench/bench/{kind}/big.bin")
                 if head["ContentLength"] != size:
                     raise SystemExit(f"{kind}: moto holds {head['ContentLength']} bytes, not {size}")
@@ -218,6 +236,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 supabase.kill()
         moto.stop()
+        if azurite is not None:
+            azurite.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
