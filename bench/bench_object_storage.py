@@ -121,7 +121,7 @@ def write_report(out: Path, size: int, results: list[dict[str, object]], command
         f"Command: `{command}`",
         "",
         "Peak RSS growth of the measuring process over its RSS just before the upload (psutil sampled every 5 ms;",
-        "moto and the Supabase stand-in run in other processes, on 127.0.0.1). Goal: <= 64 MiB.",
+        "moto, Azurite and the Supabase stand-in run in other processes, on 127.0.0.1). Goal: <= 64 MiB.",
         "",
         "| what | peak RSS growth (MiB) | ru_maxrss growth (MiB) | seconds | MiB/s | throughput vs baseline |",
         "|---|---:|---:|---:|---:|---:|",
