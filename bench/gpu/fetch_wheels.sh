@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mkdir -p .gpu-wheels
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    -d .gpu-wheels torchsde trampoline av structlog websockets tenacity asyncio-throttle python-dotenv
+    -d .gpu-wheels torchsde trampoline av structlog websockets tenacity asyncio-throttle python-dotenv obstore
 # the ComfyUI source: COMFY_0364_TARBALL, ../shared/vendor/ or GitHub's archive, checked (scripts/lib/comfyui_0364.sh)
 # shellcheck source=../../scripts/lib/comfyui_0364.sh
 source scripts/lib/comfyui_0364.sh

@@ -12,7 +12,7 @@ export MODELS_DIR="$COMFY_DIR/models"
 mkdir -p "$GPU_WORK"
 t0=$(date +%s)
 python3 -m pip install -q --no-index --find-links "$WHEELS" torchsde trampoline av structlog websockets tenacity \
-    asyncio-throttle python-dotenv 2>&1 | grep -v "^WARNING" || true
+    asyncio-throttle python-dotenv obstore 2>&1 | grep -v "^WARNING" || true
 if [[ ! -f "$COMFY_DIR/main.py" ]]; then
     rm -rf "$GPU_WORK/unpack" && mkdir -p "$GPU_WORK/unpack"
     tar -xzf "$WHEELS/comfyui-0.3.64.tar.gz" -C "$GPU_WORK/unpack"
