@@ -18,10 +18,12 @@ if [[ ! -f "$COMFY_DIR/main.py" ]]; then
     tar -xzf "$WHEELS/comfyui-0.3.64.tar.gz" -C "$GPU_WORK/unpack"
     mv "$GPU_WORK/unpack/"* "$COMFY_DIR"
 fi
-if ! command -v ffprobe >/dev/null && [[ -f "$WHEELS/ffmpeg-ffprobe.tar.xz" ]]; then
-    # the worker needs ffmpeg/ffprobe (chains: frame counts, reference frames, joins); a pod image has them
-    mkdir -p "$GPU_WORK/bin" && tar -xJf "$WHEELS/ffmpeg-ffprobe.tar.xz" -C "$GPU_WORK/bin"
-fi
+for ff in "$WHEELS/ffmpeg-ffprobe.tar.xz" .gpu-wheels-ffmpeg/ffmpeg-ffprobe.tar.xz; do
+    if [[ ! -x "$GPU_WORK/bin/ffprobe" && -f "$ff" ]]; then
+        # the worker needs ffmpeg/ffprobe (s2v audio, chains: frame counts, reference frames, joins); a pod image has them
+        mkdir -p "$GPU_WORK/bin" && tar -xJf "$ff" -C "$GPU_WORK/bin"
+    fi
+done
 export PATH="$GPU_WORK/bin:$PATH"
 stub="$GPU_WORK/stubs/comfyui_frontend_package"
 mkdir -p "$stub/static"

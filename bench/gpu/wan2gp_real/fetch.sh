@@ -9,7 +9,7 @@
 #    overlay/*.whl        Wan2GP's pins that differ from the machine's packages, for Wan2GP's python only:
 #                         transformers 4.54.0 (the machine has 5.x), tokenizers 0.21, huggingface_hub < 1.0
 #    site/*.whl           packages the machine lacks, imported when wgp.py is (import_closure.py finds them)
-# The ComfyUI side of the run is bench/gpu/fetch_wheels.sh (.gpu-wheels, ~61 MB): one call of its own.
+# The ComfyUI side of the run is bench/gpu/fetch_wheels.sh (.gpu-wheels, ~45 MB; ffmpeg in .gpu-wheels-ffmpeg, 22 MB): a call each.
 # gradio (54 MB; web UI only) is not fetched: standins/gradio replaces it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
