@@ -41,7 +41,7 @@ import datetime as dt
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -405,25 +405,16 @@ class ObjectStorage:
                     "part_size": part_size,
                 }
                 await journal.save(dest_path, entry)
-        count = -(-size // part_size)
-        expected = {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+        expected = _part_sizes(size, part_size)
+        count = len(expected)
         parts = {n: p for n, p in held.items() if expected.get(n) == p.size}
         todo = [n for n in expected if n not in parts]
-        gate = asyncio.Semaphore(self.concurrency)
 
         async def send(n: int) -> None:
-            async with gate:
-                parts[n] = await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
+            parts[n] = await s3.upload_part(key, upload_id, n, local_path, (n - 1) * part_size, expected[n])
 
         try:
-            # a TaskGroup: when one part fails for good the others are cancelled and awaited before anything
-            # else happens, so no part is still being sent when the upload is aborted or the error recorded
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for n in todo:
-                        group.create_task(send(n), name=f"s3-part-{n}")
-            except BaseExceptionGroup as failed:
-                raise _first_failure(failed) from None
+            await self._send_parts(todo, send, "s3-part")
             await s3.complete(key, upload_id, list(parts.values()), size=size, sha256=sha256)
         except (StorageRejected, StorageUnavailable) as exc:
             # never finishable, or nobody will resume it (no journal): abort, so no part is left billed. An
@@ -497,23 +488,16 @@ class ObjectStorage:
                 entry = None
         if journal is not None and not entry:
             await journal.save(dest_path, facts)
-        count = -(-size // part_size)
-        expected = {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+        expected = _part_sizes(size, part_size)
+        count = len(expected)
         ids = {n: block_id(sha256, part_size, n) for n in expected}
         todo = [n for n in expected if getattr(held.get(ids[n]), "size", None) != expected[n]]
-        gate = asyncio.Semaphore(self.concurrency)
 
         async def send(n: int) -> None:
-            async with gate:
-                await az.put_block(key, ids[n], local_path, (n - 1) * part_size, expected[n])
+            await az.put_block(key, ids[n], local_path, (n - 1) * part_size, expected[n])
 
         try:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for n in todo:
-                        group.create_task(send(n), name=f"az-block-{n}")
-            except BaseExceptionGroup as failed:
-                raise _first_failure(failed) from None
+            await self._send_parts(todo, send, "az-block")
             await az.commit(key, [ids[n] for n in expected], content_type, sha256)
         except (StorageRejected, StorageUnavailable) as exc:
             if isinstance(exc, StorageRejected) or journal is None:  # as for S3: nobody will finish it
@@ -526,6 +510,23 @@ class ObjectStorage:
             await journal.forget(dest_path)
         log.info("storage_multipart_done", path=dest_path, parts=count, sent=len(todo), resumed=bool(held))
         return sha256
+
+    async def _send_parts(self, todo: list[int], send: Callable[[int], Awaitable[None]], label: str) -> None:
+        """``send`` each part number in ``todo``, at most ``concurrency`` at a time, in a TaskGroup: when one part
+        fails for good the others are cancelled and awaited before anything else happens, so no part is still
+        being sent when the upload is aborted or the error recorded (the first failure is raised)."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(n: int) -> None:
+            async with gate:
+                await send(n)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for n in todo:
+                    group.create_task(one(n), name=f"{label}-{n}")
+        except BaseExceptionGroup as failed:
+            raise _first_failure(failed) from None
 
     async def _discard_az_quietly(self, key: str) -> None:
         try:
@@ -645,6 +646,11 @@ def _first_failure(group: BaseExceptionGroup) -> BaseException:
 def _read_hashed(path: Path) -> tuple[bytes, str]:
     data = path.read_bytes()
     return data, hashlib.sha256(data).hexdigest()
+
+
+def _part_sizes(size: int, part_size: int) -> dict[int, int]:
+    """Part number (from 1) → its length, for a ``size``-byte file cut into ``part_size`` pieces."""
+    return {n: min(part_size, size - (n - 1) * part_size) for n in range(1, -(-size // part_size) + 1)}
 
 
 def _file_sha256(path: Path) -> str:
