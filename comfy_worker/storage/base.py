@@ -10,6 +10,7 @@ forbidden, too large) and
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import posixpath
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,15 @@ class Storage(Protocol):
     async def aclose(self) -> None:
         """Release clients this storage owns."""
         ...
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (run it in a thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def validate_path(path: str) -> str:

@@ -66,6 +66,7 @@ from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
     UploadJournal,
+    file_sha256,
     retrying,
     upload_source,
     validate_path,
@@ -387,7 +388,7 @@ class ObjectStorage:
         assert s3 is not None
         key = self.key(dest_path)
         if sha256 is None:  # a resume must know it sends the rest of the same file: one read to hash it
-            sha256 = await asyncio.to_thread(_file_sha256, local_path)
+            sha256 = await asyncio.to_thread(file_sha256, local_path)
         part_size = self._part_size_for(size)
         upload_id, held = await self._resume_point(journal, dest_path, key, size, sha256, part_size)
         if upload_id == _STORED:
@@ -459,7 +460,7 @@ class ObjectStorage:
         assert az is not None
         key = self.key(dest_path)
         if sha256 is None:  # the block ids and a resume need the digest first: one read to hash it
-            sha256 = await asyncio.to_thread(_file_sha256, local_path)
+            sha256 = await asyncio.to_thread(file_sha256, local_path)
         part_size = self._part_size_for(size)
         facts = {
             "backend": "az",
@@ -651,14 +652,6 @@ def _read_hashed(path: Path) -> tuple[bytes, str]:
 def _part_sizes(size: int, part_size: int) -> dict[int, int]:
     """Part number (from 1) → its length, for a ``size``-byte file cut into ``part_size`` pieces."""
     return {n: min(part_size, size - (n - 1) * part_size) for n in range(1, -(-size // part_size) + 1)}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def download_object(

@@ -41,6 +41,7 @@ from comfy_worker.storage.base import (
     READ_BLOCK,
     StoredObject,
     UploadJournal,
+    file_sha256,
     retrying,
     upload_source,
     validate_path,
@@ -472,15 +473,6 @@ class _RangeHasher:
 
     def hexdigest(self) -> str:
         return self._known if self._known is not None else self._digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in blocks (run it in a thread)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
