@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfy_worker.builders import TASK_TYPES, accepted_keys, build_resolved, resolve
 from comfy_worker.builders.params import MEDIA_KEYS
-from comfy_worker.config import INPUT_URL_PREFIXES, Settings
+from comfy_worker.config import Settings, is_input_url
 from comfy_worker.errors import InputRejected
 from comfy_worker.models import NewTask
 from comfy_worker.store import TaskStore
@@ -69,7 +69,7 @@ def parse_sets(task_type: str, sets: list[str]) -> dict[str, Any]:
 
 
 def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(INPUT_URL_PREFIXES)
+    return is_input_url(value)
 
 
 async def run_build(

@@ -244,6 +244,12 @@ class Settings:
 # What a task input may name as a URL: fetched over HTTP, or from an object store with the store's credentials.
 INPUT_URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "azure://")
 
+
+def is_input_url(value: object) -> bool:
+    """Whether ``value`` is a URL an input may be fetched from; the scheme is matched case-insensitively
+    (``HTTPS://`` and ``S3://`` are the same URLs, as in ``engine.workflow``)."""
+    return isinstance(value, str) and value[:9].lower().startswith(INPUT_URL_PREFIXES)
+
 # STORAGE_URL schemes served by obstore (Rust object_store); ``azure`` is an alias of ``az``.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "gs", "az", "azure"})
 STORAGE_URL_SCHEMES = (*sorted(OBJECT_STORE_SCHEMES), "file", "supabase")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy_worker.config import INPUT_URL_PREFIXES
+from comfy_worker.config import is_input_url
 from comfy_worker.errors import InputRejected
 
 I2V, T2V, TI2V, S2V, FLF2V = "comfyui_i2v", "comfyui_t2v", "comfyui_ti2v", "comfyui_s2v", "comfyui_flf2v"
@@ -188,7 +188,7 @@ def _model_name(task_type: str, key: str, value: Any) -> str:
 
 
 def _media(task_type: str, key: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, str) and value.startswith(INPUT_URL_PREFIXES):
+    if is_input_url(value):
         return {"url": value}
     if not isinstance(value, dict):
         raise _refuse(task_type, key, "must be an object with one of url, storage_path or base64 (optionally filename)")

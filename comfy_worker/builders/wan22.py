@@ -37,7 +37,7 @@ from comfy_worker.builders.params import (
     resolve,
     s2v_windows,
 )
-from comfy_worker.config import INPUT_URL_PREFIXES
+from comfy_worker.config import is_input_url
 
 Link = list[Any]  # [node_id, output_index]
 
@@ -293,7 +293,7 @@ def build(
     raw = dict(params or {})
     names = dict(media or {})
     for key in MEDIA_KEYS:
-        if isinstance(raw.get(key), str) and not raw[key].startswith(INPUT_URL_PREFIXES):
+        if isinstance(raw.get(key), str) and not is_input_url(raw[key]):
             names.setdefault(key, raw.pop(key))
         if names.get(key) and key not in raw:
             raw[key] = {"storage_path": names[key]}  # satisfies "required"; the graph uses the name

@@ -8,10 +8,10 @@ shapes are understood: the older ``[["a", "b"], {...}]`` enum form and the curre
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from comfy_worker.config import is_input_url
 from comfy_worker.engine.nodespec import (  # noqa: F401 - re-exported: the public names of engine.workflow
     API_FORMAT_ADVICE,
     PRIMITIVE_TYPES,
@@ -41,7 +41,6 @@ KNOWN_FILE_INPUTS: frozenset[tuple[str, str]] = frozenset(
         ("CWLoadVideo", "video"),
     }
 )
-_URL = re.compile(r"^(https?|s3|gs|az|azure)://", re.I)  # config.INPUT_URL_PREFIXES
 # Loader inputs that name a model file → the folder under ComfyUI's models/ where that file belongs.
 MODEL_FOLDERS: dict[tuple[str, str], str] = {
     ("UNETLoader", "unet_name"): "diffusion_models",
@@ -304,7 +303,7 @@ def find_media_inputs(workflow: Mapping[str, Any], object_info: Mapping[str, Any
         for name, value in (node.get("inputs") or {}).items():
             if (
                 isinstance(value, str)
-                and _URL.match(value.strip())
+                and is_input_url(value.strip())
                 and is_file_input(class_type, name, opts_by_name.get(name, {}))
             ):
                 found.append(MediaInput(str(node_id), name, value.strip()))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from comfy_worker.builders import TASK_TYPES, accepted_keys, resolve
+from comfy_worker.builders import TASK_TYPES, accepted_keys, build, resolve
 from comfy_worker.builders.params import I2V, S2V, T2V, TI2V, round_frames
 from comfy_worker.errors import InputRejected
 
@@ -122,3 +122,11 @@ def test_seed_style_aliases() -> None:
     assert resolve(I2V, {"image_url": "https://x/a.png"}).media == {"image": {"url": "https://x/a.png"}}
     assert resolve(I2V, {"image_base64": "aGk="}).media == {"image": {"base64": "aGk="}}
     assert resolve(I2V, {"image": "https://x/a.png"}).media == {"image": {"url": "https://x/a.png"}}
+
+
+@pytest.mark.parametrize("url", ["HTTPS://x/a.png", "Http://x/a.png", "S3://bucket/a.png", "Az://c/a.png"])
+def test_url_scheme_is_case_insensitive(url: str) -> None:
+    # a scheme in capitals is the same URL (RFC 3986): it is fetched, not taken for a file name in ComfyUI's input
+    assert resolve(I2V, {"image": url}).media == {"image": {"url": url}}
+    graph = build("comfyui_i2v", {"image": url, "seed": 1}, {"image": "comfy_worker/t1/a.png"})
+    assert any(n["inputs"].get("image") == "comfy_worker/t1/a.png" for n in graph.values())
