@@ -17,7 +17,7 @@ as its supervised child, the embedded SQLite queue, local storage), inserts task
   (832x480x81, 4-step LoRA).
 * ``speed`` — issue 24's sampling options (compile, EasyCache / LazyCache, ``--fast``) on the 5B at 1280x704x121:
   s/step and fidelity (final latent against the default's, same seed); ``goal`` — the 20-step 5B task, default
-  against ``speed: "fast"``, through the daemon.
+  against ``speed: "fast"``, through the daemon; ``goal14`` the same for the 14B ``comfyui_i2v`` 4-step LoRA task.
 * ``coverage`` — every Wan 2.2 task type (t2v with and without the LoRA, i2v with a user LoRA, flf2v, ti2v
   with and without an image, s2v over two audio windows) executed by the real nodes through the daemon, with
   models 2 blocks deep at full width (the same types to ComfyUI): each output probed with ffprobe.
@@ -561,6 +561,27 @@ def phase_goal(results: dict[str, Any]) -> None:
     vram.stop()
 
 
+def phase_goal14(results: dict[str, Any]) -> None:
+    """The 14B goal runs: ``comfyui_i2v`` HIGH/LOW at 832x480x81 with the 4-step LoRA (``use_lora``), default against
+    ``speed: "fast"`` (compile on both models + the LoRA), each twice (the first loads / compiles), one daemon."""
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    vram = VramSampler()
+    b64 = image_b64(832, 480)
+    rows = results.setdefault("goal14", [])
+    d = registered_daemon("goal14")
+    cases = [("default (use_lora)", {})] * 2 + [("speed: fast", {"speed": "fast"})] * 2
+    for i, (label, extra) in enumerate(cases):
+        t_ins = time.time()
+        tid = enqueue(d, "comfyui_i2v", {**i2v_params(70 + i, True, b64), **extra})
+        row = wait_task(d, tid, 900)
+        s = summarize_task(d, vram, tid, f"goal14 {label} #{i}")
+        s["insert_to_complete_s"] = round(ts(row, "completed_at") - t_ins, 2)
+        rows.append(s)
+        (OUT / "results_goal14.json").write_text(json.dumps(results, indent=2))
+    results["goal14_daemon_exit"] = d.stop()
+    vram.stop()
+
+
 def i2v_params(seed: int, lora: bool, b64: str) -> dict[str, Any]:
     p: dict[str, Any] = {"prompt": "a sunset over the beach, waves", "width": 832, "height": 480, "num_frames": 81,
                          "seed": seed, "image": {"base64": b64, "filename": "start.png"}}  # fmt: skip
@@ -800,6 +821,7 @@ def main() -> int:
         "warm14": phase_warm14,
         "speed": phase_speed,
         "goal": phase_goal,
+        "goal14": phase_goal14,
     }
     kill_leftovers()
     try:
