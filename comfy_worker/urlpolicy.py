@@ -75,13 +75,27 @@ def address_problem(ip: IPAddress) -> str | None:
     return None
 
 
-def host_allowlisted(host: str, allowlist: tuple[str, ...]) -> bool:
-    """True when ``host`` matches an allow-list entry: an exact host name or address, or
-    ``*.example.com`` / ``.example.com`` for every subdomain of example.com."""
+def _split_entry(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry as (host, port or None): ``host``, ``host:8443``, ``[::1]``, ``[::1]:8443``, ``::1``."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:  # a name, or a bare IPv6 address
+        host, port = entry, ""
+    return host.rstrip("."), int(port) if port.isdigit() else None
+
+
+def host_allowlisted(host: str, allowlist: tuple[str, ...], port: int | None = None) -> bool:
+    """True when ``host`` (and ``port``) match an allow-list entry: an exact host name or address, or
+    ``*.example.com`` / ``.example.com`` for every subdomain of example.com; an entry with a port
+    (``hooks.internal:8443``, ``[fd00::5]:8443``) opens that port only, one without opens every port."""
     host = host.lower().rstrip(".").strip("[]")
     for raw in allowlist:
-        entry = raw.strip().lower().rstrip(".").strip("[]")
-        if not entry:
+        entry, entry_port = _split_entry(raw)
+        if not entry or (entry_port is not None and entry_port != port):
             continue
         if entry.startswith(("*.", ".")):
             suffix = entry[entry.index(".") :]
@@ -133,9 +147,10 @@ async def prepare_request(
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise policy.rejected(f"{what} {shown}{via} has no host")
-    if host_allowlisted(host, allowlist):
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if host_allowlisted(host, allowlist, port):
         return parsed, {}, {}
-    addresses = await resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80), policy)
+    addresses = await resolve(host, port, policy)
     if not addresses:
         raise policy.unavailable(f"{what} host {host!r} resolved to no addresses")
     for ip in addresses:

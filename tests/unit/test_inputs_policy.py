@@ -77,6 +77,24 @@ def test_host_allowlisted(host: str, allowlist: tuple[str, ...], allowed: bool) 
 
 
 @pytest.mark.parametrize(
+    ("host", "port", "allowlist", "allowed"),
+    [
+        ("hooks.internal", 8443, ("hooks.internal:8443",), True),
+        ("hooks.internal", 22, ("hooks.internal:8443",), False),  # a port entry opens that port only
+        ("hooks.internal", 22, ("hooks.internal",), True),  # no port: every port, as before
+        ("a.hooks.internal", 443, ("*.hooks.internal:443",), True),
+        ("a.hooks.internal", 80, ("*.hooks.internal:443",), False),
+        ("fd00::5", 8443, ("[fd00::5]:8443",), True),
+        ("fd00::5", 80, ("[fd00::5]:8443",), False),
+        ("fd00::5", 80, ("fd00::5",), True),  # a bare IPv6 address has no port
+        ("::1", 80, ("[::1]",), True),
+    ],
+)
+def test_host_allowlisted_port(host: str, port: int, allowlist: tuple[str, ...], allowed: bool) -> None:
+    assert host_allowlisted(host, allowlist, port) is allowed
+
+
+@pytest.mark.parametrize(
     ("name", "safe"),
     [
         ("clip.mp4", "clip.mp4"),
@@ -120,6 +138,16 @@ async def test_prepare_request_pins_a_public_address() -> None:
 async def test_prepare_request_refuses_localhost_by_name() -> None:
     with pytest.raises(InputRejected, match=r"resolves to (127\.0\.0\.1|::1), a loopback address"):
         await prepare_request("http://localhost:8188/view", allowlist=(), allow_private=False)
+
+
+async def test_allowlist_port_entry_opens_that_port_only() -> None:
+    allow = ("localhost:8188",)
+    target, _, _ = await prepare_request("http://localhost:8188/view", allowlist=allow, allow_private=False)
+    assert target.port == 8188
+    with pytest.raises(InputRejected, match="a loopback address"):
+        await prepare_request("http://localhost:6379/", allowlist=allow, allow_private=False)
+    with pytest.raises(InputRejected, match="a loopback address"):  # the scheme's default port is the port
+        await prepare_request("http://localhost/", allowlist=allow, allow_private=False)
 
 
 async def test_metadata_stays_refused_with_allow_private() -> None:
