@@ -73,6 +73,9 @@ class ChainEnv:
     confine_paths: bool = True
     input_dir: Path | None = None  # ComfyUI's input folder, when known: names in it are checked for symlinks
     uploads: UploadJournal | None = None  # where large uploads keep their resume point (the task's checkpoint)
+    # Runs each upload: a task passes handlers.outputs.stop_when_dropped (a cancelled or lost task stops its
+    # upload at once, parts and all); a local CLI run awaits it as it is (Ctrl-C cancels it anyway).
+    guard: Callable[[Awaitable[Any], str], Awaitable[Any]] | None = None
 
     @property
     def artifacts_root(self) -> Path:
@@ -166,9 +169,18 @@ class ChainRunner:
         log.info("artifact_fetched", plan_path=plan_path, storage_path=stored)
         return path
 
+    async def upload(self, local_path: Path, plan_path: str, *, journal: bool = True) -> Any:
+        """Upload ``local_path`` to ``{storage_prefix}/{plan_path}`` through the env's guard; the stored object."""
+        work = self.env.storage.upload(
+            local_path, self.storage_path(plan_path), journal=self.env.uploads if journal else None
+        )
+        if self.env.guard is None:
+            return await work
+        return await self.env.guard(work, f"uploading {plan_path}")
+
     async def keep(self, local_path: Path, plan_path: str) -> str:
         """Upload an artifact to storage and record it."""
-        stored = await self.env.storage.upload(local_path, self.storage_path(plan_path), journal=self.env.uploads)
+        stored = await self.upload(local_path, plan_path)
         self.state.artifacts[plan_path] = stored.path
         return stored.path
 
@@ -206,9 +218,7 @@ class ChainRunner:
             frames, mode = await join.count_frames(out), "comfyui"
             if frames != self.plan.total_frames:  # e.g. a combine workflow that interpolates (RIFE) on purpose
                 log.warning("final_frame_count", frames=frames, expected=self.plan.total_frames, mode=mode)
-        stored = await self.env.storage.upload(
-            out, self.storage_path(self.plan.final_output_path), journal=self.env.uploads
-        )
+        stored = await self.upload(out, self.plan.final_output_path)
         self.state.final = {
             "storage_path": stored.path,
             "url": stored.url,

@@ -24,6 +24,7 @@ write latents and reference frames there by absolute path.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from comfy_worker.engine.paths import kind_of_input, path_problems
 from comfy_worker.engine.scoped import task_subfolder
 from comfy_worker.errors import ConfigError
 from comfy_worker.handlers.base import HandlerResult, TaskContext
+from comfy_worker.handlers.outputs import stop_when_dropped
 from comfy_worker.handlers.prompt_runner.dryrun import plan_for
 from comfy_worker.handlers.prompt_runner.executor import ChainEnv, ChainOptions, ChainRunner
 from comfy_worker.handlers.prompt_runner.profile import Profile, load_profile, load_task_profile
@@ -162,6 +164,7 @@ class PromptRunnerHandler:
             files_root=root / task_subfolder(task.task_id) / "chain",  # removed with the task's other files
             input_dir=comfy_folders(ctx.settings).input,  # as cleanup sees it (COMFY_ARGS too)
             uploads=ctx.uploads,
+            guard=functools.partial(stop_when_dropped, ctx),
             work_dir=ctx.work_dir,
             save_state=ctx.checkpoint,
             progress=ctx.progress,
@@ -197,9 +200,7 @@ class PromptRunnerHandler:
         state_file = ctx.work_dir / "state" / f"{plan.video_name}.json"
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(runner.state.to_dict(), indent=2) + "\n", encoding="utf-8")
-        stored_state = await ctx.storage.upload(
-            state_file, runner.storage_path(f"{plan.video_name}/state/{plan.video_name}.json")
-        )
+        stored_state = await runner.upload(state_file, f"{plan.video_name}/state/{plan.video_name}.json", journal=False)
         removed = await runner.cleanup()
         kept = {} if not runner.options.keep_intermediate else dict(runner.state.artifacts)
         return HandlerResult(
