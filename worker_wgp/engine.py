@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import re
 import shutil
 from collections import deque
 from dataclasses import asdict
@@ -41,6 +42,7 @@ from comfy_worker.config import Settings
 from comfy_worker.engine.base import WAN2GP, GpuGuard
 from comfy_worker.engine.outputs import OutputItem, content_type_of, kind_of
 from comfy_worker.errors import ComfyWorkerError, ExecutionFailed, ExecutionTimeout
+from comfy_worker.inputs import safe_filename
 from comfy_worker.models import Task
 from worker_wgp import protocol as p
 from worker_wgp.process import ChildProcess
@@ -183,10 +185,34 @@ class WanEngine(Supervision, Requests):
             if not source.is_file():
                 raise ExecutionFailed(f"Wan2GP reported {source} but the file is not there",
                                       details={"engine": self.name, "file": str(source)})
-            target = dest / source.name
+            target = dest / output_name(source.name, {item.filename for item in items})
             await asyncio.to_thread(shutil.move, source, target)
             items.append(await asyncio.to_thread(output_item, target))
         return items
+
+
+# Wan2GP's own name for a generation (wgp.py, no ``output_filename`` set): the time, the seed and up to 100 bytes
+# of the prompt, with spaces and most punctuation left in: "2026-12-07-13h03m22s_seed1_a red fox runs.mp4"
+_WAN2GP_NAME = re.compile(
+    r"(?P<stem>\d{4}-\d{2}-\d{2}-\d{2}h\d{2}m\d{2}s_seed\d+)(?:_.*)?(?P<ext>\.[A-Za-z0-9]{1,8})", re.S)
+
+
+def output_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """The name a generated file is stored under (it becomes the last part of the object key and of its URL).
+    Wan2GP names a video after its prompt; the prompt has no place in a key or a URL (spaces, quotes, any
+    script, whatever the user wrote), so the time and seed stay and the prompt goes:
+    ``2026-12-07-13h03m22s_seed1.mp4``. Any other name is made safe (``safe_filename``); a name already
+    ``taken`` by this task's outputs gets ``_2``, ``_3``…"""
+    m = _WAN2GP_NAME.fullmatch(name)
+    base = f"{m['stem']}{m['ext']}" if m else safe_filename(name, "output")
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}{dot}{ext}"
+    return candidate
 
 
 def output_item(path: Path) -> OutputItem:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -80,6 +81,20 @@ async def run(handler: WanHandler, ctx: TaskContext) -> Any:
     prepared = await handler.submit(ctx, await handler.prepare(ctx))
     executed = await handler.execute(ctx, prepared)
     return await handler.finish(ctx, executed)
+
+
+async def test_the_stored_name_keeps_wan2gp_time_and_seed_and_drops_the_prompt(
+    engine: WanEngine, make_ctx: Callable[..., TaskContext], tmp_path: Path
+) -> None:
+    """The real Wan2GP (GPU run, issue 23) names a video ``<time>_seed<N>_<prompt>.mp4`` with the prompt's spaces
+    and punctuation in it, as the stand-in now does; the object key and URL carry the time and seed only."""
+    prompt = 'a "red" fox & a café: #1 at 50% off?'
+    params = {"prompt": prompt, "resolution": "64x48", "video_length": 5, "num_inference_steps": 1, "seed": 7}
+    result = await run(WanHandler("t2v"), make_ctx("t2v", params, task_id="t-name"))
+    [out] = result.result["outputs"]
+    assert re.fullmatch(r"t2v/t-name/\d{4}-\d{2}-\d{2}-\d{2}h\d{2}m\d{2}s_seed7\.mp4", out["storage_path"]), out
+    assert out["filename"] == out["storage_path"].rsplit("/", 1)[1] and "fox" not in out["url"]
+    assert (tmp_path / "stored" / out["storage_path"]).read_bytes()[4:8] == b"ftyp"
 
 
 async def test_i2v_task_fetches_inputs_and_loras_and_stores_the_video(

@@ -317,7 +317,7 @@ def generate_media(
         phase = "VAE Decoding" if step == num_inference_steps else "Denoising"
         send_cmd("progress", [(step, num_inference_steps), f"Prompt 1/1 | {phase} | 0.{step}s",
                               num_inference_steps])
-    path = _write_output(model_type, resolution, video_length, seed)
+    path = _write_output(model_type, resolution, video_length, seed, prompt)
     print(f"New video saved to Path: {path}")
     gen["file_list"].append(path)
     send_cmd("output")
@@ -335,10 +335,20 @@ def _should_crash(prompt: str, once: bool) -> bool:
     return True
 
 
-def _write_output(model_type: str, resolution: str, video_length: int, seed: int) -> str:
+def _file_stem(prompt: str, seed: int) -> str:
+    """Named as the real wgp.py (8681e9f) names a generation without ``output_filename``: the time to the second,
+    the seed and the prompt truncated to 100 bytes, only ``/\\*:|?<>"`` and line breaks taken out (spaces, quotes
+    and any script stay), e.g. ``2026-12-07-13h03m22s_seed1_a red fox runs through the snow``."""
+    text = prompt.encode()[:100].decode(errors="ignore")
+    for ch in '/\\*:|?<>"\n\r':
+        text = text.replace(ch, "")
+    return f"{time.strftime('%Y-%m-%d-%Hh%Mm%Ss')}_seed{seed}_{text.strip()}"
+
+
+def _write_output(model_type: str, resolution: str, video_length: int, seed: int, prompt: str) -> str:
     os.makedirs(save_path, exist_ok=True)
     width, height = resolution.split("x")
-    stem = f"{time.strftime('%Y-%m-%d-%Hh%Mm%Ss')}_{time.time_ns() % 10**9}_seed{seed}"
+    stem = _file_stem(prompt, seed)
     if model_type in IMAGE_MODELS:
         path = os.path.join(image_save_path, f"{stem}.png")
         args = ["-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate=1", "-frames:v", "1"]
