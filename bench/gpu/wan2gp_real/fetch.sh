@@ -44,7 +44,7 @@ pip download -q --no-deps "${PLAT[@]}" -d "$stage/site" \
     mmgp==3.7.12 optimum-quanto==0.2.7 diffusers==0.36.0 easydict gitpython==3.1.45 gitdb==4.0.12 smmap \
     ffmpeg-python future soundfile cffi pycparser ftfy wcwidth rembg==2.0.65 pymatting pooch platformdirs \
     jsonschema jsonschema-specifications referencing rpds-py loguru librosa==0.11.0 soxr audioread decorator \
-    omegaconf pydub more-itertools
+    omegaconf pydub more-itertools mutagen
 # sdists only (pure python), and imageio-ffmpeg without its bundled 68 MB ffmpeg (IMAGEIO_FFMPEG_EXE points at
 # the static ffmpeg bench/gpu/fetch_wheels.sh carries)
 pip wheel -q --no-deps -w "$stage/site" antlr4-python3-runtime==4.9.3 openai-whisper==20250625 smplfitter==0.2.10

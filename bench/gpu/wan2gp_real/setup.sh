@@ -33,9 +33,10 @@ if [[ ! -f "$WGP/.installed" ]]; then
 fi
 ffmpeg_bin="$(command -v ffmpeg || true)"
 [[ -n "$ffmpeg_bin" ]] || { echo "wan2gp setup: no ffmpeg on PATH: source bench/gpu/setup_env.sh first" >&2; return 2; }
-mkdir -p "$WAN2GP_PATH/ffmpeg_bins"  # Wan2GP's download_ffmpeg() finds them there and downloads nothing
-ln -sf "$ffmpeg_bin" "$WAN2GP_PATH/ffmpeg_bins/ffmpeg"
-ln -sf "$(command -v ffprobe)" "$WAN2GP_PATH/ffmpeg_bins/ffprobe"
+# ffmpeg stays on PATH only: Wan2GP's download_ffmpeg() (shared/ffmpeg_setup.py) takes an ffmpeg found in its
+# ffmpeg_bins/ for a downloaded build and, finding no libavdevice.so beside it, tries GitHub (the first GPU run
+# linked it there and logged "Failed to download FFmpeg binaries automatically"); one on PATH is trusted as is
+rm -f "$WAN2GP_PATH/ffmpeg_bins/ffmpeg" "$WAN2GP_PATH/ffmpeg_bins/ffprobe"
 export WAN2GP_PYTHON="$WGP/python"
 cat >"$WAN2GP_PYTHON" <<WRAP
 #!/usr/bin/env bash
