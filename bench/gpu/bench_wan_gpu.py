@@ -221,7 +221,11 @@ class Daemon(DaemonProcess):
 
 
 def registered_daemon(name: str, env_extra: dict[str, str] | None = None) -> Daemon:
-    """A daemon on a fresh queue, started, once it has registered."""
+    """A daemon on a fresh queue, started, once it has registered. ``GC_PROBE=1``: ComfyUI runs under
+    bench/gpu/comfy_gc_probe (its slow garbage collections in the daemon's log as ``gc_probe:`` lines)."""
+    if os.environ.get("GC_PROBE") == "1":
+        probe = Path(__file__).resolve().parent / "comfy_gc_probe" / "python"
+        env_extra = {**(env_extra or {}), "COMFY_PYTHON": str(probe)}
     d = Daemon(name, env_extra)
     fresh_sqlite(d.db)
     d.migrate()
