@@ -4,6 +4,8 @@ ComfyUI's path.) For 121 frames of ffmpeg ``testsrc2`` at 1280x704 (the 5B ti2v 
 * ``savevideo_h264``: what stock ``SaveVideo`` does today (PyAV h264 defaults, rgb24 -> yuv420p, mp4): the baseline;
 * ``png_level1``: what stock ``SaveImageWebsocket`` (ComfyUI's custom_nodes/websocket_image_save.py) does per frame
   (PIL PNG, compress_level 1), serially in ComfyUI's server loop;
+* ``apng_level0``: what stock ``SaveAnimatedPNG`` does with ``compress_level`` 0 (one animated PNG, zlib storing
+  without compressing: the cheapest stock way to get every frame out losslessly);
 * ``raw_copy``: the frames' bytes copied once (what a raw hand-over, e.g. shared memory, would cost).
 
 Prints seconds per video and each ratio against the baseline. Needs PyAV, Pillow and numpy (the test ComfyUI's
@@ -54,6 +56,13 @@ def png_level1(frames: np.ndarray) -> int:
     return size
 
 
+def apng_level0(frames: np.ndarray) -> int:
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="PNG", compress_level=0, save_all=True, duration=42, append_images=images[1:])
+    return len(buf.getvalue())
+
+
 def raw_copy(frames: np.ndarray) -> int:
     return len(frames.tobytes())
 
@@ -67,7 +76,8 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     frames = natural_frames(width, height, args.frames)
     ways: list[tuple[str, Callable[[np.ndarray], int]]] = [
-        ("savevideo_h264", savevideo_h264), ("png_level1", png_level1), ("raw_copy", raw_copy)]  # fmt: skip
+        ("savevideo_h264", savevideo_h264), ("png_level1", png_level1), ("apng_level0", apng_level0),
+        ("raw_copy", raw_copy)]  # fmt: skip
     best: dict[str, float] = {}
     for i in range(args.repeat):
         for name, fn in ways:
