@@ -35,7 +35,7 @@ import re
 import shutil
 from collections import deque
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from comfy_worker.config import Settings
@@ -181,11 +181,13 @@ class WanEngine(Supervision, Requests):
         its size and SHA-256."""
         dest.mkdir(parents=True, exist_ok=True)
         items: list[OutputItem] = []
+        taken: set[str] = set()
         for source in followed.files:
             if not source.is_file():
                 raise ExecutionFailed(f"Wan2GP reported {source} but the file is not there",
                                       details={"engine": self.name, "file": str(source)})
-            target = dest / output_name(source.name, {item.filename for item in items})
+            target = dest / output_name(source.name, taken)
+            taken.add(target.name)
             await asyncio.to_thread(shutil.move, source, target)
             items.append(await asyncio.to_thread(output_item, target))
         return items
@@ -204,14 +206,11 @@ def output_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> st
     ``2026-12-07-13h03m22s_seed1.mp4``. Any other name is made safe (``safe_filename``); a name already
     ``taken`` by this task's outputs gets ``_2``, ``_3``…"""
     m = _WAN2GP_NAME.fullmatch(name)
-    base = f"{m['stem']}{m['ext']}" if m else safe_filename(name, "output")
-    stem, dot, ext = base.rpartition(".")
-    if not dot:
-        stem, ext = base, ""
-    candidate, n = base, 1
+    base = PurePath(f"{m['stem']}{m['ext']}" if m else safe_filename(name, "output"))
+    candidate, n = base.name, 1
     while candidate in taken:
         n += 1
-        candidate = f"{stem}_{n}{dot}{ext}"
+        candidate = f"{base.stem}_{n}{base.suffix}"
     return candidate
 
 
