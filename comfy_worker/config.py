@@ -102,6 +102,9 @@ class Settings:
     comfy_startup_timeout: float = 180.0
     comfy_restart_max: int = 5
     comfy_output_dir: str = ""
+    # "worker": a task's SaveVideo becomes ComfyWorkerSaveVideo and the worker encodes the frames with ffmpeg while
+    # ComfyUI runs the next prompt (engine/frames.py); "comfyui": SaveVideo encodes on ComfyUI's path
+    video_encode: str = "worker"
     # long runs: cleanup of what tasks leave in ComfyUI, orphan sweeps, the disk floor (README "Running for weeks")
     comfy_input_dir: str = ""
     comfy_temp_dir: str = ""
@@ -300,6 +303,7 @@ def _redact_url(url: str) -> str:
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "video_encode": _choice("worker", "comfyui"),
     "auto_migrate": _bool,
     "task_types": _csv,
     "lease_seconds": _number(float, 1),

@@ -69,12 +69,13 @@ def _args(workdir: Path) -> list[str]:
 
 
 def start_comfyui_0364(
-    port: int, *, workdir: Path | None = None, timeout_s: float = 120.0
+    port: int, *, workdir: Path | None = None, timeout_s: float = 120.0, extra_args: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ComfyUI 0.3.64 on 127.0.0.1:port with private input/output/model folders; wait for /system_stats."""
+    """Start ComfyUI 0.3.64 on 127.0.0.1:port with private input/output/model folders; wait for /system_stats.
+    ``extra_args``: more of ComfyUI's arguments (the worker's custom-node folder, as its supervisor passes it)."""
     python, tree = comfy_0364_paths()
     if not comfy_0364_available():
         raise RuntimeError(f"no ComfyUI 0.3.64 in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-comfy-0364-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    return launch_comfyui(python, tree, port, _args(workdir), workdir, timeout_s)
+    return launch_comfyui(python, tree, port, [*_args(workdir), *(extra_args or [])], workdir, timeout_s)

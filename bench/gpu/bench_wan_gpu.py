@@ -177,9 +177,9 @@ def kill_leftovers() -> None:
 class Daemon(DaemonProcess):
     """``python -m comfy_worker`` on the phase's SQLite queue, with its JSON log parsed as it is written."""
 
-    def __init__(self, name: str, env_extra: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, env_extra: dict[str, str] | None = None, db: str = "queue.db") -> None:
         self.name = name
-        self.db = WORK / "queue.db"
+        self.db = WORK / db
         env = {
             **os.environ,
             "COMFY_PATH": str(COMFY),
@@ -220,13 +220,13 @@ class Daemon(DaemonProcess):
         raise SystemExit(f"no {event} within {timeout} s; see {self.log_path}")
 
 
-def registered_daemon(name: str, env_extra: dict[str, str] | None = None) -> Daemon:
+def registered_daemon(name: str, env_extra: dict[str, str] | None = None, db: str = "queue.db") -> Daemon:
     """A daemon on a fresh queue, started, once it has registered. ``GC_PROBE=1``: ComfyUI runs under
     bench/gpu/comfy_gc_probe (its slow garbage collections in the daemon's log as ``gc_probe:`` lines)."""
     if os.environ.get("GC_PROBE") == "1":
         probe = Path(__file__).resolve().parent / "comfy_gc_probe" / "python"
         env_extra = {**(env_extra or {}), "COMFY_PYTHON": str(probe)}
-    d = Daemon(name, env_extra)
+    d = Daemon(name, env_extra, db)
     fresh_sqlite(d.db)
     d.migrate()
     d.start()
@@ -801,6 +801,85 @@ def phase_efficiency(results: dict[str, Any], n: int = 6) -> None:
     results["eff_daemon_exit"] = d.stop()
 
 
+def encode_batch(d: Daemon, vram: VramSampler, task_type: str, params: list[dict[str, Any]], label: str
+                 ) -> dict[str, Any]:  # fmt: skip
+    """``params`` inserted at once into ``d``'s queue: per task its ComfyUI execution, the save node's time and the
+    worker's encode; over the batch the GPU's time per video (first execution start to last execution end, ÷ n)."""
+    t_ins = time.time()
+    tids = [enqueue(d, task_type, p) for p in params]
+    rows = [wait_task(d, t, 1200) for t in tids]
+    tasks, windows = [], []
+    for tid, row in zip(tids, rows, strict=True):
+        s = summarize_task(d, vram, tid, f"{label} task")
+        result = json.loads(row["result"] or "{}")
+        windows.append(history_window(result["prompt_id"]))
+        saves = ("SaveVideo", "ComfyWorkerSaveVideo")
+        save = [t for t in result.get("node_timings") or [] if t.get("class_type") in saves]
+        enc = [e for e in d.named("video_encoded") if e.get("task_id") == tid]
+        s.update(video_encode=result.get("video_encode"), save_node_s=save[0]["seconds"] if save else None,
+                 worker_encode_s=enc[0]["seconds"] if enc else None,
+                 insert_to_complete_s=round(ts(row, "completed_at") - t_ins, 2))  # fmt: skip
+        tasks.append(s)
+    windows.sort()
+    out = {
+        "label": label,
+        "tasks": len(tids),
+        "gpu_s_per_video": round((windows[-1][1] - windows[0][0]) / len(tids), 2),
+        "comfyui_execution_s": [round(b - a, 2) for a, b in windows],
+        "gap_between_prompts_s": [round(b[0] - a[1], 3) for a, b in itertools.pairwise(windows)],
+        "save_node_s": [t["save_node_s"] for t in tasks],
+        "worker_encode_s": [t["worker_encode_s"] for t in tasks],
+        "s_per_step": [[p["s_per_step"] for p in t["passes"]] for t in tasks],
+        "insert_to_complete_s": [t["insert_to_complete_s"] for t in tasks],
+        "last_execution_end_to_last_complete_s": round(max(ts(r, "completed_at") for r in rows) - windows[-1][1], 2),
+    }
+    say(f"encode {label}", json.dumps(out))
+    return out
+
+
+def phase_encode(results: dict[str, Any], fourteen: bool = False) -> None:
+    """VIDEO_ENCODE=comfyui (SaveVideo on ComfyUI's path) against =worker (ComfyWorkerSaveVideo hands the frames
+    over, the worker encodes while the next prompt runs) on one ComfyUI, so the models (and, with ``speed: "fast"``,
+    the compiled graphs) are loaded once: the worker-mode daemon launches ComfyUI, the comfyui-mode daemon attaches
+    to it with its own queue. One warm-up task, then ENCODE_TASKS (2) tasks inserted at once per mode (comfyui
+    first). 5B ti2v 1280x704x121 20 steps, or (``encode14``) the 14B
+    i2v 832x480x81 4-step LoRA; ``speed: "fast"`` unless ENCODE_SPEED=default."""
+    models = I2V_MODELS if fourteen else TI2V_MODELS
+    ensure_models(models, remove=["ti2v_5b", "vae22"] if fourteen else ["i2v_14b_high", "i2v_14b_low"])
+    vram = VramSampler()
+    n = int(os.environ.get("ENCODE_TASKS", "2"))
+    speed = os.environ.get("ENCODE_SPEED", "fast")
+    extra = {"speed": "fast"} if speed == "fast" else {}
+    if fourteen:
+        b64 = image_b64(832, 480)
+        task_type = "comfyui_i2v"
+
+        def params(seed: int) -> dict[str, Any]:
+            return {**i2v_params(seed, True, b64), **extra}
+    else:
+        b64 = image_b64(1280, 704)
+        task_type = "comfyui_ti2v"
+
+        def params(seed: int) -> dict[str, Any]:
+            return {"prompt": "a street musician in a subway station", "width": 1280, "height": 704,
+                    "num_frames": 121, "seed": seed, "image": {"base64": b64, "filename": "start.png"}, **extra}
+    name = "encode14" if fourteen else "encode"
+    rows = results.setdefault(name, [])
+    w = registered_daemon(f"{name}_worker", {"VIDEO_ENCODE": "worker"}, db="queue_worker.db")
+    t0 = time.time()
+    warm = enqueue(w, task_type, params(500))
+    wait_task(w, warm, 1200)
+    rows.append({"warm_up_task_s": round(time.time() - t0, 2)})
+    say(f"{name} warm-up (loads{', compiles' if extra else ''})", json.dumps(rows[-1]))
+    c = registered_daemon(f"{name}_comfyui", {"VIDEO_ENCODE": "comfyui", "COMFY_URL": BASE}, db="queue_comfyui.db")
+    rows.append(encode_batch(c, vram, task_type, [params(600 + i) for i in range(n)], f"{name} VIDEO_ENCODE=comfyui"))
+    results[f"{name}_comfyui_daemon_exit"] = c.stop()
+    rows.append(encode_batch(w, vram, task_type, [params(700 + i) for i in range(n)], f"{name} VIDEO_ENCODE=worker"))
+    results[f"{name}_worker_daemon_exit"] = w.stop()
+    (OUT / f"results_{name}.json").write_text(json.dumps(results, indent=2))
+    vram.stop()
+
+
 def main() -> int:
     phases = sys.argv[1:] or ["ti2v"]
     sys.path.insert(0, str(Path(__file__).parent))
@@ -826,6 +905,8 @@ def main() -> int:
         "speed": phase_speed,
         "goal": phase_goal,
         "goal14": phase_goal14,
+        "encode": phase_encode,
+        "encode14": lambda r: phase_encode(r, fourteen=True),
     }
     kill_leftovers()
     try:

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from comfy_worker.engine.frames import EXTRA_PATHS_YAML
 from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
 from comfy_worker.logs import background_context, get_logger
 
@@ -151,6 +152,8 @@ class ComfySupervisor:
             str(s.comfy_port),
             "--disable-auto-launch",
         ]
+        if s.video_encode == "worker":  # loads ComfyWorkerSaveVideo (engine/frames.py); COMFY_ARGS may add its own
+            argv += ["--extra-model-paths-config", str(EXTRA_PATHS_YAML)]
         argv += shlex.split(s.comfy_args or "")
         return argv, path
 

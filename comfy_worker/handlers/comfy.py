@@ -33,13 +33,14 @@ from comfy_worker.engine import (
     validate,
 )
 from comfy_worker.engine.base import COMFYUI
+from comfy_worker.engine.frames import encode_handovers, swap_save_video
 from comfy_worker.engine.housekeeping import comfy_folders
 from comfy_worker.engine.node_timing import NodeClock
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
 from comfy_worker.engine.workflow import set_input
 from comfy_worker.errors import ComfyWorkerError, InputRejected, WorkflowInvalid
 from comfy_worker.handlers.base import HandlerResult, TaskContext
-from comfy_worker.handlers.outputs import pick_output_url, upload_outputs
+from comfy_worker.handlers.outputs import pick_output_url, stop_when_dropped, upload_outputs
 from comfy_worker.inputs import fetch_source, filename_from_url, safe_filename
 from comfy_worker.logs import get_logger
 
@@ -140,7 +141,7 @@ class ComfyHandler:
             replaced=[(s["node_id"], s["field"]) for s in specs],
         )
         await upload_inputs(ctx, workflow, specs)
-        return validated(workflow, object_info)
+        return validated(workflow, object_info, video_encode(ctx, workflow, object_info))
 
     async def submit(self, ctx: TaskContext, prepared: Prepared) -> Prepared:
         return await submit_prompt(ctx, prepared)
@@ -236,6 +237,22 @@ async def upload_inputs(ctx: TaskContext, workflow: dict[str, Any], specs: list[
         log.info("input_uploaded", node_id=spec["node_id"], field=spec["field"], name=name, bytes=path.stat().st_size)
 
 
+def video_encode(
+    ctx: TaskContext, workflow: dict[str, Any], object_info: dict[str, Any], info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """With VIDEO_ENCODE=worker, the graph's SaveVideo nodes hand their frames to the worker, which encodes them
+    after the prompt while ComfyUI runs the next one (engine/frames.py); ``info`` with ``video_encode`` added
+    ("worker", or "comfyui" when nothing was swapped) when the graph saves a video."""
+    info = dict(info or {})
+    swapped = swap_save_video(workflow, object_info) if ctx.settings.video_encode == "worker" else []
+    if swapped:
+        info["video_encode"] = "worker"
+        log.info("video_encode_in_worker", nodes=swapped)
+    elif any(isinstance(n, dict) and n.get("class_type") == "SaveVideo" for n in workflow.values()):
+        info["video_encode"] = "comfyui"
+    return info
+
+
 def validated(
     workflow: dict[str, Any], object_info: dict[str, Any], info: dict[str, Any] | None = None
 ) -> Prepared:
@@ -294,6 +311,8 @@ async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
     """Download the prompt's outputs and upload them to storage; the task's result."""
     include_temp = bool(ctx.task.params.get("include_temp"))
     items = await ctx.client.outputs(executed.history, ctx.work_dir / "outputs", include_temp=include_temp)
+    if executed.info.get("video_encode") == "worker":  # ComfyUI handed the frames over: encode them here
+        items = await stop_when_dropped(ctx, encode_handovers(items), "encoding the video")
     outputs = await upload_outputs(ctx, items)
     return HandlerResult(
         result={

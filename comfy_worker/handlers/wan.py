@@ -22,7 +22,7 @@ from comfy_worker.builders import build_resolved, resolve
 from comfy_worker.builders.params import MAX_FRAMES, S2V, Resolved
 from comfy_worker.errors import InputRejected
 from comfy_worker.handlers.base import TaskContext
-from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated
+from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated, video_encode
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -76,7 +76,7 @@ class WanHandler(ComfyHandler):
             "params": v,
         }
         log.info("wan_graph_built", nodes=len(workflow), seed=v["seed"], num_frames=v["num_frames"])
-        return validated(workflow, object_info, info)
+        return validated(workflow, object_info, video_encode(ctx, workflow, object_info, info))
 
     async def _frames_from_audio(self, resolved: Resolved, params: dict[str, Any], path: Path) -> Resolved:
         seconds = await audio_seconds(path)
