@@ -880,6 +880,29 @@ def phase_encode(results: dict[str, Any], fourteen: bool = False) -> None:
     vram.stop()
 
 
+def phase_gcfreeze14(results: dict[str, Any]) -> None:
+    """Whether ComfyUI's post-prompt full garbage collection is the idle gap between compiled prompts: the 14B
+    ``comfyui_i2v`` 4-step LoRA with ``speed: "fast"`` (VIDEO_ENCODE=worker), ComfyUI under the gc probe, then the
+    same with GC_PROBE_FREEZE=1 (gc.freeze() after a slow full collection); per run a warm-up task (loads,
+    compiles) and ENCODE_TASKS (2) tasks inserted at once: gap between prompts and GPU seconds per video."""
+    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    vram = VramSampler()
+    n = int(os.environ.get("ENCODE_TASKS", "2"))
+    b64 = image_b64(832, 480)
+    probe = Path(__file__).resolve().parent / "comfy_gc_probe" / "python"
+    rows = results.setdefault("gcfreeze14", [])
+    for label, freeze in (("probe only", "0"), ("gc.freeze after a slow full collection", "1")):
+        d = registered_daemon("gcfreeze14_" + freeze, {"COMFY_PYTHON": str(probe), "GC_PROBE_FREEZE": freeze})
+        wait_task(d, enqueue(d, "comfyui_i2v", {**i2v_params(800, True, b64), "speed": "fast"}), 1200)
+        params = [{**i2v_params(810 + i, True, b64), "speed": "fast"} for i in range(n)]
+        row = encode_batch(d, vram, "comfyui_i2v", params, f"gcfreeze14 {label}")
+        row["gc_lines"] = [ev["line"] for ev in d.named("comfyui_output") if "gc_probe:" in str(ev.get("line"))][-8:]
+        rows.append(row)
+        results[f"gcfreeze14_{freeze}_daemon_exit"] = d.stop()
+        (OUT / "results_gcfreeze14.json").write_text(json.dumps(results, indent=2))
+    vram.stop()
+
+
 def main() -> int:
     phases = sys.argv[1:] or ["ti2v"]
     sys.path.insert(0, str(Path(__file__).parent))
@@ -907,6 +930,7 @@ def main() -> int:
         "goal14": phase_goal14,
         "encode": phase_encode,
         "encode14": lambda r: phase_encode(r, fourteen=True),
+        "gcfreeze14": phase_gcfreeze14,
     }
     kill_leftovers()
     try:

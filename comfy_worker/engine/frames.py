@@ -25,8 +25,10 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,8 +42,7 @@ log = get_logger(__name__)
 
 NODE = "ComfyWorkerSaveVideo"
 STOCK = "SaveVideo"
-NODES_DIR = Path(__file__).parent / "comfy_nodes"  # the custom_nodes folder the supervisor registers
-EXTRA_PATHS_YAML = NODES_DIR / "extra_model_paths.yaml"
+NODES_DIR = Path(__file__).resolve().parent / "comfy_nodes"  # the custom_nodes folder the supervisor registers
 MAGIC = b"CWFRAMES1\n"
 FRAMES_EXT = ".cwframes"
 AUDIO_EXT = ".cwaudio"
@@ -51,6 +52,21 @@ SWAPPABLE = {"format": ("auto", "mp4"), "codec": ("auto", "h264")}  # what the n
 @functools.cache
 def ffmpeg_path() -> str | None:
     return shutil.which("ffmpeg")
+
+
+def nodes_paths_yaml(folder: Path | None = None) -> Path:
+    """An extra-model-paths file registering NODES_DIR as a custom_nodes folder, for ComfyUI's
+    ``--extra-model-paths-config``. Written at launch (the package may be read-only) with the absolute path: older
+    ComfyUIs read a relative one against their working directory, not the file's."""
+    text = "# written by comfy-worker: loads ComfyWorkerSaveVideo (VIDEO_ENCODE=worker)\ncomfy_worker:\n"
+    text += f"  custom_nodes: {json.dumps(str(NODES_DIR))}\n"  # JSON quoting is YAML quoting
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(folder or tempfile.gettempdir()) / f"comfy-worker-nodes-{os.getuid()}-{digest}.yaml"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        part.write_text(text, encoding="utf-8")
+        part.replace(path)
+    return path
 
 
 def node_listed(object_info: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from comfy_worker.engine.frames import EXTRA_PATHS_YAML
+from comfy_worker.engine.frames import nodes_paths_yaml
 from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
 from comfy_worker.logs import background_context, get_logger
 
@@ -153,7 +153,7 @@ class ComfySupervisor:
             "--disable-auto-launch",
         ]
         if s.video_encode == "worker":  # loads ComfyWorkerSaveVideo (engine/frames.py); COMFY_ARGS may add its own
-            argv += ["--extra-model-paths-config", str(EXTRA_PATHS_YAML)]
+            argv += ["--extra-model-paths-config", str(nodes_paths_yaml())]
         argv += shlex.split(s.comfy_args or "")
         return argv, path
 

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from comfy_worker.config import load_settings
 from comfy_worker.engine import frames
 from comfy_worker.engine.frames import (
     AUDIO_EXT,
-    EXTRA_PATHS_YAML,
     FRAMES_EXT,
     MAGIC,
     NODE,
+    NODES_DIR,
     encode_handover,
     encode_handovers,
     read_header,
@@ -162,9 +163,10 @@ def test_the_supervisor_loads_the_node_folder_only_when_the_worker_encodes(tmp_p
     base = {"COMFY_PATH": str(tmp_path), "COMFY_PYTHON": sys.executable, "COMFY_ARGS": "--lowvram"}
     argv, _ = ComfySupervisor(load_settings(base)).command()
     i = argv.index("--extra-model-paths-config")
-    assert Path(argv[i + 1]) == EXTRA_PATHS_YAML and argv[-1] == "--lowvram"
-    assert "custom_nodes: ." in EXTRA_PATHS_YAML.read_text()
-    assert (EXTRA_PATHS_YAML.parent / "comfy_worker_video" / "__init__.py").is_file()
+    assert argv[-1] == "--lowvram"
+    paths = yaml.safe_load(Path(argv[i + 1]).read_text())
+    assert paths == {"comfy_worker": {"custom_nodes": str(NODES_DIR)}} and NODES_DIR.is_absolute()
+    assert (NODES_DIR / "comfy_worker_video" / "__init__.py").is_file()
     argv, _ = ComfySupervisor(load_settings({**base, "VIDEO_ENCODE": "comfyui"})).command()
     assert "--extra-model-paths-config" not in argv
 

@@ -9,6 +9,11 @@ that collection slow. The worker logs ComfyUI's stderr as ``comfyui_output`` lin
     gc_probe: generation 2 took 1.104 s, 0 collected, 0 uncollectable
 
 Used by ``GC_PROBE=1 python3 bench/gpu/bench_wan_gpu.py <phase>`` (COMFY_PYTHON points at ``python`` beside this).
+
+``GC_PROBE_FREEZE=1`` (the ``gcfreeze14`` phase): after a full collection that took GC_FREEZE_MIN_S (0.3 s) or more,
+``gc.freeze()`` moves every object still alive (the loaded models, torch.compile's graphs) out of the collector's
+reach, so the next full collections only walk what is new. Frozen objects are still freed by reference counting;
+a reference cycle among them that later becomes garbage is never collected (the remedy's cost, not measured here).
 """
 
 from __future__ import annotations
@@ -17,11 +22,19 @@ import gc
 import os
 import runpy
 import sys
+import threading
 import time
 from typing import Any
 
 THRESHOLD_S = float(os.environ.get("GC_PROBE_MIN_S", "0.05"))
+FREEZE = os.environ.get("GC_PROBE_FREEZE") == "1"
+FREEZE_MIN_S = float(os.environ.get("GC_FREEZE_MIN_S", "0.3"))
 _started = [0.0]
+
+
+def _freeze() -> None:
+    gc.freeze()
+    print(f"gc_probe: froze, {gc.get_freeze_count()} objects now frozen", file=sys.stderr, flush=True)
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -32,6 +45,8 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if took >= THRESHOLD_S:
         print(f"gc_probe: generation {info['generation']} took {took:.3f} s, {info['collected']} collected, "
               f"{info['uncollectable']} uncollectable", file=sys.stderr, flush=True)  # fmt: skip
+    if FREEZE and info["generation"] == 2 and took >= FREEZE_MIN_S:
+        threading.Timer(0.0, _freeze).start()  # after the collection has returned, not inside it
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from comfy_worker.config import load_settings
 from comfy_worker.engine import ComfyClient, ComfySupervisor, events
+from comfy_worker.engine.frames import NODE
 from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
 from tests.comfy_server import comfy_args, comfy_test_paths, free_port
 
@@ -157,6 +158,8 @@ async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> No
         assert any("Starting server" in line or "To see the GUI" in line for line in sup.tail)
         first_pid = sup.pid
         async with ComfyClient(sup.base_url, reconnect_grace_s=5) as client:
+            assert NODE in await client.object_info()  # the worker's node folder, loaded as the supervisor launched it
+            assert not [line for line in sup.tail if "IMPORT FAILED" in line]
             killed = asyncio.Event()
 
             def on_event(e: events.Event) -> None:

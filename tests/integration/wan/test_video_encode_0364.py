@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from comfy_worker.engine import ComfyClient
-from comfy_worker.engine.frames import EXTRA_PATHS_YAML, NODE, encode_handovers
+from comfy_worker.engine.frames import NODE, encode_handovers, nodes_paths_yaml
 from comfy_worker.store.postgres import PostgresStore
 from tests.comfy_server import comfy_test_home, free_port, remove_workdir, stop_test_comfyui
 from tests.comfy_server_0364 import comfy_0364_available, start_comfyui_0364
@@ -34,7 +34,8 @@ def comfy_nodes() -> Iterator[Comfy0364]:
     """ComfyUI 0.3.64 with the worker's custom-node folder registered, as the supervisor launches it."""
     if not comfy_0364_available():
         skip_or_fail(f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
-    proc, base_url = start_comfyui_0364(free_port(), extra_args=["--extra-model-paths-config", str(EXTRA_PATHS_YAML)])
+    nodes = ["--extra-model-paths-config", str(nodes_paths_yaml())]
+    proc, base_url = start_comfyui_0364(free_port(), extra_args=nodes)
     try:
         yield Comfy0364(base_url, proc.workdir)  # type: ignore[attr-defined]
     finally:
