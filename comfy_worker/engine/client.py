@@ -25,8 +25,9 @@ import httpx
 import websockets
 
 from comfy_worker.engine import events as ev
+from comfy_worker.engine.frames import is_handover_name
 from comfy_worker.engine.history import History, failed, finished, outcome, summarise_node_errors
-from comfy_worker.engine.outputs import OutputItem, download_outputs
+from comfy_worker.engine.outputs import OutputItem, OutputRef, download_outputs, safe_relpath
 from comfy_worker.errors import (
     EngineUnavailable,
     ExecutionInterrupted,
@@ -71,6 +72,7 @@ class ComfyClient:
         self.reconnect_grace_s = reconnect_grace_s
         self.poll_interval_s = poll_interval_s
         self.on_disconnect: Callable[[], None] | None = None
+        self.output_dir: Path | None = None  # ComfyUI's output folder on this machine, when known (ComfyEngine)
 
     async def __aenter__(self) -> ComfyClient:
         return self
@@ -238,10 +240,22 @@ class ComfyClient:
     async def download_outputs(
         self, history: History, dest_dir: str | Path, *, include_temp: bool = False
     ) -> list[OutputItem]:
-        """Stream every output file of ``history`` into ``dest_dir`` (see engine/outputs.py)."""
+        """Stream every output file of ``history`` into ``dest_dir`` (see engine/outputs.py); a video hand-over file
+        is read where ComfyUI wrote it when ``output_dir`` (its output folder, as this machine sees it) holds it."""
         return await download_outputs(
-            self._http, self.base_url, history.outputs, Path(dest_dir), include_temp=include_temp
-        )
+            self._http, self.base_url, history.outputs, Path(dest_dir), include_temp=include_temp,
+            in_place=self._handover_in_place,
+        )  # fmt: skip
+
+    def _handover_in_place(self, ref: OutputRef) -> Path | None:
+        if self.output_dir is None or ref.type != "output" or not is_handover_name(ref.filename):
+            return None
+        root = self.output_dir.resolve()
+        try:
+            path = (root / safe_relpath(ref.subfolder, ref.filename)).resolve()
+        except EngineUnavailable:
+            return None
+        return path if path.is_relative_to(root) and path.is_file() else None
 
     # --- websocket --------------------------------------------------------------------------------------
 

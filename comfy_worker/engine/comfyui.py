@@ -81,9 +81,9 @@ class ComfyEngine:
 
     def housekeeper(self) -> ComfyHousekeeper:
         if self._housekeeper is None:
-            self._housekeeper = ComfyHousekeeper(
-                self.client, comfy_folders(self.settings), keep=self.settings.keep_comfy_files
-            )
+            folders = comfy_folders(self.settings)
+            self._housekeeper = ComfyHousekeeper(self.client, folders, keep=self.settings.keep_comfy_files)
+            self.client.output_dir = folders.output  # video hand-overs are read there, not downloaded
         return self._housekeeper
 
     @property

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from comfy_worker.engine.outputs import CHUNK, OutputItem
+from comfy_worker.engine.outputs import CHUNK, OutputItem, safe_relpath
 from comfy_worker.errors import EngineUnavailable
 from comfy_worker.logs import get_logger
 
@@ -90,8 +90,8 @@ def swap_save_video(workflow: dict[str, Any], object_info: dict[str, Any]) -> li
     return swapped
 
 
-def is_handover(item: OutputItem) -> bool:
-    return item.filename.endswith((FRAMES_EXT, AUDIO_EXT))
+def is_handover_name(filename: str) -> bool:
+    return filename.endswith((FRAMES_EXT, AUDIO_EXT))
 
 
 @dataclass(frozen=True)
@@ -172,16 +172,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def encode_handover(frames: OutputItem, audio: OutputItem | None) -> OutputItem:
-    """The mp4 SaveVideo would have written, encoded from a hand-over file (and its audio) beside it; the hand-over
-    files are removed. EngineUnavailable (retried) when ffmpeg fails, with its last lines."""
+async def encode_handover(frames: OutputItem, audio: OutputItem | None, dest: Path | None = None) -> OutputItem:
+    """The mp4 SaveVideo would have written, encoded from a hand-over file (and its audio). Downloaded hand-overs
+    (under ``dest``, or any when ``dest`` is None) are removed and the mp4 written beside them; one read where
+    ComfyUI wrote it stays for ComfyUI's cleanup, and the mp4 goes to ``dest/<type>/<subfolder>/``.
+    EngineUnavailable (retried) when ffmpeg fails, with its last lines."""
     h = read_header(frames.path)
     if h.audio and audio is None:
         raise EngineUnavailable(f"ComfyUI's video hand-over {frames.filename} names audio it did not list")
-    out = frames.path.with_name(Path(h.output).name)
+    owned = dest is None or frames.path.is_relative_to(dest)
+    folder = frames.path.parent if owned else dest / frames.type / safe_relpath(frames.subfolder, h.output).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / Path(h.output).name
     meta = None
     if h.metadata:
-        meta = frames.path.with_suffix(".ffmeta")
+        meta = out.with_suffix(".ffmeta")
         meta.write_text(ffmetadata(h.metadata), encoding="utf-8")
     args = ffmpeg_args(h, out, audio.path if audio else None, meta)
     proc = await asyncio.create_subprocess_exec(
@@ -195,7 +200,8 @@ async def encode_handover(frames: OutputItem, audio: OutputItem | None) -> Outpu
             await proc.wait()
         raise
     finally:
-        for p in (meta, frames.path, audio.path if audio else None):
+        sources = [frames.path, audio.path if audio else None] if owned else []
+        for p in (meta, *sources):
             if p is not None:
                 p.unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -214,8 +220,9 @@ async def encode_handover(frames: OutputItem, audio: OutputItem | None) -> Outpu
     )
 
 
-async def encode_handovers(items: Iterable[OutputItem]) -> list[OutputItem]:
-    """Outputs with every hand-over (frames + audio) replaced by its mp4, in the frames' place; the rest as is."""
+async def encode_handovers(items: Iterable[OutputItem], dest: Path | None = None) -> list[OutputItem]:
+    """Outputs with every hand-over (frames + audio) replaced by its mp4, in the frames' place; the rest as is.
+    ``dest``: where the outputs were downloaded (see :func:`encode_handover`)."""
     items = list(items)
     audio = {(i.node_id, i.type, i.subfolder, i.filename): i for i in items if i.filename.endswith(AUDIO_EXT)}
     result: list[OutputItem] = []
@@ -229,7 +236,7 @@ async def encode_handovers(items: Iterable[OutputItem]) -> list[OutputItem]:
         sound = audio.get((item.node_id, item.type, item.subfolder, stem + AUDIO_EXT))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        encoded = await encode_handover(item, sound)
+        encoded = await encode_handover(item, sound, dest)
         log.info(
             "video_encoded",
             node_id=item.node_id,

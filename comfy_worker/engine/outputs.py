@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -103,7 +104,7 @@ def list_outputs(outputs: dict[str, Any], *, include_temp: bool = False) -> list
     return refs
 
 
-def _safe_relpath(subfolder: str, filename: str) -> Path:
+def safe_relpath(subfolder: str, filename: str) -> Path:
     parts = [p for p in PurePosixPath(subfolder.replace("\\", "/")).parts if p not in ("", ".", "/")]
     parts.append(PurePosixPath(filename.replace("\\", "/")).name)
     if any(p == ".." for p in parts):
@@ -118,15 +119,23 @@ async def download_outputs(
     dest_dir: Path,
     *,
     include_temp: bool = False,
+    in_place: Callable[[OutputRef], Path | None] | None = None,
 ) -> list[OutputItem]:
-    """Stream each output to ``dest_dir/<type>/<subfolder>/<filename>`` in 1 MiB chunks, hashed on the way."""
+    """Stream each output to ``dest_dir/<type>/<subfolder>/<filename>`` in 1 MiB chunks, hashed on the way. An output
+    ``in_place`` finds on this machine's disk is listed where it is instead (not copied, not hashed)."""
     items: list[OutputItem] = []
     seen: set[Path] = set()
     for ref in list_outputs(outputs, include_temp=include_temp):
-        path = dest_dir / ref.type / _safe_relpath(ref.subfolder, ref.filename)
+        path = dest_dir / ref.type / safe_relpath(ref.subfolder, ref.filename)
         if path in seen:
             continue
         seen.add(path)
+        local = in_place(ref) if in_place is not None else None
+        if local is not None:
+            size = local.stat().st_size
+            items.append(OutputItem(ref.node_id, ref.kind, ref.filename, ref.subfolder, ref.type, local, size, "",
+                                    content_type_of(ref.filename)))  # fmt: skip
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
         digest, size = hashlib.sha256(), 0

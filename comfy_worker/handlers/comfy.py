@@ -33,7 +33,7 @@ from comfy_worker.engine import (
     validate,
 )
 from comfy_worker.engine.base import COMFYUI
-from comfy_worker.engine.frames import encode_handovers, swap_save_video
+from comfy_worker.engine.frames import encode_handovers, is_handover_name, swap_save_video
 from comfy_worker.engine.housekeeping import comfy_folders
 from comfy_worker.engine.node_timing import NodeClock
 from comfy_worker.engine.paths import UPLOAD_SUBFOLDER, refuse_unsafe_paths
@@ -310,9 +310,10 @@ async def run_prompt(ctx: TaskContext, prepared: Prepared) -> Executed:
 async def store_outputs(ctx: TaskContext, executed: Executed) -> HandlerResult:
     """Download the prompt's outputs and upload them to storage; the task's result."""
     include_temp = bool(ctx.task.params.get("include_temp"))
-    items = await ctx.client.outputs(executed.history, ctx.work_dir / "outputs", include_temp=include_temp)
-    if executed.info.get("video_encode") == "worker":  # ComfyUI handed the frames over: encode them here
-        items = await stop_when_dropped(ctx, encode_handovers(items), "encoding the video")
+    dest = ctx.work_dir / "outputs"
+    items = await ctx.client.outputs(executed.history, dest, include_temp=include_temp)
+    if any(is_handover_name(i.filename) for i in items):  # ComfyUI handed a video's frames over: encode them here
+        items = await stop_when_dropped(ctx, encode_handovers(items, dest), "encoding the video")
     outputs = await upload_outputs(ctx, items)
     return HandlerResult(
         result={

@@ -101,26 +101,37 @@ def psnr(a: Path, b: Path) -> float:
     return float(line.split("average:")[1].split()[0])
 
 
-@pytest.mark.parametrize("audio", [True, False], ids=["with_audio", "silent"])
+@pytest.mark.parametrize(
+    ("audio", "in_place"), [(True, True), (False, False)], ids=["with_audio_read_in_place", "silent_downloaded"]
+)
 async def test_the_worker_encodes_the_video_savevideo_writes(
-    client: ComfyClient, comfy_nodes: Comfy0364, tmp_path: Path, audio: bool
+    client: ComfyClient, comfy_nodes: Comfy0364, tmp_path: Path, audio: bool, in_place: bool
 ) -> None:
+    """In place: the worker sees ComfyUI's output folder (launched by it, or COMFY_OUTPUT_DIR) and reads the
+    hand-over there, leaving it to ComfyUI's cleanup; otherwise it is downloaded through /view and removed."""
+    client.output_dir = comfy_nodes.workdir / "output" if in_place else None
     clip = natural_clip(tmp_path / "clip.mp4", audio=audio)
     name = await client.upload_file(clip, subfolder="encode-test", overwrite=True)
     g = graph(name, audio=audio, worker_prefix="enc/worker", stock_prefix="enc/stock")
     prompt_id = await client.queue_prompt(g)
     history = await client.wait(prompt_id, deadline_s=120, stall_s=120)
-    handed = await client.download_outputs(history, tmp_path / "out")
+    dest = tmp_path / "out"
+    handed = await client.download_outputs(history, dest)
     assert sorted(Path(i.filename).suffix for i in handed) == sorted(
         [".mp4", ".cwframes", *([".cwaudio"] if audio else [])]
     )
-    items = sorted(await encode_handovers(handed), key=lambda i: i.node_id)  # history order is execution order
+    sources = [i.path for i in handed if i.filename.endswith((".cwframes", ".cwaudio"))]
+    assert all(p.is_relative_to(comfy_nodes.workdir / "output") != p.is_relative_to(dest) for p in sources)
+    assert all(p.is_relative_to(dest) is not in_place for p in sources)
+    items = sorted(await encode_handovers(handed, dest), key=lambda i: i.node_id)  # history: execution order
+    assert all(p.exists() is in_place for p in sources)  # read in place: left for ComfyUI's cleanup
 
     expected = [("4", "video", "video/mp4"), ("5", "video", "video/mp4")]
     assert [(i.node_id, i.kind, i.content_type) for i in items] == expected
     stock, worker = (i.path for i in items)
     assert worker.name == stock.name.replace("stock", "worker")  # SaveVideo's name: <prefix>_00001_.mp4
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix in (".cwframes", ".cwaudio", ".ffmeta")]
+    assert not [p for p in dest.rglob("*") if p.suffix in (".cwframes", ".cwaudio", ".ffmeta")]
+    assert worker.is_relative_to(dest)
     assert items[1].bytes == worker.stat().st_size
     a, b = probe(stock), probe(worker)
     va, vb = stream(a, "video"), stream(b, "video")
