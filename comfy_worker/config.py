@@ -105,6 +105,8 @@ class Settings:
     # "worker": a task's SaveVideo becomes ComfyWorkerSaveVideo and the worker encodes the frames with ffmpeg while
     # ComfyUI runs the next prompt (engine/frames.py); "comfyui": SaveVideo encodes on ComfyUI's path
     video_encode: str = "worker"
+    # gc.freeze() in the ComfyUI we launch after a slow full collection (comfy_nodes/comfy_worker_nodes/gc_freeze.py)
+    comfy_gc_freeze: bool = False
     # long runs: cleanup of what tasks leave in ComfyUI, orphan sweeps, the disk floor (README "Running for weeks")
     comfy_input_dir: str = ""
     comfy_temp_dir: str = ""
@@ -304,6 +306,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "video_encode": _choice("worker", "comfyui"),
+    "comfy_gc_freeze": _bool,
     "auto_migrate": _bool,
     "task_types": _csv,
     "lease_seconds": _number(float, 1),

@@ -152,10 +152,17 @@ class ComfySupervisor:
             str(s.comfy_port),
             "--disable-auto-launch",
         ]
-        if s.video_encode == "worker":  # loads ComfyWorkerSaveVideo (engine/frames.py); COMFY_ARGS may add its own
-            argv += ["--extra-model-paths-config", str(nodes_paths_yaml())]
+        if s.video_encode == "worker" or s.comfy_gc_freeze:  # our node package (engine/frames.py)
+            argv += ["--extra-model-paths-config", str(nodes_paths_yaml())]  # COMFY_ARGS may add its own
         argv += shlex.split(s.comfy_args or "")
         return argv, path
+
+    def child_env(self) -> dict[str, str] | None:
+        """ComfyUI's environment: the worker's, plus COMFY_WORKER_GC_FREEZE=1 with COMFY_GC_FREEZE (read by our node
+        package in ComfyUI, comfy_nodes/comfy_worker_nodes/gc_freeze.py); None: inherited as it is."""
+        if not self.settings.comfy_gc_freeze:
+            return None
+        return {**os.environ, "COMFY_WORKER_GC_FREEZE": "1"}
 
     async def start(self) -> None:
         """Launch and wait until /system_stats answers (EngineStartupError otherwise). Attached: wait as long for
@@ -302,6 +309,7 @@ class ComfySupervisor:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
+                env=self.child_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

@@ -62,7 +62,7 @@ def write_handover(
     folder: Path, w: int, h: int, n: int, *, fps: tuple[int, int] = (16, 1), audio_s: float | None = None,
     metadata: dict[str, str] | None = None, pattern: str = "gradient",
 ) -> tuple[OutputItem, OutputItem | None]:
-    """A hand-over file as ComfyWorkerSaveVideo writes it (comfy_nodes/comfy_worker_video), rgb24 frames."""
+    """A hand-over file as ComfyWorkerSaveVideo writes it (comfy_nodes/comfy_worker_nodes/video.py), rgb24 frames."""
     folder.mkdir(parents=True, exist_ok=True)
     audio = None
     sound_item = None
@@ -158,7 +158,7 @@ async def test_cancelling_the_encode_stops_ffmpeg_and_removes_the_files(tmp_path
     assert not frames_item.path.exists()
 
 
-def test_the_supervisor_loads_the_node_folder_only_when_the_worker_encodes(tmp_path: Path) -> None:
+def test_the_supervisor_loads_the_node_folder_only_when_the_worker_encodes_or_freezes(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("")
     base = {"COMFY_PATH": str(tmp_path), "COMFY_PYTHON": sys.executable, "COMFY_ARGS": "--lowvram"}
     argv, _ = ComfySupervisor(load_settings(base)).command()
@@ -166,9 +166,13 @@ def test_the_supervisor_loads_the_node_folder_only_when_the_worker_encodes(tmp_p
     assert argv[-1] == "--lowvram"
     paths = yaml.safe_load(Path(argv[i + 1]).read_text())
     assert paths == {"comfy_worker": {"custom_nodes": str(NODES_DIR)}} and NODES_DIR.is_absolute()
-    assert (NODES_DIR / "comfy_worker_video" / "__init__.py").is_file()
-    argv, _ = ComfySupervisor(load_settings({**base, "VIDEO_ENCODE": "comfyui"})).command()
-    assert "--extra-model-paths-config" not in argv
+    assert (NODES_DIR / "comfy_worker_nodes" / "__init__.py").is_file()
+    sup = ComfySupervisor(load_settings({**base, "VIDEO_ENCODE": "comfyui"}))
+    assert "--extra-model-paths-config" not in sup.command()[0] and sup.child_env() is None
+    sup = ComfySupervisor(load_settings({**base, "VIDEO_ENCODE": "comfyui", "COMFY_GC_FREEZE": "true"}))
+    assert "--extra-model-paths-config" in sup.command()[0]  # the freezer lives in the same package
+    env = sup.child_env()
+    assert env is not None and env["COMFY_WORKER_GC_FREEZE"] == "1" and env["PATH"] == os.environ["PATH"]
 
 
 def test_video_encode_names_its_choices() -> None:

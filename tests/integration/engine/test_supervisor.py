@@ -144,6 +144,34 @@ async def test_attach_mode_has_no_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.comfyui
+async def test_comfy_gc_freeze_freezes_the_launched_comfyui_after_its_post_prompt_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_test_comfyui()
+    python, tree = comfy_test_paths()
+    monkeypatch.setenv("COMFY_WORKER_GC_FREEZE_MIN_S", "0")  # a CPU test server's collections are fast
+    sup = ComfySupervisor(settings(COMFY_PATH=str(tree), COMFY_PYTHON=str(python), COMFY_ARGS=" ".join(
+        comfy_args(tmp_path)), COMFY_STARTUP_TIMEOUT="120", COMFY_GC_FREEZE="true", VIDEO_ENCODE="comfyui"))
+    await sup.start()
+    try:
+        assert any("comfy_worker_gc: on" in line for line in sup.tail)
+        async with ComfyClient(sup.base_url) as client:
+            assert NODE in await client.object_info()  # the package is loaded for the freezer even so
+            wf = {
+                "1": {"class_type": "CWSlow", "inputs": {"seconds": 0.2, "steps": 2}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            }
+            hist = await client.wait(await client.queue_prompt(wf), deadline_s=60)
+            assert hist.status_str == "success"
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any("comfy_worker_gc: froze" in line for line in sup.tail):  # after ComfyUI's gc.collect()
+            assert asyncio.get_running_loop().time() < deadline, sup.log_tail(20)
+            await asyncio.sleep(0.1)
+    finally:
+        await sup.stop(grace_s=10)
+
+
+@pytest.mark.comfyui
 @pytest.mark.slow
 async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> None:
     require_test_comfyui()
@@ -160,6 +188,7 @@ async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> No
         async with ComfyClient(sup.base_url, reconnect_grace_s=5) as client:
             assert NODE in await client.object_info()  # the worker's node folder, loaded as the supervisor launched it
             assert not [line for line in sup.tail if "IMPORT FAILED" in line]
+            assert not [line for line in sup.tail if "comfy_worker_gc" in line]  # COMFY_GC_FREEZE is off
             killed = asyncio.Event()
 
             def on_event(e: events.Event) -> None:

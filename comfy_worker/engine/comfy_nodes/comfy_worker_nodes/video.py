@@ -1,9 +1,9 @@
 """ComfyWorkerSaveVideo: SaveVideo's inputs, but the frames are handed to the worker instead of encoded here.
 
-Loaded by ComfyUI (never imported by comfy_worker): the worker's supervisor registers this folder's parent as a
-custom_nodes folder. The worker swaps a task's stock ``SaveVideo`` for this node when VIDEO_ENCODE=worker and the
-server lists it, then encodes the file with ffmpeg while ComfyUI runs the next prompt (comfy_worker/engine/frames.py
-reads it; the format is defined there and mirrored here).
+Runs in ComfyUI (the package's ``__init__`` registers it; never imported by comfy_worker). The worker swaps a task's
+stock ``SaveVideo`` for this node when VIDEO_ENCODE=worker and the server lists it, then encodes the file with
+ffmpeg while ComfyUI runs the next prompt (comfy_worker/engine/frames.py reads it; the format is defined there and
+mirrored here).
 
 Per video, in ComfyUI's output folder under SaveVideo's name ``<prefix>_<counter>_``:
 - ``<name>.cwframes``: ``CWFRAMES1\\n``, an 8-byte little-endian header length, the JSON header, then the frames as
@@ -112,7 +112,3 @@ class ComfyWorkerSaveVideo:
         if audio is not None:
             items.append({"filename": audio["file"], "subfolder": subfolder, "type": "output"})
         return {"ui": {"comfy_worker_frames": items}}
-
-
-NODE_CLASS_MAPPINGS = {"ComfyWorkerSaveVideo": ComfyWorkerSaveVideo}
-NODE_DISPLAY_NAME_MAPPINGS = {"ComfyWorkerSaveVideo": "Save Video (the worker encodes)"}
