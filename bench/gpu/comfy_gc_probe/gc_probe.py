@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import runpy
 import sys
 import threading
@@ -30,6 +31,14 @@ THRESHOLD_S = float(os.environ.get("GC_PROBE_MIN_S", "0.05"))
 FREEZE = os.environ.get("GC_PROBE_FREEZE") == "1"
 FREEZE_MIN_S = float(os.environ.get("GC_FREEZE_MIN_S", "0.3"))
 _started = [0.0]
+
+
+_todo: queue.SimpleQueue[Any] = queue.SimpleQueue()  # reentrant: safe from a gc callback
+
+
+def _run() -> None:
+    while True:
+        _todo.get()()
 
 
 def _freeze() -> None:
@@ -46,13 +55,15 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         print(f"gc_probe: generation {info['generation']} took {took:.3f} s, {info['collected']} collected, "
               f"{info['uncollectable']} uncollectable", file=sys.stderr, flush=True)  # fmt: skip
     if FREEZE and info["generation"] == 2 and took >= FREEZE_MIN_S:
-        threading.Timer(0.0, _freeze).start()  # after the collection has returned, not inside it
+        _todo.put(_freeze)  # done by _run after the collection: a gc callback must not start threads or take locks
 
 
 def main() -> None:
     script = os.path.abspath(sys.argv[1])  # ComfyUI's main.py, as the supervisor passes it
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
+    if FREEZE:
+        threading.Thread(target=_run, name="gc_probe", daemon=True).start()
     gc.callbacks.append(_on_gc)
     runpy.run_path(script, run_name="__main__")
 
