@@ -32,6 +32,7 @@ from comfy_worker.engine.frames import (
 from comfy_worker.engine.outputs import OutputItem
 from comfy_worker.engine.supervisor import ComfySupervisor
 from comfy_worker.errors import ConfigError, EngineUnavailable
+from tests.media_probe import probe, stream
 
 OBJECT_INFO: dict[str, Any] = {"SaveVideo": {}, NODE: {}, "CreateVideo": {}}
 
@@ -93,14 +94,6 @@ def item(path: Path) -> OutputItem:
     return OutputItem("9", "other", path.name, "sub", "output", path, path.stat().st_size, "", "")
 
 
-def probe(path: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
 async def test_encodes_frames_rate_audio_and_metadata(tmp_path: Path) -> None:
     meta = {"prompt": json.dumps({"1": {"text": "a=b; c#d \\ e\nnext line, ünïcode"}}), "workflow": "{}"}
     frames_item, sound = write_handover(tmp_path, 64, 48, 10, fps=(24000, 1001), audio_s=0.5, metadata=meta)
@@ -109,8 +102,8 @@ async def test_encodes_frames_rate_audio_and_metadata(tmp_path: Path) -> None:
         "9", "video", "v_00001_.mp4", "sub", "video/mp4"
     )
     info = probe(video.path)
-    v = next(s for s in info["streams"] if s["codec_type"] == "video")
-    a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    v, a = stream(info, "video"), stream(info, "audio")
+    assert v is not None and a is not None
     assert (v["codec_name"], v["pix_fmt"], v["width"], v["height"], int(v["nb_read_frames"]), v["r_frame_rate"]) == (
         "h264", "yuv420p", 64, 48, 10, "24000/1001"
     )

@@ -6,6 +6,7 @@ fail in CI (CI=true), where scripts/install.sh must have installed it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -41,11 +42,12 @@ class Comfy0364:
                 f.unlink()
 
 
-@pytest.fixture(scope="session")
-def comfyui_0364() -> Iterator[Comfy0364]:
+@contextlib.contextmanager
+def running_0364(extra_args: list[str] | None = None) -> Iterator[Comfy0364]:
+    """A ComfyUI 0.3.64 of its own for the duration (``extra_args``: more of ComfyUI's arguments)."""
     if not comfy_0364_available():
         skip_or_fail(f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
-    proc, base_url = start_comfyui_0364(free_port())
+    proc, base_url = start_comfyui_0364(free_port(), extra_args=extra_args)
     try:
         yield Comfy0364(base_url, proc.workdir)  # type: ignore[attr-defined]
     finally:
@@ -53,9 +55,9 @@ def comfyui_0364() -> Iterator[Comfy0364]:
         remove_workdir(proc)
 
 
-@pytest.fixture
-async def comfy64(comfyui_0364: Comfy0364) -> AsyncIterator[ComfyClient]:
-    client = ComfyClient(comfyui_0364.base_url)
+@contextlib.asynccontextmanager
+async def connected(base_url: str) -> AsyncIterator[ComfyClient]:
+    client = ComfyClient(base_url)
     await client.connect()
     try:
         yield client
@@ -63,17 +65,35 @@ async def comfy64(comfyui_0364: Comfy0364) -> AsyncIterator[ComfyClient]:
         await client.aclose()
 
 
-@pytest.fixture
-async def harness64(pg_dsn: str, comfyui_0364: Comfy0364, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The daemon test harness on real Postgres against ComfyUI 0.3.64 (the test starts its daemons)."""
+@contextlib.asynccontextmanager
+async def daemon_harness(pg_dsn: str, base_url: str, storage_dir: Path) -> AsyncIterator[Harness]:
+    """The daemon test harness on real Postgres against the ComfyUI at ``base_url`` (the test starts its daemons)."""
     store = PostgresStore(pg_dsn)
     await store.connect()
-    h = Harness(pg_dsn, store, tmp_path / "storage", comfyui_0364.base_url)
+    h = Harness(pg_dsn, store, storage_dir, base_url)
     try:
         yield h
     finally:
         await h.stop_all()
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def comfyui_0364() -> Iterator[Comfy0364]:
+    with running_0364() as server:
+        yield server
+
+
+@pytest.fixture
+async def comfy64(comfyui_0364: Comfy0364) -> AsyncIterator[ComfyClient]:
+    async with connected(comfyui_0364.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def harness64(pg_dsn: str, comfyui_0364: Comfy0364, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with daemon_harness(pg_dsn, comfyui_0364.base_url, tmp_path / "storage") as h:
+        yield h
 
 
 def ffmpeg_media(dest: Path, kind: str, seconds: float = 1.0) -> Path:

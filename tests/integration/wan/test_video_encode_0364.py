@@ -18,12 +18,9 @@ import pytest
 
 from comfy_worker.engine import ComfyClient
 from comfy_worker.engine.frames import NODE, encode_handovers, nodes_paths_yaml
-from comfy_worker.store.postgres import PostgresStore
-from tests.comfy_server import comfy_test_home, free_port, remove_workdir, stop_test_comfyui
-from tests.comfy_server_0364 import comfy_0364_available, start_comfyui_0364
 from tests.integration.daemon.conftest import Harness, wait_task
-from tests.integration.engine.conftest import skip_or_fail
-from tests.integration.wan.conftest import Comfy0364
+from tests.integration.wan.conftest import Comfy0364, connected, daemon_harness, running_0364
+from tests.media_probe import probe, stream
 
 pytestmark = pytest.mark.comfyui
 FPS, FRAMES, SIZE = 16, 25, (320, 240)
@@ -32,25 +29,20 @@ FPS, FRAMES, SIZE = 16, 25, (320, 240)
 @pytest.fixture(scope="module")
 def comfy_nodes() -> Iterator[Comfy0364]:
     """ComfyUI 0.3.64 with the worker's custom-node folder registered, as the supervisor launches it."""
-    if not comfy_0364_available():
-        skip_or_fail(f"ComfyUI 0.3.64 not installed in {comfy_test_home()}: run scripts/setup_test_comfyui_0364.sh")
-    nodes = ["--extra-model-paths-config", str(nodes_paths_yaml())]
-    proc, base_url = start_comfyui_0364(free_port(), extra_args=nodes)
-    try:
-        yield Comfy0364(base_url, proc.workdir)  # type: ignore[attr-defined]
-    finally:
-        stop_test_comfyui(proc)
-        remove_workdir(proc)
+    with running_0364(["--extra-model-paths-config", str(nodes_paths_yaml())]) as server:
+        yield server
 
 
 @pytest.fixture
 async def client(comfy_nodes: Comfy0364) -> AsyncIterator[ComfyClient]:
-    c = ComfyClient(comfy_nodes.base_url)
-    await c.connect()
-    try:
+    async with connected(comfy_nodes.base_url) as c:
         yield c
-    finally:
-        await c.aclose()
+
+
+@pytest.fixture
+async def harness64_nodes(pg_dsn: str, comfy_nodes: Comfy0364, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with daemon_harness(pg_dsn, comfy_nodes.base_url, tmp_path / "storage") as h:
+        yield h
 
 
 def natural_clip(dest: Path, *, audio: bool) -> Path:
@@ -78,18 +70,6 @@ def graph(clip: str, *, audio: bool, worker_prefix: str | None, stock_prefix: st
             inputs = {"video": ["3", 0], "filename_prefix": prefix, "format": "auto", "codec": "auto"}
             g[node_id] = {"class_type": cls, "inputs": inputs}
     return g
-
-
-def probe(path: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
-def stream(info: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((s for s in info["streams"] if s["codec_type"] == kind), None)
 
 
 def psnr(a: Path, b: Path) -> float:
@@ -211,15 +191,3 @@ async def test_a_server_without_the_node_keeps_savevideo(harness64: Harness, tmp
     """The session's ComfyUI 0.3.64 does not load the worker's node folder (an attached server without it)."""
     done = await _stock_task(harness64, tmp_path, "cw-encode-3")
     assert done.result["video_encode"] == "comfyui"
-
-
-@pytest.fixture
-async def harness64_nodes(pg_dsn: str, comfy_nodes: Comfy0364, tmp_path: Path) -> AsyncIterator[Harness]:
-    store = PostgresStore(pg_dsn)
-    await store.connect()
-    h = Harness(pg_dsn, store, tmp_path / "storage", comfy_nodes.base_url)
-    try:
-        yield h
-    finally:
-        await h.stop_all()
-        await store.close()
