@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from comfy_worker.engine import ComfyClient
-from comfy_worker.engine.frames import NODE, encode_handovers, nodes_paths_yaml
+from comfy_worker.engine.frames import NODE, NODES_DIR, encode_handovers, nodes_paths_yaml
+from tests.comfy_server_0364 import comfy_0364_available, comfy_0364_paths
 from tests.integration.daemon.conftest import Harness, wait_task
 from tests.integration.wan.conftest import Comfy0364, connected, daemon_harness, running_0364
 from tests.media_probe import probe, stream
@@ -191,3 +192,26 @@ async def test_a_server_without_the_node_keeps_savevideo(harness64: Harness, tmp
     """The session's ComfyUI 0.3.64 does not load the worker's node folder (an attached server without it)."""
     done = await _stock_task(harness64, tmp_path, "cw-encode-3")
     assert done.result["video_encode"] == "comfyui"
+
+
+def test_the_hand_over_writes_savevideos_bytes_chunk_by_chunk(tmp_path: Path) -> None:
+    """``_write_frames`` (reused buffers) against SaveVideo's own expression, in ComfyUI 0.3.64's python with torch:
+    values outside [0, 1], a last chunk shorter than the others, float16 frames."""
+    python, tree = comfy_0364_paths()
+    if not comfy_0364_available():
+        pytest.skip("ComfyUI 0.3.64 not installed")
+    script = f"""
+import importlib.util, io, sys, torch
+sys.path.insert(0, {str(tree)!r})
+spec = importlib.util.spec_from_file_location("cw_video", {str(NODES_DIR / "comfy_worker_nodes" / "video.py")!r})
+video = importlib.util.module_from_spec(spec); spec.loader.exec_module(video)
+for dtype in (torch.float32, torch.float16):
+    images = (torch.rand(19, 7, 5, 3) * 2 - 0.5).to(dtype)
+    fh = io.BytesIO()
+    video._write_frames(fh, images)
+    expected = b"".join((f * 255).clamp(0, 255).byte().cpu().numpy().tobytes() for f in images)  # SaveVideo's
+    print(dtype, fh.getvalue() == expected, len(expected))
+"""
+    out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, cwd=tree, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["torch.float32", "True", "1995", "torch.float16", "True", "1995"]

@@ -20,13 +20,30 @@ import math
 import os
 import struct
 from fractions import Fraction
+from typing import BinaryIO
 
 import folder_paths  # ComfyUI's
+import torch
 
 MAGIC = b"CWFRAMES1\n"
 FRAMES_EXT = ".cwframes"
 AUDIO_EXT = ".cwaudio"
 CHUNK_FRAMES = 8  # frames converted to bytes at a time: bounded memory for long videos
+
+
+def _write_frames(fh: BinaryIO, images: torch.Tensor) -> None:
+    """SaveVideo's bytes, ``(x * 255).clamp(0, 255).byte()``, CHUNK_FRAMES at a time through two buffers reused for
+    every chunk: fresh temporaries per chunk cost 3-5x the time (page faults on ~90-MB allocations)."""
+    first = images[:CHUNK_FRAMES].cpu()
+    scratch = first.new_empty(first.shape)
+    out = first.new_empty(first.shape, dtype=torch.uint8)
+    for start in range(0, int(images.shape[0]), CHUNK_FRAMES):
+        part = images[start : start + CHUNK_FRAMES].cpu()
+        n = int(part.shape[0])
+        buf, u8 = scratch[:n], out[:n]
+        buf.copy_(part).mul_(255).clamp_(0, 255)  # as SaveVideo: scale, clamp, then truncate to uint8
+        u8.copy_(buf)
+        fh.write(u8.numpy())
 
 
 def _disable_metadata() -> bool:
@@ -105,9 +122,7 @@ class ComfyWorkerSaveVideo:
         frames_file = name + FRAMES_EXT
         with open(os.path.join(full_output_folder, frames_file), "wb") as fh:
             fh.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
-            for start in range(0, frames, CHUNK_FRAMES):
-                part = images[start : start + CHUNK_FRAMES]
-                fh.write((part * 255).clamp(0, 255).byte().cpu().contiguous().numpy())
+            _write_frames(fh, images)
         items.append({"filename": frames_file, "subfolder": subfolder, "type": "output"})
         if audio is not None:
             items.append({"filename": audio["file"], "subfolder": subfolder, "type": "output"})
