@@ -69,14 +69,10 @@ def nodes_paths_yaml(folder: Path | None = None) -> Path:
     return path
 
 
-def node_listed(object_info: dict[str, Any]) -> bool:
-    return NODE in object_info
-
-
 def swap_save_video(workflow: dict[str, Any], object_info: dict[str, Any]) -> list[str]:
     """Swap every SaveVideo (mp4 / h264 or auto) for the hand-over node, in place, when the server lists it and
     ffmpeg is here; the ids swapped (none: the graph is unchanged)."""
-    if not node_listed(object_info) or ffmpeg_path() is None:
+    if NODE not in object_info or ffmpeg_path() is None:
         return []
     swapped = []
     for node_id, node in workflow.items():

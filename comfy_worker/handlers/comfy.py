@@ -33,6 +33,7 @@ from comfy_worker.engine import (
     validate,
 )
 from comfy_worker.engine.base import COMFYUI
+from comfy_worker.engine.frames import STOCK as STOCK_SAVE_VIDEO
 from comfy_worker.engine.frames import encode_handovers, is_handover_name, swap_save_video
 from comfy_worker.engine.housekeeping import comfy_folders
 from comfy_worker.engine.node_timing import NodeClock
@@ -248,7 +249,7 @@ def video_encode(
     if swapped:
         info["video_encode"] = "worker"
         log.info("video_encode_in_worker", nodes=swapped)
-    elif any(isinstance(n, dict) and n.get("class_type") == "SaveVideo" for n in workflow.values()):
+    elif any(isinstance(n, dict) and n.get("class_type") == STOCK_SAVE_VIDEO for n in workflow.values()):
         info["video_encode"] = "comfyui"
     return info
 

@@ -16,8 +16,8 @@ Policy (:class:`GcFreezer`, a ``gc.callbacks`` hook):
 
 Both actions run just after the collection that triggered them, never inside it: the callback only puts them on a
 ``queue.SimpleQueue`` (reentrant: safe wherever a collection starts, even under a lock that thread holds), and one
-daemon thread, started at install, does them. Each is
-printed to stderr (the worker logs ComfyUI's output as ``comfyui_output``). Settings, from ComfyUI's environment:
+daemon thread, started at install, does them. Each is printed to stderr (the worker logs ComfyUI's output as
+``comfyui_output``). Settings, from ComfyUI's environment:
 ``COMFY_WORKER_GC_FREEZE`` (1: on), ``COMFY_WORKER_GC_FREEZE_MIN_S`` (0.3), ``COMFY_WORKER_GC_REFRESH_S`` (600).
 """
 
