@@ -372,10 +372,13 @@ def phase_ti2v(results: dict[str, Any]) -> None:
     vram.stop()
 
 
-def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, arrive: str) -> dict[str, Any]:
+def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, arrive: str,
+              extra: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One daemon start with the page cache dropped: the first task (queued ``before`` the start, or inserted
-    ``after`` the worker is up) and a second, warm one; the cold overhead is the difference."""
+    ``after`` the worker is up) and a second, warm one; the cold overhead is the difference. ``extra``: more of
+    the daemon's environment (the prefetch's settings)."""
     env = {"WARM_PREFETCH": "true", "WARM_UP": "true", "TASK_TYPES": task_type} if warm else {"TASK_TYPES": task_type}
+    env.update(extra or {})
     d = Daemon(name, env)
     fresh_sqlite(d.db)
     d.migrate()
@@ -406,7 +409,8 @@ def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, 
         "warm_insert_to_complete_s": round(warm_s, 2),
         "cold_overhead_s": round(first_s - warm_s, 2),
         "daemon_start_to_first_complete_s": round(ts(row, "completed_at") - t0, 2),
-        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s")} if pre else None,
+        "env": extra or {},
+        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s", "libs_gb", "libs_seconds")} if pre else None,
         "prefetch_done_s": round(pre["_t"] - t0, 2) if pre else None,
         "warm_up": {"outcome": wup.get("outcome"), "seconds": wup.get("seconds"),
                     "at_s": round(wup["_t"] - t0, 2)} if wup else None,
@@ -426,6 +430,25 @@ def phase_warm(results: dict[str, Any]) -> None:
     for name, warm, arrive in cases[: int(os.environ.get("WARM_CASES", len(cases)))]:  # the first N, to fit a call
         results["warm"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive=arrive))
         (OUT / "results_warm.json").write_text(json.dumps(results, indent=2))
+
+
+def phase_warmlibs(results: dict[str, Any]) -> None:
+    """A task already waiting when a pod starts (5B, page cache dropped): no warm start, then the prefetch of the
+    models alone (session 8's, ``WARM_PREFETCH_LIBS=false``), then with ComfyUI's libraries read first (the
+    default), then the same with 2 streams instead of 8. WARMLIBS_CASES: the first N cases, to fit a call."""
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+              "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    cases: list[tuple[str, bool, dict[str, str]]] = [
+        ("before_cold", False, {}),
+        ("before_warm_models_only", True, {"WARM_PREFETCH_LIBS": "false"}),
+        ("before_warm_libs_first", True, {}),
+        ("before_warm_libs_first_2_streams", True, {"WARM_PREFETCH_STREAMS": "2"}),
+    ]
+    results.setdefault("warmlibs", [])
+    for name, warm, extra in cases[: int(os.environ.get("WARMLIBS_CASES", len(cases)))]:
+        results["warmlibs"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))
+        (OUT / "results_warmlibs.json").write_text(json.dumps(results, indent=2))
 
 
 def phase_warm14(results: dict[str, Any]) -> None:
@@ -880,32 +903,48 @@ def phase_encode(results: dict[str, Any], fourteen: bool = False) -> None:
     vram.stop()
 
 
-def phase_gcfreeze14(results: dict[str, Any]) -> None:
-    """Whether ComfyUI's post-prompt full garbage collection is the idle gap between compiled prompts: the 14B
-    ``comfyui_i2v`` 4-step LoRA with ``speed: "fast"`` (VIDEO_ENCODE=worker), ComfyUI under the gc probe, then the
+def phase_gcfreeze(results: dict[str, Any], fourteen: bool = True) -> None:
+    """Whether ComfyUI's post-prompt full garbage collection is the idle gap between compiled prompts, and what
+    COMFY_GC_FREEZE buys: ``speed: "fast"`` tasks (VIDEO_ENCODE=worker) with ComfyUI under the gc probe, then the
     same with gc.freeze() after a slow full collection (COMFY_GC_FREEZE=true); per run a warm-up task (loads,
-    compiles) and ENCODE_TASKS (2) tasks inserted at once: gap between prompts and GPU seconds per video."""
-    ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+    compiles) and ENCODE_TASKS (2) tasks inserted at once: gap between prompts and GPU seconds per video. The 14B
+    ``comfyui_i2v`` 4-step LoRA (``gcfreeze14``) or the 5B ``comfyui_ti2v`` 1280x704x121 20 steps (``gcfreeze``)."""
+    models = I2V_MODELS if fourteen else TI2V_MODELS
+    ensure_models(models, remove=["ti2v_5b", "vae22"] if fourteen else ["i2v_14b_high", "i2v_14b_low"])
     vram = VramSampler()
     n = int(os.environ.get("ENCODE_TASKS", "2"))
-    b64 = image_b64(832, 480)
+    if fourteen:
+        task_type, b64 = "comfyui_i2v", image_b64(832, 480)
+
+        def params(seed: int) -> dict[str, Any]:
+            return {**i2v_params(seed, True, b64), "speed": "fast"}
+    else:
+        task_type, b64 = "comfyui_ti2v", image_b64(1280, 704)
+
+        def params(seed: int) -> dict[str, Any]:
+            return {"prompt": "a street musician in a subway station", "width": 1280, "height": 704,
+                    "num_frames": 121, "seed": seed, "image": {"base64": b64, "filename": "start.png"},
+                    "speed": "fast"}  # fmt: skip
+    name = "gcfreeze14" if fourteen else "gcfreeze"
     probe = Path(__file__).resolve().parent / "comfy_gc_probe" / "python"
-    rows = results.setdefault("gcfreeze14", [])
+    rows = results.setdefault(name, [])
     # the second run: COMFY_GC_FREEZE=true (the shipped freezer); GCFREEZE_PROBE=1: the probe's own gc.freeze(), which
     # is what session 9 measured (the same trigger, a timer thread instead of the freezer's queue, no refresh)
     shipped = os.environ.get("GCFREEZE_PROBE") != "1"
     for label, freeze in (("probe only", "0"), ("gc.freeze after a slow full collection", "1")):
-        env = {"COMFY_PYTHON": str(probe)}
+        env = {"COMFY_PYTHON": str(probe), "VIDEO_ENCODE": "worker"}
         if freeze == "1":
             env.update({"COMFY_GC_FREEZE": "true"} if shipped else {"GC_PROBE_FREEZE": "1"})
-        d = registered_daemon("gcfreeze14_" + freeze, env)
-        wait_task(d, enqueue(d, "comfyui_i2v", {**i2v_params(800, True, b64), "speed": "fast"}), 1200)
-        params = [{**i2v_params(810 + i, True, b64), "speed": "fast"} for i in range(n)]
-        row = encode_batch(d, vram, "comfyui_i2v", params, f"gcfreeze14 {label}")
+        d = registered_daemon(f"{name}_{freeze}", env)
+        wait_task(d, enqueue(d, task_type, params(800)), 1200)
+        row = encode_batch(d, vram, task_type, [params(810 + i) for i in range(n)], f"{name} {label}")
         row["gc_lines"] = [ev["line"] for ev in d.named("comfyui_output") if "gc_probe:" in str(ev.get("line"))][-8:]
+        row["freezer_lines"] = [ev["line"] for ev in d.named("comfyui_output")
+                                if "comfy_worker_gc:" in str(ev.get("line"))][-6:]  # fmt: skip
+        say(f"{name} {label} gc", json.dumps({"gc_lines": row["gc_lines"], "freezer_lines": row["freezer_lines"]}))
         rows.append(row)
-        results[f"gcfreeze14_{freeze}_daemon_exit"] = d.stop()
-        (OUT / "results_gcfreeze14.json").write_text(json.dumps(results, indent=2))
+        results[f"{name}_{freeze}_daemon_exit"] = d.stop()
+        (OUT / f"results_{name}.json").write_text(json.dumps(results, indent=2))
     vram.stop()
 
 
@@ -936,7 +975,9 @@ def main() -> int:
         "goal14": phase_goal14,
         "encode": phase_encode,
         "encode14": lambda r: phase_encode(r, fourteen=True),
-        "gcfreeze14": phase_gcfreeze14,
+        "gcfreeze14": phase_gcfreeze,
+        "gcfreeze": lambda r: phase_gcfreeze(r, fourteen=False),
+        "warmlibs": phase_warmlibs,
     }
     kill_leftovers()
     try:

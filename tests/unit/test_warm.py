@@ -4,6 +4,8 @@ tests/integration/daemon/test_warm_daemon.py."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from comfy_worker.config import load_settings
 from comfy_worker.daemon.warm import (
     WarmStart,
     default_model_files,
+    engine_libraries,
+    engine_python,
     mem_available,
     read_into_cache,
     select_files,
@@ -128,6 +132,67 @@ async def test_prefetch_thread_is_bounded_by_ram(tmp_path: Path) -> None:
     assert await WarmStart(off, ["comfyui_ti2v"]).start_prefetch() is None  # WARM_PREFETCH off: nothing read
 
 
+def _python_with(site: Path, tmp_path: Path) -> str:
+    """A python that finds its packages in ``site`` (the way a venv's python finds its site-packages)."""
+    wrapper = tmp_path / "python-with-site"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_engine_libraries_are_the_shared_libraries_beside_torch_largest_first(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("raise SystemExit('torch must not be imported to be found')\n")
+    cuda = _put(site, "torch/lib/libtorch_cuda.so", 3000)
+    blas = _put(site, "nvidia/cublas/lib/libcublas.so.13", 2000)
+    tri = _put(site, "triton/_C/libtriton.so", 1000)
+    _put(site, "torch/lib/readme.txt", 9000)  # not a library
+    _put(site, "torch/functional.py", 9000)  # python source: read by the import itself
+    _put(site, "numpy/core/_multiarray.so", 9000)  # not in LIB_DIRS
+    (site / "torch" / "lib" / "libtorch_cuda_link.so").symlink_to(cuda)  # the target is read once
+    assert engine_libraries(_python_with(site, tmp_path)) == [(cuda, 3000), (blas, 2000), (tri, 1000)]
+    assert engine_libraries(_python_with(tmp_path / "empty", tmp_path)) == []  # no torch there
+    assert engine_libraries(str(tmp_path / "no-such-python")) == []  # logged, not raised
+
+
+def test_engine_python_is_the_launched_comfyuis() -> None:
+    assert engine_python(load_settings({"COMFY_PATH": "/c"})) == sys.executable
+    own = load_settings({"COMFY_PATH": "/c", "COMFY_PYTHON": "~/venv/bin/python"})
+    assert engine_python(own) == os.path.expanduser("~/venv/bin/python")
+    assert engine_python(load_settings({"COMFY_URL": "http://h:8188"})) is None  # attached: its libraries are not ours
+    assert engine_python(load_settings({})) is None
+
+
+async def test_prefetch_reads_the_engine_libraries_first_within_the_ram_bound(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    d = DEFAULTS["comfyui_ti2v"]
+    _put(models, f"diffusion_models/{d['diffusion_model']}", 5000)
+    lib = _put(tmp_path, "site/torch/lib/libtorch_cuda.so", 700)
+    asked: list[str] = []
+
+    def libraries(python: str) -> list[tuple[Path, int]]:
+        asked.append(python)
+        return [(lib, 700)]
+
+    env = {"MODELS_DIR": str(models), "WARM_PREFETCH": "true", "COMFY_PATH": str(tmp_path), "COMFY_PYTHON": "/py"}
+    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 10**6, libraries=libraries)
+    thread = await warm.start_prefetch()
+    assert thread is not None and wait_prefetch(thread, 30)
+    assert asked == ["/py"] and warm.prefetched_bytes == 5700
+    # the libraries count first against the bound: with room for 5000 bytes the model (5000) no longer fits
+    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 5000, libraries=libraries)
+    thread = await warm.start_prefetch()
+    assert thread is not None and wait_prefetch(thread, 30)
+    assert warm.prefetched_bytes == 700
+    for off in ({**env, "WARM_PREFETCH_LIBS": "false"}, {**env, "COMFY_URL": "http://h:8188"}):
+        asked.clear()
+        warm = WarmStart(load_settings(off), ["comfyui_ti2v"], meminfo=lambda: 10**6, libraries=libraries)
+        thread = await warm.start_prefetch()
+        assert thread is not None and wait_prefetch(thread, 30)
+        assert asked == [] and warm.prefetched_bytes == 5000
+
+
 async def test_the_model_files_are_looked_at_once_and_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,8 +261,8 @@ def test_settings_errors_name_the_variable_and_the_fix(env: dict[str, str], fiel
 
 def test_settings_defaults_and_valid_values() -> None:
     s = load_settings({})
-    assert (s.warm_prefetch, s.warm_up, s.warm_models, s.warm_prefetch_streams, s.warm_prefetch_ram_fraction) == (
-        False, False, (), 8, 0.8)  # fmt: skip
+    assert (s.warm_prefetch, s.warm_up, s.warm_models, s.warm_prefetch_streams, s.warm_prefetch_ram_fraction,
+            s.warm_prefetch_libs) == (False, False, (), 8, 0.8, True)  # fmt: skip
     s = load_settings({"WARM_PREFETCH": "true", "WARM_MODELS": "/abs/a.safetensors, vae/b.safetensors",
                        "COMFY_PATH": "/c", "WARM_UP": "yes", "WARM_PREFETCH_STREAMS": "16"})  # fmt: skip
     assert s.warm_models == ("/abs/a.safetensors", "vae/b.safetensors") and s.warm_up and s.warm_prefetch_streams == 16
