@@ -158,7 +158,7 @@ class Settings:
     warm_prefetch: bool = False
     warm_models: tuple[str, ...] = ()
     warm_prefetch_streams: int = 8
-    warm_prefetch_libs: bool = True
+    warm_prefetch_start: str = "launch"
     warm_prefetch_ram_fraction: float = 0.8
     warm_up: bool = False
     # prompt runner
@@ -349,7 +349,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "warm_prefetch": _bool,
     "warm_models": _csv,
     "warm_prefetch_streams": _number(int, 1),
-    "warm_prefetch_libs": _bool,
+    "warm_prefetch_start": _choice("launch", "torch"),
     "warm_prefetch_ram_fraction": _number(float, 0.01),
     "warm_up": _bool,
     "dry_run": _bool,

@@ -401,8 +401,12 @@ def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, 
     row2 = wait_task(d, tid2, 900)
     warm_s = ts(row2, "completed_at") - t2
     pre, wup = d.first("warm_prefetch_done"), d.first("warm_up_finished")
+    launched = d.first("comfyui_starting")
+    vram_line = next((e for e in d.named("comfyui_output") if str(e.get("line", "")).startswith("Total VRAM")), None)
     out = {
         "case": name, "warm_start": warm, "task_arrives": arrive, "page_cache": cache,
+        "comfyui_launched_s": round(launched["_t"] - t0, 2) if launched else None,
+        "torch_imported_s": round(vram_line["_t"] - t0, 2) if vram_line else None,  # ComfyUI's "Total VRAM" line
         "comfyui_ready_s": round(ready["_t"] - t0, 2),
         "task_inserted_s": round(t_ins - t0, 2),
         "first_insert_to_complete_s": round(first_s, 2),
@@ -410,7 +414,7 @@ def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, 
         "cold_overhead_s": round(first_s - warm_s, 2),
         "daemon_start_to_first_complete_s": round(ts(row, "completed_at") - t0, 2),
         "env": extra or {},
-        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s", "libs_gb", "libs_seconds")} if pre else None,
+        "prefetch": {k: pre.get(k) for k in ("gb", "seconds", "gb_per_s", "waited_s")} if pre else None,
         "prefetch_done_s": round(pre["_t"] - t0, 2) if pre else None,
         "warm_up": {"outcome": wup.get("outcome"), "seconds": wup.get("seconds"),
                     "at_s": round(wup["_t"] - t0, 2)} if wup else None,
@@ -432,23 +436,22 @@ def phase_warm(results: dict[str, Any]) -> None:
         (OUT / "results_warm.json").write_text(json.dumps(results, indent=2))
 
 
-def phase_warmlibs(results: dict[str, Any]) -> None:
-    """A task already waiting when a pod starts (5B, page cache dropped): no warm start, then the prefetch of the
-    models alone (session 8's, ``WARM_PREFETCH_LIBS=false``), then with ComfyUI's libraries read first (the
-    default), then the same with 2 streams instead of 8. WARMLIBS_CASES: the first N cases, to fit a call."""
+def phase_warmstart(results: dict[str, Any]) -> None:
+    """A task already waiting when a pod starts (5B, page cache dropped): no warm start; the prefetch from the
+    daemon's start (``WARM_PREFETCH_START=launch``, what session 8 and 10 measured: it starved ComfyUI's import of
+    torch); the prefetch once ComfyUI has imported torch (``=torch``). WARMSTART_CASES: the first N cases."""
     ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
     params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
               "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
     cases: list[tuple[str, bool, dict[str, str]]] = [
         ("before_cold", False, {}),
-        ("before_warm_models_only", True, {"WARM_PREFETCH_LIBS": "false"}),
-        ("before_warm_libs_first", True, {}),
-        ("before_warm_libs_first_2_streams", True, {"WARM_PREFETCH_STREAMS": "2"}),
+        ("before_warm_prefetch_at_launch", True, {"WARM_PREFETCH_START": "launch"}),
+        ("before_warm_prefetch_after_torch", True, {"WARM_PREFETCH_START": "torch"}),
     ]
-    results.setdefault("warmlibs", [])
-    for name, warm, extra in cases[: int(os.environ.get("WARMLIBS_CASES", len(cases)))]:
-        results["warmlibs"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))
-        (OUT / "results_warmlibs.json").write_text(json.dumps(results, indent=2))
+    results.setdefault("warmstart", [])
+    for name, warm, extra in cases[: int(os.environ.get("WARMSTART_CASES", len(cases)))]:
+        results["warmstart"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))
+        (OUT / "results_warmstart.json").write_text(json.dumps(results, indent=2))
 
 
 def phase_warm14(results: dict[str, Any]) -> None:
@@ -977,7 +980,7 @@ def main() -> int:
         "encode14": lambda r: phase_encode(r, fourteen=True),
         "gcfreeze14": phase_gcfreeze,
         "gcfreeze": lambda r: phase_gcfreeze(r, fourteen=False),
-        "warmlibs": phase_warmlibs,
+        "warmstart": phase_warmstart,
     }
     kill_leftovers()
     try:

@@ -6,6 +6,8 @@
 #   bash bench/gpu/run.sh coverage    # every Wan 2.2 task type run by the real nodes (models 2 blocks deep)
 #   bash bench/gpu/run.sh warm        # issue 24: 5B cold overhead without / with WARM_PREFETCH + WARM_UP
 #   bash bench/gpu/run.sh warm14      # issue 24: the same for the 14B HIGH/LOW i2v pair
+#   bash bench/gpu/run.sh warmstart   # issue 24: a waiting 5B task: prefetch at launch vs after ComfyUI's torch import
+#   bash bench/gpu/run.sh gcfreeze    # issue 24: COMFY_GC_FREEZE off then on, 5B speed fast (gcfreeze14: the 14B)
 #   bash bench/gpu/run.sh speed       # issue 24: compile: true vs default, s/step and one-step fidelity
 #   python3 bench/gpu/bench_encode.py # issue 24: SaveVideo's encode on testsrc2 at each type's default size
 # (before the first call, here: bash bench/gpu/fetch_wheels.sh; carry .gpu-wheels). Output: $OUT/bench_<phase>.txt,

@@ -114,6 +114,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
         self._ending: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.exit_reason = ""
         self.warm = WarmStart(settings, self.task_types)  # WARM_PREFETCH / WARM_UP (daemon/warm.py)
+        self.warm.watch(self.supervisor)  # WARM_PREFETCH_START=torch follows ComfyUI's boot
         for engine in registry.engines.values():
             if hasattr(engine, "on_exit"):  # ComfyUI: its prompts' waits must be interrupted when it dies
                 engine.on_exit = functools.partial(self._on_engine_exit, engine.name)
@@ -144,6 +145,7 @@ class Daemon(ClaimLoop, TaskLifecycle, Heartbeat):
             await self.store.check_schema()  # SchemaMissing says how to apply sql/
         await self.storage.check()
         await self.host.start()  # a one-engine worker starts it now; several start on their first task
+        self.warm.engine_ready()
         await self.upkeep.start()
         self._models_report = await asyncio.to_thread(startup_report, self.settings)  # models_missing, …
         if self._models_report.get("models_missing"):

@@ -98,6 +98,7 @@ class ComfySupervisor:
         self._reach_task: asyncio.Task[None] | None = None
         self._answered = False  # attached: the server has answered at least once
         self.on_reachable: Callable[[], None] | None = None  # attached: called when it answers again
+        self.line_watchers: list[Callable[[str], None]] = []  # launched: called with each line ComfyUI prints
 
     # --- properties -------------------------------------------------------------------------------------
 
@@ -363,6 +364,11 @@ class ComfySupervisor:
             line = raw.decode(errors="replace").rstrip()
             self.tail.append(line)
             log.info("comfyui_output", line=line)
+            for watch in self.line_watchers:
+                try:
+                    watch(line)
+                except Exception as exc:  # a watcher's bug must not stop the pipe being read
+                    log.warning("comfyui_output_watcher_failed", error=repr(exc))
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()

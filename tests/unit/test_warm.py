@@ -4,10 +4,9 @@ tests/integration/daemon/test_warm_daemon.py."""
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,8 +16,6 @@ from comfy_worker.config import load_settings
 from comfy_worker.daemon.warm import (
     WarmStart,
     default_model_files,
-    engine_libraries,
-    engine_python,
     mem_available,
     read_into_cache,
     select_files,
@@ -132,65 +129,36 @@ async def test_prefetch_thread_is_bounded_by_ram(tmp_path: Path) -> None:
     assert await WarmStart(off, ["comfyui_ti2v"]).start_prefetch() is None  # WARM_PREFETCH off: nothing read
 
 
-def _python_with(site: Path, tmp_path: Path) -> str:
-    """A python that finds its packages in ``site`` (the way a venv's python finds its site-packages)."""
-    wrapper = tmp_path / "python-with-site"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
-
-
-def test_engine_libraries_are_the_shared_libraries_beside_torch_largest_first(tmp_path: Path) -> None:
-    site = tmp_path / "site-packages"
-    (site / "torch").mkdir(parents=True)
-    (site / "torch" / "__init__.py").write_text("raise SystemExit('torch must not be imported to be found')\n")
-    cuda = _put(site, "torch/lib/libtorch_cuda.so", 3000)
-    blas = _put(site, "nvidia/cublas/lib/libcublas.so.13", 2000)
-    tri = _put(site, "triton/_C/libtriton.so", 1000)
-    _put(site, "torch/lib/readme.txt", 9000)  # not a library
-    _put(site, "torch/functional.py", 9000)  # python source: read by the import itself
-    _put(site, "numpy/core/_multiarray.so", 9000)  # not in LIB_DIRS
-    (site / "torch" / "lib" / "libtorch_cuda_link.so").symlink_to(cuda)  # the target is read once
-    assert engine_libraries(_python_with(site, tmp_path)) == [(cuda, 3000), (blas, 2000), (tri, 1000)]
-    assert engine_libraries(_python_with(tmp_path / "empty", tmp_path)) == []  # no torch there
-    assert engine_libraries(str(tmp_path / "no-such-python")) == []  # logged, not raised
-
-
-def test_engine_python_is_the_launched_comfyuis() -> None:
-    assert engine_python(load_settings({"COMFY_PATH": "/c"})) == sys.executable
-    own = load_settings({"COMFY_PATH": "/c", "COMFY_PYTHON": "~/venv/bin/python"})
-    assert engine_python(own) == os.path.expanduser("~/venv/bin/python")
-    assert engine_python(load_settings({"COMFY_URL": "http://h:8188"})) is None  # attached: its libraries are not ours
-    assert engine_python(load_settings({})) is None
-
-
-async def test_prefetch_reads_the_engine_libraries_first_within_the_ram_bound(tmp_path: Path) -> None:
+async def test_prefetch_start_torch_waits_for_comfyuis_torch_import(tmp_path: Path) -> None:
     models = tmp_path / "models"
     d = DEFAULTS["comfyui_ti2v"]
     _put(models, f"diffusion_models/{d['diffusion_model']}", 5000)
-    lib = _put(tmp_path, "site/torch/lib/libtorch_cuda.so", 700)
-    asked: list[str] = []
-
-    def libraries(python: str) -> list[tuple[Path, int]]:
-        asked.append(python)
-        return [(lib, 700)]
-
-    env = {"MODELS_DIR": str(models), "WARM_PREFETCH": "true", "COMFY_PATH": str(tmp_path), "COMFY_PYTHON": "/py"}
-    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 10**6, libraries=libraries)
+    env = {"MODELS_DIR": str(models), "WARM_PREFETCH": "true", "COMFY_PATH": str(tmp_path),
+           "WARM_PREFETCH_START": "torch"}  # fmt: skip
+    launched = SimpleNamespace(attached=False, line_watchers=[])
+    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 10**6)
+    warm.watch(launched)
+    assert launched.line_watchers == [warm.engine_output]
     thread = await warm.start_prefetch()
-    assert thread is not None and wait_prefetch(thread, 30)
-    assert asked == ["/py"] and warm.prefetched_bytes == 5700
-    # the libraries count first against the bound: with room for 5000 bytes the model (5000) no longer fits
-    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 5000, libraries=libraries)
-    thread = await warm.start_prefetch()
-    assert thread is not None and wait_prefetch(thread, 30)
-    assert warm.prefetched_bytes == 700
-    for off in ({**env, "WARM_PREFETCH_LIBS": "false"}, {**env, "COMFY_URL": "http://h:8188"}):
-        asked.clear()
-        warm = WarmStart(load_settings(off), ["comfyui_ti2v"], meminfo=lambda: 10**6, libraries=libraries)
+    assert thread is not None
+    for line in ("Adding extra search path custom_nodes /x", "Checkpoint files will always be loaded safely."):
+        warm.engine_output(line)
+    assert not wait_prefetch(thread, 0.3) and warm.prefetched_bytes == 0  # still waiting for the import
+    warm.engine_output("Total VRAM 81079 MB, total RAM 128869 MB")
+    assert wait_prefetch(thread, 30) and warm.prefetched_bytes == 5000
+    # ComfyUI answering opens it too (a version that prints no such line), and so does having none to wait for
+    for setup in (lambda w: w.engine_ready(), lambda w: w.watch(None),
+                  lambda w: w.watch(SimpleNamespace(attached=True, line_watchers=[]))):  # fmt: skip
+        warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 10**6)
+        setup(warm)
         thread = await warm.start_prefetch()
-        assert thread is not None and wait_prefetch(thread, 30)
-        assert asked == [] and warm.prefetched_bytes == 5000
+        assert thread is not None and wait_prefetch(thread, 30) and warm.prefetched_bytes == 5000
+    # stopped while it waits: the thread ends without reading
+    warm = WarmStart(load_settings(env), ["comfyui_ti2v"], meminfo=lambda: 10**6)
+    thread = await warm.start_prefetch()
+    assert thread is not None
+    warm.stop()
+    assert wait_prefetch(thread, 30) and warm.prefetched_bytes == 0
 
 
 async def test_the_model_files_are_looked_at_once_and_off_the_event_loop(
@@ -243,6 +211,7 @@ def test_warmup_graph_is_tiny_and_loads_the_default_models(task_type: str) -> No
         ({"WARM_PREFETCH": "maybe"}, "WARM_PREFETCH", "true or false"),
         ({"WARM_PREFETCH": "true"}, "WARM_PREFETCH", "MODELS_DIR"),
         ({"WARM_PREFETCH": "true", "MODELS_DIR": "/m", "WARM_PREFETCH_STREAMS": "0"}, "WARM_PREFETCH_STREAMS", ">= 1"),
+        ({"WARM_PREFETCH_START": "boot"}, "WARM_PREFETCH_START", "launch"),
         ({"WARM_PREFETCH": "true", "MODELS_DIR": "/m", "WARM_PREFETCH_RAM_FRACTION": "1.5"},
          "WARM_PREFETCH_RAM_FRACTION", "(0, 1]"),
         ({"WARM_PREFETCH": "true", "MODELS_DIR": "/m", "WARM_PREFETCH_RAM_FRACTION": "0"},
@@ -262,7 +231,7 @@ def test_settings_errors_name_the_variable_and_the_fix(env: dict[str, str], fiel
 def test_settings_defaults_and_valid_values() -> None:
     s = load_settings({})
     assert (s.warm_prefetch, s.warm_up, s.warm_models, s.warm_prefetch_streams, s.warm_prefetch_ram_fraction,
-            s.warm_prefetch_libs) == (False, False, (), 8, 0.8, True)  # fmt: skip
+            s.warm_prefetch_start) == (False, False, (), 8, 0.8, "launch")  # fmt: skip
     s = load_settings({"WARM_PREFETCH": "true", "WARM_MODELS": "/abs/a.safetensors, vae/b.safetensors",
                        "COMFY_PATH": "/c", "WARM_UP": "yes", "WARM_PREFETCH_STREAMS": "16"})  # fmt: skip
     assert s.warm_models == ("/abs/a.safetensors", "vae/b.safetensors") and s.warm_up and s.warm_prefetch_streams == 16

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from comfy_worker.config import load_settings
+from comfy_worker.daemon.warm import TORCH_LINE
 from comfy_worker.engine import ComfyClient, ComfySupervisor, events
 from comfy_worker.engine.frames import NODE
 from comfy_worker.errors import EngineGone, EngineStartupError, EngineUnavailable
@@ -101,6 +102,23 @@ async def test_output_is_read_and_stop_escalates_to_sigkill(tmp_path: Path) -> N
     assert not sup.died.is_set()  # a requested stop is not a death
 
 
+async def test_line_watchers_see_every_line_and_a_failing_one_does_not_stop_the_pipe(tmp_path: Path) -> None:
+    path = fake_comfy(tmp_path, SERVES)
+    sup = ComfySupervisor(settings(COMFY_PATH=str(path), COMFY_PYTHON=sys.executable))
+    seen: list[str] = []
+
+    def broken(line: str) -> None:
+        raise RuntimeError("a watcher's bug")
+
+    sup.line_watchers += [broken, seen.append]
+    await sup.start()
+    try:
+        assert any("fake comfy listening" in line for line in seen)
+        assert seen == list(sup.tail)  # each line, in order, as the tail got it
+    finally:
+        await sup.stop(grace_s=2)
+
+
 async def test_restarts_after_death_until_restart_max(tmp_path: Path) -> None:
     path = fake_comfy(tmp_path, SERVES)
     exits: list[int | None] = []
@@ -184,6 +202,8 @@ async def test_real_comfyui_killed_mid_prompt_is_restarted(tmp_path: Path) -> No
     await sup.start()
     try:
         assert any("Starting server" in line or "To see the GUI" in line for line in sup.tail)
+        # WARM_PREFETCH_START=torch waits for this line (daemon/warm.py): ComfyUI 0.3.64 prints it on the CPU too
+        assert any(line.startswith(TORCH_LINE) for line in sup.tail)
         first_pid = sup.pid
         async with ComfyClient(sup.base_url, reconnect_grace_s=5) as client:
             assert NODE in await client.object_info()  # the worker's node folder, loaded as the supervisor launched it
