@@ -11,7 +11,7 @@
 #      per variable), `comfy-worker --version`, `comfy-worker migrate` + a `comfy` task on the embedded SQLite
 #      queue run by the worker against the image's own CPU ComfyUI, a `t2v` task run by the same worker through
 #      the image's Wan2GP stage (its venv, WAN2GP_PATH set by the entrypoint, ckpts/ and loras/ on the
-#      volume), and SIGTERM → exit 0 after draining.
+#      volume), ComfyUI's modules compiled at build (a valid .pyc for each), and SIGTERM → exit 0 after draining.
 # Needs root, buildah and debootstrap (scripts/install.sh installs them when root). Prints the time of every
 # phase; docs/benchmarks.md has the figures. Options: --keep (keep the image and storage for another run),
 # --only-checks (reuse the image built by a previous --keep run).
@@ -206,6 +206,23 @@ check_version() {
     step "comfy-worker --version: $out"
 }
 
+check_bytecode() {
+    # every ComfyUI module has its .pyc from the build, valid for its source (a pod's first boot compiles nothing)
+    local out
+    out=$(run "${GOOD[@]}" /opt/comfyui-venv/bin/python -c '
+import importlib.util, pathlib, sys
+srcs = [p for p in pathlib.Path("/opt/ComfyUI").rglob("*.py") if "custom_nodes" not in p.parts]
+stale = []
+for src in srcs:
+    pyc = pathlib.Path(importlib.util.cache_from_source(str(src)))
+    data = pyc.read_bytes()[8:16] if pyc.exists() else b""
+    if len(data) < 8 or int.from_bytes(data[:4], "little") != int(src.stat().st_mtime) & 0xFFFFFFFF:
+        stale.append(str(src))
+print(len(srcs), len(stale), " ".join(stale[:5]))
+sys.exit(1 if stale or not srcs else 0)' 2>&1) || fail "ComfyUI modules without a valid .pyc (sources, stale, first few): $out"
+    step "ComfyUI bytecode: ${out%% *} modules compiled at build"
+}
+
 check_task() {
     local out tid
     run "${GOOD[@]}" comfy-worker migrate >/dev/null 2>&1 || fail "comfy-worker migrate failed"
@@ -307,6 +324,7 @@ check_sigterm() {
 timed refusals check_refusals
 timed volume check_volume
 timed version check_version
+timed bytecode check_bytecode
 timed task check_task
 timed wan2gp check_wan2gp
 timed sigterm check_sigterm
