@@ -439,7 +439,8 @@ def phase_warm(results: dict[str, Any]) -> None:
 def phase_warmstart(results: dict[str, Any]) -> None:
     """A task already waiting when a pod starts (5B, page cache dropped): no warm start; the prefetch from the
     daemon's start (``WARM_PREFETCH_START=launch``, what session 8 and 10 measured: it starved ComfyUI's import of
-    torch); the prefetch once ComfyUI has imported torch (``=torch``). WARMSTART_CASES: the first N cases."""
+    torch); the prefetch once ComfyUI has imported torch (``=torch``); the same with ``--disable-api-nodes``
+    (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES: the first N cases."""
     ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
     params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
               "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
@@ -447,7 +448,9 @@ def phase_warmstart(results: dict[str, Any]) -> None:
         ("before_cold", False, {}),
         ("before_warm_prefetch_at_launch", True, {"WARM_PREFETCH_START": "launch"}),
         ("before_warm_prefetch_after_torch", True, {"WARM_PREFETCH_START": "torch"}),
-    ]
+        ("before_warm_prefetch_after_torch_no_api_nodes", True,
+         {"WARM_PREFETCH_START": "torch", "COMFY_ARGS": "--disable-api-nodes"}),
+    ]  # fmt: skip
     results.setdefault("warmstart", [])
     for name, warm, extra in cases[: int(os.environ.get("WARMSTART_CASES", len(cases)))]:
         results["warmstart"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))

@@ -11,7 +11,7 @@ Two opt-in parts (README "Performance"):
   (``/proc/meminfo``); the rest are skipped, by name, in the log. ``WARM_PREFETCH_START=torch``: the readers
   wait until the ComfyUI this worker launches has imported torch (its ``Total VRAM`` line; at the latest when it
   answers) — on a local disk, model reads during that import starve its page faults (an H100 box: the import
-  took 12 s instead of 4.6 s, and the boot 24.9 s instead of 16.7 s). ``launch`` (default) reads at once.
+  took 12.5 s instead of 5.1 s, and the boot 24.9 s instead of 16.7 s). ``launch`` (default) reads at once.
   Choosing (it looks at each file) and reading run in threads: neither blocks start-up or a claim. Each model
   file is looked at once: the warm-up's check for absent models reuses what the choice found.
 * **Warm-up** (``WARM_UP=true``): once the worker is registered and no task is waiting, one tiny prompt per
