@@ -220,7 +220,8 @@ for src in srcs:
         stale.append(str(src))
 print(len(srcs), len(stale), " ".join(stale[:5]))
 sys.exit(1 if stale or not srcs else 0)' 2>&1) || fail "ComfyUI modules without a valid .pyc (sources, stale, first few): $out"
-    step "ComfyUI bytecode: ${out%% *} modules compiled at build"
+    out=$(tail -n 1 <<<"$out")  # the entrypoint's own lines come first
+    step "ComfyUI bytecode: ${out%% *} modules, each with a valid .pyc from the build"
 }
 
 check_task() {
