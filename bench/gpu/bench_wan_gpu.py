@@ -401,12 +401,14 @@ def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, 
     row2 = wait_task(d, tid2, 900)
     warm_s = ts(row2, "completed_at") - t2
     pre, wup = d.first("warm_prefetch_done"), d.first("warm_up_finished")
+    from comfy_worker.daemon.warm import TORCH_LINE  # what WARM_PREFETCH_START=torch waits for
+
     launched = d.first("comfyui_starting")
-    vram_line = next((e for e in d.named("comfyui_output") if str(e.get("line", "")).startswith("Total VRAM")), None)
+    vram_line = next((e for e in d.named("comfyui_output") if str(e.get("line", "")).startswith(TORCH_LINE)), None)
     out = {
         "case": name, "warm_start": warm, "task_arrives": arrive, "page_cache": cache,
         "comfyui_launched_s": round(launched["_t"] - t0, 2) if launched else None,
-        "torch_imported_s": round(vram_line["_t"] - t0, 2) if vram_line else None,  # ComfyUI's "Total VRAM" line
+        "torch_imported_s": round(vram_line["_t"] - t0, 2) if vram_line else None,
         "comfyui_ready_s": round(ready["_t"] - t0, 2),
         "task_inserted_s": round(t_ins - t0, 2),
         "first_insert_to_complete_s": round(first_s, 2),
@@ -424,10 +426,15 @@ def cold_case(name: str, task_type: str, params: dict[str, Any], *, warm: bool, 
     return out
 
 
-def phase_warm(results: dict[str, Any]) -> None:
+def warm_ti2v() -> dict[str, Any]:
+    """The 5B models on disk (the 14B pair removed) and the cold cases' task: 1280x704x121, 4 steps."""
     ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
-    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
-              "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    return {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
+            "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+
+
+def phase_warm(results: dict[str, Any]) -> None:
+    params = warm_ti2v()
     cases = [("ti2v_before_cold", False, "before"), ("ti2v_before_warm", True, "before"),
              ("ti2v_after_warm", True, "after"), ("ti2v_after_cold", False, "after")]  # fmt: skip
     results.setdefault("warm", [])
@@ -441,9 +448,7 @@ def phase_warmstart(results: dict[str, Any]) -> None:
     daemon's start (``WARM_PREFETCH_START=launch``, what session 8 and 10 measured: it starved ComfyUI's import of
     torch); the prefetch once ComfyUI has imported torch (``=torch``); the same with ``--disable-api-nodes``
     (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES: the first N cases."""
-    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
-    params = {"prompt": "a street musician in a subway station", "width": 1280, "height": 704, "num_frames": 121,
-              "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
+    params = warm_ti2v()
     cases: list[tuple[str, bool, dict[str, str]]] = [
         ("before_cold", False, {}),
         ("before_warm_prefetch_at_launch", True, {"WARM_PREFETCH_START": "launch"}),
@@ -866,6 +871,20 @@ def encode_batch(d: Daemon, vram: VramSampler, task_type: str, params: list[dict
     return out
 
 
+def goal_task(fourteen: bool, extra: dict[str, Any]) -> tuple[str, Any]:
+    """The goal's models on disk (the other size's removed) and its task: (task type, seed -> params), the 14B
+    ``comfyui_i2v`` 832x480x81 4-step LoRA or the 5B ``comfyui_ti2v`` 1280x704x121 20 steps, plus ``extra``."""
+    if fourteen:
+        ensure_models(I2V_MODELS, remove=["ti2v_5b", "vae22"])
+        b64 = image_b64(832, 480)
+        return "comfyui_i2v", lambda seed: {**i2v_params(seed, True, b64), **extra}
+    ensure_models(TI2V_MODELS, remove=["i2v_14b_high", "i2v_14b_low"])
+    b64 = image_b64(1280, 704)
+    return "comfyui_ti2v", lambda seed: {"prompt": "a street musician in a subway station", "width": 1280,
+                                         "height": 704, "num_frames": 121, "seed": seed,
+                                         "image": {"base64": b64, "filename": "start.png"}, **extra}  # fmt: skip
+
+
 def phase_encode(results: dict[str, Any], fourteen: bool = False) -> None:
     """VIDEO_ENCODE=comfyui (SaveVideo on ComfyUI's path) against =worker (ComfyWorkerSaveVideo hands the frames
     over, the worker encodes while the next prompt runs) on one ComfyUI, so the models (and, with ``speed: "fast"``,
@@ -873,25 +892,10 @@ def phase_encode(results: dict[str, Any], fourteen: bool = False) -> None:
     to it with its own queue. One warm-up task, then ENCODE_TASKS (2) tasks inserted at once per mode (comfyui
     first). 5B ti2v 1280x704x121 20 steps, or (``encode14``) the 14B
     i2v 832x480x81 4-step LoRA; ``speed: "fast"`` unless ENCODE_SPEED=default."""
-    models = I2V_MODELS if fourteen else TI2V_MODELS
-    ensure_models(models, remove=["ti2v_5b", "vae22"] if fourteen else ["i2v_14b_high", "i2v_14b_low"])
+    extra = {"speed": "fast"} if os.environ.get("ENCODE_SPEED", "fast") == "fast" else {}
+    task_type, params = goal_task(fourteen, extra)
     vram = VramSampler()
     n = int(os.environ.get("ENCODE_TASKS", "2"))
-    speed = os.environ.get("ENCODE_SPEED", "fast")
-    extra = {"speed": "fast"} if speed == "fast" else {}
-    if fourteen:
-        b64 = image_b64(832, 480)
-        task_type = "comfyui_i2v"
-
-        def params(seed: int) -> dict[str, Any]:
-            return {**i2v_params(seed, True, b64), **extra}
-    else:
-        b64 = image_b64(1280, 704)
-        task_type = "comfyui_ti2v"
-
-        def params(seed: int) -> dict[str, Any]:
-            return {"prompt": "a street musician in a subway station", "width": 1280, "height": 704,
-                    "num_frames": 121, "seed": seed, "image": {"base64": b64, "filename": "start.png"}, **extra}
     name = "encode14" if fourteen else "encode"
     rows = results.setdefault(name, [])
     w = registered_daemon(f"{name}_worker", {"VIDEO_ENCODE": "worker"}, db="queue_worker.db")
@@ -915,22 +919,9 @@ def phase_gcfreeze(results: dict[str, Any], fourteen: bool = True) -> None:
     same with gc.freeze() after a slow full collection (COMFY_GC_FREEZE=true); per run a warm-up task (loads,
     compiles) and ENCODE_TASKS (2) tasks inserted at once: gap between prompts and GPU seconds per video. The 14B
     ``comfyui_i2v`` 4-step LoRA (``gcfreeze14``) or the 5B ``comfyui_ti2v`` 1280x704x121 20 steps (``gcfreeze``)."""
-    models = I2V_MODELS if fourteen else TI2V_MODELS
-    ensure_models(models, remove=["ti2v_5b", "vae22"] if fourteen else ["i2v_14b_high", "i2v_14b_low"])
+    task_type, params = goal_task(fourteen, {"speed": "fast"})
     vram = VramSampler()
     n = int(os.environ.get("ENCODE_TASKS", "2"))
-    if fourteen:
-        task_type, b64 = "comfyui_i2v", image_b64(832, 480)
-
-        def params(seed: int) -> dict[str, Any]:
-            return {**i2v_params(seed, True, b64), "speed": "fast"}
-    else:
-        task_type, b64 = "comfyui_ti2v", image_b64(1280, 704)
-
-        def params(seed: int) -> dict[str, Any]:
-            return {"prompt": "a street musician in a subway station", "width": 1280, "height": 704,
-                    "num_frames": 121, "seed": seed, "image": {"base64": b64, "filename": "start.png"},
-                    "speed": "fast"}  # fmt: skip
     name = "gcfreeze14" if fourteen else "gcfreeze"
     probe = Path(__file__).resolve().parent / "comfy_gc_probe" / "python"
     rows = results.setdefault(name, [])

@@ -268,7 +268,7 @@ class WarmStart:
         self.task_types = list(task_types)
         self._meminfo = meminfo
         self._stop = threading.Event()
-        self._booted = threading.Event()  # the launched ComfyUI has imported torch (WARM_PREFETCH_START=torch)
+        self._booted = threading.Event()  # the launched ComfyUI has imported torch, or stop() (WARM_PREFETCH_START)
         self._claimed = asyncio.Event()
         self._shutting = asyncio.Event()
         self._give_way = asyncio.Event()  # claimed or shutting: a running warm-up prompt is interrupted
@@ -321,9 +321,9 @@ class WarmStart:
         def run() -> None:
             t_wait = time.monotonic()
             if self.settings.warm_prefetch_start == "torch":
-                while not self._booted.wait(0.25):
-                    if self._stop.is_set():
-                        return
+                self._booted.wait()  # stop() sets it too
+                if self._stop.is_set():
+                    return
             t0 = time.monotonic()
             self.prefetched_bytes = read_into_cache(taken, self.settings.warm_prefetch_streams, self._stop)
             secs = time.monotonic() - t0
@@ -476,8 +476,9 @@ class WarmStart:
         return outcome
 
     def stop(self) -> None:
-        """Stop reading (at close)."""
+        """Stop reading (at close); readers still waiting for ComfyUI's boot end without reading."""
         self._stop.set()
+        self._booted.set()
 
 
 async def _interrupt(client: ComfyClient, prompt_id: str, timeout_s: float = 5.0) -> None:
