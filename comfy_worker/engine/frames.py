@@ -34,8 +34,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from comfy_worker.engine.outputs import CHUNK, OutputItem, safe_relpath
+from comfy_worker.engine.outputs import OutputItem, safe_relpath
 from comfy_worker.errors import EngineUnavailable
+from comfy_worker.filehash import file_sha256
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -160,14 +161,6 @@ def ffmpeg_args(h: Handover, out: Path, audio: Path | None, meta: Path | None) -
     return [*args, "-movflags", "use_metadata_tags", str(out)]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 async def encode_handover(frames: OutputItem, audio: OutputItem | None, dest: Path | None = None) -> OutputItem:
     """The mp4 SaveVideo would have written, encoded from a hand-over file (and its audio). Downloaded hand-overs
     (under ``dest``, or any when ``dest`` is None) are removed and the mp4 written beside them; one read where
@@ -211,7 +204,7 @@ async def encode_handover(frames: OutputItem, audio: OutputItem | None, dest: Pa
         filename=out.name,
         path=out,
         bytes=size,
-        sha256=await asyncio.to_thread(sha256_of, out),
+        sha256=await asyncio.to_thread(file_sha256, out),
         content_type="video/mp4",
     )
 

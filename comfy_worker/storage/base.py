@@ -10,7 +10,6 @@ forbidden, too large) and
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import posixpath
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
+from comfy_worker.filehash import file_sha256 as file_sha256  # re-exported: the backends' import
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -132,15 +132,6 @@ class Storage(Protocol):
     async def aclose(self) -> None:
         """Release clients this storage owns."""
         ...
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in blocks (run it in a thread)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def validate_path(path: str) -> str:
