@@ -447,7 +447,8 @@ def phase_warmstart(results: dict[str, Any]) -> None:
     """A task already waiting when a pod starts (5B, page cache dropped): no warm start; the prefetch from the
     daemon's start (``WARM_PREFETCH_START=launch``, what session 8 and 10 measured: it starved ComfyUI's import of
     torch); the prefetch once ComfyUI has imported torch (``=torch``); the same with ``--disable-api-nodes``
-    (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES: the first N cases."""
+    (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES: the first N cases; WARMSTART_ONLY: those
+    named (comma-separated)."""
     params = warm_ti2v()
     cases: list[tuple[str, bool, dict[str, str]]] = [
         ("before_cold", False, {}),
@@ -456,8 +457,10 @@ def phase_warmstart(results: dict[str, Any]) -> None:
         ("before_warm_prefetch_after_torch_no_api_nodes", True,
          {"WARM_PREFETCH_START": "torch", "COMFY_ARGS": "--disable-api-nodes"}),
     ]  # fmt: skip
+    only = [c for c in os.environ.get("WARMSTART_ONLY", "").split(",") if c]  # case names, to fit a call
+    cases = [c for c in cases if c[0] in only] if only else cases[: int(os.environ.get("WARMSTART_CASES", len(cases)))]
     results.setdefault("warmstart", [])
-    for name, warm, extra in cases[: int(os.environ.get("WARMSTART_CASES", len(cases)))]:
+    for name, warm, extra in cases:
         results["warmstart"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))
         (OUT / "results_warmstart.json").write_text(json.dumps(results, indent=2))
 
