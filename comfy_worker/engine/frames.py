@@ -38,6 +38,7 @@ from comfy_worker.engine.outputs import OutputItem, safe_relpath
 from comfy_worker.errors import EngineUnavailable
 from comfy_worker.filehash import file_sha256
 from comfy_worker.logs import get_logger
+from comfy_worker.subproc import run_tool
 
 log = get_logger(__name__)
 
@@ -178,25 +179,17 @@ async def encode_handover(frames: OutputItem, audio: OutputItem | None, dest: Pa
         meta = out.with_suffix(".ffmeta")
         meta.write_text(ffmetadata(h.metadata), encoding="utf-8")
     args = ffmpeg_args(h, out, audio.path if audio else None, meta)
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
     try:
-        _, err = await proc.communicate()
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
+        done = await run_tool(args, capture_stdout=False)
     finally:
         sources = [frames.path, audio.path if audio else None] if owned else []
         for p in (meta, *sources):
             if p is not None:
                 p.unlink(missing_ok=True)
-    if proc.returncode != 0:
+    if done.returncode != 0:
         out.unlink(missing_ok=True)
-        tail = err.decode(errors="replace").strip()[-400:]
-        raise EngineUnavailable(f"encoding {h.output} with ffmpeg failed (exit {proc.returncode}): {tail}")
+        tail = done.stderr.decode(errors="replace").strip()[-400:]
+        raise EngineUnavailable(f"encoding {h.output} with ffmpeg failed (exit {done.returncode}): {tail}")
     size = out.stat().st_size
     return replace(
         frames,

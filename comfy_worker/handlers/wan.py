@@ -13,7 +13,6 @@ with ffprobe, at ``fps``).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 from typing import Any
@@ -24,24 +23,24 @@ from comfy_worker.errors import InputRejected
 from comfy_worker.handlers.base import TaskContext
 from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated, video_encode
 from comfy_worker.logs import get_logger
+from comfy_worker.subproc import run_tool
 
 log = get_logger(__name__)
 
 
 async def audio_seconds(path: Path) -> float:
     """The length of an audio (or video) file in seconds, read with ffprobe."""
-    proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
+    done = await run_tool(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path)]
+    )
     try:
-        seconds = float(out.decode().strip())
+        seconds = float(done.stdout.decode().strip())
     except ValueError:
         seconds = math.nan
-    if proc.returncode != 0 or not seconds > 0:
+    if done.returncode != 0 or not seconds > 0:
+        why = done.stderr.decode(errors="replace").strip()[:200]
         raise InputRejected(
-            f"params.audio: cannot read the length of {path.name} ({err.decode(errors='replace').strip()[:200]}); "
+            f"params.audio: cannot read the length of {path.name} ({why}); "
             "give an audio file ffmpeg can read (wav, mp3, flac, m4a, …)",
             details={"field": "audio"},
         )

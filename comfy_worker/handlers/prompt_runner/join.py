@@ -33,6 +33,7 @@ from typing import Any
 
 from comfy_worker.errors import ExecutionFailed, InputRejected
 from comfy_worker.logs import get_logger
+from comfy_worker.subproc import run_tool
 
 log = get_logger(__name__)
 
@@ -68,17 +69,14 @@ async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
     exe = shutil.which(tool)
     if exe is None:
         raise ExecutionFailed(f"{what}: {tool} not found on PATH (install ffmpeg)", details={"tool": tool})
-    proc = await asyncio.create_subprocess_exec(
-        exe, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = err.decode("utf-8", "replace")[-2000:]
+    done = await run_tool([exe, *args])
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace")[-2000:]
         raise ExecutionFailed(
-            f"{what}: {tool} exited with status {proc.returncode}",
-            details={"tool": tool, "returncode": proc.returncode, "stderr_tail": tail},
+            f"{what}: {tool} exited with status {done.returncode}",
+            details={"tool": tool, "returncode": done.returncode, "stderr_tail": tail},
         )
-    return out.decode("utf-8", "replace")
+    return done.stdout.decode("utf-8", "replace")
 
 
 def file_arg(path: str | Path) -> str:
