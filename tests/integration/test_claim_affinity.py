@@ -149,12 +149,15 @@ class Harness:
         await self.sql("delete from workers")
 
     async def shift_queued(self, seconds: int) -> None:
-        """Age every queued task by whole seconds (SQLite keeps its microseconds: only the seconds change)."""
+        """Age every queued task by whole seconds (SQLite keeps its microseconds: only the seconds change). SQLite
+        parses only the whole seconds: it reads a fraction to the millisecond and rounds, so ``…:01.9998`` minus
+        10 s would come out as ``…:52.9998``, one second short on every shift (the rare flaky failure of
+        test_no_task_waits_past_the_bound)."""
         if self.kind == "postgres":
             await self.sql(f"update tasks set run_at = run_at - interval '{seconds} seconds', "
                            f"created_at = created_at - interval '{seconds} seconds' where status = 'queued'")
         else:
-            shift = "strftime('%Y-%m-%dT%H:%M:%S', {c}, '-{s} seconds') || substr({c}, 20)"
+            shift = "strftime('%Y-%m-%dT%H:%M:%S', substr({c}, 1, 19), '-{s} seconds') || substr({c}, 20)"
             await self.sql(f"update tasks set run_at = {shift.format(c='run_at', s=seconds)}, "
                            f"created_at = {shift.format(c='created_at', s=seconds)} where status = 'queued'")
 
@@ -328,6 +331,31 @@ def test_exact_ties_across_types_go_in_insertion_order(db: tuple[str, str]) -> N
 
 
 STEP_S = 10
+
+
+def test_shifting_simulated_time_ages_every_task_by_exactly_the_shift(db: tuple[str, str]) -> None:
+    """The property test below moves time with shift_queued; it must age a task by exactly the shift whatever its
+    fraction of a second (SQLite rounded ``.9998`` up to the next second, so such a task aged a second less)."""
+    fractions = (999_800, 999_999, 0, 123_456, 500_000)
+    base = datetime(2026, 12, 7, 23, 59, 59, tzinfo=UTC)
+
+    async def scenario() -> list[tuple[datetime, datetime]]:
+        h = await open_harness(*db)
+        try:
+            ids = []
+            for us in fractions:
+                task = NewTask("i2v", {"i": us}, run_at=base.replace(microsecond=us))
+                ids.append((await h.store.enqueue(task)).task_id)
+            before = [(await h.store.get_task(t)).run_at for t in ids]
+            for _ in range(3):
+                await h.shift_queued(STEP_S)
+            return list(zip(before, [(await h.store.get_task(t)).run_at for t in ids], strict=True))
+        finally:
+            await close_harness(h)
+
+    pairs = run_sync(scenario())  # type: ignore[misc]
+    assert [b.microsecond for b, _ in pairs] == list(fractions)
+    assert [b - a for b, a in pairs] == [timedelta(seconds=3 * STEP_S)] * len(fractions)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
