@@ -311,6 +311,11 @@ CLAIMER = textwrap.dedent(
                     if not await store.wait_for_work(0.3):
                         return
                     continue
+                # the claimed tasks' "work", outside any transaction: as a real worker renders between claim and
+                # complete. With none, one process's back-to-back transactions could keep the write lock so hot
+                # that the other's busy handler (sleeps up to 100 ms between tries) never got in before the queue
+                # was empty (600 of 600 to one process, once in CI)
+                await asyncio.sleep(0.01)
                 for t in tasks:
                     await store.complete(t.task_id, t.lease_token, {"by": wid})
                     mine.append(t.task_id)
