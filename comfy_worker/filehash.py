@@ -1,12 +1,13 @@
-"""The SHA-256 of a file on disk, read in blocks: what storage records for an upload and the worker's encoder for
-the mp4 it writes. Below both layers, so neither imports the other for it."""
+"""Reading files in blocks: the SHA-256 that storage records for an upload and the worker's encoder for the mp4 it
+writes, and the block size storage's streams read and write with. Below both layers, so neither imports the other
+for it."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-READ_BLOCK = 1024 * 1024  # bytes read from disk per step
+READ_BLOCK = 1024 * 1024  # bytes read from disk per step, here and in storage's streams
 
 
 def file_sha256(path: Path) -> str:

@@ -20,12 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
-from comfy_worker.filehash import file_sha256 as file_sha256  # re-exported: the backends' import
 from comfy_worker.logs import get_logger
 
 log = get_logger(__name__)
-
-READ_BLOCK = 1024 * 1024  # bytes read from disk per step when streaming a file
 
 # Types Python's table misses or gets wrong on slim images; checked before mimetypes.
 _EXTRA_TYPES = {

@@ -17,9 +17,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from comfy_worker.errors import StorageRejected
+from comfy_worker.filehash import READ_BLOCK
 from comfy_worker.logs import get_logger
 from comfy_worker.pathsafe import contained
-from comfy_worker.storage.base import READ_BLOCK, StoredObject, UploadJournal, guess_content_type, validate_path
+from comfy_worker.storage.base import StoredObject, UploadJournal, guess_content_type, validate_path
 
 log = get_logger(__name__)
 

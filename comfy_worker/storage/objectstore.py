@@ -60,13 +60,12 @@ from tenacity import AsyncRetrying
 
 from comfy_worker.config import OBJECT_STORE_SCHEMES, Settings, check_storage_url
 from comfy_worker.errors import ConfigError, StorageRejected, StorageUnavailable
+from comfy_worker.filehash import READ_BLOCK, file_sha256
 from comfy_worker.logs import get_logger, register_secret
 from comfy_worker.storage.azblocks import AzureBlocks, block_id
 from comfy_worker.storage.base import (
-    READ_BLOCK,
     StoredObject,
     UploadJournal,
-    file_sha256,
     retrying,
     upload_source,
     validate_path,

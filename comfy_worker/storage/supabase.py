@@ -36,12 +36,11 @@ import httpx
 from tenacity import AsyncRetrying
 
 from comfy_worker.errors import StorageRejected, StorageUnavailable
+from comfy_worker.filehash import READ_BLOCK, file_sha256
 from comfy_worker.logs import get_logger, register_secret
 from comfy_worker.storage.base import (
-    READ_BLOCK,
     StoredObject,
     UploadJournal,
-    file_sha256,
     retrying,
     upload_source,
     validate_path,

@@ -149,10 +149,9 @@ class Harness:
         await self.sql("delete from workers")
 
     async def shift_queued(self, seconds: int) -> None:
-        """Age every queued task by whole seconds (SQLite keeps its microseconds: only the seconds change). SQLite
-        parses only the whole seconds: it reads a fraction to the millisecond and rounds, so ``…:01.9998`` minus
-        10 s would come out as ``…:52.9998``, one second short on every shift (the rare flaky failure of
-        test_no_task_waits_past_the_bound)."""
+        """Age every queued task by whole seconds, keeping each timestamp's fraction as it is. Only the whole seconds
+        go through SQLite's date functions: they read a fraction to the millisecond and round, so ``…:01.9998``
+        shifted whole would come out one second short (the rare flaky failure of test_no_task_waits_past_the_bound)."""
         if self.kind == "postgres":
             await self.sql(f"update tasks set run_at = run_at - interval '{seconds} seconds', "
                            f"created_at = created_at - interval '{seconds} seconds' where status = 'queued'")
