@@ -84,6 +84,8 @@ async def test_a_task_id_that_is_a_path_keeps_to_its_own_folders(
     assert (harness.storage_dir / out["storage_path"]).is_file()
     uploaded = list((comfyui_server.input_dir / "comfy_worker" / key).iterdir())
     assert [p.name for p in uploaded] == ["clip.mp4"]
+    # the row reads COMPLETE before the task's cleanup runs: stopping waits for every task's cleanup
+    await harness.stop_all()
     # the work dir (created, then removed with rmtree) stayed under WORK_DIR: work/<worker>/../../../escaped
     # is tmp_path/escaped, where the id pointed
     assert not (tmp_path / "escaped").exists()
