@@ -54,6 +54,7 @@ from comfy_worker.logs import get_logger
 if TYPE_CHECKING:
     from comfy_worker.config import Settings
     from comfy_worker.engine.client import ComfyClient
+    from comfy_worker.engine.supervisor import ComfySupervisor
     from comfy_worker.store.base import TaskStore
 
 log = get_logger(__name__)
@@ -283,7 +284,7 @@ class WarmStart:
 
     # prefetch
 
-    def watch(self, supervisor: Any) -> None:
+    def watch(self, supervisor: ComfySupervisor | None) -> None:
         """Follow the boot of the ComfyUI ``supervisor`` launches (None, or attached: nothing to wait for)."""
         if supervisor is None or supervisor.attached:
             self._booted.set()
