@@ -433,12 +433,24 @@ def warm_ti2v() -> dict[str, Any]:
             "steps": 4, "image": {"base64": image_b64(1280, 704), "filename": "start.png"}}  # fmt: skip
 
 
+def pick_cases(cases: list[Any], knob: str) -> list[Any]:
+    """The cases a phase runs, to fit a short call: ``<knob>_ONLY`` names them (comma-separated), else
+    ``<knob>_CASES`` takes the first N, else all."""
+    only = [c for c in os.environ.get(f"{knob}_ONLY", "").split(",") if c]
+    if only:
+        unknown = sorted(set(only) - {c[0] for c in cases})
+        if unknown:
+            raise SystemExit(f"{knob}_ONLY: no case {unknown}; the cases: {[c[0] for c in cases]}")
+        return [c for c in cases if c[0] in only]
+    return cases[: int(os.environ.get(f"{knob}_CASES", len(cases)))]
+
+
 def phase_warm(results: dict[str, Any]) -> None:
     params = warm_ti2v()
     cases = [("ti2v_before_cold", False, "before"), ("ti2v_before_warm", True, "before"),
              ("ti2v_after_warm", True, "after"), ("ti2v_after_cold", False, "after")]  # fmt: skip
     results.setdefault("warm", [])
-    for name, warm, arrive in cases[: int(os.environ.get("WARM_CASES", len(cases)))]:  # the first N, to fit a call
+    for name, warm, arrive in pick_cases(cases, "WARM"):
         results["warm"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive=arrive))
         (OUT / "results_warm.json").write_text(json.dumps(results, indent=2))
 
@@ -447,8 +459,8 @@ def phase_warmstart(results: dict[str, Any]) -> None:
     """A task already waiting when a pod starts (5B, page cache dropped): no warm start; the prefetch from the
     daemon's start (``WARM_PREFETCH_START=launch``, what session 8 and 10 measured: it starved ComfyUI's import of
     torch); the prefetch once ComfyUI has imported torch (``=torch``); the same with ``--disable-api-nodes``
-    (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES: the first N cases; WARMSTART_ONLY: those
-    named (comma-separated)."""
+    (a shorter boot for graphs without paid-API nodes). WARMSTART_CASES / WARMSTART_ONLY pick cases
+    (:func:`pick_cases`)."""
     params = warm_ti2v()
     cases: list[tuple[str, bool, dict[str, str]]] = [
         ("before_cold", False, {}),
@@ -457,10 +469,8 @@ def phase_warmstart(results: dict[str, Any]) -> None:
         ("before_warm_prefetch_after_torch_no_api_nodes", True,
          {"WARM_PREFETCH_START": "torch", "COMFY_ARGS": "--disable-api-nodes"}),
     ]  # fmt: skip
-    only = [c for c in os.environ.get("WARMSTART_ONLY", "").split(",") if c]  # case names, to fit a call
-    cases = [c for c in cases if c[0] in only] if only else cases[: int(os.environ.get("WARMSTART_CASES", len(cases)))]
     results.setdefault("warmstart", [])
-    for name, warm, extra in cases:
+    for name, warm, extra in pick_cases(cases, "WARMSTART"):
         results["warmstart"].append(cold_case(name, "comfyui_ti2v", params, warm=warm, arrive="before", extra=extra))
         (OUT / "results_warmstart.json").write_text(json.dumps(results, indent=2))
 
@@ -472,7 +482,7 @@ def phase_warm14(results: dict[str, Any]) -> None:
     results.setdefault("warm14", [])
     cases = [("i2v_before_cold", False, "before"), ("i2v_before_warm", True, "before"),
              ("i2v_after_warm", True, "after")]  # fmt: skip
-    for name, warm, arrive in cases[: int(os.environ.get("WARM14_CASES", len(cases)))]:  # the first N, to fit a call
+    for name, warm, arrive in pick_cases(cases, "WARM14"):
         results["warm14"].append(cold_case(name, "comfyui_i2v", params, warm=warm, arrive=arrive))
         (OUT / "results_warm14.json").write_text(json.dumps(results, indent=2))
 

@@ -87,3 +87,22 @@ def test_coverage_cases_pass_their_contracts() -> None:
         media = {k: f"{k}.png" for k in resolved.media}
         graph = build_resolved(resolved, media)
         assert graph, label
+
+
+def test_pick_cases_fits_a_phase_to_a_short_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(REPO / "bench" / "gpu"))
+    try:
+        from bench_wan_gpu import pick_cases  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(REPO / "bench" / "gpu"))
+    cases = [("a", 1), ("b", 2), ("c", 3)]
+    for var in ("K_ONLY", "K_CASES"):
+        monkeypatch.delenv(var, raising=False)
+    assert pick_cases(cases, "K") == cases
+    monkeypatch.setenv("K_CASES", "2")
+    assert pick_cases(cases, "K") == cases[:2]
+    monkeypatch.setenv("K_ONLY", "c,a")  # names win over a count, in the phase's order
+    assert pick_cases(cases, "K") == [("a", 1), ("c", 3)]
+    monkeypatch.setenv("K_ONLY", "a,typo")  # a misspelt name stops the run before any GPU time is spent
+    with pytest.raises(SystemExit, match=r"K_ONLY: no case \['typo'\]"):
+        pick_cases(cases, "K")
