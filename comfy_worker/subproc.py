@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from comfy_worker.errors import ExecutionFailed
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,15 @@ class Completed:
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+def find_tool(tool: str, *, what: str) -> str:
+    """The path of ``tool`` (ffmpeg, ffprobe) on PATH, or ExecutionFailed saying ``what`` needed it and the fix: a
+    worker without it is a broken install, said plainly rather than as a FileNotFoundError."""
+    exe = shutil.which(tool)
+    if exe is None:
+        raise ExecutionFailed(f"{what}: {tool} not found on PATH (install ffmpeg)", details={"tool": tool})
+    return exe
 
 
 async def run_tool(args: Sequence[str], *, timeout_s: float | None = None, capture_stdout: bool = True) -> Completed:

@@ -14,29 +14,23 @@ with ffprobe, at ``fps``).
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from comfy_worker.builders import build_resolved, resolve
 from comfy_worker.builders.params import MAX_FRAMES, S2V, Resolved
-from comfy_worker.errors import ExecutionFailed, InputRejected
+from comfy_worker.errors import InputRejected
 from comfy_worker.handlers.base import TaskContext
 from comfy_worker.handlers.comfy import ComfyHandler, Prepared, fetch_input, upload_input, validated, video_encode
 from comfy_worker.logs import get_logger
-from comfy_worker.subproc import run_tool
+from comfy_worker.subproc import find_tool, run_tool
 
 log = get_logger(__name__)
 
 
 async def audio_seconds(path: Path) -> float:
     """The length of an audio (or video) file in seconds, read with ffprobe."""
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:  # the worker's fault, not the task's: said plainly, as the chain's join says it
-        raise ExecutionFailed(
-            "params.audio: ffprobe not found on PATH, needed to read the audio's length (install ffmpeg)",
-            details={"tool": "ffprobe"},
-        )
+    ffprobe = find_tool("ffprobe", what=f"reading the length of params.audio ({path.name})")
     done = await run_tool(
         [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path)]
     )

@@ -4,6 +4,7 @@ leaves the tool running (it is killed and reaped before the exception goes on)."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 from comfy_worker import subproc
-from comfy_worker.subproc import run_tool
+from comfy_worker.errors import ExecutionFailed
+from comfy_worker.subproc import find_tool, run_tool
 
 SLEEPER = "import time; time.sleep(60)"
 
@@ -64,3 +66,12 @@ async def test_a_time_limit_kills_and_reaps_the_tool(spawned):
     with pytest.raises(TimeoutError):
         await run_tool([sys.executable, "-c", SLEEPER], timeout_s=0.5)
     assert procs[0].returncode == -signal.SIGKILL
+
+
+def test_find_tool_gives_the_path_or_names_what_needed_it_and_the_fix(tmp_path, monkeypatch):
+    assert find_tool("ffmpeg", what="join") == shutil.which("ffmpeg")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ExecutionFailed) as info:
+        find_tool("ffprobe", what="probe clip.mp4")
+    assert str(info.value) == "probe clip.mp4: ffprobe not found on PATH (install ffmpeg)"
+    assert info.value.details == {"tool": "ffprobe"} and not info.value.retryable

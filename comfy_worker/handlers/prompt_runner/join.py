@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from typing import Any
 
 from comfy_worker.errors import ExecutionFailed, InputRejected
 from comfy_worker.logs import get_logger
-from comfy_worker.subproc import run_tool
+from comfy_worker.subproc import find_tool, run_tool
 
 log = get_logger(__name__)
 
@@ -66,10 +65,7 @@ class JoinResult:
 
 
 async def _run(tool: str, args: Sequence[str], *, what: str) -> str:
-    exe = shutil.which(tool)
-    if exe is None:
-        raise ExecutionFailed(f"{what}: {tool} not found on PATH (install ffmpeg)", details={"tool": tool})
-    done = await run_tool([exe, *args])
+    done = await run_tool([find_tool(tool, what=what), *args])
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace")[-2000:]
         raise ExecutionFailed(
