@@ -20,19 +20,14 @@ AS_IS_MAX_BYTES = 2 * 1024 * 1024
 
 def shows_as_is(path: Path) -> bool:
     """A still image every browser shows, small enough to serve as its own thumbnail (no ffmpeg needed)."""
-    return (
-        path.suffix.lower() in WEB_IMAGE_EXT
-        and path.suffix.lower() != ".gif"
-        and path.is_file()
-        and (path.stat().st_size <= AS_IS_MAX_BYTES)
-    )
+    return path.suffix.lower() in WEB_IMAGE_EXT and path.suffix.lower() != ".gif" and path.is_file() and (
+        path.stat().st_size <= AS_IS_MAX_BYTES)
 
 
 def thumbnail_source(outputs: list[Path]) -> Path | None:
     """The output a run's thumbnail shows: its first video, else its first image."""
     return next((p for p in outputs if p.suffix.lower() in VIDEO_EXT), None) or next(
-        (p for p in outputs if p.suffix.lower() in IMAGE_EXT), None
-    )
+        (p for p in outputs if p.suffix.lower() in IMAGE_EXT), None)
 
 
 def _tool(name: str) -> str:
@@ -58,9 +53,8 @@ async def probe(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputRejected(f"{path} does not exist")
     try:
-        raw = await _run(
-            [_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)], 60
-        )
+        raw = await _run([_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+                          str(path)], 60)
     except InputRejected as exc:
         raise InputRejected(f"{path} is not a readable video: {exc}") from None
     info = json.loads(raw or b"{}")
@@ -111,22 +105,8 @@ async def frame_at(video: Path, seconds: float, dest: Path, *, width: int | None
     """One frame at ``seconds`` as a JPEG (scaled to ``width`` when given)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     scale = ["-vf", f"scale={width}:-2"] if width else []
-    args = [
-        _tool("ffmpeg"),
-        "-v",
-        "error",
-        "-y",
-        "-ss",
-        f"{max(seconds, 0):.3f}",
-        "-i",
-        str(video),
-        "-frames:v",
-        "1",
-        *scale,
-        "-q:v",
-        "3",
-        str(dest),
-    ]
+    args = [_tool("ffmpeg"), "-v", "error", "-y", "-ss", f"{max(seconds, 0):.3f}", "-i", str(video),
+            "-frames:v", "1", *scale, "-q:v", "3", str(dest)]
     await _run(args, 120)
     if not dest.is_file() or dest.stat().st_size == 0:  # -ss past the last frame writes nothing
         await _run([*args[:4], "-sseof", "-0.5", *args[6:]], 120)
